@@ -1,0 +1,176 @@
+//! The contract between the XDP program and user space.
+//!
+//! Everything here is `#[repr(C)]` plain data laid out identically on both
+//! sides, plus the flow hash, which must be bit-for-bit the same in the
+//! kernel (to pick a backend) and in user space (to predict and test the
+//! pick). This crate is `no_std`; the `user` feature adds `aya::Pod`.
+//!
+//! Byte order: addresses and ports are stored exactly as they appear on the
+//! wire (network order), as raw `u32`/`u16` loaded from the packet. The
+//! datapath never swaps bytes; user space converts once when it writes a map.
+#![no_std]
+
+pub mod hash;
+
+/// Most VIPs one datapath serves. Sizes the VIP-indexed maps.
+pub const MAX_VIPS: u32 = 64;
+/// Most backends ("reals") over all pools. Sizes the real-indexed maps.
+pub const MAX_REALS: u32 = 4096;
+/// Largest Maglev lookup table, in slots. 65537 is prime, the paper's
+/// default size (Eisenbud et al., "Maglev", NSDI 2016, section 5.3).
+pub const MAGLEV_MAX_TABLE_SIZE: u32 = 65537;
+/// Each VIP owns two table slots of `MAGLEV_MAX_TABLE_SIZE` entries: user space
+/// writes the inactive one, then flips [`VipMeta::table_slot`]. A packet
+/// therefore always sees a complete table.
+pub const TABLE_SLOTS_PER_VIP: u32 = 2;
+/// Entries of the `LOOKUP_TABLES` array map.
+pub const LOOKUP_TABLES_LEN: u32 = MAX_VIPS * TABLE_SLOTS_PER_VIP * MAGLEV_MAX_TABLE_SIZE;
+
+/// Names of the maps and program in the object, for user space.
+pub mod names {
+    pub const PROGRAM: &str = "fulcrum_xdp";
+    pub const VIPS: &str = "VIPS";
+    pub const LOOKUP_TABLES: &str = "LOOKUP_TABLES";
+    pub const REALS: &str = "REALS";
+    pub const DATAPATH_CONFIG: &str = "DATAPATH_CONFIG";
+    pub const VIP_STATS: &str = "VIP_STATS";
+    pub const REAL_STATS: &str = "REAL_STATS";
+    pub const REASON_STATS: &str = "REASON_STATS";
+}
+
+/// IP protocol numbers (IANA) the datapath balances.
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+
+/// Key of the `VIPS` hash map: a service is (address, port, protocol).
+///
+/// `addr` holds the IPv6 address, or for IPv4 the IPv4-mapped form
+/// `::ffff:a.b.c.d` (RFC 4291 section 2.5.5.2), as four raw network-order
+/// words. `port` is network order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct VipKey {
+    pub addr: [u32; 4],
+    pub port: u16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+
+/// The third word of an IPv4-mapped IPv6 address (`0000:ffff`), as stored raw.
+pub const V4_MAPPED_WORD: u32 = u32::from_ne_bytes([0, 0, 0xff, 0xff]);
+
+/// Scheduler flag: hash the source address only (ip-hash), instead of the
+/// whole 5-tuple (maglev). Both index the same kind of Maglev table.
+pub const VIP_F_HASH_SRC_ONLY: u32 = 1 << 0;
+
+/// Value of the `VIPS` map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VipMeta {
+    /// Index into the VIP-indexed maps, `< MAX_VIPS`.
+    pub vip_id: u32,
+    /// `VIP_F_*` bits.
+    pub flags: u32,
+    /// Size M of the live lookup table in slots: a prime
+    /// `<= MAGLEV_MAX_TABLE_SIZE`, or 0 when no backend is healthy (drop).
+    pub table_size: u32,
+    /// Which of the VIP's two table slots (0 or 1) is live.
+    pub table_slot: u32,
+}
+
+impl VipMeta {
+    /// Index of the first entry of this VIP's live table in `LOOKUP_TABLES`.
+    #[inline(always)]
+    pub fn table_base(&self) -> u32 {
+        (self.vip_id * TABLE_SLOTS_PER_VIP + (self.table_slot & 1)) * MAGLEV_MAX_TABLE_SIZE
+    }
+}
+
+/// Value of the `REALS` array (indexed by real id): where to send a packet.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RealDef {
+    /// The backend's Ethernet address (L2 DSR rewrites the destination to it).
+    pub mac: [u8; 6],
+    pub _pad: [u8; 2],
+}
+
+/// Value of the single-entry `DATAPATH_CONFIG` array.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DatapathConfig {
+    /// Our own Ethernet address, written as the source of forwarded frames.
+    pub self_mac: [u8; 6],
+    pub _pad: [u8; 2],
+}
+
+/// A per-CPU counter pair; user space sums it over CPUs.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub packets: u64,
+    /// Frame bytes as seen by XDP (Ethernet header included).
+    pub bytes: u64,
+}
+
+/// Why the datapath took its action on a frame: the index of `REASON_STATS`.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reason {
+    /// Forwarded to a backend with `XDP_TX`.
+    Tx = 0,
+    /// `XDP_PASS`: not IPv4/IPv6 (ARP, LLDP, ...).
+    PassNotIp = 1,
+    /// `XDP_PASS`: frame too short for the headers it announces.
+    PassTruncated = 2,
+    /// `XDP_PASS`: an IP fragment; it carries no (or not all) ports to hash.
+    PassFragment = 3,
+    /// `XDP_PASS`: neither TCP nor UDP (ICMP, IPv6 extension headers, ...).
+    PassNotL4 = 4,
+    /// `XDP_PASS`: (address, port, protocol) is not a VIP.
+    PassNotVip = 5,
+    /// `XDP_PASS`: an IPv4 header length below 20 bytes.
+    PassMalformed = 6,
+    /// `XDP_DROP`: the VIP has no healthy backend.
+    DropNoBackend = 7,
+}
+
+impl Reason {
+    /// Number of reasons: the length of `REASON_STATS`.
+    pub const COUNT: u32 = 8;
+    /// Every reason, in index order.
+    pub const ALL: [Reason; Self::COUNT as usize] = [
+        Reason::Tx,
+        Reason::PassNotIp,
+        Reason::PassTruncated,
+        Reason::PassFragment,
+        Reason::PassNotL4,
+        Reason::PassNotVip,
+        Reason::PassMalformed,
+        Reason::DropNoBackend,
+    ];
+
+    /// Short stable name, used in stats output.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Reason::Tx => "tx",
+            Reason::PassNotIp => "pass_not_ip",
+            Reason::PassTruncated => "pass_truncated",
+            Reason::PassFragment => "pass_fragment",
+            Reason::PassNotL4 => "pass_not_l4",
+            Reason::PassNotVip => "pass_not_vip",
+            Reason::PassMalformed => "pass_malformed",
+            Reason::DropNoBackend => "drop_no_backend",
+        }
+    }
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: all are repr(C), Copy, with explicit padding and no pointers.
+    unsafe impl aya::Pod for super::VipKey {}
+    unsafe impl aya::Pod for super::VipMeta {}
+    unsafe impl aya::Pod for super::RealDef {}
+    unsafe impl aya::Pod for super::DatapathConfig {}
+    unsafe impl aya::Pod for super::Counters {}
+}
