@@ -1,0 +1,3 @@
+//! `cargo xtask setup` (stub).
+use anyhow::Result;
+pub fn run() -> Result<()> { Ok(()) }
