@@ -174,3 +174,11 @@ mod pod {
     unsafe impl aya::Pod for super::DatapathConfig {}
     unsafe impl aya::Pod for super::Counters {}
 }
+
+/// The raw 32-bit word made of a TCP/UDP source and destination port, each
+/// raw (network order) as loaded from the packet. Defined by value rather
+/// than by a memory load so it means the same on every host.
+#[inline(always)]
+pub const fn ports_word(src_raw: u16, dst_raw: u16) -> u32 {
+    src_raw as u32 | (dst_raw as u32) << 16
+}
