@@ -56,6 +56,24 @@ pub struct VipKey {
     pub _pad: u8,
 }
 
+impl VipKey {
+    /// The key for `addr`:`port` (host order) over IP protocol `proto`.
+    pub fn new(addr: core::net::IpAddr, port: u16, proto: u8) -> Self {
+        VipKey { addr: addr_words(addr), port: port.to_be(), proto, _pad: 0 }
+    }
+}
+
+/// An address as the datapath stores it: four raw network-order words,
+/// IPv4 in its IPv4-mapped IPv6 form.
+pub fn addr_words(addr: core::net::IpAddr) -> [u32; 4] {
+    let octets = match addr {
+        core::net::IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+        core::net::IpAddr::V6(v6) => v6.octets(),
+    };
+    let word = |i: usize| u32::from_ne_bytes([octets[i], octets[i + 1], octets[i + 2], octets[i + 3]]);
+    [word(0), word(4), word(8), word(12)]
+}
+
 /// The third word of an IPv4-mapped IPv6 address (`0000:ffff`), as stored raw.
 pub const V4_MAPPED_WORD: u32 = u32::from_ne_bytes([0, 0, 0xff, 0xff]);
 
