@@ -24,11 +24,7 @@ enum Cmd {
     /// rust-src, bpf-linker built on the nightly's LLVM, Debian packages.
     Setup,
     /// Build the eBPF object (embedded into the `fulcrum` binary).
-    BuildEbpf {
-        /// Build the eBPF object in debug mode instead of release.
-        #[arg(long)]
-        debug: bool,
-    },
+    BuildEbpf,
     /// Build the eBPF object, then every user-space binary (release).
     Build,
     /// Build everything and run `fulcrum ARGS` as root.
@@ -61,7 +57,7 @@ fn main() -> Result<()> {
     let root = workspace_root();
     match cli.cmd {
         Cmd::Setup => setup::run(),
-        Cmd::BuildEbpf { debug } => build::ebpf(&root, !debug),
+        Cmd::BuildEbpf => build::ebpf(&root),
         Cmd::Build => build::all(&root),
         Cmd::Run { args } => build::run(&root, &args),
         Cmd::Lab { action } => lab::run(&root, action),
