@@ -1,0 +1,80 @@
+//! The file exactly as written: what serde reads before validation.
+//!
+//! Every value that validation may complain about is `Spanned`, so the
+//! complaint can point at it. Integers are read as `i64` (TOML's own integer
+//! type) so that an out-of-range number gets our message rather than a type
+//! error, and addresses and durations as strings for the same reason.
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::{Protocol, Scheduler};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawConfig {
+    pub interface: Spanned<String>,
+    pub admin: Option<RawAdmin>,
+    #[serde(default)]
+    pub vip: Vec<RawVip>,
+    #[serde(default)]
+    pub pool: Vec<RawPool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAdmin {
+    pub listen: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawVip {
+    pub name: Spanned<String>,
+    pub address: Spanned<String>,
+    pub port: Spanned<i64>,
+    pub protocol: Protocol,
+    pub scheduler: Scheduler,
+    pub pool: Spanned<String>,
+    pub maglev_table_size: Option<Spanned<i64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawPool {
+    pub name: Spanned<String>,
+    pub health_check: Option<RawHealthCheck>,
+    #[serde(default)]
+    pub backend: Vec<RawBackend>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(super) enum CheckType {
+    Tcp,
+    Http,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawHealthCheck {
+    #[serde(rename = "type")]
+    pub kind: Spanned<CheckType>,
+    pub method: Option<Spanned<String>>,
+    pub path: Option<Spanned<String>>,
+    pub expect_status: Option<Spanned<i64>>,
+    pub host: Option<Spanned<String>>,
+    pub port: Option<Spanned<i64>>,
+    pub interval: Option<Spanned<String>>,
+    pub timeout: Option<Spanned<String>>,
+    pub rise: Option<Spanned<i64>>,
+    pub fall: Option<Spanned<i64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawBackend {
+    pub address: Spanned<String>,
+    pub weight: Option<Spanned<i64>>,
+    pub mac: Option<Spanned<String>>,
+}
