@@ -37,6 +37,12 @@ impl Proc {
         &self.line
     }
 
+    /// The read end of the child's stdout, if it was set to
+    /// `Stdio::piped()` (read it after the process exited, or concurrently).
+    pub fn stdout(&mut self) -> Option<&mut std::process::ChildStdout> {
+        self.child.as_mut()?.stdout.as_mut()
+    }
+
     /// The exit status if the process has exited, without waiting.
     pub fn try_wait(&mut self) -> Result<Option<ExitStatus>> {
         if self.status.is_none() {
@@ -103,21 +109,24 @@ impl Drop for Proc {
 /// `expect`: a recorded pid may have been reused since. SIGTERM, then
 /// SIGKILL after `grace`. A pid that is gone is fine.
 pub(crate) fn stop_foreign(pid: i32, expect: &str, grace: Duration) {
-    let is_ours = || {
-        std::fs::read(format!("/proc/{pid}/cmdline"))
-            .map(|c| String::from_utf8_lossy(&c).contains(expect))
-            .unwrap_or(false)
-    };
-    if pid <= 0 || !is_ours() {
+    let is_ours = std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|c| String::from_utf8_lossy(&c).contains(expect))
+        .unwrap_or(false);
+    if pid <= 0 || !is_ours {
         return;
     }
+    // Gone, or a zombie waiting for whoever inherited it to reap it: either
+    // way it has let go of its sockets and its namespace.
+    let exited = || {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|stat| stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')))
+            .unwrap_or(true)
+    };
     let pid = Pid::from_raw(pid);
     let _ = kill(pid, Signal::SIGTERM);
     let deadline = Instant::now() + grace;
     while Instant::now() < deadline {
-        // A zombie (parent gone, not yet reaped by init) has an empty
-        // cmdline, so this also ends once the process has exited.
-        if !is_ours() {
+        if exited() {
             return;
         }
         std::thread::sleep(Duration::from_millis(20));

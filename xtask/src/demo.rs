@@ -1,8 +1,269 @@
-//! `cargo xtask demo` (owned by the lab work).
-use std::path::Path;
+//! `cargo xtask demo`: the whole story in under a minute after the build.
+//!
+//! Builds everything, brings the namespace lab up, starts fulcrum on the
+//! lb with `lab/demo.toml`, drives the VIP with wrk from the client and
+//! shows the spread over the backends twice: as the backends saw it (their
+//! `X-Served-By` answers) and as the XDP program counted it. Then one
+//! backend fails its health check and the traffic moves to the others.
+//!
+//! Everything it starts is torn down on every exit path: the fulcrum
+//! process and the lab are guards dropped in that order, and Ctrl-C only
+//! raises a flag that the next wait turns into an error.
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
 
-use anyhow::Result;
+use anyhow::{bail, Context, Result};
+use fulcrum_lab::stats::Stats;
+use fulcrum_lab::{host4, interrupt, Lab, Proc, REALS, VIP4};
 
-pub fn run(_root: &Path) -> Result<()> {
-    anyhow::bail!("demo: not written yet")
+/// Namespace prefix of the demo's lab.
+const PREFIX: &str = "fulcrum-demo";
+/// The demo config's health-check interval and fall count (lab/demo.toml).
+const CHECK_INTERVAL: Duration = Duration::from_secs(1);
+const CHECK_FALL: u32 = 2;
+/// How long fulcrum may take to load and see every backend up.
+const ALL_UP_LIMIT: Duration = Duration::from_secs(15);
+/// wrk's shape: threads, connections, and the two run lengths.
+const WRK_THREADS: &str = "2";
+const WRK_CONNECTIONS: &str = "30";
+const WRK_FIRST_RUN: &str = "10s";
+const WRK_SECOND_RUN: &str = "5s";
+
+pub fn run(root: &Path) -> Result<()> {
+    interrupt::install()?;
+    heading(1, "setup, build, lab up");
+    crate::setup::run()?;
+    crate::build::all(root)?;
+    let started = Instant::now();
+    let fulcrum = root.join("target/release/fulcrum");
+    let log_path = root.join("target/fulcrum-demo.log");
+    let result = story(root, &fulcrum, &log_path);
+    if result.is_err() {
+        eprintln!("\nthe demo failed; fulcrum's log is {}", log_path.display());
+    } else {
+        println!("\ndemo done in {:.1} s after the build", started.elapsed().as_secs_f64());
+    }
+    result
+}
+
+/// Steps 1 (lab) to 6; the lab and the fulcrum process are torn down when
+/// this returns, whichever way.
+fn story(root: &Path, fulcrum: &Path, log_path: &Path) -> Result<()> {
+    // A demo killed hard (SIGKILL) leaves its lab behind; these exact
+    // names are the demo's own, so clear them first.
+    Lab::down_by_prefix(PREFIX)?;
+    let lab = Lab::up_with_backend(PREFIX, &root.join("target/release/fulcrum-backend"))?;
+    crate::lab::print_topology(&lab, root);
+
+    heading(2, "start fulcrum on the lb and wait for its health checks");
+    let config = root.join("lab/demo.toml");
+    let log = fs::File::create(log_path).with_context(|| format!("creating {}", log_path.display()))?;
+    let mut cmd = lab.command("lb", fulcrum);
+    cmd.arg("run").arg("--config").arg(&config);
+    cmd.stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
+    println!("$ ip netns exec {} {} run --config {}", lab.ns("lb"), fulcrum.display(), config.display());
+    println!("  log: {}", log_path.display());
+    // Declared after `lab`, so it is dropped (stopped) before the lab goes.
+    let mut daemon = lab.spawn(cmd)?;
+    let stats = wait_until(&lab, fulcrum, &mut daemon, ALL_UP_LIMIT, "all 3 backends up", |s| {
+        REALS.iter().all(|r| health(s, r) == "up")
+    })?;
+    print_health_log(log_path)?;
+    print_health(&stats);
+
+    heading(3, &format!("wrk -t{WRK_THREADS} -c{WRK_CONNECTIONS} -d{WRK_FIRST_RUN} from the client to http://{VIP4}/"));
+    let before = Stats::fetch(&lab, fulcrum)?;
+    let served = run_wrk(&lab, root, WRK_FIRST_RUN)?;
+
+    heading(4, "the spread over the backends");
+    let after = Stats::fetch(&lab, fulcrum)?;
+    print_spread(&served, &before, &after);
+    println!(
+        "  XDP verdicts during the run: tx {} (sent to a backend), pass_not_vip {}, drop_no_backend {}",
+        after.reason("tx").saturating_sub(before.reason("tx")),
+        after.reason("pass_not_vip").saturating_sub(before.reason("pass_not_vip")),
+        after.reason("drop_no_backend").saturating_sub(before.reason("drop_no_backend")),
+    );
+    // wrk keeps its connections open, and Maglev hashes connections, not
+    // requests: an uneven split of 30 connections is expected.
+    if let Some(real) = REALS.iter().find(|r| served.get(**r).copied().unwrap_or(0) == 0) {
+        bail!("{real} served nothing: the balancer did not spread the load");
+    }
+
+    let wait = CHECK_INTERVAL * CHECK_FALL + Duration::from_secs(1);
+    heading(5, &format!("real1 fails its health check; wait interval x fall + 1 s = {} s", wait.as_secs()));
+    lab.set_backend_health("real1", false)?;
+    println!("  real1's /health now answers 503");
+    sleep(wait)?;
+    let stats = wait_until(&lab, fulcrum, &mut daemon, Duration::from_secs(2), "real1 down", |s| {
+        health(s, "real1") == "down"
+    })?;
+    print_health(&stats);
+    println!("\n  wrk -d{WRK_SECOND_RUN} again:");
+    let before = Stats::fetch(&lab, fulcrum)?;
+    let served = run_wrk(&lab, root, WRK_SECOND_RUN)?;
+    let after = Stats::fetch(&lab, fulcrum)?;
+    print_spread(&served, &before, &after);
+    if let Some(n) = served.get("real1").filter(|n| **n > 0) {
+        bail!("real1 is down but served {n} responses");
+    }
+    println!("  real1 got nothing: its connections went to real2 and real3");
+
+    heading(6, "tear down");
+    let status = daemon.stop(Duration::from_secs(5))?;
+    println!("  fulcrum stopped ({status}); XDP detached with it");
+    lab.down()?;
+    println!("  lab {PREFIX} removed");
+    Ok(())
+}
+
+fn heading(n: u32, title: &str) {
+    println!("\n=== {n}. {title}");
+}
+
+/// Sleeps `d`, waking early with an error on Ctrl-C.
+fn sleep(d: Duration) -> Result<()> {
+    let deadline = Instant::now() + d;
+    while Instant::now() < deadline {
+        interrupt::check()?;
+        std::thread::sleep(Duration::from_millis(50).min(deadline - Instant::now()));
+    }
+    Ok(())
+}
+
+/// Polls `fulcrum stats` until `done` holds, for at most `limit`; fails if
+/// fulcrum exits meanwhile. Early failures to fetch (the admin endpoint not
+/// listening yet) count as "not yet".
+fn wait_until(
+    lab: &Lab,
+    fulcrum: &Path,
+    daemon: &mut Proc,
+    limit: Duration,
+    what: &str,
+    done: impl Fn(&Stats) -> bool,
+) -> Result<Stats> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = daemon.try_wait()? {
+            bail!("fulcrum exited ({status}) while waiting for {what}");
+        }
+        let last = match Stats::fetch(lab, fulcrum) {
+            Ok(stats) if done(&stats) => return Ok(stats),
+            Ok(stats) => health_line(&stats),
+            Err(e) => format!("{e:#}"),
+        };
+        if Instant::now() >= deadline {
+            bail!("no {what} after {limit:?}; last: {last}");
+        }
+        sleep(Duration::from_millis(250))?;
+    }
+}
+
+/// A backend's health as fulcrum reports it ("up", "down", "unknown"), or
+/// "missing" if the stats do not list it.
+fn health<'a>(stats: &'a Stats, real: &str) -> &'a str {
+    let address = host4(real).expect("lab real").to_string();
+    stats.backend(&address).map_or("missing", |b| b.health.as_str())
+}
+
+fn health_line(stats: &Stats) -> String {
+    REALS.iter().map(|r| format!("{r} {}", health(stats, r))).collect::<Vec<_>>().join(", ")
+}
+
+fn print_health(stats: &Stats) {
+    println!("  fulcrum stats: {}", health_line(stats));
+}
+
+/// Shows what fulcrum logged about health so far.
+fn print_health_log(log_path: &Path) -> Result<()> {
+    let log = fs::read_to_string(log_path)?;
+    let lines: Vec<&str> = log.lines().filter(|l| l.to_ascii_lowercase().contains("health")).collect();
+    println!("  fulcrum's health lines:");
+    for line in lines.iter().rev().take(8).rev() {
+        println!("    {line}");
+    }
+    Ok(())
+}
+
+/// Runs wrk from the client against the IPv4 VIP with the served-by
+/// script, shows its summary, and returns responses per backend name.
+fn run_wrk(lab: &Lab, root: &Path, duration: &str) -> Result<BTreeMap<String, u64>> {
+    let script: PathBuf = root.join("lab/served-by.lua");
+    let mut cmd = lab.command("client", "wrk");
+    cmd.args(["-t", WRK_THREADS, "-c", WRK_CONNECTIONS, "-d", duration, "--timeout", "2s", "-s"])
+        .arg(&script)
+        .arg(format!("http://{VIP4}/"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped());
+    let mut wrk = lab.spawn(cmd)?;
+    let limit = whole_secs(duration) + Duration::from_secs(10);
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = wrk.try_wait()? {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            bail!("wrk still running after {limit:?}");
+        }
+        sleep(Duration::from_millis(100))?;
+    };
+    let mut out = String::new();
+    wrk.stdout().context("wrk's stdout")?.read_to_string(&mut out)?;
+    if !status.success() {
+        bail!("wrk failed ({status}): {out}");
+    }
+    let mut served = BTreeMap::new();
+    for line in out.lines() {
+        match line.strip_prefix("served-by ").and_then(|rest| rest.split_once(' ')) {
+            Some((name, count)) => {
+                served.insert(name.to_string(), count.trim().parse::<u64>()?);
+            }
+            None => println!("  {line}"),
+        }
+    }
+    Ok(served)
+}
+
+/// "10s" -> 10 s (wrk's durations in this file are whole seconds).
+fn whole_secs(d: &str) -> Duration {
+    Duration::from_secs(d.trim_end_matches('s').parse().expect("whole seconds"))
+}
+
+/// One row per backend: responses it served (from wrk) and packets XDP
+/// sent it during the run (difference of two stats snapshots).
+fn print_spread(served: &BTreeMap<String, u64>, before: &Stats, after: &Stats) {
+    let total: u64 = served.values().sum();
+    let packets = |s: &Stats, real: &str| {
+        s.backend(&host4(real).expect("lab real").to_string()).map_or(0, |b| b.packets)
+    };
+    let total_packets: u64 = REALS.iter().map(|r| packets(after, r).saturating_sub(packets(before, r))).sum();
+    println!("  {:<7} {:>6} {:>10} {:>7} {:>13} {:>7}", "backend", "health", "responses", "share", "XDP packets", "share");
+    for real in REALS {
+        let n = served.get(real).copied().unwrap_or(0);
+        let p = packets(after, real).saturating_sub(packets(before, real));
+        println!(
+            "  {:<7} {:>6} {:>10} {:>6.1}% {:>13} {:>6.1}%",
+            real,
+            health(after, real),
+            n,
+            percent(n, total),
+            p,
+            percent(p, total_packets)
+        );
+    }
+    if let Some(other) = served.keys().find(|k| !REALS.contains(&k.as_str())) {
+        println!("  (responses without a known X-Served-By: {other} {})", served[other]);
+    }
+}
+
+fn percent(part: u64, whole: u64) -> f64 {
+    if whole == 0 {
+        0.0
+    } else {
+        part as f64 * 100.0 / whole as f64
+    }
 }
