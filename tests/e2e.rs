@@ -1,0 +1,256 @@
+//! End to end: the real `fulcrum` daemon on the lab's lb, real HTTP
+//! backends behind it, requests from the client namespace over TCP.
+//!
+//! Needs root (namespaces, XDP) and the workspace binaries `fulcrum` and
+//! `fulcrum-backend` next to this test's profile directory (`cargo build
+//! --bins`; `cargo xtask test` does it). Each test has its own lab prefix
+//! and tears everything down on every exit path, panics included.
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use fulcrum_lab::stats::Stats;
+use fulcrum_lab::{bin_path, host4, in_netns, Lab, Proc, REALS, VIP4, VIP6};
+
+/// Health-check timing of the test config: short, so that the tests wait
+/// seconds, not tens of seconds.
+const INTERVAL: Duration = Duration::from_millis(500);
+const RISE: u32 = 2;
+const FALL: u32 = 2;
+/// New connections per batch of requests. With three equal backends the
+/// chance that Maglev leaves one without any of 60 connections is 3·(2/3)^60.
+const BATCH: u32 = 60;
+
+fn config_toml() -> String {
+    format!(
+        r#"interface = "eth0"
+
+[admin]
+listen = "127.0.0.1:9180"
+
+[[vip]]
+name = "web"
+address = "{VIP4}"
+port = 80
+protocol = "tcp"
+scheduler = "maglev"
+pool = "web"
+
+[[vip]]
+name = "web6"
+address = "{VIP6}"
+port = 80
+protocol = "tcp"
+scheduler = "maglev"
+pool = "web"
+
+[[pool]]
+name = "web"
+
+[pool.health_check]
+type = "http"
+method = "GET"
+path = "/health"
+expect_status = 200
+interval = "{interval}ms"
+timeout = "400ms"
+rise = {RISE}
+fall = {FALL}
+{backends}"#,
+        interval = INTERVAL.as_millis(),
+        backends = REALS
+            .iter()
+            .map(|r| format!("\n[[pool.backend]]\naddress = \"{}\"\nweight = 1\n", host4(r).unwrap()))
+            .collect::<String>(),
+    )
+}
+
+/// A lab with fulcrum running on its lb. Fields drop in order: the daemon
+/// stops (detaching XDP) before the lab's namespaces go.
+struct Fixture {
+    daemon: Option<Proc>,
+    fulcrum: PathBuf,
+    log: PathBuf,
+    lab: Lab,
+}
+
+impl Fixture {
+    /// Brings up a lab with a prefix unique to this process and test, and
+    /// checks the VIP is unreachable before fulcrum runs.
+    fn lab_only() -> Fixture {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let prefix = format!("fe2e{}{}", std::process::id() % 10000, N.fetch_add(1, Ordering::SeqCst));
+        let fulcrum = bin_path("fulcrum").unwrap();
+        let lab = Lab::up(&prefix).unwrap();
+        let log = lab.run_dir().join("fulcrum.log");
+        Fixture { daemon: None, fulcrum, log, lab }
+    }
+
+    /// Starts fulcrum with the test config and waits until every backend
+    /// is up.
+    fn start(&mut self) {
+        let config = self.lab.run_dir().join("fulcrum.toml");
+        std::fs::write(&config, config_toml()).unwrap();
+        let log = std::fs::File::create(&self.log).unwrap();
+        let mut cmd = self.lab.command("lb", &self.fulcrum);
+        cmd.arg("run").arg("--config").arg(&config);
+        cmd.stdin(std::process::Stdio::null()).stdout(log.try_clone().unwrap()).stderr(log);
+        self.daemon = Some(self.lab.spawn(cmd).unwrap());
+        self.wait_health(&REALS, "up", Duration::from_secs(10)).unwrap();
+    }
+
+    fn stats(&self) -> Stats {
+        Stats::fetch(&self.lab, &self.fulcrum).unwrap()
+    }
+
+    /// Polls the stats until every backend in `reals` has `health`, at most
+    /// `limit`. Fetch failures count as "not yet" (the admin endpoint
+    /// comes up after the program loads), a daemon exit as failure.
+    fn wait_health(&mut self, reals: &[&str], health: &str, limit: Duration) -> Result<Stats> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.daemon.as_mut().context("no daemon")?.try_wait()? {
+                bail!("fulcrum exited ({status}) while waiting for {reals:?} {health}");
+            }
+            let last = match Stats::fetch(&self.lab, &self.fulcrum) {
+                Ok(s) if reals.iter().all(|r| backend_health(&s, r) == health) => return Ok(s),
+                Ok(s) => format!("{:?}", REALS.map(|r| (r, backend_health(&s, r).to_string()))),
+                Err(e) => format!("{e:#}"),
+            };
+            if Instant::now() >= deadline {
+                bail!("{reals:?} not {health} after {limit:?}; last: {last}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// `BATCH` GET requests to `vip`:80 from the client, each on a new
+    /// connection; returns responses per backend name. Any failed request
+    /// fails the test: with a healthy backend behind every table entry,
+    /// none may be lost.
+    fn batch(&self, vip: IpAddr) -> BTreeMap<String, u32> {
+        let addr = SocketAddr::new(vip, 80);
+        in_netns(&self.lab.ns("client"), || {
+            let mut served = BTreeMap::new();
+            for i in 0..BATCH {
+                let name = get(addr).unwrap_or_else(|e| panic!("request {i} to {addr}: {e:#}"));
+                *served.entry(name).or_insert(0) += 1;
+            }
+            served
+        })
+        .unwrap()
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        // The log lives in the lab's run directory, which goes with the lab:
+        // show it now if the test failed.
+        if std::thread::panicking() {
+            if let Ok(log) = std::fs::read_to_string(&self.log) {
+                eprintln!("--- fulcrum log ({}) ---\n{log}--- end of log ---", self.lab.prefix());
+            }
+        }
+    }
+}
+
+/// One `GET /` on a new connection; returns the `X-Served-By` backend.
+fn get(addr: SocketAddr) -> Result<String> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).context("connect")?;
+    s.set_read_timeout(Some(Duration::from_secs(2)))?;
+    s.set_write_timeout(Some(Duration::from_secs(2)))?;
+    write!(s, "GET / HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).context("read")?;
+    let (head, _body) = resp.split_once("\r\n\r\n").context("no end of headers")?;
+    if !head.starts_with("HTTP/1.1 200") {
+        bail!("unexpected response: {head}");
+    }
+    head.lines()
+        .find_map(|l| l.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case("x-served-by")))
+        .map(|(_, v)| v.trim().to_string())
+        .context("no X-Served-By header")
+}
+
+fn backend_health<'a>(stats: &'a Stats, real: &str) -> &'a str {
+    stats.backend(&host4(real).unwrap().to_string()).map_or("missing", |b| b.health.as_str())
+}
+
+fn backend_packets(stats: &Stats, real: &str) -> u64 {
+    stats.backend(&host4(real).unwrap().to_string()).map_or(0, |b| b.packets)
+}
+
+/// Connecting to the VIP from the client fails (nothing forwards it).
+fn assert_vip_unreachable(lab: &Lab, vip: IpAddr) {
+    let addr = SocketAddr::new(vip, 80);
+    let res = in_netns(&lab.ns("client"), || TcpStream::connect_timeout(&addr, Duration::from_millis(500)))
+        .unwrap();
+    assert!(res.is_err(), "{addr} answered without fulcrum's XDP program: {res:?}");
+}
+
+/// Requests to `vip` spread over all three backends, and fulcrum's XDP
+/// counters account for them: every backend's packet counter and the `tx`
+/// verdict grew. Before fulcrum starts and after it stops, the VIP is
+/// unreachable, so the traffic can only have gone through XDP.
+fn vip_reaches_every_backend_through_xdp(vip: IpAddr) {
+    let mut f = Fixture::lab_only();
+    assert_vip_unreachable(&f.lab, vip);
+    f.start();
+
+    let before = f.stats();
+    let served = f.batch(vip);
+    let after = f.stats();
+    for real in REALS {
+        assert!(served.get(real).copied().unwrap_or(0) > 0, "{real} served nothing: {served:?}");
+        let packets = backend_packets(&after, real) - backend_packets(&before, real);
+        assert!(packets > 0, "XDP counted no packets for {real}; responses {served:?}");
+    }
+    let tx = after.reason("tx") - before.reason("tx");
+    // At least SYN, request and FIN of every connection went out with XDP_TX.
+    assert!(tx >= 3 * u64::from(BATCH), "tx grew by {tx} for {BATCH} connections");
+    let vip_text = vip.to_string();
+    let vip_stats = after.vips.iter().find(|v| v.address == vip_text).expect("VIP in stats");
+    assert!(vip_stats.packets > 0, "no packets counted for VIP {vip_text}");
+
+    let status = f.daemon.as_mut().unwrap().stop(Duration::from_secs(5)).unwrap();
+    assert!(status.success(), "fulcrum did not exit cleanly on SIGTERM: {status}");
+    // XDP is detached with the daemon: the VIP is dark again.
+    assert_vip_unreachable(&f.lab, vip);
+}
+
+#[test]
+fn ipv4_vip_reaches_every_backend_through_xdp() {
+    vip_reaches_every_backend_through_xdp(VIP4.into());
+}
+
+#[test]
+fn ipv6_vip_reaches_every_backend_through_xdp() {
+    vip_reaches_every_backend_through_xdp(VIP6.into());
+}
+
+/// A backend failing `fall` checks gets no new connections within
+/// interval × fall + 1 s; after `rise` good checks it serves again.
+#[test]
+fn failed_backend_leaves_and_rejoins_after_rise() {
+    let mut f = Fixture::lab_only();
+    f.start();
+
+    f.lab.set_backend_health("real1", false).unwrap();
+    std::thread::sleep(INTERVAL * FALL + Duration::from_secs(1));
+    let stats = f.stats();
+    assert_eq!(backend_health(&stats, "real1"), "down", "stats: {stats:?}");
+    let served = f.batch(VIP4.into());
+    assert_eq!(served.get("real1"), None, "real1 is down but served: {served:?}");
+    assert!(served.contains_key("real2") && served.contains_key("real3"), "{served:?}");
+
+    f.lab.set_backend_health("real1", true).unwrap();
+    // `rise` passing checks, one interval apart, plus slack for the check
+    // in flight and the table rebuild.
+    f.wait_health(&["real1"], "up", INTERVAL * RISE + Duration::from_secs(1)).unwrap();
+    let served = f.batch(VIP4.into());
+    assert!(served.contains_key("real1"), "real1 is up again but served nothing: {served:?}");
+}
