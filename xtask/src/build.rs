@@ -70,6 +70,8 @@ pub fn bench(root: &Path, args: &[String]) -> Result<()> {
             .current_dir(root)
             .args(["run", "--release", "-p", "fulcrum-bench", "--"])
             .args(args)
+            .arg("--record")
+            .arg(root.join("bench/RESULTS.md"))
             .env("FULCRUM_EBPF_DIR", ebpf_dir(root))
             .env("FULCRUM_ROOT", root),
     )
