@@ -13,7 +13,9 @@
 //! real holds the VIP on `lo` and does not answer ARP for it (L2 DSR), so
 //! replies go straight back to the client. The lb does not forward in the
 //! kernel: the VIP is only reachable while fulcrum's XDP program is
-//! attached to the lb's `eth0`.
+//! attached to the lb's `eth0`. The switch-side end of every veth pair
+//! runs an XDP pass program so that frames sent back with `XDP_TX` are
+//! delivered (see `xdp_pass`).
 //!
 //! Used by `cargo xtask lab`, `cargo xtask demo` and the end-to-end tests.
 //! It owns the namespaces and processes it creates and removes them (by
@@ -24,6 +26,7 @@ pub mod stats;
 
 mod netns;
 mod proc;
+mod xdp_pass;
 
 use std::fs;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
@@ -278,9 +281,11 @@ impl Lab {
             ip_sw(&["link", "add", host, "type", "veth", "peer", "name", "eth0", "netns", &ns])?;
             ip_sw(&["link", "set", host, "master", "br0"])?;
             ip_sw(&["link", "set", host, "up"])?;
-            // The lb sends frames back out of its eth0 with XDP_TX; a veth
-            // peer only accepts such frames with an XDP program or GRO on.
-            run_checked(netns_command(&sw, "ethtool").args(["-K", host, "gro", "on"]))?;
+            // The lb sends frames back out of its eth0 with XDP_TX; the
+            // switch-side end only delivers them with an XDP program of its
+            // own (see xdp_pass). Every host gets one, so any of them may
+            // run an XDP_TX program.
+            in_netns(&sw, || xdp_pass::attach_pass(host))??;
             self.configure_host(host)?;
         }
         Ok(())
@@ -296,6 +301,12 @@ impl Lab {
         // nodad: the address is usable at once instead of after DAD's delay.
         ip(&["addr", "add", &v6, "dev", "eth0", "nodad"])?;
         ip(&["link", "set", "eth0", "up"])?;
+        // A veth leaves the TCP/UDP checksum of what it sends to be filled
+        // in "by the hardware" (CHECKSUM_PARTIAL), which never happens on a
+        // frame that XDP_TX re-sends: the real would drop it as corrupt.
+        // Computing checksums in software makes frames on the lab segment
+        // complete, as on a real wire.
+        run_checked(netns_command(&ns, "ethtool").args(["-K", "eth0", "tx", "off"]))?;
         if host == "client" {
             ip(&["route", "add", &format!("{VIP4}/32"), "via", &LB4.to_string()])?;
             ip(&["-6", "route", "add", &format!("{VIP6}/128"), "via", &LB6.to_string()])?;
