@@ -297,6 +297,11 @@ impl Lab {
         let v4 = format!("{}/24", host4(host).expect("known host"));
         let v6 = format!("{}/64", host6(host).expect("known host"));
         ip(&["link", "set", "lo", "up"])?;
+        // No duplicate address detection on eth0, for the link-local address
+        // too: while it is tentative (a second or two after link up) the
+        // kernel sends no neighbour solicitations, so a real could not
+        // answer an IPv6 client it has not talked to yet.
+        run_checked(netns_command(&ns, "sysctl").args(["-q", "-w", "net.ipv6.conf.eth0.accept_dad=0"]))?;
         ip(&["addr", "add", &v4, "dev", "eth0"])?;
         // nodad: the address is usable at once instead of after DAD's delay.
         ip(&["addr", "add", &v6, "dev", "eth0", "nodad"])?;
