@@ -98,6 +98,7 @@ impl Fixture {
         let log = std::fs::File::create(&self.log).unwrap();
         let mut cmd = self.lab.command("lb", &self.fulcrum);
         cmd.arg("run").arg("--config").arg(&config);
+        cmd.env("NO_COLOR", "1");
         cmd.stdin(std::process::Stdio::null()).stdout(log.try_clone().unwrap()).stderr(log);
         self.daemon = Some(self.lab.spawn(cmd).unwrap());
         self.wait_health(&REALS, "up", Duration::from_secs(10)).unwrap();

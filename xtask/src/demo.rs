@@ -64,7 +64,8 @@ fn story(root: &Path, fulcrum: &Path, log_path: &Path) -> Result<()> {
     let log = fs::File::create(log_path).with_context(|| format!("creating {}", log_path.display()))?;
     let mut cmd = lab.command("lb", fulcrum);
     cmd.arg("run").arg("--config").arg(&config);
-    cmd.stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
+    // The log is a file: plain text, no terminal colours.
+    cmd.env("NO_COLOR", "1").stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
     println!("$ ip netns exec {} {} run --config {}", lab.ns("lb"), fulcrum.display(), config.display());
     println!("  log: {}", log_path.display());
     // Declared after `lab`, so it is dropped (stopped) before the lab goes.
@@ -72,7 +73,8 @@ fn story(root: &Path, fulcrum: &Path, log_path: &Path) -> Result<()> {
     let stats = wait_until(&lab, fulcrum, &mut daemon, ALL_UP_LIMIT, "all 3 backends up", |s| {
         REALS.iter().all(|r| health(s, r) == "up")
     })?;
-    print_health_log(log_path)?;
+    let mut log_shown = 0;
+    print_health_log(log_path, &mut log_shown)?;
     print_health(&stats);
 
     heading(3, &format!("wrk -t{WRK_THREADS} -c{WRK_CONNECTIONS} -d{WRK_FIRST_RUN} from the client to http://{VIP4}/"));
@@ -102,6 +104,7 @@ fn story(root: &Path, fulcrum: &Path, log_path: &Path) -> Result<()> {
     let stats = wait_until(&lab, fulcrum, &mut daemon, Duration::from_secs(2), "real1 down", |s| {
         health(s, "real1") == "down"
     })?;
+    print_health_log(log_path, &mut log_shown)?;
     print_health(&stats);
     println!("\n  wrk -d{WRK_SECOND_RUN} again:");
     let before = Stats::fetch(&lab, fulcrum)?;
@@ -178,12 +181,16 @@ fn print_health(stats: &Stats) {
     println!("  fulcrum stats: {}", health_line(stats));
 }
 
-/// Shows what fulcrum logged about health so far.
-fn print_health_log(log_path: &Path) -> Result<()> {
+/// Shows what fulcrum logged about health since the last call; `shown`
+/// is how many bytes of the log earlier calls went through.
+fn print_health_log(log_path: &Path, shown: &mut usize) -> Result<()> {
     let log = fs::read_to_string(log_path)?;
-    let lines: Vec<&str> = log.lines().filter(|l| l.to_ascii_lowercase().contains("health")).collect();
-    println!("  fulcrum's health lines:");
-    for line in lines.iter().rev().take(8).rev() {
+    let new = log.get(*shown..).unwrap_or_default();
+    // Only whole lines: the daemon may be writing the next one.
+    let complete = new.rfind('\n').map_or(0, |i| i + 1);
+    *shown += complete;
+    println!("  fulcrum's log on health:");
+    for line in new[..complete].lines().filter(|l| l.contains("health")) {
         println!("    {line}");
     }
     Ok(())
