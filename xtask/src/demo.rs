@@ -33,6 +33,8 @@ const WRK_CONNECTIONS: &str = "30";
 const WRK_FIRST_RUN: &str = "10s";
 const WRK_SECOND_RUN: &str = "5s";
 
+/// Runs the demo from the workspace at `root`; errors (including Ctrl-C)
+/// come back after everything it started has been torn down.
 pub fn run(root: &Path) -> Result<()> {
     interrupt::install()?;
     heading(1, "setup, build, lab up");

@@ -27,6 +27,7 @@ pub enum Action {
     },
 }
 
+/// `cargo xtask lab up|down` for the workspace at `root`.
 pub fn run(root: &Path, action: Action) -> Result<()> {
     match action {
         Action::Up { prefix } => {
