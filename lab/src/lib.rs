@@ -285,7 +285,7 @@ impl Lab {
             // switch-side end only delivers them with an XDP program of its
             // own (see xdp_pass). Every host gets one, so any of them may
             // run an XDP_TX program.
-            in_netns(&sw, || xdp_pass::attach_pass(host))??;
+            xdp_pass::attach_pass(&sw, host)?;
             self.configure_host(host)?;
         }
         Ok(())

@@ -48,6 +48,8 @@ pub fn run(root: &Path, action: Action) -> Result<()> {
 /// Builds the release `fulcrum-backend` (the lab's reals run it) and
 /// returns its path.
 pub fn build_backend(root: &Path) -> Result<PathBuf> {
+    // The lab attaches the pass program from the eBPF build to its veths.
+    crate::build::ebpf(root)?;
     crate::build::status(Command::new("cargo").current_dir(root).args([
         "build", "--release", "--quiet", "-p", "fulcrum-lab", "--bin", "fulcrum-backend",
     ]))?;
