@@ -109,7 +109,7 @@ fn xdp(repeat: u32, rounds: usize, cpu: usize, record: Option<PathBuf>) -> Resul
     let vip_frame = frame(vip, 80);
     let other_frame = frame(Ipv4Addr::new(198, 18, 0, 77), 80);
     let datapath = std::cell::RefCell::new(datapath);
-    let mut paths = vec![
+    let mut paths = [
         Path {
             name: "floor: MAC swap, XDP_TX",
             want: XDP_TX,

@@ -27,7 +27,7 @@ pub struct Member<'a> {
 /// requires M prime so that every `skip` is coprime with it and each
 /// permutation visits every slot.
 pub fn is_valid_table_size(m: u32) -> bool {
-    m >= 3 && (2..).take_while(|d: &u32| d.saturating_mul(*d) <= m).all(|d| m % d != 0)
+    m >= 3 && (2..).take_while(|d: &u32| d.saturating_mul(*d) <= m).all(|d| !m.is_multiple_of(d))
 }
 
 /// Builds a lookup table of `size` slots (a prime, see
