@@ -255,3 +255,52 @@ fn failed_backend_leaves_and_rejoins_after_rise() {
     let served = f.batch(VIP4.into());
     assert!(served.contains_key("real1"), "real1 is up again but served nothing: {served:?}");
 }
+
+/// SIGHUP reloads the file. A bad one is rejected with its file:line:col and
+/// the running configuration keeps balancing over all backends; a good one
+/// takes effect (here: real1 drained with weight 0).
+#[test]
+fn reload_rejects_a_bad_config_and_applies_a_good_one() {
+    let mut f = Fixture::lab_only();
+    f.start();
+    let config = f.lab.run_dir().join("fulcrum.toml");
+    let hup = |f: &mut Fixture| {
+        let pid = f.daemon.as_ref().unwrap().pid() as libc::pid_t;
+        // SAFETY: plain kill(2) to the daemon this test started.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGHUP) }, 0);
+    };
+
+    let bad = config_toml().replacen("scheduler = \"maglev\"", "scheduler = \"round-robin\"", 1);
+    let bad_line = bad.lines().position(|l| l.contains("round-robin")).unwrap() + 1;
+    std::fs::write(&config, &bad).unwrap();
+    hup(&mut f);
+    let want = format!("fulcrum.toml:{bad_line}:");
+    wait_log(&f, |log| log.contains("reload rejected") && log.contains(&want))
+        .unwrap_or_else(|log| panic!("no rejection naming {want} in the log:\n{log}"));
+    let served = f.batch(VIP4.into());
+    assert!(REALS.iter().all(|r| served.contains_key(*r)), "old config must keep serving: {served:?}");
+
+    // The first backend in the file is real1.
+    std::fs::write(&config, config_toml().replacen("weight = 1", "weight = 0", 1)).unwrap();
+    hup(&mut f);
+    wait_log(&f, |log| log.contains("configuration reloaded"))
+        .unwrap_or_else(|log| panic!("no reload in the log:\n{log}"));
+    let served = f.batch(VIP4.into());
+    assert_eq!(served.get("real1"), None, "real1 is drained but served: {served:?}");
+    assert!(served.contains_key("real2") && served.contains_key("real3"), "{served:?}");
+}
+
+/// Waits up to 5 s for the daemon log to satisfy `done`; the log on timeout.
+fn wait_log(f: &Fixture, done: impl Fn(&str) -> bool) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let log = std::fs::read_to_string(&f.log).unwrap_or_default();
+        if done(&log) {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(log);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
