@@ -86,44 +86,37 @@ fn v6_hash(src: Ipv6Addr, sport: u16, dport: u16) -> u32 {
     hash::flow_hash_v6(&addr_words(src.into()), ports_word(sport.to_be(), dport.to_be()))
 }
 
-fn tcp4(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16) -> Vec<u8> {
+/// An Ethernet frame from the client to `dst`, with a small payload.
+fn frame(src: IpAddr, dst: IpAddr, protocol: Protocol, sport: u16, dport: u16) -> Vec<u8> {
+    let eth = PacketBuilder::ethernet2(CLIENT_MAC, SELF_MAC);
+    let ip = match (src, dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => eth.ipv4(s.octets(), d.octets(), 64),
+        (IpAddr::V6(s), IpAddr::V6(d)) => eth.ipv6(s.octets(), d.octets(), 64),
+        _ => panic!("mixed address families"),
+    };
     let mut out = Vec::new();
-    PacketBuilder::ethernet2(CLIENT_MAC, SELF_MAC)
-        .ipv4(src.octets(), dst.octets(), 64)
-        .tcp(sport, dport, 1, 65535)
-        .write(&mut out, b"GET / HTTP/1.1\r\n\r\n")
-        .unwrap();
+    match protocol {
+        Protocol::Tcp => ip.tcp(sport, dport, 1, 65535).write(&mut out, b"GET / HTTP/1.1\r\n\r\n"),
+        Protocol::Udp => ip.udp(sport, dport).write(&mut out, b"query"),
+    }
+    .unwrap();
     out
+}
+
+fn tcp4(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16) -> Vec<u8> {
+    frame(src.into(), dst.into(), Protocol::Tcp, sport, dport)
 }
 
 fn udp4(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16) -> Vec<u8> {
-    let mut out = Vec::new();
-    PacketBuilder::ethernet2(CLIENT_MAC, SELF_MAC)
-        .ipv4(src.octets(), dst.octets(), 64)
-        .udp(sport, dport)
-        .write(&mut out, b"query")
-        .unwrap();
-    out
+    frame(src.into(), dst.into(), Protocol::Udp, sport, dport)
 }
 
 fn tcp6(src: Ipv6Addr, dst: Ipv6Addr, sport: u16, dport: u16) -> Vec<u8> {
-    let mut out = Vec::new();
-    PacketBuilder::ethernet2(CLIENT_MAC, SELF_MAC)
-        .ipv6(src.octets(), dst.octets(), 64)
-        .tcp(sport, dport, 1, 65535)
-        .write(&mut out, b"GET / HTTP/1.1\r\n\r\n")
-        .unwrap();
-    out
+    frame(src.into(), dst.into(), Protocol::Tcp, sport, dport)
 }
 
 fn udp6(src: Ipv6Addr, dst: Ipv6Addr, sport: u16, dport: u16) -> Vec<u8> {
-    let mut out = Vec::new();
-    PacketBuilder::ethernet2(CLIENT_MAC, SELF_MAC)
-        .ipv6(src.octets(), dst.octets(), 64)
-        .udp(sport, dport)
-        .write(&mut out, b"query")
-        .unwrap();
-    out
+    frame(src.into(), dst.into(), Protocol::Udp, sport, dport)
 }
 
 /// `frame` with its Ethernet addresses replaced: what L2 DSR must send.
