@@ -87,12 +87,9 @@ impl Tables {
 
     fn write_real(&mut self, maps: &mut Maps<'_>, address: IpAddr, mac: Option<Mac>) -> Result<(), DatapathError> {
         let id = match self.reals.get(&address) {
-            Some(&(id, written)) if written == mac || mac.is_none() => {
-                // An unknown MAC keeps the last one: the real is out of every
-                // table anyway (see state::Exclusion::NoMac).
-                let _ = id;
-                return Ok(());
-            }
+            // An unknown MAC keeps the last one written: the real is out of
+            // every table anyway (see state::Exclusion::NoMac).
+            Some(&(_, written)) if written == mac || mac.is_none() => return Ok(()),
             Some(&(id, _)) => id,
             None => {
                 let used: BTreeSet<u32> = self.reals.values().map(|&(id, _)| id).collect();
