@@ -7,7 +7,7 @@
 use std::{
     collections::{BTreeMap, HashMap},
     fmt,
-    net::{IpAddr, SocketAddr},
+    net::IpAddr,
 };
 
 use serde::Serialize;
@@ -168,18 +168,10 @@ pub fn health_targets(config: &Config) -> Vec<(BackendKey, Probe)> {
         .pools
         .iter()
         .flat_map(|pool| {
-            let hc = &pool.health_check;
             pool.backends.iter().map(move |b| {
                 (
                     BackendKey { pool: pool.name.clone(), address: b.address },
-                    Probe {
-                        addr: SocketAddr::new(b.address, hc.port),
-                        check: hc.check.clone(),
-                        interval: hc.interval,
-                        timeout: hc.timeout,
-                        rise: hc.rise,
-                        fall: hc.fall,
-                    },
+                    Probe::from_config(b.address, &pool.health_check),
                 )
             })
         })
