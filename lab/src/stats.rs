@@ -2,7 +2,10 @@
 //! helper to fetch it from a daemon running in the lab's lb namespace.
 //!
 //! Only the fields the demo and the tests need are typed; unknown fields
-//! are ignored so the daemon may add more.
+//! are ignored so the daemon may add more. Why not `fulcrum::admin::StatsReport`:
+//! xtask depends on this crate and must build before the eBPF object that
+//! the `fulcrum` crate embeds, so the lab cannot depend on `fulcrum`; the
+//! JSON is the contract between them.
 use std::collections::BTreeMap;
 use std::path::Path;
 
