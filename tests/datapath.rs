@@ -4,26 +4,24 @@
 //! same `Datapath::apply` the daemon uses, runs frames through it, and
 //! checks the action, the exact output frame and the counters. The
 //! expected backend is computed independently: the Maglev table from
-//! `fulcrum::maglev` and the flow hash from `fulcrum-common`.
+//! `fulcrum_l4::maglev` and the flow hash from `fulcrum-common`.
 //!
 //! Needs root (or CAP_BPF + CAP_NET_ADMIN) to load the program.
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+};
 
 use etherparse::PacketBuilder;
-use fulcrum::{
-    config::{Protocol, Scheduler},
-    datapath::Datapath,
-    maglev,
-    state::{ActiveBackend, Effective, EffectiveVip, Mac},
-};
-use fulcrum_common::{addr_words, hash, ports_word, Reason};
+use fulcrum_common::{addr_words, hash, ports_word, Mac, Reason, VipKey, IPPROTO_TCP, IPPROTO_UDP, MAX_REALS, MAX_VIPS, VIP_F_HASH_SRC_ONLY};
+use fulcrum_l4::{maglev, Datapath, DatapathError, Plan, PlanVip};
 
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
 const XDP_TX: u32 = 3;
 
-const SELF_MAC: Mac = [0x02, 0, 0, 0, 0, 0x02];
-const CLIENT_MAC: Mac = [0x02, 0, 0, 0, 0, 0x10];
+const SELF_MAC: Mac = Mac([0x02, 0, 0, 0, 0, 0x02]);
+const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x10];
 const TABLE: u32 = 251;
 
 const VIP4: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 1);
@@ -31,43 +29,55 @@ const VIP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x18, 1, 0, 0, 0, 0, 1);
 const CLIENT4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 10);
 const CLIENT6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x18, 0, 0, 0, 0, 0, 0x10);
 
-fn real(i: u8) -> (IpAddr, Mac) {
-    (IpAddr::V4(Ipv4Addr::new(198, 18, 0, 10 + i)), [0x02, 0, 0, 0, 0, 0x10 + i])
+#[derive(Clone, Copy)]
+enum Protocol {
+    Tcp,
+    Udp,
 }
 
-fn vip(name: &str, address: IpAddr, port: u16, protocol: Protocol, scheduler: Scheduler, backends: &[u8]) -> EffectiveVip {
-    EffectiveVip {
-        name: name.into(),
-        address,
-        port,
-        protocol,
-        scheduler,
-        table_size: TABLE,
-        backends: backends.iter().map(|&i| ActiveBackend { address: real(i).0, weight: 1 }).collect(),
-    }
+fn real(i: u8) -> (IpAddr, Mac) {
+    (IpAddr::V4(Ipv4Addr::new(198, 18, 0, 10 + i)), Mac([0x02, 0, 0, 0, 0, 0x10 + i]))
+}
+
+fn vip(name: &str, address: IpAddr, port: u16, protocol: Protocol, flags: u32, backends: &[u8]) -> PlanVip {
+    let proto = match protocol {
+        Protocol::Tcp => IPPROTO_TCP,
+        Protocol::Udp => IPPROTO_UDP,
+    };
+    let mut members: Vec<(IpAddr, u32)> = backends.iter().map(|&i| (real(i).0, 1)).collect();
+    members.sort_unstable();
+    PlanVip { name: name.into(), key: VipKey::new(address, port, proto), flags, table_size: TABLE, members }
 }
 
 /// Four VIPs (v4/v6 x tcp/udp) over reals 1..=3, an ip-hash VIP, and a VIP
 /// whose only backend is gone.
-fn lab_state() -> Effective {
-    Effective {
+fn lab_state() -> Plan {
+    Plan {
         vips: vec![
-            vip("v4tcp", VIP4.into(), 80, Protocol::Tcp, Scheduler::Maglev, &[1, 2, 3]),
-            vip("v4udp", VIP4.into(), 53, Protocol::Udp, Scheduler::Maglev, &[1, 2, 3]),
-            vip("v6tcp", VIP6.into(), 80, Protocol::Tcp, Scheduler::Maglev, &[1, 2, 3]),
-            vip("v6udp", VIP6.into(), 53, Protocol::Udp, Scheduler::Maglev, &[1, 2, 3]),
-            vip("sticky", VIP4.into(), 443, Protocol::Tcp, Scheduler::IpHash, &[1, 2, 3]),
-            vip("empty", VIP4.into(), 8080, Protocol::Tcp, Scheduler::Maglev, &[]),
+            vip("v4tcp", VIP4.into(), 80, Protocol::Tcp, 0, &[1, 2, 3]),
+            vip("v4udp", VIP4.into(), 53, Protocol::Udp, 0, &[1, 2, 3]),
+            vip("v6tcp", VIP6.into(), 80, Protocol::Tcp, 0, &[1, 2, 3]),
+            vip("v6udp", VIP6.into(), 53, Protocol::Udp, 0, &[1, 2, 3]),
+            vip("sticky", VIP4.into(), 443, Protocol::Tcp, VIP_F_HASH_SRC_ONLY, &[1, 2, 3]),
+            vip("empty", VIP4.into(), 8080, Protocol::Tcp, 0, &[]),
         ],
         reals: (1..=3).map(|i| (real(i).0, Some(real(i).1))).collect(),
     }
 }
 
-fn loaded(effective: &Effective) -> Datapath {
-    let mut dp = Datapath::load(aya_log::Level::Info as u8).expect("loading the XDP program (run as root)");
+fn loaded(plan: &Plan) -> Datapath {
+    let mut dp = Datapath::load().expect("loading the XDP program (run as root)");
     dp.set_self_mac(SELF_MAC).unwrap();
-    dp.apply(effective).unwrap();
+    dp.apply(plan).unwrap();
     dp
+}
+
+fn vip_packets(dp: &Datapath, name: &str) -> u64 {
+    dp.counters().vip(dp.applied().vips[name].vip_id).packets
+}
+
+fn real_packets(dp: &Datapath, address: IpAddr) -> u64 {
+    dp.counters().real(dp.applied().reals[&address].0).packets
 }
 
 /// The MAC the program must pick, computed without the kernel.
@@ -88,7 +98,7 @@ fn v6_hash(src: Ipv6Addr, sport: u16, dport: u16) -> u32 {
 
 /// An Ethernet frame from the client to `dst`, with a small payload.
 fn frame(src: IpAddr, dst: IpAddr, protocol: Protocol, sport: u16, dport: u16) -> Vec<u8> {
-    let eth = PacketBuilder::ethernet2(CLIENT_MAC, SELF_MAC);
+    let eth = PacketBuilder::ethernet2(CLIENT_MAC, SELF_MAC.0);
     let ip = match (src, dst) {
         (IpAddr::V4(s), IpAddr::V4(d)) => eth.ipv4(s.octets(), d.octets(), 64),
         (IpAddr::V6(s), IpAddr::V6(d)) => eth.ipv6(s.octets(), d.octets(), 64),
@@ -122,13 +132,13 @@ fn udp6(src: Ipv6Addr, dst: Ipv6Addr, sport: u16, dport: u16) -> Vec<u8> {
 /// `frame` with its Ethernet addresses replaced: what L2 DSR must send.
 fn rewritten(frame: &[u8], dst: Mac) -> Vec<u8> {
     let mut want = frame.to_vec();
-    want[0..6].copy_from_slice(&dst);
-    want[6..12].copy_from_slice(&SELF_MAC);
+    want[0..6].copy_from_slice(&dst.0);
+    want[6..12].copy_from_slice(&SELF_MAC.0);
     want
 }
 
 fn reason(dp: &Datapath, r: Reason) -> u64 {
-    dp.reason_counters().into_iter().find(|(x, _)| *x == r).unwrap().1.packets
+    dp.counters().reasons().into_iter().find(|(x, _)| *x == r).unwrap().1.packets
 }
 
 /// Runs `frame` and checks the action; returns the output frame.
@@ -172,12 +182,12 @@ fn flows_spread_over_every_backend_and_are_counted() {
         seen.insert(<[u8; 6]>::try_from(&out[0..6]).unwrap());
     }
     assert_eq!(seen.len(), 3, "300 flows must reach all 3 backends");
-    assert_eq!(dp.vip_counters("v4tcp").packets, 300);
-    let per_real: u64 = (1..=3).map(|i| dp.real_counters(real(i).0).packets).sum();
+    assert_eq!(vip_packets(&dp, "v4tcp"), 300);
+    let per_real: u64 = (1..=3).map(|i| real_packets(&dp, real(i).0)).sum();
     assert_eq!(per_real, 300);
-    assert!((1..=3).all(|i| dp.real_counters(real(i).0).packets > 50));
+    assert!((1..=3).all(|i| real_packets(&dp, real(i).0) > 50));
     let len = tcp4(CLIENT4, VIP4, 1, 80).len() as u64;
-    assert_eq!(dp.vip_counters("v4tcp").bytes, 300 * len);
+    assert_eq!(dp.counters().vip(dp.applied().vips["v4tcp"].vip_id).bytes, 300 * len);
 }
 
 #[test]
@@ -196,7 +206,7 @@ fn ip_hash_keeps_a_client_on_one_backend() {
 fn vlan_tagged_vip_packets_keep_their_tag() {
     let mut dp = loaded(&lab_state());
     let mut f = Vec::new();
-    PacketBuilder::ethernet2(CLIENT_MAC, SELF_MAC)
+    PacketBuilder::ethernet2(CLIENT_MAC, SELF_MAC.0)
         .single_vlan(etherparse::VlanId::try_new(42).unwrap())
         .ipv4(CLIENT4.octets(), VIP4.octets(), 64)
         .tcp(5555, 80, 1, 65535)
@@ -268,12 +278,12 @@ fn everything_else_gets_its_documented_action() {
     // A VIP with no backend drops, and counts the packet for the VIP.
     let f = tcp4(CLIENT4, VIP4, 40000, 8080);
     run(&mut dp, &f, XDP_DROP, Reason::DropNoBackend);
-    assert_eq!(dp.vip_counters("empty").packets, 1);
+    assert_eq!(vip_packets(&dp, "empty"), 1);
 }
 
 #[test]
 fn with_no_vip_everything_passes() {
-    let mut dp = loaded(&Effective::default());
+    let mut dp = loaded(&Plan::default());
     for f in [tcp4(CLIENT4, VIP4, 1, 80), udp4(CLIENT4, VIP4, 1, 53), tcp6(CLIENT6, VIP6, 1, 80), udp6(CLIENT6, VIP6, 1, 53)] {
         assert_eq!(run(&mut dp, &f, XDP_PASS, Reason::PassNotVip), f);
     }
@@ -285,21 +295,215 @@ fn a_new_table_replaces_the_old_one_whole() {
     let mut dp = loaded(&state);
     // Backend 2 leaves: flows must now map by the 2-backend table, and none
     // may reach backend 2.
-    state.vips[0].backends.retain(|b| b.address != real(2).0);
+    state.vips[0].members.retain(|&(a, _)| a != real(2).0);
     dp.apply(&state).unwrap();
     for sport in 20000..20200u16 {
         let f = tcp4(CLIENT4, VIP4, sport, 80);
         let want = rewritten(&f, expected_mac(&[1, 3], v4_hash(CLIENT4, sport, 80)));
         assert_eq!(run(&mut dp, &f, XDP_TX, Reason::Tx), want);
     }
-    let info = dp.vip_table("v4tcp").unwrap();
+    let info = dp.applied().vips["v4tcp"].clone();
     assert_eq!(info.table_size, TABLE);
     assert_eq!(info.slots.iter().map(|s| s.1).sum::<u32>(), TABLE);
     // And the default-sized table, 65537 slots, works the same way.
     state.vips[0].table_size = fulcrum_common::MAGLEV_MAX_TABLE_SIZE;
     dp.apply(&state).unwrap();
-    assert_eq!(dp.vip_table("v4tcp").unwrap().table_size, 65537);
+    assert_eq!(dp.applied().vips["v4tcp"].table_size, 65537);
     let f = tcp4(CLIENT4, VIP4, 1234, 80);
     let out = run(&mut dp, &f, XDP_TX, Reason::Tx);
-    assert!(out[0..6] == real(1).1 || out[0..6] == real(3).1);
+    assert!(out[0..6] == real(1).1 .0 || out[0..6] == real(3).1 .0);
+}
+
+/// A plan of `n` VIPs on VIP4, ports 1000.., each over reals 1..=3.
+fn many_vips(n: u32) -> Plan {
+    Plan {
+        vips: (0..n).map(|i| vip(&format!("vip{i}"), VIP4.into(), 1000 + i as u16, Protocol::Tcp, 0, &[1, 2, 3])).collect(),
+        reals: (1..=3).map(|i| (real(i).0, Some(real(i).1))).collect(),
+    }
+}
+
+#[test]
+fn a_removed_vip_passes_and_its_id_is_reused_with_zeroed_counters() {
+    let mut state = lab_state();
+    let mut dp = loaded(&state);
+    let f = tcp4(CLIENT4, VIP4, 3333, 80);
+    run(&mut dp, &f, XDP_TX, Reason::Tx);
+    let id = dp.applied().vips["v4tcp"].vip_id;
+    assert_eq!(vip_packets(&dp, "v4tcp"), 1);
+
+    state.vips.remove(0);
+    dp.apply(&state).unwrap();
+    assert!(!dp.applied().vips.contains_key("v4tcp"));
+    assert_eq!(run(&mut dp, &f, XDP_PASS, Reason::PassNotVip), f);
+
+    // A new VIP takes the lowest free id, the removed one's, from zero.
+    state.vips.push(vip("new", VIP4.into(), 8443, Protocol::Tcp, 0, &[1, 2, 3]));
+    dp.apply(&state).unwrap();
+    assert_eq!(dp.applied().vips["new"].vip_id, id);
+    assert_eq!(vip_packets(&dp, "new"), 0);
+    run(&mut dp, &tcp4(CLIENT4, VIP4, 3333, 8443), XDP_TX, Reason::Tx);
+    assert_eq!(vip_packets(&dp, "new"), 1);
+}
+
+#[test]
+fn a_vip_changing_address_under_the_same_name_moves_whole() {
+    let mut state = lab_state();
+    let mut dp = loaded(&state);
+    let old = tcp4(CLIENT4, VIP4, 4444, 80);
+    run(&mut dp, &old, XDP_TX, Reason::Tx);
+    let moved = Ipv4Addr::new(198, 18, 1, 2);
+    state.vips[0].key = VipKey::new(moved.into(), 80, IPPROTO_TCP);
+    dp.apply(&state).unwrap();
+    assert_eq!(run(&mut dp, &old, XDP_PASS, Reason::PassNotVip), old);
+    let new = tcp4(CLIENT4, moved, 4444, 80);
+    let want = rewritten(&new, expected_mac(&[1, 2, 3], v4_hash(CLIENT4, 4444, 80)));
+    assert_eq!(run(&mut dp, &new, XDP_TX, Reason::Tx), want);
+    // A different service: its counters start again.
+    assert_eq!(vip_packets(&dp, "v4tcp"), 1);
+}
+
+#[test]
+fn a_real_id_is_reused_with_its_counters_reset() {
+    let mut state = lab_state();
+    let mut dp = loaded(&state);
+    for sport in 30000..30100u16 {
+        run(&mut dp, &tcp4(CLIENT4, VIP4, sport, 80), XDP_TX, Reason::Tx);
+    }
+    let (gone, gone_id) = (real(3).0, dp.applied().reals[&real(3).0].0);
+    assert!(real_packets(&dp, gone) > 0);
+
+    // Real 3 leaves the configuration; then real 4 arrives and takes its id.
+    for v in &mut state.vips {
+        v.members.retain(|&(a, _)| a != gone);
+    }
+    state.reals.remove(&gone);
+    dp.apply(&state).unwrap();
+    for v in &mut state.vips {
+        if !v.members.is_empty() {
+            v.members.push((real(4).0, 1));
+            v.members.sort_unstable();
+        }
+    }
+    state.reals.insert(real(4).0, Some(real(4).1));
+    dp.apply(&state).unwrap();
+    assert!(!dp.applied().reals.contains_key(&gone));
+    assert_eq!(dp.applied().reals[&real(4).0].0, gone_id);
+    assert_eq!(real_packets(&dp, real(4).0), 0);
+    let mut to_4 = 0;
+    for sport in 30000..30100u16 {
+        let f = tcp4(CLIENT4, VIP4, sport, 80);
+        let want = expected_mac(&[1, 2, 4], v4_hash(CLIENT4, sport, 80));
+        assert_eq!(run(&mut dp, &f, XDP_TX, Reason::Tx), rewritten(&f, want));
+        to_4 += u64::from(want == real(4).1);
+    }
+    assert_eq!(real_packets(&dp, real(4).0), to_4);
+    assert!(to_4 > 0);
+}
+
+#[test]
+fn a_real_whose_mac_changes_gets_the_new_mac() {
+    let mut state = lab_state();
+    let mut dp = loaded(&state);
+    let target = real(1);
+    let sport = (1000..u16::MAX).find(|&p| expected_mac(&[1, 2, 3], v4_hash(CLIENT4, p, 80)) == target.1).unwrap();
+    let f = tcp4(CLIENT4, VIP4, sport, 80);
+    assert_eq!(run(&mut dp, &f, XDP_TX, Reason::Tx), rewritten(&f, target.1));
+    let new_mac = Mac([0x02, 0, 0, 0, 0, 0x99]);
+    state.reals.insert(target.0, Some(new_mac));
+    let counts = dp.apply(&state).unwrap();
+    // Only the real changed: no table is rewritten.
+    assert_eq!(counts.vips_written, 0);
+    assert_eq!(run(&mut dp, &f, XDP_TX, Reason::Tx), rewritten(&f, new_mac));
+}
+
+#[test]
+fn only_changed_vips_are_written_and_equal_tables_are_built_once() {
+    let mut state = many_vips(16);
+    let mut dp = Datapath::load().unwrap();
+    let first = dp.apply(&state).unwrap();
+    assert_eq!((first.vips_written, first.tables_built), (16, 1));
+    assert_eq!(dp.apply(&state).unwrap().vips_written, 0);
+    state.vips[5].members.retain(|&(a, _)| a != real(2).0);
+    let one = dp.apply(&state).unwrap();
+    assert_eq!((one.vips_written, one.tables_built), (1, 1));
+    // Every VIP over the same members reports the same table digest.
+    let digests: std::collections::BTreeSet<u64> =
+        (0..16).filter(|&i| i != 5).map(|i| dp.applied().vips[&format!("vip{i}")].digest).collect();
+    assert_eq!(digests.len(), 1);
+    assert_ne!(dp.applied().vips["vip5"].digest, *digests.iter().next().unwrap());
+}
+
+#[test]
+fn max_vips_fit_a_reload_renaming_one_at_the_limit_fits_and_one_more_is_refused() {
+    let mut state = many_vips(MAX_VIPS);
+    let mut dp = loaded(&state);
+    assert_eq!(dp.applied().vips.len(), MAX_VIPS as usize);
+    // Renaming a VIP at the limit: its id is freed before a new one is taken.
+    state.vips[10].name = "renamed".into();
+    dp.apply(&state).unwrap();
+    assert!(dp.applied().vips.contains_key("renamed"));
+    let f = tcp4(CLIENT4, VIP4, 5555, 1010);
+    run(&mut dp, &f, XDP_TX, Reason::Tx);
+    assert_eq!(vip_packets(&dp, "renamed"), 1);
+
+    // One VIP too many is refused; every VIP written keeps working, and
+    // the next valid plan applies.
+    let mut over = state.clone();
+    over.vips.push(vip("one-too-many", VIP4.into(), 9999, Protocol::Tcp, 0, &[1, 2, 3]));
+    assert!(matches!(dp.apply(&over), Err(DatapathError::Limit(_))));
+    run(&mut dp, &tcp4(CLIENT4, VIP4, 5555, 1063), XDP_TX, Reason::Tx);
+    assert_eq!(run(&mut dp, &tcp4(CLIENT4, VIP4, 5555, 9999), XDP_PASS, Reason::PassNotVip).len(), f.len());
+    state.vips[0].members.retain(|&(a, _)| a != real(1).0);
+    dp.apply(&state).unwrap();
+    assert_eq!(dp.applied().vips["vip0"].slots.len(), 2);
+}
+
+#[test]
+fn max_reals_fit_a_reload_swapping_them_fits_and_one_more_is_refused() {
+    let address = |i: u32| IpAddr::V4(Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 18, 64, 0)) + i));
+    let reals = |range: std::ops::Range<u32>| -> BTreeMap<IpAddr, Option<Mac>> {
+        range.map(|i| (address(i), Some(Mac([2, 0, 0, (i >> 16) as u8, (i >> 8) as u8, i as u8])))).collect()
+    };
+    let mut state = Plan { vips: vec![vip("v", VIP4.into(), 80, Protocol::Tcp, 0, &[])], reals: reals(0..MAX_REALS) };
+    state.vips[0].members = vec![(address(0), 1), (address(MAX_REALS - 1), 1)];
+    let mut dp = loaded(&state);
+    assert_eq!(dp.applied().reals.len(), MAX_REALS as usize);
+    // Replace 100 reals by 100 others at the limit: the leaving ones that no
+    // table names free their ids first.
+    let mut swapped = state.clone();
+    swapped.reals = reals(100..MAX_REALS + 100);
+    swapped.vips[0].members = vec![(address(MAX_REALS - 1), 1), (address(MAX_REALS + 99), 1)];
+    dp.apply(&swapped).unwrap();
+    assert!(dp.applied().reals.contains_key(&address(MAX_REALS + 99)));
+    run(&mut dp, &tcp4(CLIENT4, VIP4, 1, 80), XDP_TX, Reason::Tx);
+    let mut over = swapped.clone();
+    over.reals.insert(address(MAX_REALS + 100), None);
+    assert!(matches!(dp.apply(&over), Err(DatapathError::Limit(_))));
+    run(&mut dp, &tcp4(CLIENT4, VIP4, 1, 80), XDP_TX, Reason::Tx);
+}
+
+#[test]
+fn reloads_add_and_remove_vips() {
+    let mut dp = loaded(&many_vips(4));
+    let f = |port| tcp4(CLIENT4, VIP4, 6000, port);
+    for port in 1000..1004 {
+        run(&mut dp, &f(port), XDP_TX, Reason::Tx);
+    }
+    // Remove vip1 and vip2, add two new ones.
+    let mut next = many_vips(4);
+    next.vips.retain(|v| v.name != "vip1" && v.name != "vip2");
+    next.vips.push(vip("a", VIP4.into(), 2000, Protocol::Tcp, 0, &[1]));
+    next.vips.push(vip("b", VIP6.into(), 2001, Protocol::Udp, 0, &[2, 3]));
+    dp.apply(&next).unwrap();
+    let mut names: Vec<&String> = dp.applied().vips.keys().collect();
+    names.sort();
+    assert_eq!(names, ["a", "b", "vip0", "vip3"]);
+    run(&mut dp, &f(1000), XDP_TX, Reason::Tx);
+    run(&mut dp, &f(1001), XDP_PASS, Reason::PassNotVip);
+    run(&mut dp, &f(1002), XDP_PASS, Reason::PassNotVip);
+    let a = tcp4(CLIENT4, VIP4, 6000, 2000);
+    assert_eq!(run(&mut dp, &a, XDP_TX, Reason::Tx), rewritten(&a, real(1).1));
+    let b = udp6(CLIENT6, VIP6, 6000, 2001);
+    let want = expected_mac(&[2, 3], v6_hash(CLIENT6, 6000, 2001));
+    assert_eq!(run(&mut dp, &b, XDP_TX, Reason::Tx), rewritten(&b, want));
 }

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use fulcrum_lab::stats::Stats;
+use fulcrum_api::StatsReport as Stats;
 use fulcrum_lab::{bin_path, host4, in_netns, Lab, Proc, REALS, VIP4, VIP6};
 
 /// Health-check timing of the test config: short, so that the tests wait
@@ -105,7 +105,7 @@ impl Fixture {
     }
 
     fn stats(&self) -> Stats {
-        Stats::fetch(&self.lab, &self.fulcrum).unwrap()
+        self.lab.fulcrum_stats(&self.fulcrum).unwrap()
     }
 
     /// Polls the stats until every backend in `reals` has `health`, at most
@@ -117,7 +117,7 @@ impl Fixture {
             if let Some(status) = self.daemon.as_mut().context("no daemon")?.try_wait()? {
                 bail!("fulcrum exited ({status}) while waiting for {reals:?} {health}");
             }
-            let last = match Stats::fetch(&self.lab, &self.fulcrum) {
+            let last = match self.lab.fulcrum_stats(&self.fulcrum) {
                 Ok(s) if reals.iter().all(|r| backend_health(&s, r) == health) => return Ok(s),
                 Ok(s) => format!("{:?}", REALS.map(|r| (r, backend_health(&s, r).to_string()))),
                 Err(e) => format!("{e:#}"),
@@ -127,6 +127,26 @@ impl Fixture {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// Polls the stats until the maps hold the newest effective state.
+    fn wait_applied(&self) -> Stats {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let stats = self.stats();
+            if stats.control.applied_generation == stats.control.generation {
+                return stats;
+            }
+            assert!(Instant::now() < deadline, "tables not applied after 5 s: {:?}", stats.control);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Sends SIGHUP to the daemon.
+    fn hup(&self) {
+        let pid = self.daemon.as_ref().unwrap().pid() as libc::pid_t;
+        // SAFETY: plain kill(2) to the daemon this test started.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGHUP) }, 0);
     }
 
     /// `BATCH` GET requests to `vip`:80 from the client, each on a new
@@ -264,11 +284,7 @@ fn reload_rejects_a_bad_config_and_applies_a_good_one() {
     let mut f = Fixture::lab_only();
     f.start();
     let config = f.lab.run_dir().join("fulcrum.toml");
-    let hup = |f: &mut Fixture| {
-        let pid = f.daemon.as_ref().unwrap().pid() as libc::pid_t;
-        // SAFETY: plain kill(2) to the daemon this test started.
-        assert_eq!(unsafe { libc::kill(pid, libc::SIGHUP) }, 0);
-    };
+    let hup = |f: &mut Fixture| f.hup();
 
     let bad = config_toml().replacen("scheduler = \"maglev\"", "scheduler = \"round-robin\"", 1);
     let bad_line = bad.lines().position(|l| l.contains("round-robin")).unwrap() + 1;
@@ -285,6 +301,7 @@ fn reload_rejects_a_bad_config_and_applies_a_good_one() {
     hup(&mut f);
     wait_log(&f, |log| log.contains("configuration reloaded"))
         .unwrap_or_else(|log| panic!("no reload in the log:\n{log}"));
+    f.wait_applied();
     let served = f.batch(VIP4.into());
     assert_eq!(served.get("real1"), None, "real1 is drained but served: {served:?}");
     assert!(served.contains_key("real2") && served.contains_key("real3"), "{served:?}");
@@ -303,4 +320,72 @@ fn wait_log(f: &Fixture, done: impl Fn(&str) -> bool) -> Result<(), String> {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// Health is kept per checked (address, port, check), not per pool name:
+/// renaming the pool and the VIPs on reload neither restarts a check nor
+/// takes a backend out of a table for a moment.
+#[test]
+fn renaming_the_pool_and_vips_on_reload_keeps_every_backend() {
+    let mut f = Fixture::lab_only();
+    f.start();
+    f.wait_applied();
+    let config = f.lab.run_dir().join("fulcrum.toml");
+    let renamed = config_toml()
+        .replace("[[pool]]\nname = \"web\"", "[[pool]]\nname = \"www\"")
+        .replace("pool = \"web\"", "pool = \"www\"")
+        .replace("name = \"web6\"", "name = \"www6\"")
+        .replacen("name = \"web\"", "name = \"www4\"", 1);
+    assert!(renamed.contains("name = \"www\"") && renamed.contains("name = \"www4\""), "{renamed}");
+    let drops_before = f.stats().reason("drop_no_backend");
+    let first_checks = |log: &str| log.matches("at the first check").count();
+    let before = first_checks(&std::fs::read_to_string(&f.log).unwrap());
+    std::fs::write(&config, renamed).unwrap();
+    f.hup();
+    wait_log(&f, |log| log.contains("configuration reloaded")).unwrap_or_else(|log| panic!("no reload:\n{log}"));
+    let stats = f.wait_applied();
+    for vip in &stats.vips {
+        assert!(vip.name.starts_with("www"), "{:?}", vip.name);
+        assert_eq!(vip.backends_in_table, 3, "{vip:?}");
+    }
+    assert!(REALS.iter().all(|r| backend_health(&stats, r) == "up"), "{stats:?}");
+    let served = f.batch(VIP4.into());
+    assert!(REALS.iter().all(|r| served.contains_key(*r)), "{served:?}");
+    assert_eq!(f.stats().reason("drop_no_backend"), drops_before);
+    let log = std::fs::read_to_string(&f.log).unwrap();
+    assert_eq!(first_checks(&log), before, "a rename restarted health checks:\n{log}");
+}
+
+/// Idle clients of the admin API cannot exhaust the daemon's descriptors:
+/// over its connection limit they are turned away, the rest time out, and
+/// health checks (and so the VIP) carry on. 1100 idle connections used to
+/// take every backend down with "Too many open files".
+#[test]
+fn idle_admin_connections_cannot_take_backends_down() {
+    let mut f = Fixture::lab_only();
+    f.start();
+    // This test process holds the 1100 client ends itself.
+    // SAFETY: getrlimit/setrlimit on this process with a value we own.
+    unsafe {
+        let mut limit: libc::rlimit = std::mem::zeroed();
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0);
+        limit.rlim_cur = limit.rlim_max;
+        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &limit), 0);
+    }
+    let admin: SocketAddr = "127.0.0.1:9180".parse().unwrap();
+    let held = in_netns(&f.lab.ns("lb"), || {
+        (0..1100).filter_map(|_| TcpStream::connect_timeout(&admin, Duration::from_secs(1)).ok()).collect::<Vec<_>>()
+    })
+    .unwrap();
+    assert!(!held.is_empty());
+    // Several check intervals pass with the connections held open.
+    std::thread::sleep(INTERVAL * (FALL + 2));
+    let served = f.batch(VIP4.into());
+    assert!(REALS.iter().all(|r| served.contains_key(*r)), "{served:?}");
+    drop(held);
+    let stats = f.wait_health(&REALS, "up", Duration::from_secs(10)).unwrap();
+    assert_eq!(stats.reason("drop_no_backend"), 0);
+    let log = std::fs::read_to_string(&f.log).unwrap();
+    assert!(!log.contains("Too many open files"), "{log}");
+    assert!(!log.contains("is DOWN"), "{log}");
 }

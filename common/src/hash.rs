@@ -84,3 +84,23 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod pinned {
+    use super::*;
+
+    /// The cross-node contract: every node must pick the same backend for a
+    /// flow, across versions, or flows move on failover. These values were
+    /// taken from this implementation; changing them breaks mixed-version
+    /// clusters and must be announced as such.
+    #[test]
+    fn hashes_are_pinned() {
+        let saddr = u32::from_ne_bytes([198, 18, 0, 1]);
+        let ports = crate::ports_word(40000u16.to_be(), 80u16.to_be());
+        let saddr6 = crate::addr_words(core::net::IpAddr::from([0xfd00, 0, 0, 0, 0, 0, 0, 1]));
+        let got = [flow_hash_v4(saddr, ports), flow_hash_v6(&saddr6, ports), src_hash_v4(saddr), src_hash_v6(&saddr6)];
+        assert_eq!(got, PINNED);
+    }
+
+    const PINNED: [u32; 4] = [0x9d7c_97d5, 0xaf2c_e914, 0x90be_0b2d, 0x6643_5015];
+}

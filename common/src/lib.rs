@@ -11,6 +11,9 @@
 #![no_std]
 
 pub mod hash;
+mod mac;
+
+pub use mac::{Mac, ParseMacError};
 
 /// Most VIPs one datapath serves. Sizes the VIP-indexed maps.
 pub const MAX_VIPS: u32 = 64;

@@ -22,7 +22,6 @@
 //! exact name and pid) on `down`, on drop, or from another process with
 //! [`Lab::down_by_prefix`].
 pub mod interrupt;
-pub mod stats;
 
 mod netns;
 mod proc;
@@ -191,6 +190,16 @@ impl Lab {
     /// `host` (through `ip netns exec`); add arguments and stdio as usual.
     pub fn command(&self, host: &str, program: impl AsRef<std::ffi::OsStr>) -> Command {
         netns_command(&self.ns(host), program)
+    }
+
+    /// The statistics of the fulcrum daemon running in the lb namespace:
+    /// runs `fulcrum stats --json` (the binary at `fulcrum`) there, where
+    /// the daemon's admin API listens.
+    pub fn fulcrum_stats(&self, fulcrum: &Path) -> Result<fulcrum_api::StatsReport> {
+        let mut cmd = self.command("lb", fulcrum);
+        cmd.args(["stats", "--json"]);
+        let json = run_checked(&mut cmd)?;
+        serde_json::from_str(&json).with_context(|| format!("parsing fulcrum stats: {json}"))
     }
 
     /// Runs `args` (program first) inside `host`'s namespace to completion

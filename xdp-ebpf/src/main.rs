@@ -52,8 +52,9 @@ fn balance(ctx: &XdpContext, bytes: u64) -> (u32, Reason) {
         return (XDP_PASS, Reason::PassNotVip);
     };
     count(&VIP_STATS, vip.vip_id, bytes);
+    // No log line here: a per-packet record would let any sender flood
+    // the log ring; the DropNoBackend counter says it instead.
     let Some(real_id) = pick_real(&vip, &flow) else {
-        aya_log_ebpf::debug!(ctx, "vip {}: no healthy backend, dropping", vip.vip_id);
         return (XDP_DROP, Reason::DropNoBackend);
     };
     if rewrite_l2(ctx, real_id).is_none() {
@@ -149,9 +150,10 @@ fn parse_ports(ctx: &XdpContext, offset: usize, proto: u8) -> Result<(u32, u16),
 
 #[inline(always)]
 fn lookup_vip(key: &VipKey) -> Option<VipMeta> {
-    // SAFETY: the value is copied out at once; user space replaces VIPS
-    // entries whole and the map is not preallocated, so the element stays
-    // valid for this RCU read section.
+    // SAFETY: the value is copied out at once. VIPS is BPF_F_NO_PREALLOC:
+    // user space replaces an entry by linking a new element, and the old
+    // one is freed only after this RCU read section ends, so the copy is
+    // one whole value, old or new.
     unsafe { VIPS.get(key).copied() }
 }
 

@@ -1,5 +1,6 @@
 //! The maps shared with user space; their types live in `fulcrum-common`.
 use aya_ebpf::{
+    bindings::{BPF_F_MMAPABLE, BPF_F_NO_PREALLOC},
     macros::map,
     maps::{Array, HashMap, PerCpuArray},
 };
@@ -9,12 +10,18 @@ use fulcrum_common::{
 };
 
 /// (address, port, protocol) -> VIP metadata. Empty means "pass everything".
+/// Not preallocated: an update links a new element and frees the old one
+/// only after an RCU grace period, so a reader's element never changes
+/// under it. (A preallocated hash map recycles elements at once, so a
+/// reader could copy a value half-overwritten by an unrelated update.)
 #[map]
-pub static VIPS: HashMap<VipKey, VipMeta> = HashMap::with_max_entries(MAX_VIPS, 0);
+pub static VIPS: HashMap<VipKey, VipMeta> = HashMap::with_max_entries(MAX_VIPS, BPF_F_NO_PREALLOC);
 
 /// Every VIP's two lookup tables back to back: entry = real id.
+/// Mmapable so user space writes a whole table as one memory copy instead
+/// of one syscall per entry (see `fulcrum-l4`'s `tables` module).
 #[map]
-pub static LOOKUP_TABLES: Array<u32> = Array::with_max_entries(LOOKUP_TABLES_LEN, 0);
+pub static LOOKUP_TABLES: Array<u32> = Array::with_max_entries(LOOKUP_TABLES_LEN, BPF_F_MMAPABLE);
 
 /// Real id -> where to send.
 #[map]

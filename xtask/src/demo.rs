@@ -17,7 +17,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use fulcrum_lab::stats::Stats;
+use fulcrum_api::StatsReport as Stats;
 use fulcrum_lab::{host4, interrupt, Lab, Proc, REALS, VIP4};
 
 /// Namespace prefix of the demo's lab.
@@ -80,11 +80,11 @@ fn story(root: &Path, fulcrum: &Path, log_path: &Path) -> Result<()> {
     print_health(&stats);
 
     heading(3, &format!("wrk -t{WRK_THREADS} -c{WRK_CONNECTIONS} -d{WRK_FIRST_RUN} from the client to http://{VIP4}/"));
-    let before = Stats::fetch(&lab, fulcrum)?;
+    let before = lab.fulcrum_stats(fulcrum)?;
     let served = run_wrk(&lab, root, WRK_FIRST_RUN)?;
 
     heading(4, "the spread over the backends");
-    let after = Stats::fetch(&lab, fulcrum)?;
+    let after = lab.fulcrum_stats(fulcrum)?;
     print_spread(&served, &before, &after);
     println!(
         "  XDP verdicts during the run: tx {} (sent to a backend), pass_not_vip {}, drop_no_backend {}",
@@ -109,9 +109,9 @@ fn story(root: &Path, fulcrum: &Path, log_path: &Path) -> Result<()> {
     print_health_log(log_path, &mut log_shown)?;
     print_health(&stats);
     println!("\n  wrk -d{WRK_SECOND_RUN} again:");
-    let before = Stats::fetch(&lab, fulcrum)?;
+    let before = lab.fulcrum_stats(fulcrum)?;
     let served = run_wrk(&lab, root, WRK_SECOND_RUN)?;
-    let after = Stats::fetch(&lab, fulcrum)?;
+    let after = lab.fulcrum_stats(fulcrum)?;
     print_spread(&served, &before, &after);
     if let Some(n) = served.get("real1").filter(|n| **n > 0) {
         bail!("real1 is down but served {n} responses");
@@ -156,7 +156,7 @@ fn wait_until(
         if let Some(status) = daemon.try_wait()? {
             bail!("fulcrum exited ({status}) while waiting for {what}");
         }
-        let last = match Stats::fetch(lab, fulcrum) {
+        let last = match lab.fulcrum_stats(fulcrum) {
             Ok(stats) if done(&stats) => return Ok(stats),
             Ok(stats) => health_line(&stats),
             Err(e) => format!("{e:#}"),

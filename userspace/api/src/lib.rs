@@ -1,0 +1,218 @@
+//! The admin API's contract: the JSON of `GET /stats` as Rust types, their
+//! operator-readable rendering, and the client half that `fulcrum stats`,
+//! the lab, the benchmarks and the tests use.
+//!
+//! Owns only the wire format. It does not compute anything: the daemon
+//! fills a [`StatsReport`] from its effective state and the datapath's
+//! counters, and `fulcrum-admin` serves it.
+use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
+
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use hyper::{Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpStream;
+
+/// The path of the statistics snapshot.
+pub const STATS_PATH: &str = "/stats";
+
+/// Everything `GET /stats` shows. Counters are XDP packet and byte counts
+/// (frame bytes, Ethernet header included) summed over CPUs since the
+/// daemon started (or since the VIP or backend got its datapath id).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct StatsReport {
+    /// One entry per configured VIP, in configuration order.
+    pub vips: Vec<VipStats>,
+    /// One entry per configured pool, in configuration order.
+    pub pools: Vec<PoolStats>,
+    /// Frames per datapath reason (`tx`, `pass_not_vip`, ...).
+    pub reasons: BTreeMap<String, u64>,
+    /// How the control plane keeps up: generations, applies, stalls.
+    pub control: ControlStats,
+}
+
+/// One VIP as the datapath holds it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct VipStats {
+    pub name: String,
+    /// IPv4 or IPv6 address as text.
+    pub address: String,
+    pub port: u16,
+    /// `tcp` or `udp`.
+    pub protocol: String,
+    /// `maglev` or `ip-hash`.
+    pub scheduler: String,
+    pub pool: String,
+    /// Maglev table size M in slots of the table in the kernel; 0 when no
+    /// backend is in it (the VIP drops) or before its first write.
+    pub table_size: u32,
+    /// Backends holding slots in the table in the kernel.
+    pub backends_in_table: usize,
+    /// Frames addressed to this VIP that reached the XDP program, whatever
+    /// happened to them (forwarded, or dropped for lack of a backend).
+    pub packets: u64,
+    pub bytes: u64,
+    /// Slots of the table in the kernel per backend.
+    pub backends: Vec<VipBackendSlots>,
+    /// A digest of the table in the kernel (16 hex digits) that names each
+    /// slot's owner by address: nodes that agree on it send every flow to
+    /// the same backend. Absent when the table is empty.
+    pub table_digest: Option<String>,
+}
+
+/// A backend's share of a VIP's Maglev table.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct VipBackendSlots {
+    pub address: String,
+    pub slots: u32,
+}
+
+/// A pool (Apache: balancer) and its members.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PoolStats {
+    pub name: String,
+    pub backends: Vec<BackendStats>,
+}
+
+/// A pool member (Apache: BalancerMember) and what the node thinks of it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct BackendStats {
+    /// IPv4 or IPv6 address as text.
+    pub address: String,
+    /// Apache loadfactor; 0 drains.
+    pub weight: u32,
+    /// `up`, `down` or `unknown` (first check not finished).
+    pub health: String,
+    /// What the last change of health was about, such as
+    /// `HTTP 503, expected 200`; absent before the first verdict.
+    pub check: Option<String>,
+    /// Why it takes no new traffic, if so: `health_unknown`, `down`,
+    /// `drained` (from the effective state) or `no_mac` (the L4 datapath
+    /// cannot address it).
+    pub excluded: Option<String>,
+    /// The MAC L2 DSR sends to: configured, else from the neighbour table.
+    pub mac: Option<String>,
+    /// Frames XDP forwarded to this address (all VIPs and pools sharing it).
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// The control plane's own figures. A "generation" is one effective state
+/// the control loop computed and handed to the datapath writer; bursts of
+/// observations are coalesced, so generations may be skipped by applies.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ControlStats {
+    /// The newest generation handed to the writer.
+    pub generation: u64,
+    /// The newest generation the BPF maps hold; equal to `generation` when
+    /// nothing is pending.
+    pub applied_generation: u64,
+    /// Applies that completed since start.
+    pub applies: u64,
+    /// The last completed apply.
+    pub last_apply: Option<ApplyStats>,
+    /// The last failed apply's error; cleared by the next success. A failed
+    /// apply is retried with backoff; the maps keep a consistent older state.
+    pub last_error: Option<String>,
+    /// Longest lateness of the control loop's 10 ms heartbeat since start,
+    /// in microseconds: how long the loop could not react to anything.
+    pub max_loop_stall_us: u64,
+}
+
+/// One apply: an effective state written into the BPF maps.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ApplyStats {
+    /// The generation written.
+    pub generation: u64,
+    /// From the oldest observation it contains that was not yet in the
+    /// maps (a health verdict arriving, a neighbour change, a reload, the
+    /// start) to the last VIP flipped to its new table, in microseconds.
+    pub latency_us: u64,
+    /// Wall time of the write itself, in microseconds.
+    pub wall_us: u64,
+    /// CPU time the writer thread spent on it (user + system), in microseconds.
+    pub cpu_us: u64,
+    /// VIPs whose table or entry was rewritten; unchanged VIPs are skipped.
+    pub vips_written: u32,
+    /// Maglev tables built (identical member sets share one build).
+    pub tables_built: u32,
+}
+
+impl StatsReport {
+    /// The VIP called `name`.
+    pub fn vip(&self, name: &str) -> Option<&VipStats> {
+        self.vips.iter().find(|v| v.name == name)
+    }
+
+    /// The first backend with this address, in any pool.
+    pub fn backend(&self, address: &str) -> Option<&BackendStats> {
+        self.pools.iter().flat_map(|p| &p.backends).find(|b| b.address == address)
+    }
+
+    /// A datapath reason counter, 0 if absent.
+    pub fn reason(&self, name: &str) -> u64 {
+        self.reasons.get(name).copied().unwrap_or(0)
+    }
+}
+
+/// Fetches `GET /stats` from a daemon's admin API at `admin`.
+///
+/// # Errors
+/// Connection refused (no daemon there), timeout (5 s), non-200, bad JSON.
+pub async fn fetch_stats(admin: SocketAddr) -> anyhow::Result<StatsReport> {
+    use anyhow::Context;
+    let work = async {
+        let stream = TcpStream::connect(admin).await.with_context(|| format!("connecting to the admin API at {admin} (is `fulcrum run` up?)"))?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        tokio::spawn(conn);
+        let req = Request::get(STATS_PATH).header("host", admin.to_string()).body(http_body_util::Empty::<Bytes>::new())?;
+        let resp = sender.send_request(req).await?;
+        let status = resp.status();
+        let body = resp.into_body().collect().await?.to_bytes();
+        anyhow::ensure!(status == StatusCode::OK, "admin API answered {status}: {}", String::from_utf8_lossy(&body));
+        serde_json::from_slice(&body).context("admin API sent malformed JSON")
+    };
+    tokio::time::timeout(Duration::from_secs(5), work).await.context("admin API timed out after 5 s")?
+}
+
+/// The report as an operator-readable table.
+pub fn render(report: &StatsReport) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    for vip in &report.vips {
+        let _ = writeln!(
+            out,
+            "VIP {} {}:{}/{} scheduler={} pool={} table={} in-table={}  packets={} bytes={}",
+            vip.name, vip.address, vip.port, vip.protocol, vip.scheduler, vip.pool, vip.table_size,
+            vip.backends_in_table, vip.packets, vip.bytes
+        );
+        if let Some(pool) = report.pools.iter().find(|p| p.name == vip.pool) {
+            let _ = writeln!(out, "  {:<40} {:<8} {:>6} {:>7} {:>12} {:>14}  note", "backend", "health", "weight", "slots", "packets", "bytes");
+            for b in &pool.backends {
+                let slots = vip.backends.iter().find(|s| s.address == b.address).map_or(0, |s| s.slots);
+                let _ = writeln!(
+                    out,
+                    "  {:<40} {:<8} {:>6} {:>7} {:>12} {:>14}  {}",
+                    b.address, b.health, b.weight, slots, b.packets, b.bytes,
+                    b.excluded.as_deref().unwrap_or("")
+                );
+            }
+        }
+    }
+    let c = &report.control;
+    let _ = writeln!(
+        out,
+        "control: generation={} applied={} applies={} max-loop-stall={}us{}",
+        c.generation,
+        c.applied_generation,
+        c.applies,
+        c.max_loop_stall_us,
+        c.last_error.as_deref().map(|e| format!("  last-error: {e}")).unwrap_or_default()
+    );
+    let _ = writeln!(out, "datapath reasons (frames):");
+    for (name, frames) in &report.reasons {
+        let _ = writeln!(out, "  {name:<18} {frames:>12}");
+    }
+    out
+}

@@ -1,0 +1,434 @@
+//! The operator's configuration file: TOML in, a validated [`Config`] out.
+//!
+//! Owns the file format, its defaults and every check that can be made
+//! without touching the system (names unique, pools exist, sizes within the
+//! datapath's maps, health check parameters sane). It does not resolve
+//! neighbours, open sockets or touch BPF maps: the daemon turns a `Config`
+//! into desired state.
+//!
+//! Every problem is reported with the file, line and column (1-based) of the
+//! offending value, and all problems are reported at once, so an operator
+//! fixes a file in one round. The format:
+//!
+//! ```toml
+//! interface = "eth0"            # required: the NIC the XDP program attaches to
+//!
+//! [admin]                       # optional
+//! listen = "127.0.0.1:9180"     # default 127.0.0.1:9180
+//!
+//! [[vip]]
+//! name = "web"                  # unique
+//! address = "198.18.1.1"        # unicast IPv4 or IPv6; IPv4 as a.b.c.d, never ::ffff:a.b.c.d
+//! port = 80
+//! protocol = "tcp"              # "tcp" | "udp"
+//! scheduler = "maglev"          # "maglev" (5-tuple hash) | "ip-hash" (source address)
+//! pool = "web"                  # names a [[pool]]
+//! maglev_table_size = 65537     # optional, default 65537; a prime in 3..=65537
+//!
+//! [[pool]]
+//! name = "web"                  # unique
+//! [pool.health_check]           # optional; default: a TCP connect check
+//! type = "http"                 # "tcp" (connect) | "http"
+//! method = "GET"                # http only; default GET
+//! path = "/health"              # http only; default "/"
+//! expect_status = 200           # http only; default 200
+//! host = "example.org"          # http only; default: the backend's address
+//! port = 80                     # default: the port of the VIPs using the pool
+//! interval = "1s"               # default 2s; 100ms..=1h
+//! timeout = "500ms"             # default 1s; 10ms..=interval
+//! rise = 2                      # default 2; 1..=100
+//! fall = 3                      # default 3; 1..=100
+//! [[pool.backend]]
+//! address = "198.18.0.11"       # unicast IPv4 or IPv6, as for a VIP; unique within the pool
+//! weight = 1                    # default 1; 0..=256, 0 = drained
+//! mac = "02:00:00:00:00:11"     # optional, unicast; else from the neighbour table;
+//!                               # one MAC per address over all pools
+//! ```
+//!
+//! Addresses that cannot name one host are rejected, for VIPs and backends
+//! alike: the unspecified addresses (`0.0.0.0`, `::`), multicast addresses,
+//! the IPv4 broadcast address `255.255.255.255`, and IPv4-mapped IPv6
+//! addresses (`::ffff:a.b.c.d`). The datapath stores every IPv4 address in
+//! that mapped form, so `::ffff:198.18.1.1` would be a second name for
+//! `198.18.1.1`; write the IPv4 form instead.
+//!
+//! # Health check bounds
+//!
+//! Like HAProxy (`inter`, in milliseconds, default 2 s; `rise` 2, `fall` 3)
+//! and keepalived (`delay_loop` and `connect_timeout`, in seconds), the
+//! interval and timeout are durations, here written with units (`"500ms"`,
+//! `"2s"`). Values outside these bounds are rejected rather than clamped:
+//!
+//! | setting    | minimum                   | maximum                        |
+//! |------------|---------------------------|--------------------------------|
+//! | `interval` | [`MIN_INTERVAL`], 100 ms  | [`MAX_INTERVAL`], 1 h          |
+//! | `timeout`  | [`MIN_TIMEOUT`], 10 ms    | the pool's `interval`          |
+//! | `rise`     | 1                         | [`MAX_RISE_FALL`], 100         |
+//! | `fall`     | 1                         | [`MAX_RISE_FALL`], 100         |
+//!
+//! The constants' documentation gives the reasons.
+
+#![warn(missing_docs)]
+
+mod raw;
+mod resolve;
+#[cfg(test)]
+mod tests;
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::time::Duration;
+
+use fulcrum_common::Mac;
+use serde::Deserialize;
+
+/// Admin API listen address used when `[admin]` or its `listen` is absent.
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9180";
+/// Maglev lookup table size, in slots, when a VIP does not set one: the
+/// largest the datapath supports ([`fulcrum_common::MAGLEV_MAX_TABLE_SIZE`]).
+pub const DEFAULT_MAGLEV_TABLE_SIZE: u32 = fulcrum_common::MAGLEV_MAX_TABLE_SIZE;
+/// Largest backend weight. Weights are relative (Apache `loadfactor`); 256
+/// gives enough resolution while keeping a Maglev table of a few hundred
+/// backends well filled.
+pub const MAX_WEIGHT: u32 = 256;
+/// Health check interval when a pool does not set one.
+pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(2);
+/// Health check timeout when a pool does not set one.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Consecutive passes that bring a DOWN backend UP, unless set.
+pub const DEFAULT_RISE: u32 = 2;
+/// Consecutive failures that take an UP backend DOWN, unless set.
+pub const DEFAULT_FALL: u32 = 3;
+/// Shortest health check interval: 100 ms.
+///
+/// Every check is a new TCP connection to the backend (and for HTTP a
+/// request), per backend and per pool. At 100 ms a full datapath of
+/// [`fulcrum_common::MAX_REALS`] backends already costs about 40 000
+/// connections a second on the load balancer and ten a second on each
+/// backend; shorter intervals spend the CPU on checks rather than traffic,
+/// while detection still takes `fall` intervals, so they buy little.
+/// HAProxy's `inter` has millisecond resolution and keepalived's
+/// `delay_loop` accepts fractions of a second; sub-second intervals are
+/// legitimate, nanoseconds are a mistake.
+pub const MIN_INTERVAL: Duration = Duration::from_millis(100);
+/// Longest health check interval: 1 hour.
+///
+/// A backend that dies stays in its VIPs' tables for up to `fall`
+/// intervals, so beyond an hour the check has all but stopped and the
+/// value is far more likely a wrong unit than an intent. An hour still
+/// leaves room for expensive health endpoints that must be checked rarely.
+pub const MAX_INTERVAL: Duration = Duration::from_secs(60 * 60);
+/// Shortest health check timeout: 10 ms. The longest is the pool's
+/// interval, so that a check ends before the next one is due.
+///
+/// A check must finish a TCP handshake (and for HTTP an exchange) within
+/// the timeout. Below 10 ms ordinary scheduling delays and a busy
+/// backend's latency fail healthy backends, which then flap in and out of
+/// the tables.
+pub const MIN_TIMEOUT: Duration = Duration::from_millis(10);
+/// Largest `rise` and `fall`, in consecutive checks; the smallest is 1.
+///
+/// The backend changes state only after that many checks in a row, so
+/// 100 already means over three minutes at the default 2 s interval (and
+/// over four days at [`MAX_INTERVAL`]); larger counts are typos, not
+/// tuning. HAProxy's defaults, `rise 2` and `fall 3`, are ours.
+pub const MAX_RISE_FALL: u32 = 100;
+
+// The defaults skip the checks, so they must satisfy the bounds by
+// construction.
+const _: () = assert!(
+    MIN_INTERVAL.as_nanos() <= DEFAULT_INTERVAL.as_nanos()
+        && DEFAULT_INTERVAL.as_nanos() <= MAX_INTERVAL.as_nanos()
+        && MIN_TIMEOUT.as_nanos() <= DEFAULT_TIMEOUT.as_nanos()
+        && DEFAULT_TIMEOUT.as_nanos() <= DEFAULT_INTERVAL.as_nanos()
+        && 1 <= DEFAULT_RISE
+        && DEFAULT_RISE <= MAX_RISE_FALL
+        && 1 <= DEFAULT_FALL
+        && DEFAULT_FALL <= MAX_RISE_FALL
+);
+
+/// Reads and validates the configuration file at `path`.
+///
+/// Errors name the file as `path` is displayed. A file that cannot be read
+/// gives a [`ConfigError`] with a single, position-less diagnostic.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let origin = path.display().to_string();
+    match std::fs::read_to_string(path) {
+        Ok(text) => parse(&text, &origin),
+        Err(e) => Err(ConfigError {
+            origin,
+            diagnostics: vec![Diagnostic {
+                line: 0,
+                column: 0,
+                message: format!("cannot read the file: {e}"),
+            }],
+        }),
+    }
+}
+
+/// Parses and validates configuration `text`; `origin` (usually the file
+/// name) prefixes every reported error.
+///
+/// A TOML syntax or type error stops the parse and is reported alone, as
+/// the toml crate gives one error per parse; once the text is well formed,
+/// every validation error is reported.
+pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
+    let fail = |diagnostics: Vec<Diagnostic>| ConfigError {
+        origin: origin.to_owned(),
+        diagnostics,
+    };
+    let raw: raw::RawConfig = toml::from_str(text).map_err(|e| {
+        let offset = e.span().map_or(0, |span| span.start);
+        fail(vec![Diagnostic::at(
+            text,
+            offset,
+            e.message().trim_end().to_owned(),
+        )])
+    })?;
+    resolve::resolve(raw, text).map_err(fail)
+}
+
+/// Why a configuration was rejected: every problem found, with positions.
+///
+/// `Display` prints one line per problem, `origin:line:col: message`
+/// (`origin: message` when the problem has no position, such as an
+/// unreadable file), ordered by position.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    origin: String,
+    diagnostics: Vec<Diagnostic>,
+}
+
+impl ConfigError {
+    /// The problems, ordered by position in the file.
+    pub fn diagnostics(&self) -> &[Diagnostic] {
+        &self.diagnostics
+    }
+
+    /// The file name (or other origin) the problems refer to.
+    pub fn origin(&self) -> &str {
+        &self.origin
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, d) in self.diagnostics.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            if d.line == 0 {
+                write!(f, "{}: {}", self.origin, d.message)?;
+            } else {
+                write!(f, "{}:{}:{}: {}", self.origin, d.line, d.column, d.message)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// One problem in a configuration file.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Diagnostic {
+    /// 1-based line of the offending value; 0 when the problem concerns the
+    /// whole file (it could not be read).
+    pub line: usize,
+    /// 1-based column, in characters (not bytes); 0 with `line` 0.
+    pub column: usize,
+    /// What is wrong, for an operator.
+    pub message: String,
+}
+
+impl Diagnostic {
+    /// A diagnostic at byte `offset` of `text`.
+    fn at(text: &str, offset: usize, message: String) -> Self {
+        let mut offset = offset.min(text.len());
+        while !text.is_char_boundary(offset) {
+            offset -= 1;
+        }
+        let before = &text[..offset];
+        let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+        Diagnostic {
+            line: before.matches('\n').count() + 1,
+            column: before[line_start..].chars().count() + 1,
+            message,
+        }
+    }
+}
+
+/// The validated configuration, with every default applied and every
+/// reference resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// The network interface the XDP program attaches to.
+    pub interface: String,
+    /// The admin API.
+    pub admin: AdminConfig,
+    /// In file order; at most [`fulcrum_common::MAX_VIPS`].
+    pub vips: Vec<VipConfig>,
+    /// In file order; each has at least one backend, and at most
+    /// [`fulcrum_common::MAX_REALS`] backends exist over all pools.
+    pub pools: Vec<PoolConfig>,
+}
+
+impl Config {
+    /// The pool called `name`. Every [`VipConfig::pool`] names one.
+    pub fn pool(&self, name: &str) -> Option<&PoolConfig> {
+        self.pools.iter().find(|p| p.name == name)
+    }
+}
+
+/// The admin API / stats endpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct AdminConfig {
+    /// Where the admin HTTP API listens; default [`DEFAULT_ADMIN_LISTEN`].
+    pub listen: SocketAddr,
+}
+
+/// A virtual service: traffic to (`address`, `port`, `protocol`) is spread
+/// over the backends of `pool`. (address, port, protocol) is unique.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct VipConfig {
+    /// Unique among VIPs.
+    pub name: String,
+    /// A unicast address: not unspecified, multicast or the IPv4
+    /// broadcast address, and IPv4 always as [`IpAddr::V4`], never in
+    /// IPv4-mapped IPv6 form.
+    pub address: IpAddr,
+    /// 1..=65535.
+    pub port: u16,
+    /// The transport protocol served.
+    pub protocol: Protocol,
+    /// How a packet's backend is chosen.
+    pub scheduler: Scheduler,
+    /// The name of a pool in [`Config::pools`].
+    pub pool: String,
+    /// Maglev lookup table size in slots: a prime in
+    /// 3..=[`fulcrum_common::MAGLEV_MAX_TABLE_SIZE`].
+    pub maglev_table_size: u32,
+}
+
+/// Transport protocol of a VIP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// TCP, IP protocol 6.
+    Tcp,
+    /// UDP, IP protocol 17.
+    Udp,
+}
+
+impl Protocol {
+    /// The IP protocol number (IANA): 6 for TCP, 17 for UDP.
+    pub fn ip_proto(self) -> u8 {
+        match self {
+            Protocol::Tcp => 6,
+            Protocol::Udp => 17,
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        })
+    }
+}
+
+/// How a VIP picks a backend for a packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Scheduler {
+    /// Maglev consistent hashing over the 5-tuple: a flow sticks to its
+    /// backend, and few flows move when the backend set changes.
+    Maglev,
+    /// Maglev consistent hashing over the source address only: every flow
+    /// of a client goes to the same backend.
+    IpHash,
+}
+
+impl fmt::Display for Scheduler {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Scheduler::Maglev => "maglev",
+            Scheduler::IpHash => "ip-hash",
+        })
+    }
+}
+
+/// A pool of backends (Apache: balancer) with its health check.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PoolConfig {
+    /// Unique among pools.
+    pub name: String,
+    /// How every backend of the pool is checked.
+    pub health_check: HealthCheckConfig,
+    /// In file order, at least one; addresses unique within the pool.
+    pub backends: Vec<BackendConfig>,
+}
+
+/// A backend (real, Apache: member).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct BackendConfig {
+    /// A unicast address, under the same rules as [`VipConfig::address`].
+    /// The same address may serve in several pools.
+    pub address: IpAddr,
+    /// Relative share of new flows (Apache: loadfactor), 0..=[`MAX_WEIGHT`].
+    /// 0 drains the backend: it is still health checked but gets no new
+    /// traffic.
+    pub weight: u32,
+    /// The backend's MAC address when configured: never a group
+    /// (multicast or broadcast) address, and the same in every pool that
+    /// configures one for this address. `None` means the daemon resolves
+    /// it from the neighbour table.
+    pub mac: Option<Mac>,
+}
+
+/// The active health check of a pool's backends, with the rise/fall
+/// semantics of HAProxy and Apache `mod_proxy_hcheck` (implemented by the
+/// `fulcrum-health` crate).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct HealthCheckConfig {
+    /// What one check does.
+    pub check: CheckKind,
+    /// The backend port probed: the configured one, else the port shared by
+    /// every VIP using the pool.
+    pub port: u16,
+    /// Time between the starts of two checks, [`MIN_INTERVAL`] (100 ms)
+    /// ..=[`MAX_INTERVAL`] (1 h). Default [`DEFAULT_INTERVAL`] (2 s).
+    pub interval: Duration,
+    /// Bound on one whole check (connect, and for HTTP the exchange up to
+    /// the response status), [`MIN_TIMEOUT`] (10 ms)..=`interval`. Default
+    /// [`DEFAULT_TIMEOUT`] (1 s).
+    pub timeout: Duration,
+    /// Consecutive passes that bring a DOWN backend UP,
+    /// 1..=[`MAX_RISE_FALL`]. Default [`DEFAULT_RISE`] (2).
+    pub rise: u32,
+    /// Consecutive failures that take an UP backend DOWN,
+    /// 1..=[`MAX_RISE_FALL`]. Default [`DEFAULT_FALL`] (3).
+    pub fall: u32,
+}
+
+/// What one health check does.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum CheckKind {
+    /// Passes when a TCP connection is established.
+    Tcp,
+    /// Passes when an HTTP/1.1 request gets a response with status
+    /// `expect_status`.
+    Http {
+        /// An HTTP method token (RFC 9110 section 9); default `GET`.
+        method: String,
+        /// Origin-form request target, starting with `/`; default `/`.
+        path: String,
+        /// 100..=599; default 200.
+        expect_status: u16,
+        /// Host header; `None` sends the backend's `address:port`.
+        host: Option<String>,
+    },
+}

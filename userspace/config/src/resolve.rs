@@ -1,0 +1,639 @@
+//! Validation and resolution of the raw file into a [`Config`].
+//!
+//! Checks keep going after a problem so every problem is reported; an
+//! invalid value is replaced by a placeholder that is never returned,
+//! because any diagnostic makes the whole result an error.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::ops::{Range, RangeInclusive};
+use std::str::FromStr;
+use std::time::Duration;
+
+use fulcrum_common::{Mac, MAGLEV_MAX_TABLE_SIZE, MAX_REALS, MAX_VIPS};
+use humantime_serde::re::humantime;
+use hyper::http::uri::PathAndQuery;
+use hyper::http::HeaderValue;
+use toml::Spanned;
+
+use super::raw::{CheckType, RawBackend, RawConfig, RawHealthCheck, RawPool, RawVip};
+use super::{
+    AdminConfig, BackendConfig, CheckKind, Config, Diagnostic, HealthCheckConfig, PoolConfig,
+    VipConfig, DEFAULT_ADMIN_LISTEN, DEFAULT_FALL, DEFAULT_INTERVAL, DEFAULT_MAGLEV_TABLE_SIZE,
+    DEFAULT_RISE, DEFAULT_TIMEOUT, MAX_INTERVAL, MAX_RISE_FALL, MAX_WEIGHT, MIN_INTERVAL,
+    MIN_TIMEOUT,
+};
+
+/// Linux `IFNAMSIZ` minus the terminating NUL.
+const MAX_IFNAME_LEN: usize = 15;
+
+pub(super) fn resolve(raw: RawConfig, text: &str) -> Result<Config, Vec<Diagnostic>> {
+    let mut c = Checker {
+        text,
+        diagnostics: Vec::new(),
+    };
+    let interface = c.interface(&raw.interface);
+    let listen = match raw.admin.and_then(|a| a.listen) {
+        Some(listen) => c.socket_addr(&listen, "admin listen address"),
+        None => DEFAULT_ADMIN_LISTEN
+            .parse()
+            .expect("the default listen address parses"),
+    };
+    let vips = c.vips(&raw.vip, &raw.pool);
+    let pools = c.pools(&raw.pool, &raw.vip);
+
+    if c.diagnostics.is_empty() {
+        Ok(Config {
+            interface,
+            admin: AdminConfig { listen },
+            vips,
+            pools,
+        })
+    } else {
+        c.diagnostics.sort_by_key(|d| (d.line, d.column));
+        Err(c.diagnostics)
+    }
+}
+
+struct Checker<'a> {
+    text: &'a str,
+    diagnostics: Vec<Diagnostic>,
+}
+
+impl Checker<'_> {
+    fn error(&mut self, span: Range<usize>, message: String) {
+        self.diagnostics
+            .push(Diagnostic::at(self.text, span.start, message));
+    }
+
+    fn line_of(&self, span: &Range<usize>) -> usize {
+        Diagnostic::at(self.text, span.start, String::new()).line
+    }
+
+    fn interface(&mut self, name: &Spanned<String>) -> String {
+        let n = name.get_ref();
+        // The kernel's own rule (dev_valid_name): these names can never
+        // exist, so reject them here rather than at attach time.
+        if n.is_empty()
+            || n.len() > MAX_IFNAME_LEN
+            || n == "."
+            || n == ".."
+            || n.chars()
+                .any(|ch| ch == '/' || ch == ':' || ch.is_whitespace())
+        {
+            self.error(
+                name.span(),
+                format!(
+                    "invalid interface name {n:?}: must be 1 to {MAX_IFNAME_LEN} bytes \
+                     without '/', ':' or whitespace"
+                ),
+            );
+        }
+        n.clone()
+    }
+
+    fn socket_addr(&mut self, value: &Spanned<String>, what: &str) -> SocketAddr {
+        value.get_ref().parse().unwrap_or_else(|_| {
+            self.error(
+                value.span(),
+                format!(
+                    "invalid {what} {:?}: expected address:port, such as 127.0.0.1:9180 or [::1]:9180",
+                    value.get_ref()
+                ),
+            );
+            SocketAddr::from(([0, 0, 0, 0], 0))
+        })
+    }
+
+    fn ip(&mut self, value: &Spanned<String>, what: &str) -> Option<IpAddr> {
+        match value.get_ref().parse() {
+            Ok(ip) => Some(ip),
+            Err(_) => {
+                self.error(
+                    value.span(),
+                    format!(
+                        "invalid {what} {:?}: expected an IPv4 or IPv6 address",
+                        value.get_ref()
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    /// `value` as an address, reported if it cannot name one host. Such an
+    /// address is still returned, so that duplicate checks see it.
+    fn host_address(&mut self, value: &Spanned<String>, what: &str) -> Option<IpAddr> {
+        let address = self.ip(value, what)?;
+        if let Some(why) = not_one_host(address) {
+            self.error(value.span(), format!("{what} {:?} {why}", value.get_ref()));
+        }
+        Some(address)
+    }
+
+    /// `value` if it lies in `range`, else an error and `None`.
+    fn int_in<T: TryFrom<i64>>(
+        &mut self,
+        value: &Spanned<i64>,
+        range: RangeInclusive<i64>,
+        what: &str,
+    ) -> Option<T> {
+        let v = *value.get_ref();
+        if range.contains(&v) {
+            T::try_from(v).ok()
+        } else {
+            self.error(
+                value.span(),
+                format!(
+                    "{what} {v} is out of range {}..={}",
+                    range.start(),
+                    range.end()
+                ),
+            );
+            None
+        }
+    }
+
+    fn name(
+        &mut self,
+        name: &Spanned<String>,
+        kind: &str,
+        seen: &mut HashMap<String, Range<usize>>,
+    ) {
+        let n = name.get_ref();
+        if n.is_empty() {
+            self.error(name.span(), format!("{kind} name must not be empty"));
+        } else if let Some(first) = seen.get(n) {
+            let line = self.line_of(first);
+            self.error(
+                name.span(),
+                format!("duplicate {kind} name {n:?} (first defined at line {line})"),
+            );
+        } else {
+            seen.insert(n.clone(), name.span());
+        }
+    }
+
+    fn vips(&mut self, raw: &[RawVip], pools: &[RawPool]) -> Vec<VipConfig> {
+        let mut names = HashMap::new();
+        // Keyed by the canonical address, as the datapath keys its VIPs
+        // (IPv4 in mapped form), so no second spelling of an address
+        // makes a second VIP.
+        let mut services: HashMap<(IpAddr, u16, super::Protocol), Range<usize>> = HashMap::new();
+        let mut out = Vec::with_capacity(raw.len());
+        for (i, v) in raw.iter().enumerate() {
+            if i == MAX_VIPS as usize {
+                self.error(
+                    v.name.span(),
+                    format!("too many VIPs: the datapath has room for {MAX_VIPS}, this is VIP number {}", i + 1),
+                );
+            }
+            self.name(&v.name, "VIP", &mut names);
+            let address = self.host_address(&v.address, "VIP address");
+            let port = self.int_in::<u16>(&v.port, 1..=65535, "port");
+            if let (Some(address), Some(port)) = (address, port) {
+                let address = address.to_canonical();
+                let key = (address, port, v.protocol);
+                if let Some(first) = services.get(&key) {
+                    let line = self.line_of(first);
+                    self.error(
+                        v.address.span(),
+                        format!(
+                            "duplicate VIP {} port {port}/{}: already defined at line {line}",
+                            address, v.protocol
+                        ),
+                    );
+                } else {
+                    services.insert(key, v.address.span());
+                }
+            }
+            if !pools.iter().any(|p| p.name.get_ref() == v.pool.get_ref()) {
+                self.error(
+                    v.pool.span(),
+                    format!(
+                        "unknown pool {:?}: no [[pool]] has this name",
+                        v.pool.get_ref()
+                    ),
+                );
+            }
+            let maglev_table_size = match &v.maglev_table_size {
+                Some(size) => self.table_size(size),
+                None => DEFAULT_MAGLEV_TABLE_SIZE,
+            };
+            out.push(VipConfig {
+                name: v.name.get_ref().clone(),
+                address: address.unwrap_or(IpAddr::from([0, 0, 0, 0])),
+                port: port.unwrap_or(0),
+                protocol: v.protocol,
+                scheduler: v.scheduler,
+                pool: v.pool.get_ref().clone(),
+                maglev_table_size,
+            });
+        }
+        out
+    }
+
+    fn table_size(&mut self, size: &Spanned<i64>) -> u32 {
+        let Some(n) = self.int_in::<u32>(
+            size,
+            3..=i64::from(MAGLEV_MAX_TABLE_SIZE),
+            "maglev_table_size",
+        ) else {
+            return 0;
+        };
+        // Maglev's permutation fills every slot only when the table size is
+        // prime (Eisenbud et al., NSDI 2016, section 3.4).
+        if !is_prime(n) {
+            self.error(
+                size.span(),
+                format!("maglev_table_size {n} is not a prime (try 65537, 16381, 4093 or 251)"),
+            );
+        }
+        n
+    }
+
+    fn pools(&mut self, raw: &[RawPool], vips: &[RawVip]) -> Vec<PoolConfig> {
+        let mut names = HashMap::new();
+        let mut total_backends = 0usize;
+        let mut macs = HashMap::new();
+        let mut out = Vec::with_capacity(raw.len());
+        for p in raw {
+            self.name(&p.name, "pool", &mut names);
+            if p.backend.is_empty() {
+                self.error(
+                    p.name.span(),
+                    format!(
+                        "pool {:?} has no backends: add at least one [[pool.backend]]",
+                        p.name.get_ref()
+                    ),
+                );
+            }
+            let mut addresses = HashMap::new();
+            let mut backends = Vec::with_capacity(p.backend.len());
+            for b in &p.backend {
+                total_backends += 1;
+                if total_backends == MAX_REALS as usize + 1 {
+                    self.error(
+                        b.address.span(),
+                        format!("too many backends: the datapath has room for {MAX_REALS} over all pools"),
+                    );
+                }
+                backends.push(self.backend(b, p, &mut addresses, &mut macs));
+            }
+            let health_check = self.health_check(p, vips);
+            out.push(PoolConfig {
+                name: p.name.get_ref().clone(),
+                health_check,
+                backends,
+            });
+        }
+        out
+    }
+
+    /// `seen` holds the addresses met so far in this pool, `macs` the MAC
+    /// configured for each address in any pool so far.
+    fn backend<'r>(
+        &mut self,
+        b: &'r RawBackend,
+        pool: &'r RawPool,
+        seen: &mut HashMap<IpAddr, Range<usize>>,
+        macs: &mut HashMap<IpAddr, (Mac, &'r RawPool, Range<usize>)>,
+    ) -> BackendConfig {
+        // Canonical, as the datapath keys its backends: IPv4 in mapped form.
+        let address = self
+            .host_address(&b.address, "backend address")
+            .map(|a| a.to_canonical());
+        let mut duplicate = false;
+        if let Some(a) = address {
+            if let Some(first) = seen.get(&a) {
+                let line = self.line_of(first);
+                self.error(
+                    b.address.span(),
+                    format!("duplicate backend {a} in this pool (first defined at line {line})"),
+                );
+                duplicate = true;
+            } else {
+                seen.insert(a, b.address.span());
+            }
+        }
+        let weight = match &b.weight {
+            Some(w) => self
+                .int_in(w, 0..=i64::from(MAX_WEIGHT), "weight")
+                .unwrap_or(0),
+            None => 1,
+        };
+        let mac = b.mac.as_ref().and_then(|m| self.mac(m));
+        // The datapath keeps one MAC per backend address, whatever pools
+        // it serves in: a second one would be ignored. A duplicate within
+        // the pool is already reported.
+        if let (Some(a), Some(mac), Some(m), false) = (address, mac, &b.mac, duplicate) {
+            match macs.get(&a) {
+                Some((other, other_pool, other_span)) if *other != mac => {
+                    let line = self.line_of(other_span);
+                    self.error(
+                        m.span(),
+                        format!(
+                            "backend {a} has MAC {mac} here but {other} in pool {:?} (line {line}): \
+                             an address has one MAC over all pools",
+                            other_pool.name.get_ref()
+                        ),
+                    );
+                }
+                Some(_) => {}
+                None => {
+                    macs.insert(a, (mac, pool, m.span()));
+                }
+            }
+        }
+        BackendConfig {
+            address: address.unwrap_or(IpAddr::from([0, 0, 0, 0])),
+            weight,
+            mac,
+        }
+    }
+
+    fn mac(&mut self, value: &Spanned<String>) -> Option<Mac> {
+        let why = match value.get_ref().parse::<Mac>() {
+            // The group bit: frames to such an address reach many hosts,
+            // never one backend.
+            Ok(mac) if mac.is_group() => {
+                "a multicast or broadcast address cannot be a backend".to_owned()
+            }
+            Ok(mac) => return Some(mac),
+            Err(e) => e.to_string(),
+        };
+        self.error(
+            value.span(),
+            format!("invalid MAC address {:?}: {why}", value.get_ref()),
+        );
+        None
+    }
+
+    fn health_check(&mut self, pool: &RawPool, vips: &[RawVip]) -> HealthCheckConfig {
+        let Some(h) = &pool.health_check else {
+            let port = self.check_port(pool, None, vips);
+            return HealthCheckConfig {
+                check: CheckKind::Tcp,
+                port,
+                interval: DEFAULT_INTERVAL,
+                timeout: DEFAULT_TIMEOUT,
+                rise: DEFAULT_RISE,
+                fall: DEFAULT_FALL,
+            };
+        };
+        let check = match h.kind.get_ref() {
+            CheckType::Tcp => {
+                for (field, span) in [
+                    ("method", h.method.as_ref().map(Spanned::span)),
+                    ("path", h.path.as_ref().map(Spanned::span)),
+                    ("expect_status", h.expect_status.as_ref().map(Spanned::span)),
+                    ("host", h.host.as_ref().map(Spanned::span)),
+                ] {
+                    if let Some(span) = span {
+                        self.error(
+                            span,
+                            format!("`{field}` applies only to type = \"http\" checks"),
+                        );
+                    }
+                }
+                CheckKind::Tcp
+            }
+            CheckType::Http => self.http_check(h),
+        };
+        let port = self.check_port(pool, Some(h), vips);
+        let interval = self.duration(
+            h.interval.as_ref(),
+            DEFAULT_INTERVAL,
+            MIN_INTERVAL..=MAX_INTERVAL,
+            "interval",
+        );
+        // The upper bound is the interval, checked below with its own
+        // message.
+        let timeout = self.duration(
+            h.timeout.as_ref(),
+            DEFAULT_TIMEOUT,
+            MIN_TIMEOUT..=Duration::MAX,
+            "timeout",
+        );
+        // A check must end before the next one is due. Comparing with a
+        // value already reported as invalid would only repeat that problem.
+        if let (Some(interval), Some(timeout)) = (interval, timeout) {
+            if timeout > interval {
+                let (span, message) = match (&h.timeout, &h.interval) {
+                    (Some(t), _) => (
+                        t.span(),
+                        format!(
+                            "timeout {} is longer than the interval {}",
+                            humantime::format_duration(timeout),
+                            humantime::format_duration(interval)
+                        ),
+                    ),
+                    (None, Some(i)) => (
+                        i.span(),
+                        format!(
+                            "interval {} is shorter than the default timeout {}: set a timeout",
+                            humantime::format_duration(interval),
+                            humantime::format_duration(timeout)
+                        ),
+                    ),
+                    (None, None) => {
+                        unreachable!("the default timeout is within the default interval")
+                    }
+                };
+                self.error(span, message);
+            }
+        }
+        let rise = h.rise.as_ref().map_or(Some(DEFAULT_RISE), |r| {
+            self.int_in(r, 1..=i64::from(MAX_RISE_FALL), "rise")
+        });
+        let fall = h.fall.as_ref().map_or(Some(DEFAULT_FALL), |f| {
+            self.int_in(f, 1..=i64::from(MAX_RISE_FALL), "fall")
+        });
+        HealthCheckConfig {
+            check,
+            port,
+            interval: interval.unwrap_or(Duration::ZERO),
+            timeout: timeout.unwrap_or(Duration::ZERO),
+            rise: rise.unwrap_or(0),
+            fall: fall.unwrap_or(0),
+        }
+    }
+
+    fn http_check(&mut self, h: &RawHealthCheck) -> CheckKind {
+        let method = match &h.method {
+            Some(m) => {
+                if !is_token(m.get_ref()) {
+                    self.error(
+                        m.span(),
+                        format!(
+                            "invalid HTTP method {:?}: must be a token such as GET or HEAD",
+                            m.get_ref()
+                        ),
+                    );
+                }
+                m.get_ref().clone()
+            }
+            None => "GET".to_owned(),
+        };
+        let path = match &h.path {
+            Some(p) => {
+                let valid =
+                    p.get_ref().starts_with('/') && PathAndQuery::from_str(p.get_ref()).is_ok();
+                if !valid {
+                    self.error(
+                        p.span(),
+                        format!("invalid path {:?}: must start with '/' and contain no spaces or control characters", p.get_ref()),
+                    );
+                }
+                p.get_ref().clone()
+            }
+            None => "/".to_owned(),
+        };
+        let expect_status = match &h.expect_status {
+            Some(s) => self.int_in(s, 100..=599, "expect_status").unwrap_or(0),
+            None => 200,
+        };
+        let host = h.host.as_ref().map(|host| {
+            if host.get_ref().is_empty() || HeaderValue::from_str(host.get_ref()).is_err() {
+                self.error(
+                    host.span(),
+                    format!(
+                        "invalid host {:?}: not a valid Host header value",
+                        host.get_ref()
+                    ),
+                );
+            }
+            host.get_ref().clone()
+        });
+        CheckKind::Http {
+            method,
+            path,
+            expect_status,
+            host,
+        }
+    }
+
+    /// The configured port, else the one port every VIP using the pool
+    /// listens on: a check on the served port tests what clients get.
+    fn check_port(&mut self, pool: &RawPool, h: Option<&RawHealthCheck>, vips: &[RawVip]) -> u16 {
+        if let Some(port) = h.and_then(|h| h.port.as_ref()) {
+            return self.int_in(port, 1..=65535, "port").unwrap_or(0);
+        }
+        let name = pool.name.get_ref();
+        let mut ports: Vec<(i64, &str)> = vips
+            .iter()
+            .filter(|v| v.pool.get_ref() == name)
+            .map(|v| (*v.port.get_ref(), v.name.get_ref().as_str()))
+            .collect();
+        ports.sort_unstable();
+        ports.dedup_by_key(|(port, _)| *port);
+        let span = h.map_or_else(|| pool.name.span(), |h| h.kind.span());
+        match ports.as_slice() {
+            [(port, _)] => u16::try_from(*port).unwrap_or(0),
+            [] => {
+                self.error(span, format!("pool {name:?} is used by no VIP, so its health check port is unknown: set health_check.port"));
+                0
+            }
+            several => {
+                let list: Vec<String> = several
+                    .iter()
+                    .map(|(port, vip)| format!("{port} ({vip})"))
+                    .collect();
+                self.error(
+                    span,
+                    format!(
+                        "the VIPs using pool {name:?} listen on different ports, {}: set health_check.port",
+                        list.join(", ")
+                    ),
+                );
+                0
+            }
+        }
+    }
+
+    /// The configured duration, else `default`; `None` once a value that
+    /// is not a duration within `bounds` has been reported.
+    fn duration(
+        &mut self,
+        value: Option<&Spanned<String>>,
+        default: Duration,
+        bounds: RangeInclusive<Duration>,
+        what: &str,
+    ) -> Option<Duration> {
+        let Some(value) = value else {
+            return Some(default);
+        };
+        let d = match humantime::parse_duration(value.get_ref()) {
+            Ok(d) => d,
+            Err(e) => {
+                self.error(
+                    value.span(),
+                    format!(
+                        "invalid {what} {:?}: {e} (write e.g. \"500ms\" or \"2s\")",
+                        value.get_ref()
+                    ),
+                );
+                return None;
+            }
+        };
+        let problem = if d.is_zero() {
+            format!("{what} must be longer than zero")
+        } else if d < *bounds.start() {
+            format!(
+                "{what} {} is shorter than the minimum {}",
+                humantime::format_duration(d),
+                humantime::format_duration(*bounds.start())
+            )
+        } else if d > *bounds.end() {
+            format!(
+                "{what} {} is longer than the maximum {}",
+                humantime::format_duration(d),
+                humantime::format_duration(*bounds.end())
+            )
+        } else {
+            return Some(d);
+        };
+        self.error(value.span(), problem);
+        None
+    }
+}
+
+fn is_prime(n: u32) -> bool {
+    let n = u64::from(n);
+    n >= 2 && (2u64..).take_while(|d| d * d <= n).all(|d| n % d != 0)
+}
+
+/// RFC 9110 section 5.6.2 `token`.
+fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+/// Why `address` cannot name one host, as the rest of a sentence about it;
+/// `None` when it can.
+fn not_one_host(address: IpAddr) -> Option<String> {
+    let mapped = match address {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped(),
+        IpAddr::V4(_) => None,
+    };
+    let canonical = address.to_canonical();
+    let kind = if canonical.is_unspecified() {
+        "the unspecified address"
+    } else if canonical.is_multicast() {
+        "a multicast address"
+    } else if canonical == IpAddr::V4(Ipv4Addr::BROADCAST) {
+        "the IPv4 broadcast address"
+    } else {
+        return mapped.map(|v4| {
+            format!(
+                "is IPv4-mapped IPv6, which the datapath stores exactly as {v4}: \
+                 write the IPv4 form \"{v4}\""
+            )
+        });
+    };
+    Some(match mapped {
+        Some(v4) => format!("is {kind} {v4} in IPv4-mapped form: it cannot name one host"),
+        None => format!("is {kind}: it cannot name one host"),
+    })
+}

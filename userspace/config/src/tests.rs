@@ -1,0 +1,897 @@
+use std::net::{IpAddr, Ipv6Addr};
+use std::time::Duration;
+
+use super::*;
+
+const FULL: &str = r#"
+interface = "eth0"
+
+[admin]
+listen = "127.0.0.1:9999"
+
+[[vip]]
+name = "web"
+address = "198.18.1.1"
+port = 80
+protocol = "tcp"
+scheduler = "maglev"
+pool = "web"
+maglev_table_size = 251
+
+[[vip]]
+name = "dns6"
+address = "fd00::53"
+port = 53
+protocol = "udp"
+scheduler = "ip-hash"
+pool = "dns"
+
+[[pool]]
+name = "web"
+[pool.health_check]
+type = "http"
+method = "HEAD"
+path = "/health?full=1"
+expect_status = 204
+host = "example.org"
+port = 8080
+interval = "1s"
+timeout = "500ms"
+rise = 1
+fall = 5
+[[pool.backend]]
+address = "198.18.0.11"
+weight = 3
+mac = "02:00:00:00:00:11"
+[[pool.backend]]
+address = "198.18.0.12"
+weight = 0
+
+[[pool]]
+name = "dns"
+[pool.health_check]
+type = "tcp"
+[[pool.backend]]
+address = "fd00::11"
+"#;
+
+fn errors(text: &str) -> Vec<Diagnostic> {
+    parse(text, "test.toml")
+        .expect_err("the config must be rejected")
+        .diagnostics()
+        .to_vec()
+}
+
+/// The (line, column) of the single diagnostic whose message contains
+/// `needle`.
+fn position_of(diagnostics: &[Diagnostic], needle: &str) -> (usize, usize) {
+    let found: Vec<_> = diagnostics
+        .iter()
+        .filter(|d| d.message.contains(needle))
+        .collect();
+    assert_eq!(
+        found.len(),
+        1,
+        "one diagnostic containing {needle:?} in {diagnostics:#?}"
+    );
+    (found[0].line, found[0].column)
+}
+
+/// A minimal valid config with `vip` and `pool` sections appended.
+fn with(extra: &str) -> String {
+    format!("interface = \"eth0\"\n{extra}")
+}
+
+const WEB_VIP: &str = r#"
+[[vip]]
+name = "web"
+address = "198.18.1.1"
+port = 80
+protocol = "tcp"
+scheduler = "maglev"
+pool = "web"
+"#;
+
+#[test]
+fn full_config_resolves() {
+    let config = parse(FULL, "full.toml").unwrap();
+    let expected = Config {
+        interface: "eth0".into(),
+        admin: AdminConfig {
+            listen: "127.0.0.1:9999".parse().unwrap(),
+        },
+        vips: vec![
+            VipConfig {
+                name: "web".into(),
+                address: IpAddr::from([198, 18, 1, 1]),
+                port: 80,
+                protocol: Protocol::Tcp,
+                scheduler: Scheduler::Maglev,
+                pool: "web".into(),
+                maglev_table_size: 251,
+            },
+            VipConfig {
+                name: "dns6".into(),
+                address: IpAddr::V6(Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 0x53)),
+                port: 53,
+                protocol: Protocol::Udp,
+                scheduler: Scheduler::IpHash,
+                pool: "dns".into(),
+                maglev_table_size: 65537,
+            },
+        ],
+        pools: vec![
+            PoolConfig {
+                name: "web".into(),
+                health_check: HealthCheckConfig {
+                    check: CheckKind::Http {
+                        method: "HEAD".into(),
+                        path: "/health?full=1".into(),
+                        expect_status: 204,
+                        host: Some("example.org".into()),
+                    },
+                    port: 8080,
+                    interval: Duration::from_secs(1),
+                    timeout: Duration::from_millis(500),
+                    rise: 1,
+                    fall: 5,
+                },
+                backends: vec![
+                    BackendConfig {
+                        address: IpAddr::from([198, 18, 0, 11]),
+                        weight: 3,
+                        mac: Some(Mac([2, 0, 0, 0, 0, 0x11])),
+                    },
+                    BackendConfig {
+                        address: IpAddr::from([198, 18, 0, 12]),
+                        weight: 0,
+                        mac: None,
+                    },
+                ],
+            },
+            PoolConfig {
+                name: "dns".into(),
+                health_check: HealthCheckConfig {
+                    check: CheckKind::Tcp,
+                    port: 53,
+                    interval: DEFAULT_INTERVAL,
+                    timeout: DEFAULT_TIMEOUT,
+                    rise: 2,
+                    fall: 3,
+                },
+                backends: vec![BackendConfig {
+                    address: "fd00::11".parse().unwrap(),
+                    weight: 1,
+                    mac: None,
+                }],
+            },
+        ],
+    };
+    assert_eq!(config, expected);
+    assert_eq!(config.pool("dns"), Some(&expected.pools[1]));
+    assert_eq!(Protocol::Udp.ip_proto(), 17);
+    assert_eq!(Scheduler::IpHash.to_string(), "ip-hash");
+}
+
+#[test]
+fn defaults_applied() {
+    let text = with(&format!(
+        "{WEB_VIP}
+[[pool]]
+name = \"web\"
+[pool.health_check]
+type = \"http\"
+[[pool.backend]]
+address = \"198.18.0.11\"
+"
+    ));
+    let config = parse(&text, "t").unwrap();
+    assert_eq!(config.admin.listen, DEFAULT_ADMIN_LISTEN.parse().unwrap());
+    assert_eq!(config.vips[0].maglev_table_size, 65537);
+    let pool = &config.pools[0];
+    assert_eq!(
+        pool.health_check,
+        HealthCheckConfig {
+            check: CheckKind::Http {
+                method: "GET".into(),
+                path: "/".into(),
+                expect_status: 200,
+                host: None
+            },
+            port: 80,
+            interval: Duration::from_secs(2),
+            timeout: Duration::from_secs(1),
+            rise: 2,
+            fall: 3,
+        }
+    );
+    assert_eq!(pool.backends[0].weight, 1);
+    assert_eq!(pool.backends[0].mac, None);
+}
+
+#[test]
+fn absent_health_check_is_tcp_connect_on_the_vip_port() {
+    let text = with(&format!(
+        "{WEB_VIP}\n[[pool]]\nname = \"web\"\n[[pool.backend]]\naddress = \"198.18.0.11\"\n"
+    ));
+    let hc = &parse(&text, "t").unwrap().pools[0].health_check;
+    assert_eq!((hc.check.clone(), hc.port), (CheckKind::Tcp, 80));
+}
+
+#[test]
+fn syntax_error_is_positioned() {
+    for (text, line, column) in [
+        (
+            "interface = \"eth0\"\n[admin]\nlisten = \"127.0.0.1:80\n",
+            3,
+            23,
+        ),
+        ("interface = \"eth0\"\n[admin\n", 2, 7),
+        ("interface = \"eth0\"\n[[vip]]\nport = \"80\"\n", 3, 8),
+    ] {
+        let e = parse(text, "bad.toml").unwrap_err();
+        assert_eq!(e.diagnostics().len(), 1);
+        let d = &e.diagnostics()[0];
+        assert_eq!((d.line, d.column), (line, column), "{d:?}");
+        assert!(
+            e.to_string()
+                .starts_with(&format!("bad.toml:{line}:{column}: ")),
+            "{e}"
+        );
+    }
+}
+
+#[test]
+fn unknown_field_is_positioned() {
+    let text = with(&format!("{WEB_VIP}schedular = \"maglev\"\n"));
+    let d = errors(&text);
+    assert_eq!(d.len(), 1, "{d:?}");
+    assert_eq!((d[0].line, d[0].column), (10, 1), "{d:?}");
+    assert!(d[0].message.contains("schedular"), "{d:?}");
+}
+
+#[test]
+fn missing_field_points_at_its_table() {
+    let text = with(&WEB_VIP.replace("pool = \"web\"\n", ""));
+    let d = errors(&text);
+    assert_eq!(d.len(), 1, "{d:?}");
+    assert!(d[0].message.contains("missing field `pool`"), "{d:?}");
+    assert_eq!(
+        (d[0].line, d[0].column),
+        (3, 1),
+        "the [[vip]] header: {d:?}"
+    );
+}
+
+#[test]
+fn unknown_enum_value_is_positioned() {
+    let text = with(&WEB_VIP.replace("\"maglev\"", "\"round-robin\""));
+    let d = errors(&text);
+    assert_eq!((d[0].line, d[0].column), (8, 13), "{d:?}");
+}
+
+#[test]
+fn every_error_is_reported_with_its_position() {
+    let text = r#"interface = "eth0"
+
+[[vip]]
+name = "web"
+address = "198.18.1.1"
+port = 80
+protocol = "tcp"
+scheduler = "maglev"
+pool = "nope"
+maglev_table_size = 65536
+
+[[vip]]
+name = "web"
+address = "198.18.1.1"
+port = 80
+protocol = "tcp"
+scheduler = "maglev"
+pool = "web"
+maglev_table_size = 70001
+
+[[pool]]
+name = "web"
+[pool.health_check]
+type = "http"
+method = "GE T"
+path = "health"
+expect_status = 600
+interval = "1s"
+timeout = "2s"
+rise = 0
+fall = 0
+[[pool.backend]]
+address = "198.18.0.11"
+weight = 257
+mac = "02:00:00:00:00"
+[[pool.backend]]
+address = "198.18.0.11"
+mac = "01:00:5e:00:00:01"
+
+[[pool]]
+name = "web"
+[[pool.backend]]
+address = "198.18.0.1x"
+
+[[pool]]
+name = "empty"
+"#;
+    let d = errors(text);
+    let expect = [
+        ("unknown pool \"nope\"", (9, 8)),
+        ("65536 is not a prime", (10, 21)),
+        (
+            "duplicate VIP name \"web\" (first defined at line 4)",
+            (13, 8),
+        ),
+        (
+            "duplicate VIP 198.18.1.1 port 80/tcp: already defined at line 5",
+            (14, 11),
+        ),
+        (
+            "maglev_table_size 70001 is out of range 3..=65537",
+            (19, 21),
+        ),
+        ("invalid HTTP method \"GE T\"", (25, 10)),
+        ("invalid path \"health\"", (26, 8)),
+        ("expect_status 600 is out of range 100..=599", (27, 17)),
+        ("timeout 2s is longer than the interval 1s", (29, 11)),
+        ("rise 0 is out of range", (30, 8)),
+        ("fall 0 is out of range", (31, 8)),
+        ("weight 257 is out of range 0..=256", (34, 10)),
+        ("invalid MAC address \"02:00:00:00:00\"", (35, 7)),
+        (
+            "duplicate backend 198.18.0.11 in this pool (first defined at line 33)",
+            (37, 11),
+        ),
+        ("multicast", (38, 7)),
+        (
+            "duplicate pool name \"web\" (first defined at line 22)",
+            (41, 8),
+        ),
+        ("invalid backend address \"198.18.0.1x\"", (43, 11)),
+        ("pool \"empty\" has no backends", (46, 8)),
+        ("pool \"empty\" is used by no VIP", (46, 8)),
+    ];
+    for (needle, pos) in expect {
+        assert_eq!(position_of(&d, needle), pos, "{needle}");
+    }
+    assert_eq!(d.len(), expect.len(), "{d:#?}");
+    let mut sorted = d.clone();
+    sorted.sort_by_key(|d| (d.line, d.column));
+    assert_eq!(d, sorted, "diagnostics are ordered by position");
+    let shown = parse(text, "lb.toml").unwrap_err().to_string();
+    assert_eq!(shown.lines().count(), expect.len());
+    assert!(shown.lines().all(|l| l.starts_with("lb.toml:")), "{shown}");
+}
+
+#[test]
+fn check_port_must_be_given_when_vips_disagree() {
+    let second = WEB_VIP
+        .replace("\"web\"\naddress", "\"web-tls\"\naddress")
+        .replace("80", "443");
+    let text = with(&format!(
+        "{WEB_VIP}{second}
+[[pool]]
+name = \"web\"
+[pool.health_check]
+type = \"tcp\"
+[[pool.backend]]
+address = \"198.18.0.11\"
+"
+    ));
+    let d = errors(&text);
+    assert_eq!(d.len(), 1, "{d:?}");
+    assert_eq!((d[0].line, d[0].column), (22, 8));
+    assert!(d[0].message.contains("80 (web), 443 (web-tls)"), "{d:?}");
+
+    let fixed = text.replace("type = \"tcp\"", "type = \"tcp\"\nport = 8443");
+    assert_eq!(parse(&fixed, "t").unwrap().pools[0].health_check.port, 8443);
+}
+
+#[test]
+fn http_only_fields_are_rejected_on_tcp_checks() {
+    let text = with(&format!(
+        "{WEB_VIP}
+[[pool]]
+name = \"web\"
+[pool.health_check]
+type = \"tcp\"
+path = \"/\"
+[[pool.backend]]
+address = \"198.18.0.11\"
+"
+    ));
+    let d = errors(&text);
+    assert_eq!(
+        position_of(&d, "`path` applies only to type = \"http\""),
+        (15, 8)
+    );
+}
+
+#[test]
+fn interval_shorter_than_default_timeout() {
+    let text = with(&format!(
+        "{WEB_VIP}
+[[pool]]
+name = \"web\"
+[pool.health_check]
+type = \"tcp\"
+interval = \"200ms\"
+[[pool.backend]]
+address = \"198.18.0.11\"
+"
+    ));
+    let d = errors(&text);
+    assert_eq!(
+        position_of(&d, "shorter than the default timeout 1s"),
+        (15, 12)
+    );
+}
+
+#[test]
+fn bad_durations() {
+    let text = with(&format!(
+        "{WEB_VIP}
+[[pool]]
+name = \"web\"
+[pool.health_check]
+type = \"tcp\"
+interval = \"0s\"
+timeout = \"soon\"
+[[pool.backend]]
+address = \"198.18.0.11\"
+"
+    ));
+    let d = errors(&text);
+    assert_eq!(
+        position_of(&d, "interval must be longer than zero"),
+        (15, 12)
+    );
+    assert_eq!(position_of(&d, "invalid timeout \"soon\""), (16, 11));
+}
+
+#[test]
+fn limits_of_the_datapath() {
+    let mut text = String::from("interface = \"eth0\"\n");
+    for i in 0..=MAX_VIPS_USIZE {
+        text.push_str(&format!(
+            "[[vip]]\nname = \"v{i}\"\naddress = \"198.18.1.1\"\nport = {}\nprotocol = \"tcp\"\nscheduler = \"maglev\"\npool = \"p\"\n",
+            i + 1
+        ));
+    }
+    text.push_str("[[pool]]\nname = \"p\"\n[pool.health_check]\ntype = \"tcp\"\nport = 80\n");
+    for i in 0..=fulcrum_common::MAX_REALS {
+        text.push_str(&format!(
+            "[[pool.backend]]\naddress = \"10.{}.{}.{}\"\n",
+            i >> 16,
+            (i >> 8) & 255,
+            i & 255
+        ));
+    }
+    let d = errors(&text);
+    assert_eq!(d.len(), 2, "{d:?}");
+    assert!(d[0].message.contains("too many VIPs"), "{d:?}");
+    assert_eq!(d[0].line, 2 + 7 * MAX_VIPS_USIZE + 1);
+    assert!(d[1].message.contains("too many backends"), "{d:?}");
+}
+
+const MAX_VIPS_USIZE: usize = fulcrum_common::MAX_VIPS as usize;
+
+#[test]
+fn bad_interface_and_listen() {
+    let text = "interface = \"a-very-long-interface-name\"\n[admin]\nlisten = \"localhost\"\n";
+    let d = errors(text);
+    assert_eq!(position_of(&d, "invalid interface name"), (1, 13));
+    assert_eq!(position_of(&d, "invalid admin listen address"), (3, 10));
+}
+
+#[test]
+fn columns_count_characters_not_bytes() {
+    let text = "interface = \"eth0\" # é\n[[vip]]\nname = \"é\" \nnope = 1\n";
+    let d = errors(text);
+    assert_eq!((d[0].line, d[0].column), (4, 1), "{d:?}");
+    let text = "interface = \"éééééééééééééééé\"";
+    assert_eq!(errors(text)[0].column, 13);
+}
+
+#[test]
+fn unreadable_file() {
+    let e = load(Path::new("/nonexistent/fulcrum.toml")).unwrap_err();
+    assert_eq!(e.diagnostics()[0].line, 0);
+    assert!(
+        e.to_string()
+            .starts_with("/nonexistent/fulcrum.toml: cannot read the file: "),
+        "{e}"
+    );
+}
+
+#[test]
+fn load_reads_a_file() {
+    let path =
+        std::env::temp_dir().join(format!("fulcrum-config-test-{}.toml", std::process::id()));
+    std::fs::write(&path, FULL).unwrap();
+    let loaded = load(&path);
+    std::fs::remove_file(&path).unwrap();
+    assert_eq!(loaded.unwrap(), parse(FULL, "x").unwrap());
+}
+
+/// Asserts that `text` is rejected with exactly `expected`, as (line,
+/// column, message), in order.
+fn assert_rejected(text: &str, expected: &[(usize, usize, &str)]) {
+    let d = errors(text);
+    let got: Vec<(usize, usize, &str)> = d
+        .iter()
+        .map(|d| (d.line, d.column, d.message.as_str()))
+        .collect();
+    assert_eq!(got, expected);
+}
+
+/// A config with one VIP per address, each on port 80/tcp, all using pool
+/// "web". VIP `i`'s address is on line 4 + 7 * i, column 11.
+fn vips_at(addresses: &[&str]) -> String {
+    let mut text = String::from("interface = \"eth0\"\n");
+    for (i, address) in addresses.iter().enumerate() {
+        text.push_str(&format!(
+            "[[vip]]\nname = \"v{i}\"\naddress = \"{address}\"\nport = 80\nprotocol = \"tcp\"\nscheduler = \"maglev\"\npool = \"web\"\n"
+        ));
+    }
+    text + "[[pool]]\nname = \"web\"\n[[pool.backend]]\naddress = \"198.18.0.11\"\n"
+}
+
+/// A config with [`WEB_VIP`] and pool "web" of one backend per address.
+/// Backend `i`'s address is on line 13 + 2 * i, column 11.
+fn backends_at(addresses: &[&str]) -> String {
+    let mut text = with(&format!("{WEB_VIP}[[pool]]\nname = \"web\"\n"));
+    for address in addresses {
+        text.push_str(&format!("[[pool.backend]]\naddress = \"{address}\"\n"));
+    }
+    text
+}
+
+/// A config whose pool "web" has a TCP check with `settings`, which start
+/// on line 15.
+fn with_check(settings: &str) -> String {
+    with(&format!(
+        "{WEB_VIP}\n[[pool]]\nname = \"web\"\n[pool.health_check]\ntype = \"tcp\"\n{settings}[[pool.backend]]\naddress = \"198.18.0.11\"\n"
+    ))
+}
+
+#[test]
+fn vip_in_ipv4_mapped_form_is_rejected() {
+    assert_rejected(
+        &vips_at(&["::ffff:198.18.1.1"]),
+        &[(
+            4,
+            11,
+            "VIP address \"::ffff:198.18.1.1\" is IPv4-mapped IPv6, which the datapath stores \
+             exactly as 198.18.1.1: write the IPv4 form \"198.18.1.1\"",
+        )],
+    );
+    // Hex and upper case are the same address.
+    assert_rejected(
+        &vips_at(&["::FFFF:C612:101"]),
+        &[(
+            4,
+            11,
+            "VIP address \"::FFFF:C612:101\" is IPv4-mapped IPv6, which the datapath stores \
+             exactly as 198.18.1.1: write the IPv4 form \"198.18.1.1\"",
+        )],
+    );
+}
+
+#[test]
+fn vip_in_ipv4_mapped_form_is_a_duplicate_of_its_ipv4_form() {
+    let mapped = "VIP address \"::ffff:198.18.1.1\" is IPv4-mapped IPv6, which the datapath \
+                  stores exactly as 198.18.1.1: write the IPv4 form \"198.18.1.1\"";
+    assert_rejected(
+        &vips_at(&["198.18.1.1", "::ffff:198.18.1.1"]),
+        &[
+            (11, 11, mapped),
+            (
+                11,
+                11,
+                "duplicate VIP 198.18.1.1 port 80/tcp: already defined at line 4",
+            ),
+        ],
+    );
+    // Fixing only the mapped spelling still leaves the duplicate: it is
+    // reported in the same round.
+    assert_rejected(
+        &vips_at(&["::ffff:198.18.1.1", "198.18.1.1"]),
+        &[
+            (4, 11, mapped),
+            (
+                11,
+                11,
+                "duplicate VIP 198.18.1.1 port 80/tcp: already defined at line 4",
+            ),
+        ],
+    );
+}
+
+#[test]
+fn vip_unspecified_address_is_rejected() {
+    assert_rejected(
+        &vips_at(&["0.0.0.0", "::"]),
+        &[
+            (
+                4,
+                11,
+                "VIP address \"0.0.0.0\" is the unspecified address: it cannot name one host",
+            ),
+            (
+                11,
+                11,
+                "VIP address \"::\" is the unspecified address: it cannot name one host",
+            ),
+        ],
+    );
+}
+
+#[test]
+fn vip_multicast_address_is_rejected() {
+    assert_rejected(
+        &vips_at(&["224.0.0.1", "ff02::1", "::ffff:239.1.2.3"]),
+        &[
+            (
+                4,
+                11,
+                "VIP address \"224.0.0.1\" is a multicast address: it cannot name one host",
+            ),
+            (
+                11,
+                11,
+                "VIP address \"ff02::1\" is a multicast address: it cannot name one host",
+            ),
+            (
+                18,
+                11,
+                "VIP address \"::ffff:239.1.2.3\" is a multicast address 239.1.2.3 in \
+                 IPv4-mapped form: it cannot name one host",
+            ),
+        ],
+    );
+}
+
+#[test]
+fn vip_broadcast_address_is_rejected() {
+    assert_rejected(
+        &vips_at(&["255.255.255.255"]),
+        &[(
+            4,
+            11,
+            "VIP address \"255.255.255.255\" is the IPv4 broadcast address: it cannot name one host",
+        )],
+    );
+}
+
+#[test]
+fn backend_unspecified_address_is_rejected() {
+    assert_rejected(
+        &backends_at(&["0.0.0.0", "::", "::ffff:0.0.0.0"]),
+        &[
+            (
+                13,
+                11,
+                "backend address \"0.0.0.0\" is the unspecified address: it cannot name one host",
+            ),
+            (
+                15,
+                11,
+                "backend address \"::\" is the unspecified address: it cannot name one host",
+            ),
+            (
+                17,
+                11,
+                "backend address \"::ffff:0.0.0.0\" is the unspecified address 0.0.0.0 in \
+                 IPv4-mapped form: it cannot name one host",
+            ),
+            (
+                17,
+                11,
+                "duplicate backend 0.0.0.0 in this pool (first defined at line 13)",
+            ),
+        ],
+    );
+}
+
+#[test]
+fn backend_multicast_address_is_rejected() {
+    assert_rejected(
+        &backends_at(&["198.18.0.11", "239.255.255.250", "ff05::1:3"]),
+        &[
+            (
+                15,
+                11,
+                "backend address \"239.255.255.250\" is a multicast address: it cannot name one host",
+            ),
+            (
+                17,
+                11,
+                "backend address \"ff05::1:3\" is a multicast address: it cannot name one host",
+            ),
+        ],
+    );
+}
+
+#[test]
+fn backend_broadcast_address_is_rejected() {
+    assert_rejected(
+        &backends_at(&["255.255.255.255"]),
+        &[(
+            13,
+            11,
+            "backend address \"255.255.255.255\" is the IPv4 broadcast address: it cannot name one host",
+        )],
+    );
+}
+
+#[test]
+fn backend_in_ipv4_mapped_form_is_rejected() {
+    assert_rejected(
+        &backends_at(&["198.18.0.11", "::ffff:198.18.0.11"]),
+        &[
+            (
+                15,
+                11,
+                "backend address \"::ffff:198.18.0.11\" is IPv4-mapped IPv6, which the datapath \
+                 stores exactly as 198.18.0.11: write the IPv4 form \"198.18.0.11\"",
+            ),
+            (
+                15,
+                11,
+                "duplicate backend 198.18.0.11 in this pool (first defined at line 13)",
+            ),
+        ],
+    );
+}
+
+const TWO_POOLS: &str = r#"interface = "eth0"
+[[vip]]
+name = "web"
+address = "198.18.1.1"
+port = 80
+protocol = "tcp"
+scheduler = "maglev"
+pool = "web"
+[[vip]]
+name = "api"
+address = "198.18.1.2"
+port = 80
+protocol = "tcp"
+scheduler = "maglev"
+pool = "api"
+[[pool]]
+name = "web"
+[[pool.backend]]
+address = "198.18.0.11"
+mac = "02:00:00:00:00:1a"
+[[pool]]
+name = "api"
+[[pool.backend]]
+address = "198.18.0.11"
+mac = "02:00:00:00:00:1b"
+"#;
+
+#[test]
+fn backend_with_two_macs_in_two_pools_is_rejected() {
+    assert_rejected(
+        TWO_POOLS,
+        &[(
+            25,
+            7,
+            "backend 198.18.0.11 has MAC 02:00:00:00:00:1b here but 02:00:00:00:00:1a in pool \
+             \"web\" (line 20): an address has one MAC over all pools",
+        )],
+    );
+    // The same MAC twice, in any spelling, or a MAC in only one pool agree.
+    let mac = Some(Mac([2, 0, 0, 0, 0, 0x1a]));
+    let same = TWO_POOLS.replace("02:00:00:00:00:1b", "02:00:00:00:00:1a");
+    let config = parse(&same, "t").unwrap();
+    assert_eq!(
+        (
+            config.pools[0].backends[0].mac,
+            config.pools[1].backends[0].mac
+        ),
+        (mac, mac)
+    );
+    let upper = TWO_POOLS.replace("02:00:00:00:00:1b", "02:00:00:00:00:1A");
+    assert!(parse(&upper, "t").is_ok());
+    let one = TWO_POOLS.replace("mac = \"02:00:00:00:00:1b\"\n", "");
+    let config = parse(&one, "t").unwrap();
+    assert_eq!(
+        (
+            config.pools[0].backends[0].mac,
+            config.pools[1].backends[0].mac
+        ),
+        (mac, None)
+    );
+}
+
+#[test]
+fn health_check_interval_below_the_minimum_is_rejected() {
+    assert_rejected(
+        &with_check("interval = \"1ns\"\ntimeout = \"1ns\"\n"),
+        &[
+            (15, 12, "interval 1ns is shorter than the minimum 100ms"),
+            (16, 11, "timeout 1ns is shorter than the minimum 10ms"),
+        ],
+    );
+    assert_rejected(
+        &with_check("interval = \"99ms\"\ntimeout = \"10ms\"\n"),
+        &[(15, 12, "interval 99ms is shorter than the minimum 100ms")],
+    );
+}
+
+#[test]
+fn health_check_interval_above_the_maximum_is_rejected() {
+    assert_rejected(
+        &with_check("interval = \"500000000000years\"\n"),
+        &[(
+            15,
+            12,
+            "interval 500000000000years is longer than the maximum 1h",
+        )],
+    );
+    assert_rejected(
+        &with_check("interval = \"1h 1s\"\n"),
+        &[(15, 12, "interval 1h 1s is longer than the maximum 1h")],
+    );
+}
+
+#[test]
+fn health_check_timeout_below_the_minimum_is_rejected() {
+    assert_rejected(
+        &with_check("timeout = \"9ms\"\n"),
+        &[(15, 11, "timeout 9ms is shorter than the minimum 10ms")],
+    );
+}
+
+#[test]
+fn rise_and_fall_above_the_maximum_are_rejected() {
+    assert_rejected(
+        &with_check("rise = 101\nfall = 4294967295\n"),
+        &[
+            (15, 8, "rise 101 is out of range 1..=100"),
+            (16, 8, "fall 4294967295 is out of range 1..=100"),
+        ],
+    );
+}
+
+#[test]
+fn health_check_bounds_are_inclusive() {
+    for (settings, interval, timeout, rise_fall) in [
+        (
+            "interval = \"100ms\"\ntimeout = \"10ms\"\nrise = 1\nfall = 1\n",
+            MIN_INTERVAL,
+            MIN_TIMEOUT,
+            1,
+        ),
+        (
+            "interval = \"1h\"\ntimeout = \"1h\"\nrise = 100\nfall = 100\n",
+            MAX_INTERVAL,
+            MAX_INTERVAL,
+            MAX_RISE_FALL,
+        ),
+    ] {
+        let config = parse(&with_check(settings), "t").unwrap();
+        let hc = &config.pools[0].health_check;
+        assert_eq!(
+            (hc.interval, hc.timeout, hc.rise, hc.fall),
+            (interval, timeout, rise_fall, rise_fall)
+        );
+    }
+    assert_eq!(
+        (MIN_INTERVAL, MAX_INTERVAL, MIN_TIMEOUT, MAX_RISE_FALL),
+        (
+            Duration::from_millis(100),
+            Duration::from_secs(3600),
+            Duration::from_millis(10),
+            100
+        )
+    );
+}

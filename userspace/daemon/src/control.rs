@@ -1,0 +1,220 @@
+//! The control loop: the one owner of the configuration and the
+//! observations.
+//!
+//! Every change (a health verdict, a neighbour entry of a backend, a
+//! reload) recomputes the effective state and hands the L4 plan made from
+//! it to the datapath writer, which applies it on its own thread. The loop
+//! itself never writes a map, so nothing it does takes longer than a
+//! computation on plain data; a 10 ms heartbeat measures that and the
+//! admin API reports the longest stall.
+use std::{
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result};
+use fulcrum_admin::{AdminRequest, Limits};
+use fulcrum_config::{self as config, Config};
+use fulcrum_health::{HealthEngine, HealthEvent, Probe};
+use fulcrum_l4::{CounterReader, Datapath, Interface, NeighbourChange, Neighbours, Plan, Writer};
+use fulcrum_state::{Observed, Verdict};
+use tokio::{
+    net::TcpListener,
+    signal::unix::{signal, SignalKind},
+    sync::mpsc,
+    time::MissedTickBehavior,
+};
+use tracing::{error, info, warn};
+
+use crate::report;
+
+/// How often the whole neighbour table is read again, in case a netlink
+/// notification was lost (the subscription is the normal path).
+const NEIGHBOUR_RESYNC: Duration = Duration::from_secs(30);
+/// The heartbeat period whose lateness measures control-loop stalls.
+pub const HEARTBEAT: Duration = Duration::from_millis(10);
+
+/// Runs the daemon with the configuration at `config_path` until SIGINT or
+/// SIGTERM; SIGHUP reloads the file (a bad file is rejected and logged, and
+/// the running configuration is kept).
+///
+/// # Errors
+/// A bad configuration at startup, a missing interface, the kernel refusing
+/// the program, or the admin address being taken. The program is detached
+/// on every exit path after it was attached.
+pub async fn run(config_path: PathBuf) -> Result<()> {
+    match crate::limits::raise_open_files() {
+        Ok((soft, hard)) => info!(soft, hard, "open file limit (RLIMIT_NOFILE)"),
+        Err(err) => warn!(error = %err, "could not raise the open file limit"),
+    }
+    let config = config::load(&config_path)?;
+    let interface = Interface::lookup(&config.interface)?;
+    let mut datapath = Datapath::load().context("loading the XDP program (needs root)")?;
+    datapath.set_self_mac(interface.mac)?;
+    let mode = datapath.attach(&interface.name)?;
+    info!(interface = %interface.name, mac = %interface.mac, ?mode, "XDP program attached");
+    let counters = datapath.counter_reader()?;
+    let writer = Writer::spawn(datapath).context("starting the datapath writer thread")?;
+
+    let listener = TcpListener::bind(config.admin.listen)
+        .await
+        .with_context(|| format!("admin API: binding {}", config.admin.listen))?;
+    info!(listen = %config.admin.listen, "admin API listening (GET /stats)");
+    let (admin_tx, admin_rx) = mpsc::channel(16);
+    let admin_task = tokio::spawn(fulcrum_admin::serve(listener, Limits::default(), admin_tx));
+
+    let (health_tx, health_rx) = mpsc::unbounded_channel();
+    let mut control = Control {
+        neighbours: Neighbours::connect(interface.index)?,
+        engine: HealthEngine::new(health_tx),
+        config,
+        observed: Observed::default(),
+        writer,
+        counters,
+        max_stall: Duration::ZERO,
+    };
+    control.resync_neighbours().await;
+    control.engine.set_targets(targets(&control.config));
+    control.submit(Instant::now());
+    let result = control.run_loop(&config_path, health_rx, admin_rx).await;
+
+    admin_task.abort();
+    let Control { engine, writer, .. } = control;
+    drop(engine);
+    let mut datapath = writer.shutdown();
+    datapath.detach()?;
+    info!(interface = %interface.name, "XDP program detached");
+    result
+}
+
+/// The health checks to run: each distinct probe once, keyed by itself.
+fn targets(config: &Config) -> Vec<(Probe, Probe)> {
+    fulcrum_state::probes(config).into_iter().map(|p| (p.clone(), p)).collect()
+}
+
+/// The loop's state: desired (config) and observed; the writer holds what
+/// is applied.
+struct Control {
+    neighbours: Neighbours,
+    engine: HealthEngine<Probe>,
+    config: Config,
+    observed: Observed,
+    writer: Writer,
+    counters: CounterReader,
+    /// Longest heartbeat lateness so far.
+    max_stall: Duration,
+}
+
+impl Control {
+    async fn run_loop(
+        &mut self,
+        config_path: &Path,
+        mut health_rx: mpsc::UnboundedReceiver<HealthEvent<Probe>>,
+        mut admin_rx: mpsc::Receiver<AdminRequest>,
+    ) -> Result<()> {
+        let mut sigint = signal(SignalKind::interrupt())?;
+        let mut sigterm = signal(SignalKind::terminate())?;
+        let mut sighup = signal(SignalKind::hangup())?;
+        let mut resync = tokio::time::interval(NEIGHBOUR_RESYNC);
+        resync.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        resync.reset();
+        let mut heartbeat = tokio::time::interval(HEARTBEAT);
+        heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut last_beat = Instant::now();
+        loop {
+            tokio::select! {
+                Some(event) = health_rx.recv() => {
+                    let arrived = Instant::now();
+                    self.observed.health.insert(event.key, Verdict { health: event.health, detail: event.detail });
+                    self.submit(arrived);
+                }
+                change = self.neighbours.next_change() => {
+                    let arrived = Instant::now();
+                    if change == NeighbourChange::Resync {
+                        self.resync_neighbours().await;
+                        self.submit(arrived);
+                    } else if change.apply_to(&mut self.observed.neighbours) && self.concerns_a_backend(change) {
+                        self.submit(arrived);
+                    }
+                }
+                _ = resync.tick() => {
+                    let arrived = Instant::now();
+                    if self.resync_neighbours().await {
+                        self.submit(arrived);
+                    }
+                }
+                Some(request) = admin_rx.recv() => match request {
+                    AdminRequest::Stats(reply) => {
+                        let _ = reply.send(report::stats(&self.config, &self.observed, &self.writer.status(), &self.counters, self.max_stall));
+                    }
+                },
+                _ = heartbeat.tick() => {
+                    let now = Instant::now();
+                    self.max_stall = self.max_stall.max((now - last_beat).saturating_sub(HEARTBEAT));
+                    last_beat = now;
+                }
+                _ = sighup.recv() => self.reload(config_path),
+                _ = sigint.recv() => { info!("SIGINT: shutting down"); return Ok(()) }
+                _ = sigterm.recv() => { info!("SIGTERM: shutting down"); return Ok(()) }
+            }
+        }
+    }
+
+    /// Hands the effective state to the datapath writer; `since` is when
+    /// the observation behind it arrived.
+    fn submit(&mut self, since: Instant) {
+        let effective = fulcrum_state::effective(&self.config, &self.observed);
+        let plan = Plan::new(&effective, &fulcrum_l4::macs(&self.config, &self.observed.neighbours));
+        self.writer.submit(plan, since);
+    }
+
+    fn concerns_a_backend(&self, change: NeighbourChange) -> bool {
+        let address = match change {
+            NeighbourChange::Resolved(address, _) | NeighbourChange::Lost(address) => address,
+            NeighbourChange::Resync => return true,
+        };
+        self.config.pools.iter().flat_map(|p| &p.backends).any(|b| b.address == address)
+    }
+
+    /// Reads the whole neighbour table; true if a backend's entry changed.
+    async fn resync_neighbours(&mut self) -> bool {
+        let table = match self.neighbours.dump().await {
+            Ok(table) => table,
+            Err(err) => {
+                warn!(error = %err, "reading the neighbour table");
+                return false;
+            }
+        };
+        let backend_changed = self
+            .config
+            .pools
+            .iter()
+            .flat_map(|p| &p.backends)
+            .any(|b| table.get(&b.address) != self.observed.neighbours.get(&b.address));
+        self.observed.neighbours = table;
+        backend_changed
+    }
+
+    /// SIGHUP: load the file again; keep running on the old one if it is bad.
+    fn reload(&mut self, path: &Path) {
+        let arrived = Instant::now();
+        let new = match config::load(path) {
+            Ok(new) => new,
+            Err(err) => {
+                error!("reload rejected, the running configuration is kept:\n{err}");
+                return;
+            }
+        };
+        if new.interface != self.config.interface || new.admin != self.config.admin {
+            error!("reload rejected: changing `interface` or `[admin] listen` needs a restart; the running configuration is kept");
+            return;
+        }
+        let targets = targets(&new);
+        let probes: Vec<Probe> = targets.iter().map(|(p, _)| p.clone()).collect();
+        self.observed.retain_probes(&probes);
+        self.engine.set_targets(targets);
+        self.config = new;
+        self.submit(arrived);
+        info!(path = %path.display(), "configuration reloaded");
+    }
+}

@@ -1,0 +1,16 @@
+//! `fulcrum run`: the daemon that ties the crates together.
+//!
+//! Data flows one way:
+//! `fulcrum-config` (desired) -> observations (`fulcrum-health` verdicts,
+//! neighbour entries; later VRRP states and admin flags) ->
+//! `fulcrum_state::effective` (one effective state) -> `fulcrum-l4` (BPF
+//! maps, written on the L4 writer thread) and, later, the L7 pools.
+//!
+//! - [`control`]: the control loop that owns the configuration and the
+//!   observations, and hands each new effective state on.
+//! - [`report`]: the admin API's `GET /stats` answer, read from the
+//!   effective state, the writer's status and the datapath's counters.
+//! - [`limits`]: process limits set at start (open files).
+pub mod control;
+pub mod limits;
+pub mod report;

@@ -1,0 +1,283 @@
+//! fulcrum's L4 datapath from user space: loads the XDP program, attaches
+//! it, writes its maps, and reads its counters.
+//!
+//! Owns the BPF object and every map; nothing else touches them. Map
+//! layouts are defined in `fulcrum-common`. Data comes in one way: the
+//! daemon's effective state becomes a [`Plan`] (adding what only L4
+//! needs: VIP keys and, for L2 DSR, member MACs from [`neighbours`]), and
+//! [`Writer`] applies plans on its own thread, off the control loop.
+//!
+//! - [`plan`]: effective state -> what the maps must hold (pure).
+//! - [`maglev`]: the lookup table builder (pure).
+//! - `tables`: writes a plan into the maps (mmap'd tables, atomic flips).
+//! - [`writer`]: the thread that applies plans, coalescing bursts.
+//! - [`neighbours`]: the interface and its neighbour table, by subscription.
+pub mod maglev;
+pub mod neighbours;
+pub mod plan;
+mod tables;
+pub mod writer;
+
+use std::time::Duration;
+
+use aya::{
+    maps::{Map, MapData, PerCpuArray},
+    programs::{xdp::XdpLinkId, TestRun, TestRunOptions, Xdp, XdpMode},
+    Ebpf, EbpfLoader,
+};
+use fulcrum_common::{names, Counters, DatapathConfig, Mac, Reason};
+use thiserror::Error;
+
+pub use neighbours::{Interface, LinkError, NeighbourChange, Neighbours};
+pub use plan::{macs, Plan, PlanVip};
+pub use tables::{Applied, VipTable, WriteCounts, SLOT_REUSE_DELAY};
+pub use writer::{ApplyReport, Writer, WriterStatus};
+
+/// The XDP object built by `cargo xtask build-ebpf`, embedded at build
+/// time; empty when it was built without one (see build.rs).
+static XDP_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("FULCRUM_XDP_OBJECT"));
+
+/// What went wrong loading, attaching or updating the datapath.
+#[derive(Debug, Error)]
+pub enum DatapathError {
+    #[error(
+        "this fulcrum was built without its eBPF object (the nightly toolchain was missing): \
+         run `cargo xtask build-ebpf`, then build fulcrum again"
+    )]
+    NoObject,
+    #[error("loading the XDP object: {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error("XDP program: {0}")]
+    Program(#[from] aya::programs::ProgramError),
+    #[error("map {map}: {source}")]
+    Map { map: &'static str, source: aya::maps::MapError },
+    #[error("map {0} is missing from the XDP object")]
+    MissingMap(&'static str),
+    #[error("mapping the lookup tables into memory: {0}")]
+    Mmap(std::io::Error),
+    #[error("{0}")]
+    Limit(String),
+}
+
+/// How the program ended up attached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttachMode {
+    /// Native XDP, run by the driver before an skb exists.
+    Driver,
+    /// Generic XDP (skb mode): works on any device, at stack speed.
+    Generic,
+}
+
+/// One `BPF_PROG_TEST_RUN` of the program on a frame.
+#[derive(Debug, Clone)]
+pub struct TestOutcome {
+    /// The XDP action (`XDP_PASS` = 2, `XDP_TX` = 3, `XDP_DROP` = 1, ...).
+    pub action: u32,
+    /// The frame as the program left it.
+    pub frame: Vec<u8>,
+    /// Kernel-measured time per run, averaged over `repeat` runs.
+    pub duration: Duration,
+}
+
+/// The loaded program and its maps.
+pub struct Datapath {
+    ebpf: Ebpf,
+    link: Option<XdpLinkId>,
+    config: aya::maps::Array<MapData, DatapathConfig>,
+    maps: tables::Maps,
+    tables: tables::Tables,
+    counters: CounterReader,
+}
+
+impl Datapath {
+    /// Loads the embedded XDP program into the kernel (not attached yet)
+    /// and maps its lookup tables into memory.
+    ///
+    /// # Errors
+    /// [`DatapathError::NoObject`] in a build without the eBPF object; the
+    /// verifier's or the kernel's refusal (needs root or CAP_BPF).
+    pub fn load() -> Result<Self, DatapathError> {
+        if XDP_OBJECT.is_empty() {
+            return Err(DatapathError::NoObject);
+        }
+        let mut ebpf = EbpfLoader::new().load(XDP_OBJECT)?;
+        let program: &mut Xdp =
+            ebpf.program_mut(names::PROGRAM).ok_or(DatapathError::MissingMap(names::PROGRAM))?.try_into()?;
+        program.load()?;
+        let mut take = |name: &'static str| ebpf.take_map(name).ok_or(DatapathError::MissingMap(name));
+        let lookup_tables = match take(names::LOOKUP_TABLES)? {
+            Map::Array(data) => data,
+            _ => return Err(DatapathError::MissingMap(names::LOOKUP_TABLES)),
+        };
+        let vips = typed(take(names::VIPS)?, names::VIPS)?;
+        let reals = typed(take(names::REALS)?, names::REALS)?;
+        let config = typed(take(names::DATAPATH_CONFIG)?, names::DATAPATH_CONFIG)?;
+        let vip_stats: PerCpuArray<MapData, Counters> = typed(take(names::VIP_STATS)?, names::VIP_STATS)?;
+        let real_stats: PerCpuArray<MapData, Counters> = typed(take(names::REAL_STATS)?, names::REAL_STATS)?;
+        let reason_stats = typed(take(names::REASON_STATS)?, names::REASON_STATS)?;
+        let counters = CounterReader {
+            vip_stats: reopen(&vip_stats, names::VIP_STATS)?,
+            real_stats: reopen(&real_stats, names::REAL_STATS)?,
+            reason_stats,
+        };
+        let maps = tables::Maps {
+            lookup_tables: tables::TableMemory::map(&lookup_tables)?,
+            vips,
+            reals,
+            vip_stats,
+            real_stats,
+        };
+        Ok(Datapath { ebpf, link: None, config, maps, tables: tables::Tables::default(), counters })
+    }
+
+    fn program(&mut self) -> &mut Xdp {
+        self.ebpf.program_mut(names::PROGRAM).expect("checked at load").try_into().expect("checked at load")
+    }
+
+    /// Sets the source MAC of forwarded frames (the attached NIC's own).
+    ///
+    /// # Errors
+    /// The map update failed.
+    pub fn set_self_mac(&mut self, mac: Mac) -> Result<(), DatapathError> {
+        let value = DatapathConfig { self_mac: mac.0, _pad: [0; 2] };
+        self.config.set(0, value, 0).map_err(|source| DatapathError::Map { map: names::DATAPATH_CONFIG, source })
+    }
+
+    /// Attaches to `interface` in driver mode, else in generic mode (with a
+    /// warning: generic XDP runs after the skb is built, far slower).
+    ///
+    /// # Errors
+    /// Neither mode could attach (no such interface, another program).
+    pub fn attach(&mut self, interface: &str) -> Result<AttachMode, DatapathError> {
+        let (link, mode) = match self.program().attach(interface, XdpMode::Driver) {
+            Ok(link) => (link, AttachMode::Driver),
+            Err(err) => {
+                tracing::warn!(%interface, error = %err, "driver-mode XDP refused; falling back to generic (skb) mode, expect stack-speed forwarding");
+                (self.program().attach(interface, XdpMode::Skb)?, AttachMode::Generic)
+            }
+        };
+        self.link = Some(link);
+        Ok(mode)
+    }
+
+    /// Detaches from the interface, if attached. Also done on drop.
+    ///
+    /// # Errors
+    /// The kernel refused to detach.
+    pub fn detach(&mut self) -> Result<(), DatapathError> {
+        if let Some(link) = self.link.take() {
+            self.program().detach(link)?;
+        }
+        Ok(())
+    }
+
+    /// Makes the maps hold what `plan` says, writing only what changed.
+    /// Each changed VIP gets its new table in its idle slot before its
+    /// entry flips to it, so no packet sees a partial table.
+    ///
+    /// # Errors
+    /// A map update failed, or more VIPs/backends than the maps hold. The
+    /// maps then hold a consistent state for each VIP (old or new), and
+    /// [`Datapath::applied`] says which; applying again retries.
+    pub fn apply(&mut self, plan: &Plan) -> Result<WriteCounts, DatapathError> {
+        self.tables.apply(&mut self.maps, plan)
+    }
+
+    /// What the maps hold, as last written.
+    pub fn applied(&self) -> &Applied {
+        self.tables.applied()
+    }
+
+    /// A reader of the program's counters with its own map handles, to
+    /// read them while the datapath is busy on another thread.
+    ///
+    /// # Errors
+    /// The kernel refused a new handle to a map.
+    pub fn counter_reader(&self) -> Result<CounterReader, DatapathError> {
+        Ok(CounterReader {
+            vip_stats: reopen(&self.counters.vip_stats, names::VIP_STATS)?,
+            real_stats: reopen(&self.counters.real_stats, names::REAL_STATS)?,
+            reason_stats: reopen(&self.counters.reason_stats, names::REASON_STATS)?,
+        })
+    }
+
+    /// The program's counters.
+    pub fn counters(&self) -> &CounterReader {
+        &self.counters
+    }
+
+    /// Runs the program once (or `repeat` times) on `frame` through
+    /// `BPF_PROG_TEST_RUN`, without attaching it anywhere.
+    ///
+    /// # Errors
+    /// The kernel refused the run (frame too short, needs root).
+    pub fn test_run(&mut self, frame: &[u8], repeat: u32) -> Result<TestOutcome, DatapathError> {
+        let mut out = vec![0u8; frame.len() + 256];
+        let result = self.program().test_run(TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            repeat,
+            ..TestRunOptions::default()
+        })?;
+        out.truncate(result.data_size_out as usize);
+        Ok(TestOutcome { action: result.return_value, frame: out, duration: result.duration })
+    }
+}
+
+impl Drop for Datapath {
+    fn drop(&mut self) {
+        if let Err(err) = self.detach() {
+            tracing::error!(error = %err, "detaching XDP");
+        }
+    }
+}
+
+/// Read-only handles to the per-CPU counter maps; sums over CPUs.
+pub struct CounterReader {
+    vip_stats: PerCpuArray<MapData, Counters>,
+    real_stats: PerCpuArray<MapData, Counters>,
+    reason_stats: PerCpuArray<MapData, Counters>,
+}
+
+impl CounterReader {
+    /// Frames (and their bytes) that reached VIP id `vip_id`.
+    pub fn vip(&self, vip_id: u32) -> Counters {
+        sum(&self.vip_stats, vip_id)
+    }
+
+    /// Frames forwarded to real id `real_id`.
+    pub fn real(&self, real_id: u32) -> Counters {
+        sum(&self.real_stats, real_id)
+    }
+
+    /// Frames per [`Reason`], in `Reason::ALL` order.
+    pub fn reasons(&self) -> Vec<(Reason, Counters)> {
+        Reason::ALL.iter().map(|&r| (r, sum(&self.reason_stats, r as u32))).collect()
+    }
+}
+
+fn typed<T>(map: Map, name: &'static str) -> Result<T, DatapathError>
+where
+    T: TryFrom<Map, Error = aya::maps::MapError>,
+{
+    T::try_from(map).map_err(|source| DatapathError::Map { map: name, source })
+}
+
+/// A second handle to the same kernel map, by its id.
+fn reopen(map: &PerCpuArray<MapData, Counters>, name: &'static str) -> Result<PerCpuArray<MapData, Counters>, DatapathError> {
+    use aya::maps::IterableMap;
+    let err = |source| DatapathError::Map { map: name, source };
+    let id = map.map().info().map_err(err)?.id();
+    typed(Map::PerCpuArray(MapData::from_id(id).map_err(err)?), name)
+}
+
+fn sum(map: &PerCpuArray<MapData, Counters>, index: u32) -> Counters {
+    map.get(&index, 0)
+        .map(|values| {
+            values.iter().fold(Counters::default(), |acc, c| Counters {
+                packets: acc.packets + c.packets,
+                bytes: acc.bytes + c.bytes,
+            })
+        })
+        .unwrap_or_default()
+}

@@ -1,0 +1,149 @@
+//! From the effective state to what the XDP maps must hold: the L4
+//! datapath's own view, adding what only it needs (VIP keys, scheduler
+//! flags, and for L2 DSR each member's MAC).
+//!
+//! Pure: no maps, no sockets. The writer ([`crate::Datapath::apply`])
+//! diffs a [`Plan`] against what the maps hold.
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::IpAddr,
+};
+
+use fulcrum_common::{Mac, VipKey, VIP_F_HASH_SRC_ONLY};
+use fulcrum_config::{Config, Scheduler};
+use fulcrum_state::Effective;
+
+/// What the maps must hold.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Plan {
+    /// In configuration order.
+    pub vips: Vec<PlanVip>,
+    /// Every member address of every pool, with the MAC to send it if one
+    /// is known. Addresses keep their datapath id (and counters) while out
+    /// of every table.
+    pub reals: BTreeMap<IpAddr, Option<Mac>>,
+}
+
+/// One VIP's entry and the members its Maglev table is built from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlanVip {
+    pub name: String,
+    pub key: VipKey,
+    /// `VIP_F_*` bits.
+    pub flags: u32,
+    /// Maglev table size M (prime).
+    pub table_size: u32,
+    /// Address and weight (>= 1) of each member that takes new traffic
+    /// and has a MAC, sorted by address (the Maglev input order, the same
+    /// on every node). Empty means the VIP drops.
+    pub members: Vec<(IpAddr, u32)>,
+}
+
+impl Plan {
+    /// The plan for `effective`, resolving MACs from `macs` (see [`macs`]).
+    /// An active member without a MAC is left out of its tables: L2 DSR
+    /// cannot address it.
+    pub fn new(effective: &Effective, macs: &HashMap<IpAddr, Mac>) -> Plan {
+        let reals = effective
+            .pools
+            .iter()
+            .flat_map(|p| &p.members)
+            .map(|m| (m.address, macs.get(&m.address).copied()))
+            .collect();
+        let vips = effective
+            .vips
+            .iter()
+            .map(|vip| {
+                let mut members: Vec<(IpAddr, u32)> = effective
+                    .pool(&vip.pool)
+                    .into_iter()
+                    .flat_map(|p| p.active())
+                    .filter(|m| macs.contains_key(&m.address))
+                    .map(|m| (m.address, m.weight))
+                    .collect();
+                members.sort_unstable();
+                PlanVip {
+                    name: vip.name.clone(),
+                    key: VipKey::new(vip.address, vip.port, vip.protocol.ip_proto()),
+                    flags: match vip.scheduler {
+                        Scheduler::Maglev => 0,
+                        Scheduler::IpHash => VIP_F_HASH_SRC_ONLY,
+                    },
+                    table_size: vip.table_size,
+                    members,
+                }
+            })
+            .collect();
+        Plan { vips, reals }
+    }
+
+    /// The MAC L2 DSR sends `address`'s traffic to, if known.
+    pub fn mac(&self, address: IpAddr) -> Option<Mac> {
+        self.reals.get(&address).copied().flatten()
+    }
+}
+
+/// Each backend's MAC: the configured one, else the neighbour table's.
+/// A configured MAC is a static neighbour entry and wins over the table.
+pub fn macs(config: &Config, neighbours: &HashMap<IpAddr, Mac>) -> HashMap<IpAddr, Mac> {
+    let mut macs = HashMap::new();
+    for backend in config.pools.iter().flat_map(|p| &p.backends) {
+        if let Some(mac) = backend.mac.or_else(|| neighbours.get(&backend.address).copied()) {
+            macs.insert(backend.address, mac);
+        }
+    }
+    macs
+}
+
+#[cfg(test)]
+mod tests {
+    use fulcrum_health::Health;
+    use fulcrum_state::{effective, probe_of, Observed, Verdict};
+
+    use super::*;
+
+    const CONFIG: &str = r#"
+interface = "eth0"
+[[vip]]
+name = "web"
+address = "198.18.1.1"
+port = 80
+protocol = "tcp"
+scheduler = "ip-hash"
+pool = "web"
+maglev_table_size = 251
+[[pool]]
+name = "web"
+[[pool.backend]]
+address = "198.18.0.13"
+[[pool.backend]]
+address = "198.18.0.11"
+mac = "02:00:00:00:00:11"
+[[pool.backend]]
+address = "198.18.0.12"
+weight = 3
+"#;
+
+    #[test]
+    fn active_members_with_a_mac_sorted_by_address() {
+        let config = fulcrum_config::parse(CONFIG, "test.toml").unwrap();
+        let pool = &config.pools[0];
+        let mut observed = Observed::default();
+        for b in &pool.backends {
+            observed.health.insert(probe_of(pool, b), Verdict { health: Health::Up, detail: String::new() });
+        }
+        let neighbours: HashMap<IpAddr, Mac> = [
+            (IpAddr::from([198, 18, 0, 12]), Mac([2, 0, 0, 0, 0, 0x12])),
+            (IpAddr::from([198, 18, 0, 11]), Mac([2, 0, 0, 0, 0, 0xee])),
+        ]
+        .into();
+        let plan = Plan::new(&effective(&config, &observed), &macs(&config, &neighbours));
+        let vip = &plan.vips[0];
+        assert_eq!(vip.flags, VIP_F_HASH_SRC_ONLY);
+        assert_eq!(vip.members, vec![(IpAddr::from([198, 18, 0, 11]), 1), (IpAddr::from([198, 18, 0, 12]), 3)]);
+        // The configured MAC wins over the neighbour table; .13 has none.
+        assert_eq!(plan.mac(IpAddr::from([198, 18, 0, 11])), Some(Mac([2, 0, 0, 0, 0, 0x11])));
+        assert_eq!(plan.reals.len(), 3);
+        assert_eq!(plan.mac(IpAddr::from([198, 18, 0, 13])), None);
+    }
+}

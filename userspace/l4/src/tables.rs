@@ -1,0 +1,355 @@
+//! Writing a [`Plan`] into the maps: ids for VIPs and reals, Maglev tables
+//! into the idle slot of each changed VIP, then the flip.
+//!
+//! How a table gets into the kernel: `LOOKUP_TABLES` is a
+//! `BPF_F_MMAPABLE` array mapped once into the daemon ([`TableMemory`]),
+//! so a table of 65537 slots is one memory copy instead of 65537
+//! `BPF_MAP_UPDATE_ELEM` syscalls. Each VIP owns two slots: the new table
+//! goes into the one packets are not reading, and one `VIPS` update (a
+//! syscall, hence a full barrier after the copy) flips the VIP to it. A
+//! packet therefore sees the old table or the new one, never a mix.
+//!
+//! The slot just left may still be read by a packet that looked the VIP
+//! up before the flip, for the length of one XDP run (microseconds, inside
+//! an RCU read section). A slot is therefore never rewritten sooner than
+//! [`SLOT_REUSE_DELAY`] after it was left.
+//!
+//! Only what changed is written: a VIP whose key, flags, size and member
+//! set are the same as in the maps is skipped, and VIPs with the same
+//! members and size share one Maglev build per apply.
+//!
+//! Ids are freed before they are taken: VIPs and reals leaving the plan
+//! give their ids back before new ones are allocated, so a reload that
+//! swaps VIPs or reals at the limit fits.
+use std::{
+    collections::{BTreeSet, HashMap},
+    net::IpAddr,
+    os::fd::AsFd,
+    ptr::NonNull,
+    sync::atomic::{fence, Ordering},
+    time::{Duration, Instant},
+};
+
+use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuValues, Array};
+use fulcrum_common::{
+    names, Counters, Mac, RealDef, VipKey, VipMeta, LOOKUP_TABLES_LEN, MAGLEV_MAX_TABLE_SIZE, MAX_REALS, MAX_VIPS,
+};
+
+use crate::{
+    maglev,
+    plan::{Plan, PlanVip},
+    DatapathError,
+};
+
+/// How long a VIP's table slot stays untouched after the VIP flipped away
+/// from it: far longer than any XDP run that may still read it.
+pub const SLOT_REUSE_DELAY: Duration = Duration::from_millis(2);
+
+/// The maps the writer owns, taken from the loaded object.
+pub(crate) struct Maps {
+    pub vips: BpfHashMap<MapData, VipKey, VipMeta>,
+    pub lookup_tables: TableMemory,
+    pub reals: Array<MapData, RealDef>,
+    pub vip_stats: PerCpuArray<MapData, Counters>,
+    pub real_stats: PerCpuArray<MapData, Counters>,
+}
+
+/// A VIP's table as the maps hold it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VipTable {
+    /// Index into the VIP-indexed maps.
+    pub vip_id: u32,
+    /// M, or 0 when the VIP has no member and drops.
+    pub table_size: u32,
+    /// Slots owned by each member, sorted by address.
+    pub slots: Vec<(IpAddr, u32)>,
+    /// [`maglev::digest`] of the table, 0 when empty: equal on every node
+    /// that built it from the same members and size.
+    pub digest: u64,
+}
+
+/// What the maps hold, by name and address: user space's record of them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Applied {
+    pub vips: HashMap<String, VipTable>,
+    /// Real id and the MAC written for it (`None` before one was known).
+    pub reals: HashMap<IpAddr, (u32, Option<Mac>)>,
+}
+
+/// Figures of one successful apply.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WriteCounts {
+    /// VIP entries (and their tables) written.
+    pub vips_written: u32,
+    /// Maglev tables built.
+    pub tables_built: u32,
+}
+
+struct WrittenVip {
+    key: VipKey,
+    meta: VipMeta,
+    members: Vec<(IpAddr, u32)>,
+    /// When the VIP last flipped, leaving its other slot.
+    flipped: Option<Instant>,
+}
+
+/// The writer's state: what each VIP entry and real id holds.
+#[derive(Default)]
+pub(crate) struct Tables {
+    vips: HashMap<String, WrittenVip>,
+    reals: HashMap<IpAddr, (u32, Option<Mac>)>,
+    applied: Applied,
+}
+
+impl Tables {
+    pub fn applied(&self) -> &Applied {
+        &self.applied
+    }
+
+    pub fn apply(&mut self, maps: &mut Maps, plan: &Plan) -> Result<WriteCounts, DatapathError> {
+        self.remove_vips(maps, plan)?;
+        self.free_reals(plan);
+        // MAC changes of reals that keep their id first: a table written
+        // below may send them traffic at once.
+        for (&address, &mac) in &plan.reals {
+            if self.reals.contains_key(&address) {
+                self.write_real(maps, address, mac)?;
+            }
+        }
+        let mut counts = WriteCounts::default();
+        let mut built: HashMap<(&[(IpAddr, u32)], u32), (Vec<u32>, u64)> = HashMap::new();
+        self.wait_for_idle_slots(plan);
+        for vip in &plan.vips {
+            if self.vip_unchanged(vip) {
+                continue;
+            }
+            // A table may only name reals whose id and MAC are written.
+            for &(address, _) in &vip.members {
+                if !self.reals.contains_key(&address) {
+                    self.write_real(maps, address, plan.reals.get(&address).copied().flatten())?;
+                }
+            }
+            let (table, digest) = built.entry((&vip.members, vip.table_size)).or_insert_with(|| {
+                counts.tables_built += 1;
+                build_table(&vip.members, vip.table_size)
+            });
+            self.write_vip(maps, vip, table, *digest)?;
+            counts.vips_written += 1;
+            // Reals this VIP's old table named may now be free for the next.
+            self.free_reals(plan);
+        }
+        // Members out of every table still get an id, for their counters.
+        for (&address, &mac) in &plan.reals {
+            if !self.reals.contains_key(&address) {
+                self.write_real(maps, address, mac)?;
+            }
+        }
+        Ok(counts)
+    }
+
+    /// Removes VIPs that left the plan, and the old entry of a VIP whose
+    /// key changed, freeing their ids.
+    fn remove_vips(&mut self, maps: &mut Maps, plan: &Plan) -> Result<(), DatapathError> {
+        let gone: Vec<String> = self
+            .vips
+            .iter()
+            .filter(|(name, written)| !plan.vips.iter().any(|v| &v.name == *name && v.key == written.key))
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in gone {
+            let written = &self.vips[&name];
+            match maps.vips.remove(&written.key) {
+                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(source) => return Err(DatapathError::Map { map: names::VIPS, source }),
+            }
+            self.vips.remove(&name);
+            self.applied.vips.remove(&name);
+        }
+        Ok(())
+    }
+
+    /// Frees the ids of reals that left the plan and that no table in the
+    /// maps names any more.
+    fn free_reals(&mut self, plan: &Plan) {
+        if self.reals.keys().all(|address| plan.reals.contains_key(address)) {
+            return;
+        }
+        let named: BTreeSet<IpAddr> = self.vips.values().flat_map(|v| v.members.iter().map(|&(a, _)| a)).collect();
+        self.reals.retain(|address, _| plan.reals.contains_key(address) || named.contains(address));
+        self.applied.reals.clone_from(&self.reals);
+    }
+
+    fn write_real(&mut self, maps: &mut Maps, address: IpAddr, mac: Option<Mac>) -> Result<(), DatapathError> {
+        let id = match self.reals.get(&address) {
+            // An unknown MAC keeps the last one written: the real is out of
+            // every table anyway (the plan leaves members without a MAC out).
+            Some(&(_, written)) if written == mac || mac.is_none() => return Ok(()),
+            Some(&(id, _)) => id,
+            None => {
+                let used: BTreeSet<u32> = self.reals.values().map(|&(id, _)| id).collect();
+                let id = lowest_free(&used, MAX_REALS)
+                    .ok_or_else(|| DatapathError::Limit(format!("more than {MAX_REALS} backends")))?;
+                zero(&mut maps.real_stats, id, names::REAL_STATS)?;
+                id
+            }
+        };
+        if let Some(mac) = mac {
+            maps.reals.set(id, RealDef { mac: mac.0, _pad: [0; 2] }, 0).map_err(map_err(names::REALS))?;
+        }
+        self.reals.insert(address, (id, mac));
+        self.applied.reals.insert(address, (id, mac));
+        Ok(())
+    }
+
+    fn vip_unchanged(&self, vip: &PlanVip) -> bool {
+        self.vips.get(&vip.name).is_some_and(|w| {
+            w.key == vip.key
+                && w.meta.flags == vip.flags
+                && w.members == vip.members
+                && (w.meta.table_size == vip.table_size || w.meta.table_size == 0)
+        })
+    }
+
+    /// Sleeps until every slot about to be written was left at least
+    /// [`SLOT_REUSE_DELAY`] ago. One sleep per apply, rarely any.
+    fn wait_for_idle_slots(&self, plan: &Plan) {
+        let now = Instant::now();
+        let wait = plan
+            .vips
+            .iter()
+            .filter(|v| !self.vip_unchanged(v))
+            .filter_map(|v| self.vips.get(&v.name)?.flipped)
+            .map(|flipped| SLOT_REUSE_DELAY.saturating_sub(now - flipped))
+            .max()
+            .unwrap_or_default();
+        if !wait.is_zero() {
+            std::thread::sleep(wait);
+        }
+    }
+
+    fn write_vip(&mut self, maps: &mut Maps, vip: &PlanVip, table: &[u32], digest: u64) -> Result<(), DatapathError> {
+        let mut meta = match self.vips.get(&vip.name) {
+            Some(written) => written.meta,
+            None => {
+                let used: BTreeSet<u32> = self.vips.values().map(|v| v.meta.vip_id).collect();
+                let id = lowest_free(&used, MAX_VIPS)
+                    .ok_or_else(|| DatapathError::Limit(format!("more than {MAX_VIPS} VIPs")))?;
+                zero(&mut maps.vip_stats, id, names::VIP_STATS)?;
+                VipMeta { vip_id: id, ..VipMeta::default() }
+            }
+        };
+        meta.flags = vip.flags;
+        let mut slots: Vec<(IpAddr, u32)> = vip.members.iter().map(|&(a, _)| (a, 0)).collect();
+        if table.is_empty() {
+            meta.table_size = 0;
+        } else {
+            let real_ids: Vec<u64> = vip
+                .members
+                .iter()
+                .map(|(address, _)| self.reals.get(address).map(|&(id, _)| u64::from(id)).expect("plan members are plan reals"))
+                .collect();
+            meta.table_slot ^= 1;
+            let idle = maps.lookup_tables.slot_mut(meta.table_base(), vip.table_size);
+            for (entry, &member) in idle.iter_mut().zip(table) {
+                *entry = real_ids[member as usize];
+                slots[member as usize].1 += 1;
+            }
+            meta.table_size = vip.table_size;
+            // The copy must be visible before the entry naming it; the
+            // syscall below orders it too, this says so.
+            fence(Ordering::SeqCst);
+        }
+        maps.vips.insert(vip.key, meta, 0).map_err(map_err(names::VIPS))?;
+        let flipped = (meta.table_size != 0).then(Instant::now);
+        self.vips.insert(
+            vip.name.clone(),
+            WrittenVip { key: vip.key, meta, members: vip.members.clone(), flipped },
+        );
+        self.applied.vips.insert(
+            vip.name.clone(),
+            VipTable { vip_id: meta.vip_id, table_size: meta.table_size, slots, digest: if table.is_empty() { 0 } else { digest } },
+        );
+        Ok(())
+    }
+}
+
+/// The Maglev table over `members` (as indexes into `members`) and its
+/// digest. Members are named by their address's text, the same on every node.
+fn build_table(members: &[(IpAddr, u32)], size: u32) -> (Vec<u32>, u64) {
+    let names: Vec<String> = members.iter().map(|(a, _)| a.to_string()).collect();
+    let members: Vec<maglev::Member> =
+        names.iter().zip(members).map(|(name, &(_, weight))| maglev::Member { name, weight }).collect();
+    let table = maglev::build(&members, size);
+    let digest = maglev::digest(&members, &table);
+    (table, digest)
+}
+
+fn lowest_free(used: &BTreeSet<u32>, limit: u32) -> Option<u32> {
+    (0..limit).find(|id| !used.contains(id))
+}
+
+fn map_err(map: &'static str) -> impl FnOnce(aya::maps::MapError) -> DatapathError {
+    move |source| DatapathError::Map { map, source }
+}
+
+/// Zeroes entry `index` of a per-CPU counter map (a reused id starts at 0).
+fn zero(map: &mut PerCpuArray<MapData, Counters>, index: u32, name: &'static str) -> Result<(), DatapathError> {
+    let cpus = aya::util::nr_cpus().map_err(|(_, e)| DatapathError::Limit(format!("counting CPUs: {e}")))?;
+    let values =
+        PerCpuValues::try_from(vec![Counters::default(); cpus]).map_err(|e| DatapathError::Limit(format!("{name}: {e}")))?;
+    map.set(index, values, 0).map_err(map_err(name))
+}
+
+/// `LOOKUP_TABLES` mapped into the daemon's memory.
+///
+/// The kernel lays an array map's values out back to back with a stride of
+/// `round_up(value_size, 8)` bytes (`array_map_alloc` in
+/// kernel/bpf/arraymap.c), and maps them from offset 0. A `u32` real id
+/// therefore sits in the low half of an 8-byte little-endian element, and
+/// writing the element as a `u64` writes the id and zeroes the padding.
+pub(crate) struct TableMemory {
+    entries: NonNull<u64>,
+    len: usize,
+}
+
+// SAFETY: the mapping is owned by this value alone; moving it to the
+// writer thread moves that ownership.
+unsafe impl Send for TableMemory {}
+
+impl TableMemory {
+    /// Maps all of `LOOKUP_TABLES` (`map` must be that map) read-write.
+    pub fn map(map: &MapData) -> Result<Self, DatapathError> {
+        let len = LOOKUP_TABLES_LEN as usize;
+        let bytes = len * std::mem::size_of::<u64>();
+        // SAFETY: a fresh shared mapping of the map's fd; the kernel checks
+        // the length against the map and refuses a non-mmapable map.
+        let ptr = unsafe {
+            nix::sys::mman::mmap(
+                None,
+                std::num::NonZeroUsize::new(bytes).expect("the table map is not empty"),
+                nix::sys::mman::ProtFlags::PROT_READ | nix::sys::mman::ProtFlags::PROT_WRITE,
+                nix::sys::mman::MapFlags::MAP_SHARED,
+                map.fd().as_fd(),
+                0,
+            )
+        }
+        .map_err(|e| DatapathError::Mmap(std::io::Error::from(e)))?;
+        Ok(TableMemory { entries: ptr.cast(), len })
+    }
+
+    /// The `size` entries of the table slot starting at entry `base`.
+    fn slot_mut(&mut self, base: u32, size: u32) -> &mut [u64] {
+        let (base, size) = (base as usize, size as usize);
+        assert!(size <= MAGLEV_MAX_TABLE_SIZE as usize && base + size <= self.len, "table slot out of the map");
+        // SAFETY: in bounds (checked above) of a mapping this value owns;
+        // `&mut self` makes the slice the only user-space reference.
+        unsafe { std::slice::from_raw_parts_mut(self.entries.as_ptr().add(base), size) }
+    }
+}
+
+impl Drop for TableMemory {
+    fn drop(&mut self) {
+        // SAFETY: unmapping exactly what `map` mapped; no slice outlives `self`.
+        let _ = unsafe { nix::sys::mman::munmap(self.entries.cast(), self.len * std::mem::size_of::<u64>()) };
+    }
+}
