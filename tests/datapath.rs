@@ -507,3 +507,37 @@ fn reloads_add_and_remove_vips() {
     let want = expected_mac(&[2, 3], v6_hash(CLIENT6, 6000, 2001));
     assert_eq!(run(&mut dp, &b, XDP_TX, Reason::Tx), rewritten(&b, want));
 }
+
+#[test]
+fn the_writer_reports_a_failed_apply_retries_and_recovers() {
+    use std::time::{Duration, Instant};
+    let mut writer = fulcrum_l4::Writer::spawn(Datapath::load().unwrap()).unwrap();
+    let wait = |writer: &fulcrum_l4::Writer, done: &dyn Fn(&fulcrum_l4::WriterStatus) -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let status = writer.status();
+            if done(&status) {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "{status:?}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    };
+    let good = writer.submit(many_vips(2), Instant::now());
+    wait(&writer, &|s| s.applied_generation == good);
+    let bad = writer.submit(many_vips(MAX_VIPS + 1), Instant::now());
+    let status = wait(&writer, &|s| s.last_error.is_some());
+    assert!(status.last_error.as_deref().unwrap().contains("VIPs"), "{status:?}");
+    assert_eq!(status.applied_generation, good);
+    assert_eq!(status.generation, bad);
+    // Retried with backoff; still failing, still reported.
+    std::thread::sleep(Duration::from_millis(250));
+    assert!(writer.status().last_error.is_some());
+    let fixed = writer.submit(many_vips(3), Instant::now());
+    let status = wait(&writer, &|s| s.applied_generation == fixed);
+    assert_eq!(status.last_error, None);
+    assert_eq!(status.applied.vips.len(), 3);
+    let report = status.last.unwrap();
+    assert_eq!(report.generation, fixed);
+    drop(writer.shutdown());
+}

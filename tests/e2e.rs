@@ -385,7 +385,42 @@ fn idle_admin_connections_cannot_take_backends_down() {
     drop(held);
     let stats = f.wait_health(&REALS, "up", Duration::from_secs(10)).unwrap();
     assert_eq!(stats.reason("drop_no_backend"), 0);
+    assert!(stats.control.admin.refused > 0, "{:?}", stats.control.admin);
     let log = std::fs::read_to_string(&f.log).unwrap();
     assert!(!log.contains("Too many open files"), "{log}");
     assert!(!log.contains("is DOWN"), "{log}");
+}
+
+/// Backend MACs follow the kernel's neighbour table by subscription: a
+/// changed entry reaches the datapath within moments, not at the next
+/// periodic resync (30 s).
+#[test]
+fn a_neighbour_change_reaches_the_datapath_at_once() {
+    let mut f = Fixture::lab_only();
+    f.start();
+    let real1 = host4("real1").unwrap().to_string();
+    let bogus = "02:00:00:00:00:99";
+    f.lab.exec("lb", &["ip", "neigh", "replace", &real1, "lladdr", bogus, "dev", "eth0", "nud", "permanent"]).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let stats = f.stats();
+        if stats.backend(&real1).and_then(|b| b.mac.as_deref()) == Some(bogus) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "MAC not updated within 3 s: {:?}", stats.backend(&real1));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    f.lab.exec("lb", &["ip", "neigh", "del", &real1, "dev", "eth0"]).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let stats = f.stats();
+        let b = stats.backend(&real1).unwrap();
+        // The entry is gone until the next check resolves it again; either
+        // way the bogus MAC is no longer used.
+        if b.mac.as_deref() != Some(bogus) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "deleted entry still used after 3 s: {b:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }

@@ -111,27 +111,9 @@ struct Cells {
     reply_timeouts: AtomicU64,
 }
 
-/// The values of [`AdminCounters`] at one moment (each read on its own, so
-/// not one atomic snapshot of all of them). Counts since the server started.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct AdminCountersSnapshot {
-    /// Connections taken on within [`Limits::max_connections`].
-    pub accepted: u64,
-    /// Connections being served now (a gauge, not a count).
-    pub open: u64,
-    /// Connections closed at once because [`Limits::max_connections`] were open.
-    pub refused: u64,
-    /// Connections closed for not sending a request head within
-    /// [`Limits::header_read_timeout`].
-    pub header_timeouts: u64,
-    /// Connections closed after [`Limits::idle_timeout`] without activity.
-    pub idle_timeouts: u64,
-    /// Connections shut down for reaching [`Limits::max_connection_age`].
-    pub age_limited: u64,
-    /// Requests answered 503 because the daemon loop did not answer within
-    /// [`Limits::reply_timeout`].
-    pub reply_timeouts: u64,
-}
+/// A copy of the counters at one moment: the admin API's own figures,
+/// in the API's wire type.
+pub use fulcrum_api::AdminStats as AdminCountersSnapshot;
 
 impl AdminCounters {
     /// Fresh counters, all zero.

@@ -118,6 +118,27 @@ pub struct ControlStats {
     /// Longest lateness of the control loop's 10 ms heartbeat since start,
     /// in microseconds: how long the loop could not react to anything.
     pub max_loop_stall_us: u64,
+    /// The admin API's own connection counters.
+    pub admin: AdminStats,
+}
+
+/// The admin API's connections since start: how its limits were used.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AdminStats {
+    /// Connections taken on within the connection limit.
+    pub accepted: u64,
+    /// Connections being served now (a gauge, not a count).
+    pub open: u64,
+    /// Connections closed at once because the limit was reached.
+    pub refused: u64,
+    /// Connections closed for not sending a request head in time.
+    pub header_timeouts: u64,
+    /// Keep-alive connections closed after the idle timeout.
+    pub idle_timeouts: u64,
+    /// Connections shut down for reaching the maximum connection age.
+    pub age_limited: u64,
+    /// Requests answered 503 because the daemon loop did not answer in time.
+    pub reply_timeouts: u64,
 }
 
 /// One apply: an effective state written into the BPF maps.
@@ -203,11 +224,12 @@ pub fn render(report: &StatsReport) -> String {
     let c = &report.control;
     let _ = writeln!(
         out,
-        "control: generation={} applied={} applies={} max-loop-stall={}us{}",
+        "control: generation={} applied={} applies={} max-loop-stall={}us admin-refused={}{}",
         c.generation,
         c.applied_generation,
         c.applies,
         c.max_loop_stall_us,
+        c.admin.refused,
         c.last_error.as_deref().map(|e| format!("  last-error: {e}")).unwrap_or_default()
     );
     let _ = writeln!(out, "datapath reasons (frames):");

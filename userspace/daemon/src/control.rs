@@ -13,7 +13,7 @@ use std::{
 };
 
 use anyhow::{Context, Result};
-use fulcrum_admin::{AdminRequest, Limits};
+use fulcrum_admin::{AdminCounters, AdminRequest, Limits};
 use fulcrum_config::{self as config, Config};
 use fulcrum_health::{HealthEngine, HealthEvent, Probe};
 use fulcrum_l4::{CounterReader, Datapath, Interface, NeighbourChange, Neighbours, Plan, Writer};
@@ -61,7 +61,9 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
         .with_context(|| format!("admin API: binding {}", config.admin.listen))?;
     info!(listen = %config.admin.listen, "admin API listening (GET /stats)");
     let (admin_tx, admin_rx) = mpsc::channel(16);
-    let admin_task = tokio::spawn(fulcrum_admin::serve(listener, Limits::default(), admin_tx));
+    let admin_counters = AdminCounters::new();
+    let admin_task =
+        tokio::spawn(fulcrum_admin::serve_with_counters(listener, Limits::default(), admin_counters.clone(), admin_tx));
 
     let (health_tx, health_rx) = mpsc::unbounded_channel();
     let mut control = Control {
@@ -71,6 +73,7 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
         observed: Observed::default(),
         writer,
         counters,
+        admin_counters,
         max_stall: Duration::ZERO,
     };
     control.resync_neighbours().await;
@@ -101,6 +104,7 @@ struct Control {
     observed: Observed,
     writer: Writer,
     counters: CounterReader,
+    admin_counters: AdminCounters,
     /// Longest heartbeat lateness so far.
     max_stall: Duration,
 }
@@ -145,7 +149,12 @@ impl Control {
                 }
                 Some(request) = admin_rx.recv() => match request {
                     AdminRequest::Stats(reply) => {
-                        let _ = reply.send(report::stats(&self.config, &self.observed, &self.writer.status(), &self.counters, self.max_stall));
+                        let control = report::Control {
+                            writer: self.writer.status(),
+                            max_stall: self.max_stall,
+                            admin: self.admin_counters.snapshot(),
+                        };
+                        let _ = reply.send(report::stats(&self.config, &self.observed, &control, &self.counters));
                     }
                 },
                 _ = heartbeat.tick() => {

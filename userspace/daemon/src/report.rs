@@ -4,20 +4,23 @@
 //! plan does not already say.
 use std::time::Duration;
 
-use fulcrum_api::{ApplyStats, BackendStats, ControlStats, PoolStats, StatsReport, VipBackendSlots, VipStats};
+use fulcrum_api::{AdminStats, ApplyStats, BackendStats, ControlStats, PoolStats, StatsReport, VipBackendSlots, VipStats};
 use fulcrum_config::Config;
 use fulcrum_health::Health;
 use fulcrum_l4::{CounterReader, WriterStatus};
 use fulcrum_state::Observed;
 
+/// The control plane's own figures at the moment of the report.
+pub struct Control {
+    pub writer: WriterStatus,
+    /// Longest control-loop heartbeat lateness since start.
+    pub max_stall: Duration,
+    pub admin: AdminStats,
+}
+
 /// The report for the running `config` and `observed` state.
-pub fn stats(
-    config: &Config,
-    observed: &Observed,
-    writer: &WriterStatus,
-    counters: &CounterReader,
-    max_stall: Duration,
-) -> StatsReport {
+pub fn stats(config: &Config, observed: &Observed, control: &Control, counters: &CounterReader) -> StatsReport {
+    let writer = &control.writer;
     let effective = fulcrum_state::effective(config, observed);
     let macs = fulcrum_l4::macs(config, &observed.neighbours);
     let applied = &writer.applied;
@@ -93,7 +96,8 @@ pub fn stats(
             tables_built: r.tables_built,
         }),
         last_error: writer.last_error.clone(),
-        max_loop_stall_us: max_stall.as_micros() as u64,
+        max_loop_stall_us: control.max_stall.as_micros() as u64,
+        admin: control.admin,
     };
     StatsReport { vips, pools, reasons, control }
 }

@@ -117,7 +117,7 @@ impl Tables {
             }
         }
         let mut counts = WriteCounts::default();
-        let mut built: HashMap<(&[(IpAddr, u32)], u32), (Vec<u32>, u64)> = HashMap::new();
+        let mut built: HashMap<(&[(IpAddr, u32)], u32), BuiltTable> = HashMap::new();
         self.wait_for_idle_slots(plan);
         for vip in &plan.vips {
             if self.vip_unchanged(vip) {
@@ -273,9 +273,12 @@ impl Tables {
     }
 }
 
+/// A Maglev table (member indexes) and its digest.
+type BuiltTable = (Vec<u32>, u64);
+
 /// The Maglev table over `members` (as indexes into `members`) and its
 /// digest. Members are named by their address's text, the same on every node.
-fn build_table(members: &[(IpAddr, u32)], size: u32) -> (Vec<u32>, u64) {
+fn build_table(members: &[(IpAddr, u32)], size: u32) -> BuiltTable {
     let names: Vec<String> = members.iter().map(|(a, _)| a.to_string()).collect();
     let members: Vec<maglev::Member> =
         names.iter().zip(members).map(|(name, &(_, weight))| maglev::Member { name, weight }).collect();
