@@ -3,7 +3,7 @@
 //!
 //! The eBPF build needs the installed `nightly` toolchain with `rust-src`
 //! (for `-Z build-std=core`) and a `bpf-linker` linked against that
-//! nightly's own libLLVM (see DESIGN.md, "Toolchain facts").
+//! nightly's own libLLVM (see docs/architecture.md, toolchain facts).
 use std::{
     fs,
     os::unix::fs::symlink,
