@@ -495,7 +495,8 @@ fn reloads_add_and_remove_vips() {
     next.vips.push(vip("a", VIP4.into(), 2000, Protocol::Tcp, 0, &[1]));
     next.vips.push(vip("b", VIP6.into(), 2001, Protocol::Udp, 0, &[2, 3]));
     dp.apply(&next).unwrap();
-    let mut names: Vec<&String> = dp.applied().vips.keys().collect();
+    let applied = dp.applied();
+    let mut names: Vec<&String> = applied.vips.keys().collect();
     names.sort();
     assert_eq!(names, ["a", "b", "vip0", "vip3"]);
     run(&mut dp, &f(1000), XDP_TX, Reason::Tx);

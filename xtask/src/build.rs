@@ -61,10 +61,13 @@ pub fn test(root: &Path, args: &[String]) -> Result<()> {
     status(Command::new("cargo").current_dir(root).args(["test", "--workspace"]).args(args))
 }
 
-/// `cargo xtask bench ...`: the bench harness in release mode.
+/// `cargo xtask bench ...`: the bench harness in release mode. Every
+/// workspace binary is built in release first: the control-plane bench
+/// starts `fulcrum` and the lab's `fulcrum-backend` from target/release.
 pub fn bench(root: &Path, args: &[String]) -> Result<()> {
     setup::run()?;
     ebpf(root)?;
+    status(Command::new("cargo").current_dir(root).args(["build", "--release", "--workspace", "--bins"]))?;
     status(
         Command::new("cargo")
             .current_dir(root)
@@ -73,6 +76,7 @@ pub fn bench(root: &Path, args: &[String]) -> Result<()> {
             .arg("--record")
             .arg(root.join("bench/RESULTS.md"))
             .env("FULCRUM_EBPF_DIR", ebpf_dir(root))
+            .env("FULCRUM_BIN_DIR", root.join("target/release"))
             .env("FULCRUM_ROOT", root),
     )
 }

@@ -183,8 +183,8 @@ impl Datapath {
         self.tables.apply(&mut self.maps, plan)
     }
 
-    /// What the maps hold, as last written.
-    pub fn applied(&self) -> &Applied {
+    /// What the maps hold, as last written (a copy).
+    pub fn applied(&self) -> Applied {
         self.tables.applied()
     }
 

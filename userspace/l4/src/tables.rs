@@ -91,19 +91,23 @@ struct WrittenVip {
     members: Vec<(IpAddr, u32)>,
     /// When the VIP last flipped, leaving its other slot.
     flipped: Option<Instant>,
+    table: VipTable,
 }
 
-/// The writer's state: what each VIP entry and real id holds.
+/// The writer's state: what each VIP entry and real id holds. The one
+/// record of what is in the maps; [`Applied`] is a view of it.
 #[derive(Default)]
 pub(crate) struct Tables {
     vips: HashMap<String, WrittenVip>,
     reals: HashMap<IpAddr, (u32, Option<Mac>)>,
-    applied: Applied,
 }
 
 impl Tables {
-    pub fn applied(&self) -> &Applied {
-        &self.applied
+    pub fn applied(&self) -> Applied {
+        Applied {
+            vips: self.vips.iter().map(|(name, written)| (name.clone(), written.table.clone())).collect(),
+            reals: self.reals.clone(),
+        }
     }
 
     pub fn apply(&mut self, maps: &mut Maps, plan: &Plan) -> Result<WriteCounts, DatapathError> {
@@ -163,7 +167,6 @@ impl Tables {
                 Err(source) => return Err(DatapathError::Map { map: names::VIPS, source }),
             }
             self.vips.remove(&name);
-            self.applied.vips.remove(&name);
         }
         Ok(())
     }
@@ -176,7 +179,6 @@ impl Tables {
         }
         let named: BTreeSet<IpAddr> = self.vips.values().flat_map(|v| v.members.iter().map(|&(a, _)| a)).collect();
         self.reals.retain(|address, _| plan.reals.contains_key(address) || named.contains(address));
-        self.applied.reals.clone_from(&self.reals);
     }
 
     fn write_real(&mut self, maps: &mut Maps, address: IpAddr, mac: Option<Mac>) -> Result<(), DatapathError> {
@@ -197,7 +199,6 @@ impl Tables {
             maps.reals.set(id, RealDef { mac: mac.0, _pad: [0; 2] }, 0).map_err(map_err(names::REALS))?;
         }
         self.reals.insert(address, (id, mac));
-        self.applied.reals.insert(address, (id, mac));
         Ok(())
     }
 
@@ -261,14 +262,13 @@ impl Tables {
         }
         maps.vips.insert(vip.key, meta, 0).map_err(map_err(names::VIPS))?;
         let flipped = (meta.table_size != 0).then(Instant::now);
-        self.vips.insert(
-            vip.name.clone(),
-            WrittenVip { key: vip.key, meta, members: vip.members.clone(), flipped },
-        );
-        self.applied.vips.insert(
-            vip.name.clone(),
-            VipTable { vip_id: meta.vip_id, table_size: meta.table_size, slots, digest: if table.is_empty() { 0 } else { digest } },
-        );
+        let table = VipTable {
+            vip_id: meta.vip_id,
+            table_size: meta.table_size,
+            slots,
+            digest: if table.is_empty() { 0 } else { digest },
+        };
+        self.vips.insert(vip.name.clone(), WrittenVip { key: vip.key, meta, members: vip.members.clone(), flipped, table });
         Ok(())
     }
 }

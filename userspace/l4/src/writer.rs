@@ -80,7 +80,7 @@ impl Writer {
         let shared = Arc::new(Shared {
             pending: Mutex::new(Pending { plan: None, shutdown: false }),
             wake: Condvar::new(),
-            status: Mutex::new(WriterStatus { applied: datapath.applied().clone(), ..WriterStatus::default() }),
+            status: Mutex::new(WriterStatus { applied: datapath.applied(), ..WriterStatus::default() }),
         });
         let thread_shared = Arc::clone(&shared);
         let thread = std::thread::Builder::new()
@@ -166,7 +166,7 @@ fn run(mut datapath: Datapath, shared: &Shared) -> Datapath {
         let result = datapath.apply(&plan);
         let done = Instant::now();
         let mut status = lock(&shared.status);
-        status.applied.clone_from(datapath.applied());
+        status.applied = datapath.applied();
         match result {
             Ok(counts) => {
                 retry = RETRY_FIRST;
