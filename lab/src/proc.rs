@@ -13,6 +13,7 @@ pub struct Proc {
     child: Option<Child>,
     /// Set once the process has been reaped.
     status: Option<ExitStatus>,
+    /// The command line, for messages.
     line: String,
 }
 
@@ -30,11 +31,6 @@ impl Proc {
     /// The process id.
     pub fn pid(&self) -> u32 {
         self.child.as_ref().map_or(0, Child::id)
-    }
-
-    /// The command line it was started with (for messages).
-    pub fn command_line(&self) -> &str {
-        &self.line
     }
 
     /// The read end of the child's stdout, if it was set to
