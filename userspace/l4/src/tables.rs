@@ -242,6 +242,7 @@ impl Tables {
         meta.flags = vip.flags;
         let mut slots: Vec<(IpAddr, u32)> = vip.members.iter().map(|&(a, _)| (a, 0)).collect();
         if table.is_empty() {
+            tracing::warn!(vip = %vip.name, "no backend can take traffic: the VIP drops its packets");
             meta.table_size = 0;
         } else {
             let real_ids: Vec<u64> = vip
@@ -256,6 +257,7 @@ impl Tables {
                 slots[member as usize].1 += 1;
             }
             meta.table_size = vip.table_size;
+            tracing::debug!(vip = %vip.name, members = vip.members.len(), "lookup table rebuilt");
             // The copy must be visible before the entry naming it; the
             // syscall below orders it too, this says so.
             fence(Ordering::SeqCst);
