@@ -52,6 +52,9 @@ enum Bench {
         /// Health flips of real1 per VIP count (each: down, then up).
         #[arg(long, default_value_t = 5)]
         rounds: usize,
+        /// Pause between `/stats` polls, in milliseconds.
+        #[arg(long, default_value_t = 2)]
+        poll_ms: u64,
         /// The `fulcrum` binary (default: next to this one, or FULCRUM_BIN_DIR).
         #[arg(long)]
         fulcrum: Option<PathBuf>,
@@ -64,7 +67,7 @@ enum Bench {
 fn main() -> Result<()> {
     match Cli::parse().bench {
         Bench::Xdp { repeat, rounds, cpu, record } => xdp::run(repeat, rounds, cpu, record),
-        Bench::ControlPlane { vips, rounds, fulcrum, record } => control_plane::run(&vips, rounds, fulcrum, record),
+        Bench::ControlPlane { vips, rounds, poll_ms, fulcrum, record } => control_plane::run(&vips, rounds, poll_ms, fulcrum, record),
     }
 }
 

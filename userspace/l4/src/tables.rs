@@ -242,7 +242,11 @@ impl Tables {
         meta.flags = vip.flags;
         let mut slots: Vec<(IpAddr, u32)> = vip.members.iter().map(|&(a, _)| (a, 0)).collect();
         if table.is_empty() {
-            tracing::warn!(vip = %vip.name, "no backend can take traffic: the VIP drops its packets");
+            // Loud only when a VIP loses its last backend; a new VIP starts
+            // empty until its first health verdicts.
+            if meta.table_size != 0 {
+                tracing::warn!(vip = %vip.name, "no backend can take traffic: the VIP drops its packets");
+            }
             meta.table_size = 0;
         } else {
             let real_ids: Vec<u64> = vip
