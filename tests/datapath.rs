@@ -346,6 +346,21 @@ fn a_removed_vip_passes_and_its_id_is_reused_with_zeroed_counters() {
 }
 
 #[test]
+fn a_renamed_vip_keeps_its_entry_id_and_counters() {
+    let mut state = lab_state();
+    let mut dp = loaded(&state);
+    let f = tcp4(CLIENT4, VIP4, 4444, 80);
+    run(&mut dp, &f, XDP_TX, Reason::Tx);
+    let id = dp.applied().vips["v4tcp"].vip_id;
+    state.vips[0].name = "renamed".into();
+    assert_eq!(dp.apply(&state).unwrap().vips_written, 0);
+    assert_eq!(dp.applied().vips["renamed"].vip_id, id);
+    assert!(!dp.applied().vips.contains_key("v4tcp"));
+    assert_eq!(vip_packets(&dp, "renamed"), 1);
+    run(&mut dp, &f, XDP_TX, Reason::Tx);
+}
+
+#[test]
 fn a_vip_changing_address_under_the_same_name_moves_whole() {
     let mut state = lab_state();
     let mut dp = loaded(&state);

@@ -152,8 +152,22 @@ impl Tables {
     }
 
     /// Removes VIPs that left the plan, and the old entry of a VIP whose
-    /// key changed, freeing their ids.
+    /// key changed, freeing their ids. A VIP renamed with the same key is
+    /// the same service: it keeps its entry, id and counters.
     fn remove_vips(&mut self, maps: &mut Maps, plan: &Plan) -> Result<(), DatapathError> {
+        let renamed: Vec<(String, String)> = self
+            .vips
+            .iter()
+            .filter(|(name, _)| !plan.vips.iter().any(|v| &v.name == *name))
+            .filter_map(|(name, written)| {
+                let new = plan.vips.iter().find(|v| v.key == written.key && !self.vips.contains_key(&v.name))?;
+                Some((name.clone(), new.name.clone()))
+            })
+            .collect();
+        for (old, new) in renamed {
+            let written = self.vips.remove(&old).expect("listed above");
+            self.vips.insert(new, written);
+        }
         let gone: Vec<String> = self
             .vips
             .iter()
