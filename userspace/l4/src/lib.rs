@@ -57,6 +57,8 @@ pub enum DatapathError {
     Mmap(std::io::Error),
     #[error("{0}")]
     Limit(String),
+    #[error("the datapath writer panicked: {0}")]
+    Panic(String),
 }
 
 /// How the program ended up attached.

@@ -163,7 +163,10 @@ fn run(mut datapath: Datapath, shared: &Shared) -> Datapath {
         };
         let cpu_before = thread_cpu_time();
         let started = Instant::now();
-        let result = datapath.apply(&plan);
+        // A panic here is a bug, but it must not leave a dead thread that
+        // silently stops applying: it is reported and retried like an error.
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| datapath.apply(&plan)))
+            .unwrap_or_else(|panic| Err(crate::DatapathError::Panic(panic_message(&panic))));
         let done = Instant::now();
         let mut status = lock(&shared.status);
         status.applied = datapath.applied();
@@ -201,6 +204,14 @@ fn run(mut datapath: Datapath, shared: &Shared) -> Datapath {
             }
         }
     }
+}
+
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".into())
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
