@@ -121,7 +121,7 @@ impl Tables {
             }
         }
         let mut counts = WriteCounts::default();
-        let mut built: HashMap<(&[(IpAddr, u32)], u32), BuiltTable> = HashMap::new();
+        let mut built: HashMap<TableInput<'_>, BuiltTable> = HashMap::new();
         self.wait_for_idle_slots(plan);
         for vip in &plan.vips {
             if self.vip_unchanged(vip) {
@@ -293,6 +293,8 @@ impl Tables {
     }
 }
 
+/// What a Maglev table is built from: members and size.
+type TableInput<'a> = (&'a [(IpAddr, u32)], u32);
 /// A Maglev table (member indexes) and its digest.
 type BuiltTable = (Vec<u32>, u64);
 
