@@ -265,6 +265,8 @@ fn everything_else_gets_its_documented_action() {
     let mut icmp = vip_frame.clone();
     icmp[23] = 1;
     run(&mut dp, &icmp, XDP_PASS, Reason::PassNotL4);
+    // (A hop-by-hop header, walked, followed by an unknown protocol: the
+    // TCP header's first byte, 0x9c.)
     let mut hbh = tcp6(CLIENT6, VIP6, 40000, 80);
     hbh[20] = 0;
     run(&mut dp, &hbh, XDP_PASS, Reason::PassNotL4);
@@ -556,4 +558,232 @@ fn the_writer_reports_a_failed_apply_retries_and_recovers() {
     let report = status.last.unwrap();
     assert_eq!(report.generation, fixed);
     drop(writer.shutdown());
+}
+
+// ---- hostile and unusual frames (issue 12 item 5) ---------------------------
+
+/// `f` with its destination MAC replaced.
+fn to_mac(f: &[u8], dst: [u8; 6]) -> Vec<u8> {
+    let mut f = f.to_vec();
+    f[0..6].copy_from_slice(&dst);
+    f
+}
+
+#[test]
+fn vip_frames_not_to_our_unicast_mac_are_passed_never_balanced() {
+    let mut dp = loaded(&lab_state());
+    let others: [[u8; 6]; 5] = [
+        [0xff; 6],                          // broadcast
+        [0x01, 0x00, 0x5e, 0x12, 0x01, 0x01], // IPv4 multicast
+        [0x33, 0x33, 0x00, 0x00, 0x00, 0x01], // IPv6 multicast
+        [0x02, 0, 0, 0, 0, 0x99],           // another station
+        [0x03, 0, 0, 0, 0, 0x02],           // our MAC with the group bit set
+    ];
+    for dst in others {
+        for f in [tcp4(CLIENT4, VIP4, 40000, 80), udp6(CLIENT6, VIP6, 40000, 53), tcp4(CLIENT4, VIP4, 40000, 8080)] {
+            let f = to_mac(&f, dst);
+            assert_eq!(run(&mut dp, &f, XDP_PASS, Reason::PassNotForUs), f, "to {dst:02x?}");
+        }
+    }
+    // Nothing reached a VIP or a real; the VIP without backends did not drop.
+    for name in ["v4tcp", "v6udp", "empty"] {
+        assert_eq!(vip_packets(&dp, name), 0, "{name}");
+    }
+    assert_eq!((1..=3).map(|i| real_packets(&dp, real(i).0)).sum::<u64>(), 0);
+    assert_eq!(reason(&dp, Reason::Tx) + reason(&dp, Reason::DropNoBackend), 0);
+    // Non-VIP traffic keeps the reason of what it is, whoever it is for.
+    let f = to_mac(&tcp4(CLIENT4, CLIENT4, 40000, 80), [0xff; 6]);
+    assert_eq!(run(&mut dp, &f, XDP_PASS, Reason::PassNotVip), f);
+    // The same VIP frame to our own MAC is balanced.
+    let f = tcp4(CLIENT4, VIP4, 40000, 80);
+    let want = rewritten(&f, expected_mac(&[1, 2, 3], v4_hash(CLIENT4, 40000, 80)));
+    assert_eq!(run(&mut dp, &f, XDP_TX, Reason::Tx), want);
+}
+
+#[test]
+fn ipv6_to_an_ipv4_mapped_address_never_reaches_the_ipv4_vip() {
+    let mut dp = loaded(&lab_state());
+    let mapped = VIP4.to_ipv6_mapped();
+    // Same (address, port, protocol) key as the IPv4 VIPs v4tcp and v4udp.
+    assert_eq!(VipKey::new(mapped.into(), 80, IPPROTO_TCP), VipKey::new(VIP4.into(), 80, IPPROTO_TCP));
+    for f in [tcp6(CLIENT6, mapped, 40000, 80), udp6(CLIENT6, mapped, 40000, 53), tcp6(CLIENT6, mapped, 40000, 8080)] {
+        assert_eq!(run(&mut dp, &f, XDP_PASS, Reason::PassV4Mapped), f);
+    }
+    assert_eq!(vip_packets(&dp, "v4tcp") + vip_packets(&dp, "v4udp") + vip_packets(&dp, "empty"), 0);
+    // An IPv4-mapped source is just a source: the IPv6 VIP balances it.
+    let f = tcp6(Ipv4Addr::new(198, 18, 0, 10).to_ipv6_mapped(), VIP6, 40000, 80);
+    let src = Ipv4Addr::new(198, 18, 0, 10).to_ipv6_mapped();
+    let want = rewritten(&f, expected_mac(&[1, 2, 3], v6_hash(src, 40000, 80)));
+    assert_eq!(run(&mut dp, &f, XDP_TX, Reason::Tx), want);
+}
+
+/// Sets the IPv4 total length (frame offset 16) or IPv6 payload length
+/// (offset 18) of an untagged frame.
+fn set_u16(f: &mut [u8], at: usize, value: u16) {
+    f[at..at + 2].copy_from_slice(&value.to_be_bytes());
+}
+
+#[test]
+fn ip_lengths_and_versions_that_disagree_are_passed() {
+    let mut dp = loaded(&lab_state());
+    let v4 = tcp4(CLIENT4, VIP4, 40000, 80); // 14 + 20 + 20 + 18: total length 58
+    let v6 = tcp6(CLIENT6, VIP6, 40000, 80); // 14 + 40 + 20 + 18: payload length 38
+
+    // IPv4 total length past the frame end (the kernel's InTruncatedPkts).
+    let mut f = v4.clone();
+    set_u16(&mut f, 16, 59);
+    assert_eq!(run(&mut dp, &f, XDP_PASS, Reason::PassTruncated), f);
+    // ... shorter than the header (InHdrErrors), also with options.
+    let mut f = v4.clone();
+    set_u16(&mut f, 16, 19);
+    assert_eq!(run(&mut dp, &f, XDP_PASS, Reason::PassMalformed), f);
+    let mut f = v4.clone();
+    f[14] = 0x46;
+    set_u16(&mut f, 16, 23);
+    assert_eq!(run(&mut dp, &f, XDP_PASS, Reason::PassMalformed), f);
+    // ... too short for the TCP header it carries: the ports would come
+    // from Ethernet padding.
+    let mut f = v4.clone();
+    set_u16(&mut f, 16, 20 + 10);
+    assert_eq!(run(&mut dp, &f, XDP_PASS, Reason::PassTruncated), f);
+    // IHL 15 (40 bytes of options) in a frame that ends inside them: the
+    // total length either overruns the frame or undercuts the header.
+    let mut f = v4[..14 + 24].to_vec();
+    f[14] = 0x4f;
+    set_u16(&mut f, 16, 60);
+    assert_eq!(run(&mut dp, &f, XDP_PASS, Reason::PassTruncated), f);
+    set_u16(&mut f, 16, 24);
+    assert_eq!(run(&mut dp, &f, XDP_PASS, Reason::PassMalformed), f);
+
+    // IPv6 payload length past the frame end, or cutting the TCP header.
+    let mut f = v6.clone();
+    set_u16(&mut f, 18, 39);
+    assert_eq!(run(&mut dp, &f, XDP_PASS, Reason::PassTruncated), f);
+    let mut f = v6.clone();
+    set_u16(&mut f, 18, 12);
+    assert_eq!(run(&mut dp, &f, XDP_PASS, Reason::PassTruncated), f);
+
+    // A version field that disagrees with the EtherType, both ways.
+    let mut f = v6.clone();
+    f[14] = 0x40 | (f[14] & 0x0f);
+    assert_eq!(run(&mut dp, &f, XDP_PASS, Reason::PassMalformed), f);
+    let mut f = v4.clone();
+    f[12..14].copy_from_slice(&[0x86, 0xdd]); // IPv4 header under the IPv6 EtherType
+    assert_eq!(run(&mut dp, &f, XDP_PASS, Reason::PassMalformed), f);
+    let mut f = v4.clone();
+    f[14] = 0x65;
+    assert_eq!(run(&mut dp, &f, XDP_PASS, Reason::PassMalformed), f);
+
+    assert_eq!(reason(&dp, Reason::Tx), 0);
+    assert_eq!(vip_packets(&dp, "v4tcp") + vip_packets(&dp, "v6tcp"), 0);
+
+    // Ethernet padding after the IP packet is allowed: a small UDP frame
+    // padded to the 60-byte minimum is forwarded whole.
+    for mut f in [udp4(CLIENT4, VIP4, 40000, 53), udp6(CLIENT6, VIP6, 40000, 53)] {
+        let ip_len = f.len() - 14;
+        f.extend_from_slice(&[0; 16]);
+        let v6 = f[12] == 0x86;
+        set_u16(&mut f, if v6 { 18 } else { 16 }, (ip_len - if v6 { 40 } else { 0 }) as u16);
+        let hash = if v6 { v6_hash(CLIENT6, 40000, 53) } else { v4_hash(CLIENT4, 40000, 53) };
+        let want = rewritten(&f, expected_mac(&[1, 2, 3], hash));
+        assert_eq!(run(&mut dp, &f, XDP_TX, Reason::Tx), want);
+    }
+}
+
+const HOPOPTS: u8 = 0;
+const ROUTING: u8 = 43;
+const FRAGMENT: u8 = 44;
+const DSTOPTS: u8 = 60;
+
+/// An IPv6 frame from the client to VIP6 with extension headers between
+/// the IPv6 and the L4 header: each `(kind, eight-octet units after the
+/// first, segments left)`; payload length and next-header chain fixed.
+fn v6_with_extensions(protocol: Protocol, dport: u16, exts: &[(u8, u8, u8)]) -> Vec<u8> {
+    let plain = frame(CLIENT6.into(), VIP6.into(), protocol, 40000, dport);
+    let mut f = plain[..54].to_vec();
+    let next = plain[20];
+    f[20] = exts.first().map_or(next, |e| e.0);
+    for (i, &(kind, units, segments_left)) in exts.iter().enumerate() {
+        let len = (usize::from(units) + 1) * 8;
+        let after = exts.get(i + 1).map_or(next, |e| e.0);
+        let mut h = vec![0u8; len];
+        h[0] = after;
+        h[1] = units;
+        if kind == ROUTING {
+            h[2] = 4; // segment routing header (RFC 8754)
+            h[3] = segments_left;
+        } else if kind != FRAGMENT {
+            h[2] = 1; // PadN over the rest of the header
+            h[3] = (len - 4) as u8;
+        }
+        f.extend_from_slice(&h);
+    }
+    f.extend_from_slice(&plain[54..]);
+    let payload = (f.len() - 54) as u16;
+    set_u16(&mut f, 18, payload);
+    f
+}
+
+#[test]
+fn ipv6_extension_headers_are_walked_to_the_tcp_or_udp_header() {
+    let mut dp = loaded(&lab_state());
+    let forwarded: [(Protocol, u16, &[(u8, u8, u8)]); 4] = [
+        (Protocol::Tcp, 80, &[(HOPOPTS, 0, 0)]),
+        (Protocol::Udp, 53, &[(DSTOPTS, 1, 0)]),
+        (Protocol::Tcp, 80, &[(HOPOPTS, 0, 0), (ROUTING, 2, 0), (DSTOPTS, 0, 0)]),
+        (Protocol::Udp, 53, &[(HOPOPTS, 3, 0), (DSTOPTS, 0, 0), (ROUTING, 2, 0), (DSTOPTS, 1, 0)]),
+    ];
+    for (protocol, dport, exts) in forwarded {
+        let f = v6_with_extensions(protocol, dport, exts);
+        let want = rewritten(&f, expected_mac(&[1, 2, 3], v6_hash(CLIENT6, 40000, dport)));
+        assert_eq!(run(&mut dp, &f, XDP_TX, Reason::Tx), want, "{exts:?}");
+    }
+    assert_eq!(vip_packets(&dp, "v6tcp"), 2);
+    assert_eq!(vip_packets(&dp, "v6udp"), 2);
+
+    let passed: [(&[(u8, u8, u8)], Reason); 5] = [
+        // A fragment header behind a walked one is still a fragment.
+        (&[(HOPOPTS, 0, 0), (FRAGMENT, 0, 0)], Reason::PassFragment),
+        (&[(DSTOPTS, 0, 0), (ROUTING, 0, 0), (FRAGMENT, 0, 0)], Reason::PassFragment),
+        // Segments left: the VIP is an intermediate hop, not the destination.
+        (&[(ROUTING, 2, 1)], Reason::PassNotL4),
+        (&[(HOPOPTS, 0, 0), (ROUTING, 2, 1)], Reason::PassNotL4),
+        // Longer than the bound of four.
+        (&[(HOPOPTS, 0, 0), (DSTOPTS, 0, 0), (ROUTING, 0, 0), (DSTOPTS, 0, 0), (DSTOPTS, 0, 0)], Reason::PassNotL4),
+    ];
+    for (exts, why) in passed {
+        let f = v6_with_extensions(Protocol::Tcp, 80, exts);
+        assert_eq!(run(&mut dp, &f, XDP_PASS, why), f, "{exts:?}");
+    }
+
+    // Extension headers past the payload: a header whose length runs over
+    // the TCP header, and one cut off by the payload length.
+    let mut f = v6_with_extensions(Protocol::Tcp, 80, &[(HOPOPTS, 0, 0)]);
+    f[55] = 5; // 48 bytes, longer than the rest of the packet
+    assert_eq!(run(&mut dp, &f, XDP_PASS, Reason::PassTruncated), f);
+    let mut f = v6_with_extensions(Protocol::Tcp, 80, &[(HOPOPTS, 0, 0), (DSTOPTS, 0, 0)]);
+    f.truncate(54 + 8 + 4);
+    set_u16(&mut f, 18, 8 + 4);
+    assert_eq!(run(&mut dp, &f, XDP_PASS, Reason::PassTruncated), f);
+    assert_eq!(vip_packets(&dp, "v6tcp"), 2);
+}
+
+#[test]
+fn ttl_hop_limit_and_checksums_are_left_to_the_backend() {
+    // L2 DSR is not an IP hop: nothing in the IP packet is checked or
+    // changed beyond its lengths, so the backend sees what the client sent.
+    let mut dp = loaded(&lab_state());
+    for ttl in [0u8, 1] {
+        let mut f = tcp4(CLIENT4, VIP4, 40000, 80);
+        f[22] = ttl;
+        f[24] ^= 0xff; // IPv4 header checksum now wrong
+        f[14 + 20 + 16] ^= 0xff; // and the TCP checksum
+        let want = rewritten(&f, expected_mac(&[1, 2, 3], v4_hash(CLIENT4, 40000, 80)));
+        assert_eq!(run(&mut dp, &f, XDP_TX, Reason::Tx), want, "TTL {ttl}");
+        let mut f = udp6(CLIENT6, VIP6, 40000, 53);
+        f[21] = ttl;
+        f[54 + 6] ^= 0xff; // UDP checksum
+        let want = rewritten(&f, expected_mac(&[1, 2, 3], v6_hash(CLIENT6, 40000, 53)));
+        assert_eq!(run(&mut dp, &f, XDP_TX, Reason::Tx), want, "hop limit {ttl}");
+    }
 }

@@ -23,10 +23,12 @@ use crate::{machine, median, now, publish};
 
 const XDP_PASS: u32 = 2;
 const XDP_TX: u32 = 3;
+/// The datapath's own MAC, the destination of the bench frames.
+const SELF_MAC: Mac = Mac([2, 0, 0, 0, 0, 2]);
 
 fn frame(dst: Ipv4Addr, dport: u16) -> Vec<u8> {
     let mut out = Vec::new();
-    PacketBuilder::ethernet2([2, 0, 0, 0, 0, 0x10], [2, 0, 0, 0, 0, 2])
+    PacketBuilder::ethernet2([2, 0, 0, 0, 0, 0x10], SELF_MAC.0)
         .ipv4([198, 18, 0, 10], dst.octets(), 64)
         .tcp(40000, dport, 1, 65535)
         .write(&mut out, &[0u8; 20])
@@ -60,10 +62,14 @@ pub fn run(repeat: u32, rounds: usize, cpu: usize, record: Option<PathBuf>) -> R
             table_size: MAGLEV_MAX_TABLE_SIZE,
             members: reals.iter().map(|&a| (a, 1)).collect(),
         }],
-        reals: (11..=13).map(|i| (Ipv4Addr::new(198, 18, 0, i).into(), Some(Mac([2, 0, 0, 0, 0, i])))).collect(),
+        // Every real gets our own MAC: `repeat` feeds the program its own
+        // output, and the datapath balances only frames addressed to its
+        // own MAC, so a rewritten frame must stay addressed to us for each
+        // repeat to take the full VIP path (the work done is the same).
+        reals: (11..=13).map(|i| (Ipv4Addr::new(198, 18, 0, i).into(), Some(SELF_MAC))).collect(),
     };
     let mut datapath = Datapath::load().context("loading fulcrum's XDP program (run as root)")?;
-    datapath.set_self_mac(Mac([2, 0, 0, 0, 0, 2]))?;
+    datapath.set_self_mac(SELF_MAC)?;
     datapath.apply(&plan)?;
 
     let dir = PathBuf::from(std::env::var_os("FULCRUM_EBPF_DIR").context("FULCRUM_EBPF_DIR is not set (run through cargo xtask bench)")?);

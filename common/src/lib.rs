@@ -135,6 +135,8 @@ pub struct Counters {
 }
 
 /// Why the datapath took its action on a frame: the index of `REASON_STATS`.
+///
+/// Indices are stable (new reasons are appended), and so are the names.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Reason {
@@ -142,23 +144,39 @@ pub enum Reason {
     Tx = 0,
     /// `XDP_PASS`: not IPv4/IPv6 (ARP, LLDP, ...).
     PassNotIp = 1,
-    /// `XDP_PASS`: frame too short for the headers it announces.
+    /// `XDP_PASS`: frame too short for the headers it announces: a header
+    /// cut short, an IPv4 total length or IPv6 payload length past the end
+    /// of the frame, or an L4 header past the end of the IP packet (the
+    /// kernel counts such frames as `InTruncatedPkts` and drops them).
     PassTruncated = 2,
     /// `XDP_PASS`: an IP fragment; it carries no (or not all) ports to hash.
     PassFragment = 3,
-    /// `XDP_PASS`: neither TCP nor UDP (ICMP, IPv6 extension headers, ...).
+    /// `XDP_PASS`: no TCP or UDP header to read: another protocol (ICMP,
+    /// ...), more IPv6 extension headers than the datapath walks, or a
+    /// routing header with segments left (the VIP is not the final
+    /// destination yet).
     PassNotL4 = 4,
     /// `XDP_PASS`: (address, port, protocol) is not a VIP.
     PassNotVip = 5,
-    /// `XDP_PASS`: an IPv4 header length below 20 bytes.
+    /// `XDP_PASS`: an IP header that contradicts itself: a version that
+    /// disagrees with the EtherType, an IPv4 header length below 20 bytes,
+    /// or an IPv4 total length shorter than the header (the kernel counts
+    /// such frames as `InHdrErrors` and drops them).
     PassMalformed = 6,
     /// `XDP_DROP`: the VIP has no healthy backend.
     DropNoBackend = 7,
+    /// `XDP_PASS`: to a VIP, but not to this interface's own unicast MAC
+    /// (broadcast, multicast, or another station's frame seen by a
+    /// promiscuous or bridged port): never turned into unicast to a real.
+    PassNotForUs = 8,
+    /// `XDP_PASS`: IPv6 to an IPv4-mapped address (`::ffff:a.b.c.d`),
+    /// which must not reach the IPv4 VIP stored under that key.
+    PassV4Mapped = 9,
 }
 
 impl Reason {
     /// Number of reasons: the length of `REASON_STATS`.
-    pub const COUNT: u32 = 8;
+    pub const COUNT: u32 = 10;
     /// Every reason, in index order.
     pub const ALL: [Reason; Self::COUNT as usize] = [
         Reason::Tx,
@@ -169,6 +187,8 @@ impl Reason {
         Reason::PassNotVip,
         Reason::PassMalformed,
         Reason::DropNoBackend,
+        Reason::PassNotForUs,
+        Reason::PassV4Mapped,
     ];
 
     /// Short stable name, used in stats output.
@@ -182,6 +202,8 @@ impl Reason {
             Reason::PassNotVip => "pass_not_vip",
             Reason::PassMalformed => "pass_malformed",
             Reason::DropNoBackend => "drop_no_backend",
+            Reason::PassNotForUs => "pass_not_for_us",
+            Reason::PassV4Mapped => "pass_v4_mapped",
         }
     }
 }
@@ -202,4 +224,20 @@ mod pod {
 #[inline(always)]
 pub const fn ports_word(src_raw: u16, dst_raw: u16) -> u32 {
     src_raw as u32 | (dst_raw as u32) << 16
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Reason;
+
+    #[test]
+    fn reasons_are_in_index_order_with_unique_snake_case_names() {
+        for (i, r) in Reason::ALL.iter().enumerate() {
+            assert_eq!(*r as usize, i, "{r:?}");
+            assert!(r.name().bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'), "{r:?}");
+        }
+        for (i, a) in Reason::ALL.iter().enumerate() {
+            assert!(Reason::ALL[i + 1..].iter().all(|b| a.name() != b.name()), "{a:?}");
+        }
+    }
 }

@@ -9,8 +9,19 @@ use aya_ebpf::programs::XdpContext;
 pub const ETH_P_IP: u16 = 0x0800;
 pub const ETH_P_IPV6: u16 = 0x86dd;
 pub const ETH_P_8021Q: u16 = 0x8100;
+/// IPv6 extension headers (RFC 8200 section 4) the parser walks past:
+/// Hop-by-Hop Options, Routing, Destination Options. All three share the
+/// generic layout of [`Ipv6ExtHdr`].
+pub const IPPROTO_HOPOPTS: u8 = 0;
+pub const IPPROTO_ROUTING: u8 = 43;
+pub const IPPROTO_DSTOPTS: u8 = 60;
 /// IPv6 Fragment extension header (RFC 8200 section 4.5).
 pub const IPPROTO_FRAGMENT: u8 = 44;
+/// Most IPv6 extension headers walked before giving up (`PassNotL4`). A
+/// real packet has at most hop-by-hop, destination options, routing and
+/// destination options again (RFC 8200 section 4.1); a fixed bound keeps
+/// the loop small for the verifier.
+pub const MAX_IPV6_EXT_HEADERS: usize = 4;
 /// IPv4 "more fragments" flag and fragment offset bits (RFC 791 section 3.1).
 pub const IP_MF_OFFSET_MASK: u16 = 0x3fff;
 
@@ -19,6 +30,44 @@ pub struct EthHdr {
     pub dst: [u8; 6],
     pub src: [u8; 6],
     pub ether_type: u16,
+}
+
+/// A MAC address as three raw 16-bit words, loaded and stored one word
+/// at a time. A plain 6-byte copy (`dst = mac`) compiles to a call of a
+/// byte-wise `memmove` subprogram (about 8.5 ns a BPF-to-BPF call on the
+/// AMD machines); three halfword moves are six instructions. Both a frame's
+/// Ethernet addresses and map values are at least 2-byte aligned.
+#[derive(Clone, Copy)]
+pub struct MacWords([u16; 3]);
+
+impl MacWords {
+    /// The 6 bytes at `mac`.
+    ///
+    /// # Safety
+    /// `mac` must be valid for reads and 2-byte aligned.
+    #[inline(always)]
+    pub unsafe fn load(mac: *const [u8; 6]) -> Self {
+        let w = mac as *const u16;
+        MacWords([*w, *w.add(1), *w.add(2)])
+    }
+
+    /// Writes the address to `mac`.
+    ///
+    /// # Safety
+    /// `mac` must be valid for writes and 2-byte aligned.
+    #[inline(always)]
+    pub unsafe fn store(self, mac: *mut [u8; 6]) {
+        let w = mac as *mut u16;
+        *w = self.0[0];
+        *w.add(1) = self.0[1];
+        *w.add(2) = self.0[2];
+    }
+
+    /// Equality without a `memcmp`: three compares folded into one.
+    #[inline(always)]
+    pub fn same(self, other: MacWords) -> bool {
+        (self.0[0] ^ other.0[0]) | (self.0[1] ^ other.0[1]) | (self.0[2] ^ other.0[2]) == 0
+    }
 }
 
 /// An 802.1Q tag as it follows the outer EtherType.
@@ -52,6 +101,22 @@ pub struct Ipv6Hdr {
     pub daddr: [u32; 4],
 }
 
+/// The start of a Hop-by-Hop, Routing or Destination Options header
+/// (RFC 8200 sections 4.3-4.6); each is `(len + 1) * 8` bytes long.
+/// `segments_left` is only meaningful in a Routing header.
+#[repr(C)]
+pub struct Ipv6ExtHdr {
+    pub next_hdr: u8,
+    pub len: u8,
+    pub routing_type: u8,
+    pub segments_left: u8,
+    /// The rest of the shortest (8-byte) extension header.
+    pub rest: [u8; 4],
+}
+
+pub const IPV4_HDR_LEN: usize = 20;
+pub const IPV6_HDR_LEN: usize = 40;
+
 /// The first four bytes of TCP and UDP headers: source and destination port.
 #[repr(C)]
 pub struct Ports {
@@ -73,14 +138,28 @@ pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*const T> {
     Some((start + offset) as *const T)
 }
 
+/// A `T` at `offset` that lies inside both the frame and the IP packet
+/// ending at `end` (an offset from the frame start, already checked to be
+/// within the frame). The frame check comes first on purpose: it is the
+/// one the verifier needs, and LLVM deletes a check that an earlier one
+/// implies, which `end <= frame length` would do to a later frame check.
+#[inline(always)]
+pub fn ptr_within<T>(ctx: &XdpContext, offset: usize, end: usize) -> Option<*const T> {
+    let p = ptr_at::<T>(ctx, offset)?;
+    if offset + core::mem::size_of::<T>() > end {
+        return None;
+    }
+    Some(p)
+}
+
 /// Mutable variant of [`ptr_at`].
 #[inline(always)]
 pub fn ptr_at_mut<T>(ctx: &XdpContext, offset: usize) -> Option<*mut T> {
     ptr_at::<T>(ctx, offset).map(|p| p as *mut T)
 }
 
-/// Whether `len` bytes starting at `offset` lie inside the frame.
+/// The frame's length in bytes, Ethernet header included.
 #[inline(always)]
-pub fn has_bytes(ctx: &XdpContext, offset: usize, len: usize) -> bool {
-    ctx.data() + offset + len <= ctx.data_end()
+pub fn frame_len(ctx: &XdpContext) -> usize {
+    ctx.data_end() - ctx.data()
 }

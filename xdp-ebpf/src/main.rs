@@ -2,10 +2,21 @@
 //! backend chosen from a Maglev lookup table, in L2 DSR mode.
 //!
 //! The pipeline reads top to bottom, one small function a stage:
-//! `parse` -> `lookup_vip` -> `pick_real` -> `rewrite_l2` -> `XDP_TX`.
-//! Anything that is not a VIP packet, or cannot be parsed, is `XDP_PASS`
-//! (the kernel stack decides); a VIP with no healthy backend is `XDP_DROP`.
-//! Every frame bumps exactly one per-reason counter.
+//! `parse` -> `lookup_vip` -> `addressed_to_us` -> `pick_real` ->
+//! `rewrite_l2` -> `XDP_TX`. Anything that is not a VIP packet, or cannot
+//! be parsed, is `XDP_PASS` (the kernel stack decides); a VIP with no
+//! healthy backend is `XDP_DROP`. Every frame bumps exactly one per-reason
+//! counter.
+//!
+//! Hostile and unusual frames are never forwarded; they are passed, so
+//! that the kernel, which is the authority on all non-VIP traffic anyway,
+//! counts them in its own statistics (`nstat`: `IpExtInTruncatedPkts`,
+//! `IpInHdrErrors`, `Ip6InTruncatedPkts`, `Ip6InHdrErrors`) and drops
+//! them, exactly as `ip_rcv`/`ipv6_rcv` do. Katran drops them in XDP
+//! instead; that saves the kernel an skb per bad frame, but an attacker can
+//! send well-formed non-VIP frames, which must be passed, at the same rate,
+//! so dropping buys no protection and would hide them from the kernel's
+//! counters. Our own counter says what happened either way.
 #![no_std]
 #![no_main]
 
@@ -51,13 +62,16 @@ fn balance(ctx: &XdpContext, bytes: u64) -> (u32, Reason) {
     let Some(vip) = lookup_vip(&flow.vip) else {
         return (XDP_PASS, Reason::PassNotVip);
     };
+    let Some(own_mac) = addressed_to_us(ctx) else {
+        return (XDP_PASS, Reason::PassNotForUs);
+    };
     count(&VIP_STATS, vip.vip_id, bytes);
     // No log line here: a per-packet record would let any sender flood
     // the log ring; the DropNoBackend counter says it instead.
     let Some(real_id) = pick_real(&vip, &flow) else {
         return (XDP_DROP, Reason::DropNoBackend);
     };
-    if rewrite_l2(ctx, real_id).is_none() {
+    if rewrite_l2(ctx, real_id, own_mac).is_none() {
         return (XDP_DROP, Reason::DropNoBackend);
     }
     count(&REAL_STATS, real_id, bytes);
@@ -84,23 +98,36 @@ fn parse(ctx: &XdpContext) -> Result<Flow, Reason> {
     }
 }
 
-/// IPv4 with or without options: they are skipped, not interpreted, since
-/// L2 DSR leaves the IP header untouched.
+/// IPv4 whose header agrees with itself and with the frame (RFC 1812
+/// section 5.2.2, the checks of the kernel's `ip_rcv`): version 4, header
+/// length >= 20, total length within the frame and >= the header length.
+/// Options are skipped, not interpreted, since L2 DSR leaves the IP
+/// header untouched; the total length bounds them, so options running
+/// past the frame end fail the length checks. Ethernet padding after the
+/// total length is allowed. The header checksum is not verified: L2 DSR
+/// is not an IP hop, and the real verifies it.
 #[inline(always)]
 fn parse_ipv4(ctx: &XdpContext, offset: usize) -> Result<Flow, Reason> {
     let ip: *const Ipv4Hdr = ptr_at(ctx, offset).ok_or(Reason::PassTruncated)?;
     // SAFETY: bounds checked by ptr_at.
-    let (version_ihl, frag_off, proto, saddr, daddr) = unsafe {
-        ((*ip).version_ihl, (*ip).frag_off, (*ip).protocol, (*ip).saddr, (*ip).daddr)
+    let (version_ihl, tot_len, frag_off, proto, saddr, daddr) = unsafe {
+        ((*ip).version_ihl, (*ip).tot_len, (*ip).frag_off, (*ip).protocol, (*ip).saddr, (*ip).daddr)
     };
-    let ihl = (version_ihl & 0x0f) as usize;
-    if version_ihl >> 4 != 4 || ihl < 5 {
+    let header_len = (version_ihl & 0x0f) as usize * 4;
+    if version_ihl >> 4 != 4 || header_len < IPV4_HDR_LEN {
+        return Err(Reason::PassMalformed);
+    }
+    let end = offset + u16::from_be(tot_len) as usize;
+    if end > frame_len(ctx) {
+        return Err(Reason::PassTruncated);
+    }
+    if end < offset + header_len {
         return Err(Reason::PassMalformed);
     }
     if u16::from_be(frag_off) & IP_MF_OFFSET_MASK != 0 {
         return Err(Reason::PassFragment);
     }
-    let (ports, dport) = parse_ports(ctx, offset + ihl * 4, proto)?;
+    let (ports, dport) = parse_ports(ctx, offset + header_len, end, proto)?;
     Ok(Flow {
         vip: VipKey { addr: [0, 0, V4_MAPPED_WORD, daddr], port: dport, proto, _pad: 0 },
         saddr: [0, 0, V4_MAPPED_WORD, saddr],
@@ -109,17 +136,30 @@ fn parse_ipv4(ctx: &XdpContext, offset: usize) -> Result<Flow, Reason> {
     })
 }
 
-/// IPv6 whose next header is TCP or UDP. Extension headers are not walked:
-/// a fragment header means PassFragment, any other PassNotL4.
+/// IPv6 whose version is 6 and whose payload lies within the frame (RFC
+/// 8200 section 3, the checks of the kernel's `ipv6_rcv`), to a native
+/// IPv6 address: an IPv4-mapped destination (`::ffff:a.b.c.d`) would
+/// otherwise match the IPv4 VIP stored under the same key. TCP or UDP
+/// may follow extension headers (see `skip_extension_headers`).
 #[inline(always)]
 fn parse_ipv6(ctx: &XdpContext, offset: usize) -> Result<Flow, Reason> {
     let ip: *const Ipv6Hdr = ptr_at(ctx, offset).ok_or(Reason::PassTruncated)?;
     // SAFETY: bounds checked by ptr_at.
-    let (proto, saddr, daddr) = unsafe { ((*ip).next_hdr, (*ip).saddr, (*ip).daddr) };
-    if proto == IPPROTO_FRAGMENT {
-        return Err(Reason::PassFragment);
+    let (vtc_flow, payload_len, next_hdr, saddr, daddr) =
+        unsafe { ((*ip).vtc_flow, (*ip).payload_len, (*ip).next_hdr, (*ip).saddr, (*ip).daddr) };
+    if u32::from_be(vtc_flow) >> 28 != 6 {
+        return Err(Reason::PassMalformed);
     }
-    let (ports, dport) = parse_ports(ctx, offset + core::mem::size_of::<Ipv6Hdr>(), proto)?;
+    let start = offset + IPV6_HDR_LEN;
+    let end = start + u16::from_be(payload_len) as usize;
+    if end > frame_len(ctx) {
+        return Err(Reason::PassTruncated);
+    }
+    if daddr[0] == 0 && daddr[1] == 0 && daddr[2] == V4_MAPPED_WORD {
+        return Err(Reason::PassV4Mapped);
+    }
+    let (proto, l4_offset) = skip_extension_headers(ctx, next_hdr, start, end)?;
+    let (ports, dport) = parse_ports(ctx, l4_offset, end, proto)?;
     Ok(Flow {
         vip: VipKey { addr: daddr, port: dport, proto, _pad: 0 },
         saddr,
@@ -128,19 +168,54 @@ fn parse_ipv6(ctx: &XdpContext, offset: usize) -> Result<Flow, Reason> {
     })
 }
 
-/// The raw ports word and raw destination port of a TCP or UDP header
-/// at `offset`, which must be whole (20 or 8 bytes).
+/// Walks up to `MAX_IPV6_EXT_HEADERS` Hop-by-Hop, Routing and Destination
+/// Options headers, each within the payload that ends at `end`; returns
+/// the next header's protocol and offset. Their options are not
+/// interpreted: the real receives the packet unchanged. A fragment header
+/// is `PassFragment`; a Routing header with segments left means the VIP is
+/// an intermediate hop, not the destination, so `PassNotL4`; so is a chain
+/// longer than the bound (the caller finds no TCP or UDP after it).
 #[inline(always)]
-fn parse_ports(ctx: &XdpContext, offset: usize, proto: u8) -> Result<(u32, u16), Reason> {
+fn skip_extension_headers(
+    ctx: &XdpContext,
+    mut next_hdr: u8,
+    mut offset: usize,
+    end: usize,
+) -> Result<(u8, usize), Reason> {
+    for _ in 0..MAX_IPV6_EXT_HEADERS {
+        if !matches!(next_hdr, IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS) {
+            break;
+        }
+        let ext: *const Ipv6ExtHdr = ptr_within(ctx, offset, end).ok_or(Reason::PassTruncated)?;
+        // SAFETY: bounds checked by ptr_within.
+        let (next, len, segments_left) = unsafe { ((*ext).next_hdr, (*ext).len, (*ext).segments_left) };
+        if next_hdr == IPPROTO_ROUTING && segments_left != 0 {
+            return Err(Reason::PassNotL4);
+        }
+        next_hdr = next;
+        offset += (len as usize + 1) * 8;
+    }
+    if next_hdr == IPPROTO_FRAGMENT {
+        return Err(Reason::PassFragment);
+    }
+    Ok((next_hdr, offset))
+}
+
+/// The raw ports word and raw destination port of a TCP or UDP header
+/// at `offset`, which must be whole (20 or 8 bytes) within the IP packet
+/// that ends at `end`.
+#[inline(always)]
+fn parse_ports(ctx: &XdpContext, offset: usize, end: usize, proto: u8) -> Result<(u32, u16), Reason> {
     let header_len = match proto {
         IPPROTO_TCP => TCP_HDR_LEN,
         IPPROTO_UDP => UDP_HDR_LEN,
         _ => return Err(Reason::PassNotL4),
     };
-    if !has_bytes(ctx, offset, header_len) {
+    // The frame check first, for the verifier (see `ptr_within`).
+    let ports: *const Ports = ptr_at(ctx, offset).ok_or(Reason::PassTruncated)?;
+    if offset + header_len > end {
         return Err(Reason::PassTruncated);
     }
-    let ports: *const Ports = ptr_at(ctx, offset).ok_or(Reason::PassTruncated)?;
     // SAFETY: bounds checked by ptr_at.
     let (src, dst) = unsafe { ((*ports).src, (*ports).dst) };
     Ok((ports_word(src, dst), dst))
@@ -155,6 +230,20 @@ fn lookup_vip(key: &VipKey) -> Option<VipMeta> {
     // one is freed only after this RCU read section ends, so the copy is
     // one whole value, old or new.
     unsafe { VIPS.get(key).copied() }
+}
+
+/// Our own MAC if the frame is addressed to it. Broadcast, multicast and
+/// other stations' frames (a promiscuous port, a bridge flooding an
+/// unknown destination) may carry a VIP address too, but balancing them
+/// would turn one frame seen by many hosts into unicast to a real.
+#[inline(always)]
+fn addressed_to_us(ctx: &XdpContext) -> Option<MacWords> {
+    let config = DATAPATH_CONFIG.get(0)?;
+    let eth: *const EthHdr = ptr_at(ctx, 0)?;
+    // SAFETY: map values are 8-byte aligned; the header is inside the
+    // frame (ptr_at) and the frame's start is 2-byte aligned.
+    let (own, dst) = unsafe { (MacWords::load(&config.self_mac), MacWords::load(&(*eth).dst)) };
+    own.same(dst).then_some(own)
 }
 
 // ---- pick ------------------------------------------------------------------
@@ -181,14 +270,13 @@ fn pick_real(vip: &VipMeta, flow: &Flow) -> Option<u32> {
 /// is untouched; the real holds the VIP on a loopback and answers the
 /// client directly.
 #[inline(always)]
-fn rewrite_l2(ctx: &XdpContext, real_id: u32) -> Option<()> {
+fn rewrite_l2(ctx: &XdpContext, real_id: u32, own_mac: MacWords) -> Option<()> {
     let real = REALS.get(real_id)?;
-    let config = DATAPATH_CONFIG.get(0)?;
     let eth: *mut EthHdr = ptr_at_mut(ctx, 0)?;
-    // SAFETY: bounds checked by ptr_at_mut.
+    // SAFETY: bounds checked by ptr_at_mut; as in `addressed_to_us`.
     unsafe {
-        (*eth).dst = real.mac;
-        (*eth).src = config.self_mac;
+        MacWords::load(&real.mac).store(&mut (*eth).dst);
+        own_mac.store(&mut (*eth).src);
     }
     Some(())
 }
