@@ -31,8 +31,9 @@ pub fn attach_pass(ns: &str, ifname: &str) -> Result<()> {
     Ok(())
 }
 
-/// `FULCRUM_XDP_PASS` if set, else `<target>/bpfel-unknown-none/release/fulcrum-xdp-pass`
-/// next to the profile directory of the running executable.
+/// `FULCRUM_XDP_PASS` if set, else `<target>/ebpf/bpfel-unknown-none/release/fulcrum-xdp-pass`
+/// (where `cargo xtask build-ebpf` and fulcrum-l4's build script put the
+/// XDP programs) above the running executable.
 fn pass_object() -> Result<PathBuf> {
     if let Some(path) = std::env::var_os("FULCRUM_XDP_PASS") {
         return Ok(PathBuf::from(path));
@@ -40,9 +41,9 @@ fn pass_object() -> Result<PathBuf> {
     let exe = std::env::current_exe().context("locating the current executable")?;
     let target = exe
         .ancestors()
-        .find(|dir| dir.join("bpfel-unknown-none").is_dir())
-        .with_context(|| format!("no bpfel-unknown-none build above {}: run `cargo xtask build-ebpf`", exe.display()))?;
-    let object = target.join("bpfel-unknown-none/release/fulcrum-xdp-pass");
+        .find(|dir| dir.join("ebpf/bpfel-unknown-none").is_dir())
+        .with_context(|| format!("no ebpf/bpfel-unknown-none build above {}: run `cargo xtask build-ebpf`", exe.display()))?;
+    let object = target.join("ebpf/bpfel-unknown-none/release/fulcrum-xdp-pass");
     if !object.is_file() {
         bail!("{} is missing: run `cargo xtask build-ebpf`", object.display());
     }

@@ -10,7 +10,7 @@ use crate::setup;
 
 /// Where `build-ebpf` leaves the objects (the user-space build embeds `fulcrum-xdp`).
 pub fn ebpf_dir(root: &Path) -> PathBuf {
-    root.join("target/bpfel-unknown-none/release")
+    root.join("target/ebpf/bpfel-unknown-none/release")
 }
 
 /// `cargo xtask build-ebpf`: the XDP programs, with the nightly toolchain.
@@ -20,7 +20,7 @@ pub fn ebpf(root: &Path) -> Result<()> {
         .args(["+nightly", "build", "--release", "--locked"])
         .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core"])
         .arg("--target-dir")
-        .arg(root.join("target"));
+        .arg(root.join("target/ebpf"));
     // The outer `cargo xtask` runs on stable; don't let its choice leak in.
     for var in ["RUSTUP_TOOLCHAIN", "RUSTC", "RUSTC_WRAPPER", "RUSTFLAGS", "CARGO_ENCODED_RUSTFLAGS"] {
         cmd.env_remove(var);

@@ -33,16 +33,16 @@ pub use plan::{macs, Plan, PlanVip};
 pub use tables::{Applied, VipTable, WriteCounts, SLOT_REUSE_DELAY};
 pub use writer::{ApplyReport, Writer, WriterStatus};
 
-/// The XDP object built by `cargo xtask build-ebpf`, embedded at build
-/// time; empty when it was built without one (see build.rs).
+/// The XDP object built by build.rs, embedded at build time; empty when
+/// the eBPF toolchain was missing (see build.rs).
 static XDP_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("FULCRUM_XDP_OBJECT"));
 
 /// What went wrong loading, attaching or updating the datapath.
 #[derive(Debug, Error)]
 pub enum DatapathError {
     #[error(
-        "this fulcrum was built without its eBPF object (the nightly toolchain was missing): \
-         run `cargo xtask build-ebpf`, then build fulcrum again"
+        "this fulcrum was built without its eBPF object (the eBPF toolchain was missing): \
+         run `cargo xtask setup`, then build fulcrum again"
     )]
     NoObject,
     #[error("loading the XDP object: {0}")]
