@@ -39,6 +39,25 @@ pub mod names {
     pub const VIP_STATS: &str = "VIP_STATS";
     pub const REAL_STATS: &str = "REAL_STATS";
     pub const REASON_STATS: &str = "REASON_STATS";
+    pub const VIP_FILTER: &str = "VIP_FILTER";
+}
+
+/// Words of the `VIP_FILTER` array: 64 x 64 = 4096 bits.
+pub const VIP_FILTER_WORDS: u32 = 64;
+
+/// The `VIP_FILTER` bit of a destination address, as stored in
+/// `VipKey::addr`: word `bit / 64`, bit `bit % 64`.
+///
+/// The filter is a one-hash Bloom filter over the VIP addresses: a clear
+/// bit proves an address is no VIP, so the datapath passes most non-VIP
+/// traffic after one inlined array load instead of a hash-map lookup. A set
+/// bit only means "look the VIP up". The fold and the multiplicative hash
+/// (Knuth's 2^32 / golden ratio) spread the last word, which varies most
+/// between addresses, over the bits.
+#[inline(always)]
+pub const fn vip_filter_bit(addr: &[u32; 4]) -> u32 {
+    let folded = addr[0] ^ addr[1] ^ addr[2] ^ addr[3];
+    folded.wrapping_mul(0x9e37_79b1) >> 20
 }
 
 /// IP protocol numbers (IANA) the datapath balances.
@@ -241,3 +260,26 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod filter_tests {
+    use super::*;
+
+    #[test]
+    fn nearby_addresses_spread_over_the_filter() {
+        let bits: [u32; 256] = core::array::from_fn(|i| {
+            vip_filter_bit(&addr_words(core::net::IpAddr::from([198, 18, 1, i as u8])))
+        });
+        let mut seen = [false; (VIP_FILTER_WORDS * 64) as usize];
+        let mut distinct = 0;
+        for bit in bits {
+            assert!(bit < VIP_FILTER_WORDS * 64);
+            distinct += usize::from(!core::mem::replace(&mut seen[bit as usize], true));
+        }
+        // 256 addresses into 4096 bits: a uniform hash collides ~8 times.
+        assert!(distinct >= 240, "{distinct}");
+        let v6 = addr_words(core::net::IpAddr::from([0xfd00, 0x18, 1, 0, 0, 0, 0, 1]));
+        assert!(vip_filter_bit(&v6) < VIP_FILTER_WORDS * 64);
+    }
+}
+

@@ -6,8 +6,16 @@ use aya_ebpf::{
 };
 use fulcrum_common::{
     Counters, DatapathConfig, RealDef, Reason, VipKey, VipMeta, LOOKUP_TABLES_LEN, MAX_REALS,
-    MAX_VIPS,
+    MAX_VIPS, VIP_FILTER_WORDS,
 };
+
+/// One bit per `vip_filter_bit` of every VIP address (a Bloom filter with
+/// one hash): a clear bit means "no VIP has this destination", decided by
+/// an array load the verifier inlines, before any hash-map lookup. User
+/// space sets a VIP's bit before adding the VIP and clears it only after
+/// removing it, so a VIP's packets never miss the filter.
+#[map]
+pub static VIP_FILTER: Array<u64> = Array::with_max_entries(VIP_FILTER_WORDS, 0);
 
 /// (address, port, protocol) -> VIP metadata. Empty means "pass everything".
 /// Not preallocated: an update links a new element and frees the old one

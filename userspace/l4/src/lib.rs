@@ -113,6 +113,7 @@ impl Datapath {
         };
         let vips = typed(take(names::VIPS)?, names::VIPS)?;
         let reals = typed(take(names::REALS)?, names::REALS)?;
+        let vip_filter = typed(take(names::VIP_FILTER)?, names::VIP_FILTER)?;
         let config = typed(take(names::DATAPATH_CONFIG)?, names::DATAPATH_CONFIG)?;
         let vip_stats: PerCpuArray<MapData, Counters> = typed(take(names::VIP_STATS)?, names::VIP_STATS)?;
         let real_stats: PerCpuArray<MapData, Counters> = typed(take(names::REAL_STATS)?, names::REAL_STATS)?;
@@ -126,6 +127,7 @@ impl Datapath {
             lookup_tables: tables::TableMemory::map(&lookup_tables)?,
             vips,
             reals,
+            vip_filter,
             vip_stats,
             real_stats,
         };

@@ -32,7 +32,8 @@ use std::{
 
 use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuValues, Array};
 use fulcrum_common::{
-    names, Counters, Mac, RealDef, VipKey, VipMeta, LOOKUP_TABLES_LEN, MAGLEV_MAX_TABLE_SIZE, MAX_REALS, MAX_VIPS,
+    names, vip_filter_bit, Counters, Mac, RealDef, VipKey, VipMeta, LOOKUP_TABLES_LEN, MAGLEV_MAX_TABLE_SIZE,
+    MAX_REALS, MAX_VIPS, VIP_FILTER_WORDS,
 };
 
 use crate::{
@@ -50,6 +51,7 @@ pub(crate) struct Maps {
     pub vips: BpfHashMap<MapData, VipKey, VipMeta>,
     pub lookup_tables: TableMemory,
     pub reals: Array<MapData, RealDef>,
+    pub vip_filter: Array<MapData, u64>,
     pub vip_stats: PerCpuArray<MapData, Counters>,
     pub real_stats: PerCpuArray<MapData, Counters>,
 }
@@ -96,10 +98,17 @@ struct WrittenVip {
 
 /// The writer's state: what each VIP entry and real id holds. The one
 /// record of what is in the maps; [`Applied`] is a view of it.
-#[derive(Default)]
 pub(crate) struct Tables {
     vips: HashMap<String, WrittenVip>,
     reals: HashMap<IpAddr, (u32, Option<Mac>)>,
+    /// The `VIP_FILTER` words as written.
+    filter: [u64; VIP_FILTER_WORDS as usize],
+}
+
+impl Default for Tables {
+    fn default() -> Self {
+        Tables { vips: HashMap::new(), reals: HashMap::new(), filter: [0; VIP_FILTER_WORDS as usize] }
+    }
 }
 
 impl Tables {
@@ -111,6 +120,10 @@ impl Tables {
     }
 
     pub fn apply(&mut self, maps: &mut Maps, plan: &Plan) -> Result<WriteCounts, DatapathError> {
+        // The address filter admits every VIP old or new while entries
+        // change, and only the new ones once the apply is complete.
+        let both: Vec<VipKey> = self.vips.values().map(|w| w.key).chain(plan.vips.iter().map(|v| v.key)).collect();
+        self.write_filter(maps, &both)?;
         self.remove_vips(maps, plan)?;
         self.free_reals(plan);
         // MAC changes of reals that keep their id first: a table written
@@ -148,7 +161,26 @@ impl Tables {
                 self.write_real(maps, address, mac)?;
             }
         }
+        let keys: Vec<VipKey> = plan.vips.iter().map(|v| v.key).collect();
+        self.write_filter(maps, &keys)?;
         Ok(counts)
+    }
+
+    /// Makes `VIP_FILTER` hold exactly the bits of `keys`, writing only
+    /// the words that change.
+    fn write_filter(&mut self, maps: &mut Maps, keys: &[VipKey]) -> Result<(), DatapathError> {
+        let mut words = [0u64; VIP_FILTER_WORDS as usize];
+        for key in keys {
+            let bit = vip_filter_bit(&key.addr);
+            words[(bit / 64) as usize] |= 1 << (bit % 64);
+        }
+        for (index, (&new, old)) in words.iter().zip(self.filter.iter_mut()).enumerate() {
+            if new != *old {
+                maps.vip_filter.set(index as u32, new, 0).map_err(map_err(names::VIP_FILTER))?;
+                *old = new;
+            }
+        }
+        Ok(())
     }
 
     /// Removes VIPs that left the plan, and the old entry of a VIP whose
