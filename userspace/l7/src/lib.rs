@@ -1,0 +1,207 @@
+//! fulcrum's L7 HTTP reverse proxy core (issue 10): thread-per-core
+//! workers on compio (io_uring), hyper 1.x HTTP/1.1 on both sides, routing
+//! by Host and path prefix, pools balanced with Apache's method names.
+//!
+//! The proxy never runs inside the control plane's tokio runtime. The
+//! control plane gives it a [`SharedSnapshot`] (an `ArcSwap<Snapshot>`)
+//! and swaps whole snapshots in from its own thread; it reads per-member
+//! counters back from [`MemberStats`] atomics.
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use fulcrum_l7::*;
+//! let snap = shared(Snapshot::default());
+//! let proxy = Proxy::start(ProxyConfig::new(vec!["0.0.0.0:8080".parse().unwrap()]), snap.clone())
+//!     .expect("start");
+//! // later, from the control plane:
+//! snap.store(Arc::new(Snapshot::default()));
+//! proxy.shutdown();
+//! ```
+//!
+//! # Design record
+//!
+//! (To move to `docs/l7.md`.)
+//!
+//! ## Runtime: compio 0.19
+//!
+//! compio 0.19.2 is the newest non-beta release (0.20 is a beta) and
+//! builds on Rust 1.95. Its `Runtime` is single-threaded with one driver
+//! (one ring) each, which is exactly thread-per-core: [`Proxy::start`]
+//! starts [`ProxyConfig::workers`] OS threads, each with its own runtime
+//! and its own listening socket per address, all with `SO_REUSEPORT` so
+//! the kernel spreads connections over the workers. Sockets are built
+//! with socket2 on the starting thread (so errors surface before any
+//! thread starts and port 0 resolves once for all workers) and handed to
+//! each runtime with `TcpListener::from_std`. A worker can be pinned to a
+//! CPU ([`ProxyConfig::cpu_affinity`], via compio's `thread_affinity`).
+//! Nothing is shared between workers on the request path except the
+//! snapshot load (one atomic) and the counters (relaxed atomics).
+//!
+//! ## Drivers and the io_uring probe
+//!
+//! With both compio features `io-uring` and `polling`, compio builds its
+//! "fusion" driver, which picks io_uring or polling *at runtime* per
+//! runtime. Left to itself (no `driver_type`), compio probes opcode
+//! support and silently falls back to polling when a ring cannot be
+//! created (its only notice is a `compio-log` line, which is off unless
+//! its `enable_log` feature is set). fulcrum does not rely on that: at
+//! start it probes once by creating a ring with the driver type forced to
+//! io_uring ([`probe_io_uring`]); `io_uring_setup` fails with EPERM when
+//! `kernel.io_uring_disabled` forbids it and with ENOSYS under a seccomp
+//! filter. With [`DriverChoice::Auto`] a failure gives one warning line
+//! and every worker is built with the driver forced to polling; the
+//! workers are then never left to compio's own per-runtime choice, so all
+//! run the same driver and [`Proxy::driver`] says which. Tests force
+//! [`DriverChoice::Polling`] to run the whole suite on the fallback; the
+//! decision itself is tested with an injected probe ([`choose_driver`]).
+//!
+//! ## HTTP over completions: the adapter
+//!
+//! hyper's `rt::Read`/`rt::Write` are readiness-style (`poll_read` into a
+//! borrowed buffer); io_uring needs the buffer to stay owned by the
+//! kernel operation until its completion. We use the maintained
+//! `cyper-core` 0.9 (`HyperStream`, from the compio project, matching
+//! compio 0.19), which sits on compio-io's `compat` layer:
+//!
+//! - Reads: the stream owns an internal buffer (8 KiB, growing up to
+//!   compio-io's limit). `poll_read` serves hyper from what is buffered; if
+//!   empty it starts (or keeps polling) a boxed read future that *moves*
+//!   the buffer into a `recv` operation and gets it back with the
+//!   completion, then copies into hyper's slice. So hyper's borrowed
+//!   buffer is never handed to the kernel. Cost: one copy per read and one
+//!   `Box` per submitted read (cyper also zero-fills hyper's uninitialised
+//!   slice before the copy). To revisit for the performance targets
+//!   (a direct adapter that reads into hyper's buffer after moving it into
+//!   an owned `BytesMut` is possible).
+//! - Writes: `poll_write` copies into the stream's write buffer and
+//!   returns; `poll_flush` submits the owned buffer as a `send` and
+//!   completes when it is back. hyper flushes at the end of each message.
+//! - hyper's executor and timer: http1 needs no executor (we spawn the
+//!   connection futures ourselves with `compio::runtime::spawn`); the
+//!   timer (`header_read_timeout`) is cyper's `CompioTimer` over
+//!   `compio::time::sleep`.
+//!
+//! ## Cancellation and timeouts
+//!
+//! Dropping a compio operation future does not cancel the kernel
+//! operation by itself; compio's `Submit` future, when dropped while
+//! submitted, asks the driver to cancel (an `IORING_OP_ASYNC_CANCEL`) and
+//! hands the operation (its owned buffer and a clone of the socket's
+//! `SharedFd`) to the driver, which frees it only when the completion
+//! (success, error or `ECANCELED`) arrives. The descriptor is closed when
+//! the last `SharedFd` clone is dropped, so never while an operation that
+//! names it is in flight: a late completion cannot land on a descriptor
+//! number reused by a newer socket. Our timeouts rely on exactly this:
+//! `compio::time::timeout` drops the inner future at the deadline. For a
+//! backend response timeout (504) the proxy also drops the connection's
+//! [`JoinHandle`](compio::runtime::JoinHandle), which cancels the task
+//! that drives it; the connection is never returned to the pool. A
+//! response body broken midway likewise discards its connection.
+//!
+//! ## Request path
+//!
+//! One snapshot load per request (`load_full`, an `Arc` kept until the
+//! request ends, so a swap never affects requests in flight); the
+//! listener's routes in order (Host exact or `*.suffix`, then path
+//! prefix): no route gives 404. The worker's balancer for the pool picks a
+//! usable member (none: 503). A connection comes from the worker's idle
+//! pool for that member (checked open and ready; a closed one is dropped
+//! and costs nothing since nothing was sent) or is opened within
+//! [`ProxyConfig::connect_timeout`]. A connect failure counts a failure
+//! and tries another member not yet tried; when all were tried, 502. The
+//! request goes out with hop-by-hop fields removed (RFC 9110 7.6.1, and
+//! fields named in Connection except Host and Content-Length),
+//! X-Forwarded-For appended, X-Forwarded-Proto and -Host set, Host kept
+//! or replaced by the member's ([`Route::preserve_host`]), and an
+//! origin-form target. No response head within
+//! [`ProxyConfig::response_timeout`] gives 504; another exchange error,
+//! 502. The response's hop-by-hop fields are removed and its body relayed
+//! as it arrives; at its end the connection returns to the idle pool
+//! (at most [`ProxyConfig::max_idle_per_member`] per member and worker),
+//! unless the member said `Connection: close`. Malformed requests are
+//! answered by hyper (400, 431 for too large a head) and that connection
+//! is closed; other connections are unaffected.
+//!
+//! ## Balancing
+//!
+//! [`Balancer`] is a small pure trait (pick among members that a
+//! predicate allows). `byrequests` is nginx's smooth weighted round
+//! robin. Each worker keeps its own balancer per pool of the current
+//! snapshot (no shared state, no lock); the state restarts with a new
+//! snapshot.
+//!
+//! ## Not yet (rest of issue 10)
+//!
+//! Config file and daemon wiring, `bybusyness`/`bytraffic`/`byip`/`p2c`,
+//! sticky sessions, member status flags, lbset, spares and standbys,
+//! passive health and slow start, retry of idempotent requests on a reset,
+//! ProxyPassReverse, `Forwarded` (RFC 7239), the full set of timeouts and
+//! limits with their statuses, request hygiene beyond hyper's parser,
+//! WebSocket, `Expect: 100-continue` checks, access log, graceful drain,
+//! TLS, HTTP/2, benchmarks.
+
+#![warn(missing_docs)]
+
+use std::{net::SocketAddr, time::Duration};
+
+pub mod balancer;
+pub mod headers;
+mod proxy;
+mod runtime;
+pub mod snapshot;
+
+pub use balancer::{Balancer, ByRequests};
+pub use proxy::{BoxError, ProxyBody};
+pub use runtime::{choose_driver, probe_io_uring, DriverChoice, DriverKind, Proxy, StartError};
+pub use snapshot::{
+    shared, HostMatch, LbMethod, ListenerRoutes, Member, MemberStats, Pool, Route, SharedSnapshot,
+    Snapshot,
+};
+
+/// How the proxy runs: sockets, threads, driver, timeouts. Fixed for the
+/// life of a [`Proxy`] (what may change at runtime is in the
+/// [`Snapshot`]).
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    /// Addresses to listen on; every worker opens its own `SO_REUSEPORT`
+    /// socket on each. Port 0 picks one port for all workers.
+    pub listen: Vec<SocketAddr>,
+    /// Worker threads, each with its own runtime (at least 1).
+    pub workers: usize,
+    /// CPUs to pin workers to: worker `i` runs on `cpus[i % len]`. `None`
+    /// (or empty) leaves scheduling to the kernel.
+    pub cpu_affinity: Option<Vec<usize>>,
+    /// io_uring, polling, or io_uring with fallback.
+    pub driver: DriverChoice,
+    /// `listen(2)` backlog per socket.
+    pub backlog: i32,
+    /// Time to establish a TCP connection to a member. Default 5 s.
+    pub connect_timeout: Duration,
+    /// Time from sending a request to a member until its response head
+    /// arrives; past it the client gets 504. Default 60 s.
+    pub response_timeout: Duration,
+    /// Time for a client to send a complete request head (bounds
+    /// slowloris); hyper then closes the connection. Default 10 s.
+    pub header_read_timeout: Duration,
+    /// Idle keep-alive connections kept per member and per worker.
+    /// Default 32.
+    pub max_idle_per_member: usize,
+}
+
+impl ProxyConfig {
+    /// Defaults: one worker, automatic driver, no pinning, the timeouts
+    /// documented on each field.
+    pub fn new(listen: Vec<SocketAddr>) -> ProxyConfig {
+        ProxyConfig {
+            listen,
+            workers: 1,
+            cpu_affinity: None,
+            driver: DriverChoice::Auto,
+            backlog: 1024,
+            connect_timeout: Duration::from_secs(5),
+            response_timeout: Duration::from_secs(60),
+            header_read_timeout: Duration::from_secs(10),
+            max_idle_per_member: 32,
+        }
+    }
+}

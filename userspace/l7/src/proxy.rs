@@ -1,0 +1,501 @@
+//! The request path of one worker thread: route, pick a member, get an
+//! upstream connection (pooled or new), forward, relay the response.
+//!
+//! Everything here runs on one compio runtime and is `!Send` by design
+//! (`Rc`, `RefCell`): a worker's balancers and idle connections belong to
+//! it alone, so nothing on the request path takes a lock.
+
+use std::{
+    cell::RefCell,
+    collections::HashMap,
+    convert::Infallible,
+    future::poll_fn,
+    net::SocketAddr,
+    pin::Pin,
+    rc::Rc,
+    sync::{atomic::Ordering, Arc},
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use bytes::Bytes;
+use compio::{net::TcpStream, runtime::JoinHandle};
+use cyper_core::HyperStream;
+use http::{header, HeaderValue, Request, Response, StatusCode, Uri};
+use hyper::{
+    body::{Body, Frame, Incoming, SizeHint},
+    client::conn::http1::SendRequest,
+};
+
+use crate::{
+    balancer::{new_balancer, Balancer},
+    headers,
+    snapshot::{MemberStats, SharedSnapshot, Snapshot},
+    ProxyConfig,
+};
+
+/// Error type of the bodies the proxy produces.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Per-worker state shared by all connections of that worker.
+pub(crate) struct Worker {
+    snapshot: SharedSnapshot,
+    connect_timeout: Duration,
+    response_timeout: Duration,
+    max_idle_per_member: usize,
+    balancers: RefCell<Balancers>,
+    idle: RefCell<HashMap<SocketAddr, Vec<Upstream>>>,
+}
+
+/// The balancers of the snapshot they were built for, one per pool.
+struct Balancers {
+    snapshot: Option<Arc<Snapshot>>,
+    per_pool: Vec<Box<dyn Balancer>>,
+}
+
+/// An HTTP/1.1 connection to a member: the hyper handle to send on and the
+/// task driving the connection. Dropping it cancels the task, which drops
+/// the socket; compio keeps the descriptor open until every operation
+/// still in flight on it has completed (see the crate docs).
+struct Upstream {
+    sender: SendRequest<Counted<Incoming>>,
+    _task: JoinHandle<()>,
+}
+
+impl Worker {
+    pub(crate) fn new(snapshot: SharedSnapshot, config: &ProxyConfig) -> Worker {
+        Worker {
+            snapshot,
+            connect_timeout: config.connect_timeout,
+            response_timeout: config.response_timeout,
+            max_idle_per_member: config.max_idle_per_member,
+            balancers: RefCell::new(Balancers {
+                snapshot: None,
+                per_pool: Vec::new(),
+            }),
+            idle: RefCell::new(HashMap::new()),
+        }
+    }
+
+    /// Picks a member of pool `pool` of `snap` with this worker's balancer
+    /// for it, rebuilding the balancers when the snapshot changed.
+    fn pick(
+        &self,
+        snap: &Arc<Snapshot>,
+        pool: usize,
+        eligible: &dyn Fn(usize) -> bool,
+    ) -> Option<usize> {
+        let mut b = self.balancers.borrow_mut();
+        if !b.snapshot.as_ref().is_some_and(|s| Arc::ptr_eq(s, snap)) {
+            b.per_pool = snap
+                .pools
+                .iter()
+                .map(|p| new_balancer(p.lbmethod, p.members.len()))
+                .collect();
+            b.snapshot = Some(snap.clone());
+        }
+        b.per_pool[pool].pick(&snap.pools[pool].members, eligible)
+    }
+
+    /// Takes an idle connection to `addr` that is still open, newest first
+    /// (the most recently used is the least likely to have been closed by
+    /// the member's idle timeout).
+    fn checkout(&self, addr: SocketAddr) -> Option<Upstream> {
+        let mut idle = self.idle.borrow_mut();
+        let list = idle.get_mut(&addr)?;
+        while let Some(u) = list.pop() {
+            if !u.sender.is_closed() {
+                return Some(u);
+            }
+        }
+        None
+    }
+
+    /// Returns a connection whose last response was fully relayed. Beyond
+    /// the idle limit the connection is closed.
+    fn checkin(&self, addr: SocketAddr, u: Upstream) {
+        if u.sender.is_closed() {
+            return;
+        }
+        let mut idle = self.idle.borrow_mut();
+        let list = idle.entry(addr).or_default();
+        if list.len() < self.max_idle_per_member {
+            list.push(u);
+        }
+    }
+
+    /// Opens a new connection to `addr` within the connect timeout.
+    async fn connect(&self, addr: SocketAddr) -> std::io::Result<Upstream> {
+        let stream = compio::time::timeout(self.connect_timeout, TcpStream::connect(addr))
+            .await
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timeout"))??;
+        // Small requests and responses: do not wait for Nagle.
+        stream.set_nodelay(true)?;
+        let (sender, conn) = hyper::client::conn::http1::handshake(HyperStream::new_plain(stream))
+            .await
+            .map_err(std::io::Error::other)?;
+        let task = compio::runtime::spawn(async move {
+            // The connection ends when the member closes it, on an error,
+            // or when `Upstream` is dropped (which cancels this task).
+            let _ = conn.await;
+        });
+        Ok(Upstream {
+            sender,
+            _task: task,
+        })
+    }
+
+    /// Handles one client request and never fails: every error becomes a
+    /// response with the proper status.
+    pub(crate) async fn handle(
+        self: Rc<Self>,
+        req: Request<Incoming>,
+        listener: SocketAddr,
+        client: SocketAddr,
+    ) -> Result<Response<ProxyBody>, Infallible> {
+        let snap = self.snapshot.load_full();
+        let host = request_host(&req);
+        let Some(routes) = snap.listener(listener) else {
+            return Ok(local(StatusCode::NOT_FOUND));
+        };
+        let Some(route) = routes
+            .routes
+            .iter()
+            .find(|r| r.matches(host.as_deref(), req.uri().path()))
+        else {
+            return Ok(local(StatusCode::NOT_FOUND));
+        };
+        let Some(pool) = snap.pools.get(route.pool) else {
+            return Ok(local(StatusCode::SERVICE_UNAVAILABLE));
+        };
+
+        // Pick a member and get a connection; on a connect failure try
+        // another member (the request has not left the proxy yet, so this
+        // is safe for every method), until none is left.
+        let mut tried = vec![false; pool.members.len()];
+        let (idx, mut up) = loop {
+            let Some(idx) = self.pick(&snap, route.pool, &|i| !tried[i]) else {
+                let status = if tried.iter().any(|&t| t) {
+                    StatusCode::BAD_GATEWAY
+                } else {
+                    StatusCode::SERVICE_UNAVAILABLE
+                };
+                return Ok(local(status));
+            };
+            let member = &pool.members[idx];
+            match self.ready_connection(member.address).await {
+                Ok(up) => break (idx, up),
+                Err(e) => {
+                    MemberStats::add(&member.stats.failures, 1);
+                    tracing::warn!(pool = %pool.name, member = %member.address, error = %e, "connect failed; trying another member");
+                    tried[idx] = true;
+                }
+            }
+        };
+        let member = &pool.members[idx];
+        let stats = member.stats.clone();
+
+        // Rewrite the request for the member.
+        let (mut parts, body) = req.into_parts();
+        let client_host = parts.headers.get(header::HOST).cloned();
+        headers::remove_hop_by_hop(&mut parts.headers);
+        headers::add_forwarded(
+            &mut parts.headers,
+            client.ip(),
+            "http",
+            client_host.as_ref(),
+        );
+        if !route.preserve_host || client_host.is_none() {
+            parts
+                .headers
+                .insert(header::HOST, member_host(member.address));
+        }
+        parts.uri = origin_form(&parts.uri);
+        parts.version = http::Version::HTTP_11;
+        let up_req = Request::from_parts(
+            parts,
+            Counted {
+                inner: body,
+                stats: stats.clone(),
+                sent: true,
+            },
+        );
+
+        MemberStats::add(&stats.requests, 1);
+        let outstanding = Outstanding::new(stats.clone());
+        let sent =
+            compio::time::timeout(self.response_timeout, up.sender.send_request(up_req)).await;
+        let resp = match sent {
+            Err(_) => {
+                // Dropping `up` cancels its connection task: the late
+                // response, if any, is discarded with the connection.
+                MemberStats::add(&stats.failures, 1);
+                tracing::warn!(pool = %pool.name, member = %member.address, "response timeout");
+                return Ok(local(StatusCode::GATEWAY_TIMEOUT));
+            }
+            Ok(Err(e)) => {
+                MemberStats::add(&stats.failures, 1);
+                tracing::warn!(pool = %pool.name, member = %member.address, error = %e, "upstream error");
+                return Ok(local(StatusCode::BAD_GATEWAY));
+            }
+            Ok(Ok(resp)) => resp,
+        };
+        let class = (resp.status().as_u16() / 100).clamp(1, 5) as usize - 1;
+        MemberStats::add(&stats.responses[class], 1);
+
+        let (mut parts, body) = resp.into_parts();
+        let reusable = !headers::wants_close(&parts.headers);
+        headers::remove_hop_by_hop(&mut parts.headers);
+        let relay = Relay {
+            body: Counted {
+                inner: body,
+                stats,
+                sent: false,
+            },
+            conn: if reusable {
+                Some((self.clone(), member.address, up))
+            } else {
+                None
+            },
+            _outstanding: outstanding,
+        };
+        let mut resp = Response::from_parts(parts, ProxyBody::Relay(relay));
+        if let ProxyBody::Relay(r) = resp.body_mut() {
+            // A body-less response (204, 304, empty) is complete already.
+            r.release_if_done();
+        }
+        Ok(resp)
+    }
+
+    /// A connection to `addr` that is ready to send: an idle one whose
+    /// readiness is confirmed, or a new one. An idle connection that turns
+    /// out closed is discarded without counting a failure: nothing was
+    /// sent on it, so trying the next is safe.
+    async fn ready_connection(&self, addr: SocketAddr) -> std::io::Result<Upstream> {
+        while let Some(mut up) = self.checkout(addr) {
+            match poll_fn(|cx| poll_ready_now(&mut up.sender, cx)).await {
+                Some(true) => return Ok(up),
+                Some(false) => continue,
+                None => {
+                    // Still finishing the previous exchange: wait for it,
+                    // bounded like a connect.
+                    match compio::time::timeout(self.connect_timeout, up.sender.ready()).await {
+                        Ok(Ok(())) => return Ok(up),
+                        _ => continue,
+                    }
+                }
+            }
+        }
+        self.connect(addr).await
+    }
+}
+
+/// Polls a sender's readiness once: `Some(true)` ready, `Some(false)`
+/// closed, `None` not yet.
+fn poll_ready_now<B>(s: &mut SendRequest<B>, cx: &mut Context<'_>) -> Poll<Option<bool>> {
+    Poll::Ready(match s.poll_ready(cx) {
+        Poll::Ready(Ok(())) => Some(true),
+        Poll::Ready(Err(_)) => Some(false),
+        Poll::Pending => None,
+    })
+}
+
+/// The Host the request named: the Host field, or the authority of an
+/// absolute-form URI; lowercase, without port.
+fn request_host<B>(req: &Request<B>) -> Option<String> {
+    req.headers()
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .and_then(headers::host_without_port)
+        .or_else(|| req.uri().host().map(|h| h.to_ascii_lowercase()))
+}
+
+/// The Host field for a member: `address:port`, without the port when it
+/// is 80 (RFC 9110 section 7.2: the default port may be omitted).
+fn member_host(addr: SocketAddr) -> HeaderValue {
+    let s = if addr.port() == 80 {
+        match addr {
+            SocketAddr::V4(a) => a.ip().to_string(),
+            SocketAddr::V6(a) => format!("[{}]", a.ip()),
+        }
+    } else {
+        addr.to_string()
+    };
+    HeaderValue::from_str(&s).expect("a socket address is a valid header value")
+}
+
+/// The origin-form (path and query) of a request target, which is what a
+/// member expects; an absolute-form target's authority has already been
+/// used for routing.
+fn origin_form(uri: &Uri) -> Uri {
+    match uri.path_and_query() {
+        Some(pq) if pq.as_str().starts_with('/') => Uri::from(pq.clone()),
+        _ => Uri::from_static("/"),
+    }
+}
+
+/// A response generated by the proxy itself (errors).
+fn local(status: StatusCode) -> Response<ProxyBody> {
+    let text = format!(
+        "{} {}\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or("")
+    );
+    let mut resp = Response::new(ProxyBody::Full(Some(Bytes::from(text))));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}
+
+/// Counts a member's `outstanding` requests: up on creation, down when the
+/// exchange ends (response relayed, failed or abandoned by the client).
+struct Outstanding(Arc<MemberStats>);
+
+impl Outstanding {
+    fn new(stats: Arc<MemberStats>) -> Outstanding {
+        stats.outstanding.fetch_add(1, Ordering::Relaxed);
+        Outstanding(stats)
+    }
+}
+
+impl Drop for Outstanding {
+    fn drop(&mut self) {
+        self.0.outstanding.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A body that adds the length of each data frame to the member's
+/// `bytes_sent` (request bodies) or `bytes_received` (response bodies).
+pub struct Counted<B> {
+    inner: B,
+    stats: Arc<MemberStats>,
+    sent: bool,
+}
+
+impl<B: Body<Data = Bytes> + Unpin> Body for Counted<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let r = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(f))) = &r {
+            if let Some(d) = f.data_ref() {
+                let c = if self.sent {
+                    &self.stats.bytes_sent
+                } else {
+                    &self.stats.bytes_received
+                };
+                MemberStats::add(c, d.len() as u64);
+            }
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A member's response body on its way to the client. When it has been
+/// read to the end, the connection goes back to the worker's idle pool.
+pub struct Relay {
+    body: Counted<Incoming>,
+    conn: Option<(Rc<Worker>, SocketAddr, Upstream)>,
+    _outstanding: Outstanding,
+}
+
+impl Relay {
+    fn release_if_done(&mut self) {
+        if self.body.is_end_stream() {
+            if let Some((w, addr, up)) = self.conn.take() {
+                w.checkin(addr, up);
+            }
+        }
+    }
+}
+
+/// The body of every response the proxy sends.
+pub enum ProxyBody {
+    /// Generated by the proxy (errors); `None` once sent.
+    Full(Option<Bytes>),
+    /// Relayed from a member.
+    Relay(Relay),
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            ProxyBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            ProxyBody::Relay(r) => {
+                let res = Pin::new(&mut r.body).poll_frame(cx);
+                match &res {
+                    Poll::Ready(None) | Poll::Ready(Some(Ok(_))) => r.release_if_done(),
+                    Poll::Ready(Some(Err(_))) => {
+                        // The exchange broke mid-body: the connection's
+                        // framing is unknown, never reuse it.
+                        r.conn = None;
+                        MemberStats::add(&r.body.stats.failures, 1);
+                    }
+                    Poll::Pending => {}
+                }
+                res.map(|o| o.map(|r| r.map_err(BoxError::from)))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ProxyBody::Full(b) => b.is_none(),
+            ProxyBody::Relay(r) => r.body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ProxyBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            ProxyBody::Relay(r) => r.body.size_hint(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn member_host_omits_default_port() {
+        assert_eq!(member_host("10.0.0.1:80".parse().unwrap()), "10.0.0.1");
+        assert_eq!(
+            member_host("10.0.0.1:8080".parse().unwrap()),
+            "10.0.0.1:8080"
+        );
+        assert_eq!(member_host("[::1]:80".parse().unwrap()), "[::1]");
+        assert_eq!(member_host("[::1]:81".parse().unwrap()), "[::1]:81");
+    }
+
+    #[test]
+    fn origin_form_of_targets() {
+        assert_eq!(
+            origin_form(&"http://a.example/x?y=1".parse().unwrap()),
+            "/x?y=1"
+        );
+        assert_eq!(origin_form(&"/p".parse().unwrap()), "/p");
+        assert_eq!(origin_form(&"*".parse().unwrap()), "/");
+    }
+}

@@ -1,0 +1,466 @@
+//! Worker threads: one compio runtime (one ring) per thread, each with its
+//! own `SO_REUSEPORT` listener on every listening address.
+
+use std::{
+    collections::HashSet,
+    future::{poll_fn, Future},
+    io,
+    net::SocketAddr,
+    pin::pin,
+    rc::Rc,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        mpsc, Arc, Mutex,
+    },
+    task::{Poll, Waker},
+    thread,
+    time::Duration,
+};
+
+use compio::{
+    driver::{DriverType, ProactorBuilder},
+    net::TcpListener,
+    runtime::RuntimeBuilder,
+};
+use cyper_core::{CompioTimer, HyperStream};
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::{proxy::Worker, snapshot::SharedSnapshot, ProxyConfig};
+
+/// Which compio driver to use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DriverChoice {
+    /// io_uring if the kernel lets this process create a ring, else the
+    /// polling driver with one warning.
+    #[default]
+    Auto,
+    /// io_uring or fail to start.
+    IoUring,
+    /// The polling driver (epoll), even where io_uring works. For tests of
+    /// the fallback path and for comparison.
+    Polling,
+}
+
+/// The driver the workers run on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DriverKind {
+    /// io_uring: every socket operation is a submission on the worker's
+    /// ring, completions carry the results.
+    IoUring,
+    /// compio's polling driver (epoll readiness, then the syscall).
+    Polling,
+}
+
+impl DriverKind {
+    fn compio(self) -> DriverType {
+        match self {
+            DriverKind::IoUring => DriverType::IoUring,
+            DriverKind::Polling => DriverType::Poll,
+        }
+    }
+}
+
+/// Errors starting the proxy.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The configuration cannot work (no listener, no worker).
+    #[error("invalid proxy configuration: {0}")]
+    Config(String),
+    /// `driver = IoUring` was asked for and the kernel refused a ring.
+    #[error("io_uring is unavailable: {0}")]
+    IoUringUnavailable(io::Error),
+    /// A listening socket could not be created, bound or put to listen.
+    #[error("listen on {addr}: {source}")]
+    Listen {
+        /// The configured address.
+        addr: SocketAddr,
+        /// The socket call's error.
+        source: io::Error,
+    },
+    /// A worker thread or its runtime could not start.
+    #[error("worker {worker}: {source}")]
+    Worker {
+        /// Worker index.
+        worker: usize,
+        /// The error.
+        source: io::Error,
+    },
+}
+
+/// Tries to create an io_uring with compio's driver. This is the probe:
+/// `io_uring_setup` fails with EPERM when `kernel.io_uring_disabled` is 2
+/// (or 1 for a process outside `io_uring_group`), with ENOSYS under a
+/// seccomp filter that blocks it.
+pub fn probe_io_uring() -> io::Result<()> {
+    ProactorBuilder::new()
+        .driver_type(DriverType::IoUring)
+        .build()
+        .map(drop)
+}
+
+/// Decides the driver from the configured choice and the probe's result.
+/// Returns the driver and, when falling back, the one warning to log.
+pub fn choose_driver(
+    choice: DriverChoice,
+    probe: impl FnOnce() -> io::Result<()>,
+) -> Result<(DriverKind, Option<String>), StartError> {
+    match choice {
+        DriverChoice::Polling => Ok((DriverKind::Polling, None)),
+        DriverChoice::IoUring => probe()
+            .map(|()| (DriverKind::IoUring, None))
+            .map_err(StartError::IoUringUnavailable),
+        DriverChoice::Auto => Ok(match probe() {
+            Ok(()) => (DriverKind::IoUring, None),
+            Err(e) => (
+                DriverKind::Polling,
+                Some(format!(
+                    "io_uring is unavailable ({e}; see kernel.io_uring_disabled and seccomp); \
+                     the L7 proxy falls back to the polling driver (epoll)"
+                )),
+            ),
+        }),
+    }
+}
+
+/// Wakes every worker's accept loops once, from any thread.
+#[derive(Default)]
+pub(crate) struct Shutdown {
+    stopped: AtomicBool,
+    wakers: Mutex<Vec<Waker>>,
+}
+
+impl Shutdown {
+    fn trigger(&self) {
+        self.stopped.store(true, Ordering::SeqCst);
+        for w in self.wakers.lock().expect("shutdown wakers").drain(..) {
+            w.wake();
+        }
+    }
+
+    /// Ready once `trigger` was called. The flag is checked after the
+    /// waker is registered, so a trigger between the two is not missed.
+    fn poll(&self, waker: &Waker) -> Poll<()> {
+        if self.stopped.load(Ordering::SeqCst) {
+            return Poll::Ready(());
+        }
+        {
+            let mut ws = self.wakers.lock().expect("shutdown wakers");
+            if !ws.iter().any(|w| w.will_wake(waker)) {
+                ws.push(waker.clone());
+            }
+        }
+        if self.stopped.load(Ordering::SeqCst) {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+}
+
+/// A running proxy: its worker threads and how to stop them.
+///
+/// Dropping it stops the workers too (and waits for them).
+pub struct Proxy {
+    threads: Vec<thread::JoinHandle<()>>,
+    shutdown: Arc<Shutdown>,
+    local_addrs: Vec<SocketAddr>,
+    driver: DriverKind,
+}
+
+impl Proxy {
+    /// Opens the listening sockets, starts `config.workers` threads and
+    /// returns once every worker's runtime is up (connections that arrive
+    /// before a worker accepts wait in the socket's backlog).
+    ///
+    /// Requests are routed with whatever `snapshot` holds when each request
+    /// starts; the control plane may `store` a new one at any time.
+    ///
+    /// Errors: [`StartError`]. On error nothing keeps running.
+    pub fn start(config: ProxyConfig, snapshot: SharedSnapshot) -> Result<Proxy, StartError> {
+        if config.listen.is_empty() {
+            return Err(StartError::Config("no listen address".into()));
+        }
+        if config.workers == 0 {
+            return Err(StartError::Config("workers must be at least 1".into()));
+        }
+        let (driver, warning) = choose_driver(config.driver, probe_io_uring)?;
+        if let Some(w) = warning {
+            tracing::warn!("{w}");
+        }
+
+        // sockets[w][l]: worker w's socket on listen address l. All sockets
+        // of one address share the port: with port 0, the first bind picks
+        // it and the others reuse it through SO_REUSEPORT.
+        let mut local_addrs = Vec::with_capacity(config.listen.len());
+        let mut sockets: Vec<Vec<std::net::TcpListener>> =
+            (0..config.workers).map(|_| Vec::new()).collect();
+        for &addr in &config.listen {
+            let mut bound = addr;
+            for per_worker in sockets.iter_mut() {
+                let s = listen_socket(bound, config.backlog)
+                    .map_err(|source| StartError::Listen { addr, source })?;
+                bound = s
+                    .local_addr()
+                    .map_err(|source| StartError::Listen { addr, source })?;
+                per_worker.push(s);
+            }
+            local_addrs.push(bound);
+        }
+
+        let shutdown = Arc::new(Shutdown::default());
+        let config = Arc::new(config);
+        let (ready_tx, ready_rx) = mpsc::channel::<(usize, io::Result<()>)>();
+        let mut proxy = Proxy {
+            threads: Vec::new(),
+            shutdown: shutdown.clone(),
+            local_addrs: local_addrs.clone(),
+            driver,
+        };
+        for (w, listeners) in sockets.into_iter().enumerate() {
+            let cpu = config
+                .cpu_affinity
+                .as_ref()
+                .filter(|c| !c.is_empty())
+                .map(|c| c[w % c.len()]);
+            let args = WorkerArgs {
+                index: w,
+                listeners,
+                addrs: local_addrs.clone(),
+                driver,
+                cpu,
+                snapshot: snapshot.clone(),
+                config: config.clone(),
+                shutdown: shutdown.clone(),
+            };
+            let tx = ready_tx.clone();
+            let t = thread::Builder::new()
+                .name(format!("fulcrum-l7-{w}"))
+                .spawn(move || worker_main(args, tx))
+                .map_err(|source| StartError::Worker { worker: w, source })?;
+            proxy.threads.push(t);
+        }
+        drop(ready_tx);
+        for _ in 0..config.workers {
+            match ready_rx.recv() {
+                Ok((_, Ok(()))) => {}
+                Ok((worker, Err(source))) => return Err(StartError::Worker { worker, source }),
+                Err(_) => {
+                    return Err(StartError::Worker {
+                        worker: usize::MAX,
+                        source: io::Error::other("a worker exited before reporting"),
+                    })
+                }
+            }
+        }
+        tracing::info!(workers = config.workers, ?driver, listen = ?local_addrs, "L7 proxy started");
+        Ok(proxy)
+    }
+
+    /// The bound listening addresses, in the order of
+    /// [`ProxyConfig::listen`] (the actual port where 0 was configured).
+    /// Routes are looked up by these addresses.
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        &self.local_addrs
+    }
+
+    /// The driver the workers run on.
+    pub fn driver(&self) -> DriverKind {
+        self.driver
+    }
+
+    /// Stops accepting, closes the listeners, and ends every worker thread,
+    /// cutting connections still open (graceful drain is not implemented
+    /// yet). Returns when all threads have exited.
+    pub fn shutdown(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        self.shutdown.trigger();
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A listening TCP socket with `SO_REUSEPORT` (and `SO_REUSEADDR`, so a
+/// restart does not wait for TIME_WAIT), bound and listening.
+fn listen_socket(addr: SocketAddr, backlog: i32) -> io::Result<std::net::TcpListener> {
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    s.set_reuse_address(true)?;
+    s.set_reuse_port(true)?;
+    if addr.is_ipv6() {
+        // Predictable on every host: `[::]` means IPv6 only; list
+        // `0.0.0.0` separately for IPv4.
+        s.set_only_v6(true)?;
+    }
+    s.bind(&addr.into())?;
+    s.listen(backlog)?;
+    Ok(s.into())
+}
+
+struct WorkerArgs {
+    index: usize,
+    listeners: Vec<std::net::TcpListener>,
+    addrs: Vec<SocketAddr>,
+    driver: DriverKind,
+    cpu: Option<usize>,
+    snapshot: SharedSnapshot,
+    config: Arc<ProxyConfig>,
+    shutdown: Arc<Shutdown>,
+}
+
+fn worker_main(args: WorkerArgs, ready: mpsc::Sender<(usize, io::Result<()>)>) {
+    let mut proactor = ProactorBuilder::new();
+    proactor.driver_type(args.driver.compio());
+    let mut builder = RuntimeBuilder::new();
+    builder.with_proactor(proactor);
+    if let Some(cpu) = args.cpu {
+        builder.thread_affinity(HashSet::from([cpu]));
+    }
+    let rt = match builder.build() {
+        // compio ignores a forced driver type only when built without the
+        // fusion driver; check so `Proxy::driver` can never lie.
+        Ok(rt) if rt.driver_type() == args.driver.compio() => rt,
+        Ok(rt) => {
+            let e = io::Error::other(format!(
+                "asked compio for {:?}, got {:?}",
+                args.driver,
+                rt.driver_type()
+            ));
+            let _ = ready.send((args.index, Err(e)));
+            return;
+        }
+        Err(e) => {
+            let _ = ready.send((args.index, Err(e)));
+            return;
+        }
+    };
+    let WorkerArgs {
+        index,
+        listeners,
+        addrs,
+        snapshot,
+        config,
+        shutdown,
+        ..
+    } = args;
+    rt.block_on(async move {
+        let mut compio_listeners = Vec::new();
+        for l in listeners {
+            match TcpListener::from_std(l) {
+                Ok(l) => compio_listeners.push(l),
+                Err(e) => {
+                    let _ = ready.send((index, Err(e)));
+                    return;
+                }
+            }
+        }
+        let worker = Rc::new(Worker::new(snapshot, &config));
+        let loops: Vec<_> = compio_listeners
+            .into_iter()
+            .zip(addrs)
+            .map(|(l, addr)| {
+                compio::runtime::spawn(accept_loop(
+                    l,
+                    addr,
+                    worker.clone(),
+                    config.clone(),
+                    shutdown.clone(),
+                ))
+            })
+            .collect();
+        let _ = ready.send((index, Ok(())));
+        for l in loops {
+            let _ = l.await;
+        }
+    });
+    // Dropping the runtime cancels the connection tasks still running.
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    addr: SocketAddr,
+    worker: Rc<Worker>,
+    config: Arc<ProxyConfig>,
+    shutdown: Arc<Shutdown>,
+) {
+    loop {
+        let mut accept = pin!(listener.accept());
+        let next = poll_fn(|cx| {
+            if shutdown.poll(cx.waker()).is_ready() {
+                return Poll::Ready(None);
+            }
+            accept.as_mut().poll(cx).map(Some)
+        })
+        .await;
+        match next {
+            None => return,
+            Some(Ok((stream, peer))) => {
+                let _ = stream.set_nodelay(true);
+                let task = serve(stream, addr, peer, worker.clone(), config.clone());
+                compio::runtime::spawn(task).detach();
+            }
+            Some(Err(e)) => {
+                // EMFILE, ENFILE, ENOBUFS: back off instead of spinning on
+                // an error that persists until a descriptor is freed.
+                tracing::warn!(listen = %addr, error = %e, "accept failed");
+                compio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
+
+async fn serve(
+    stream: compio::net::TcpStream,
+    listener: SocketAddr,
+    peer: SocketAddr,
+    worker: Rc<Worker>,
+    config: Arc<ProxyConfig>,
+) {
+    let svc = hyper::service::service_fn(move |req| worker.clone().handle(req, listener, peer));
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(CompioTimer)
+        .header_read_timeout(config.header_read_timeout)
+        .keep_alive(true);
+    if let Err(e) = http
+        .serve_connection(HyperStream::new_plain(stream), svc)
+        .await
+    {
+        // Client resets, parse errors (hyper has already answered 4xx when
+        // it could), header read timeouts.
+        tracing::debug!(client = %peer, error = %e, "client connection ended with an error");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn driver_choice() {
+        let refuse = || Err(io::Error::from_raw_os_error(libc::EPERM));
+        let (d, w) = choose_driver(DriverChoice::Auto, refuse).unwrap();
+        assert_eq!(d, DriverKind::Polling);
+        assert!(w.unwrap().contains("falls back to the polling driver"));
+        assert_eq!(
+            choose_driver(DriverChoice::Auto, || Ok(())).unwrap(),
+            (DriverKind::IoUring, None)
+        );
+        assert!(matches!(
+            choose_driver(DriverChoice::IoUring, refuse),
+            Err(StartError::IoUringUnavailable(_))
+        ));
+        let never = || -> io::Result<()> { panic!("the polling choice does not probe") };
+        assert_eq!(
+            choose_driver(DriverChoice::Polling, never).unwrap(),
+            (DriverKind::Polling, None)
+        );
+    }
+}

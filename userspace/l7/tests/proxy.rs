@@ -1,0 +1,660 @@
+//! The proxy on loopback against real hyper backends (on a tokio runtime in
+//! the test harness), driven by a raw HTTP/1.1 client over std sockets so
+//! that tests can send exactly the bytes they mean, malformed ones too.
+//!
+//! Every scenario runs twice, on the io_uring driver and on the polling
+//! driver (the fallback). Where the kernel refuses io_uring, the io_uring
+//! variants say so on stderr and pass, unless `FULCRUM_REQUIRE_IO_URING=1`
+//! makes them fail.
+
+use std::{
+    collections::HashMap,
+    convert::Infallible,
+    io::{Read, Write},
+    net::{SocketAddr, TcpStream},
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc, Mutex, OnceLock,
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use fulcrum_l7::*;
+use http_body_util::Full;
+use hyper::{body::Incoming, Request, Response};
+
+// ---------------------------------------------------------------- backends
+
+fn tokio_rt() -> &'static tokio::runtime::Runtime {
+    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RT.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap()
+    })
+}
+
+/// What a backend saw of one request.
+#[derive(Debug, Clone)]
+struct Seen {
+    path: String,
+    headers: http::HeaderMap,
+    body_len: usize,
+}
+
+/// An HTTP/1.1 backend answering with its own name. `/sleep/<ms>` waits
+/// that long before answering. Every response carries a hop-by-hop field
+/// (`X-Hop`, named in Connection) that the proxy must remove.
+#[derive(Clone)]
+struct Backend {
+    name: &'static str,
+    addr: SocketAddr,
+    hits: Arc<AtomicUsize>,
+    /// TCP connections accepted.
+    conns: Arc<AtomicUsize>,
+    seen: Arc<Mutex<Vec<Seen>>>,
+}
+
+impl Backend {
+    fn start(name: &'static str) -> Backend {
+        let listener = tokio_rt()
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let b = Backend {
+            name,
+            addr: listener.local_addr().unwrap(),
+            hits: Arc::default(),
+            conns: Arc::default(),
+            seen: Arc::default(),
+        };
+        let bb = b.clone();
+        tokio_rt().spawn(async move {
+            loop {
+                let Ok((s, _)) = listener.accept().await else {
+                    return;
+                };
+                bb.conns.fetch_add(1, Ordering::SeqCst);
+                let bb = bb.clone();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req| bb.clone().answer(req));
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+                        .await;
+                });
+            }
+        });
+        b
+    }
+
+    async fn answer(self, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+        self.hits.fetch_add(1, Ordering::SeqCst);
+        let path = req.uri().path().to_string();
+        let headers = req.headers().clone();
+        let body_len = http_body_util::BodyExt::collect(req.into_body())
+            .await
+            .map_or(usize::MAX, |b| b.to_bytes().len());
+        self.seen.lock().unwrap().push(Seen {
+            path: path.clone(),
+            headers,
+            body_len,
+        });
+        if let Some(ms) = path.strip_prefix("/sleep/") {
+            tokio::time::sleep(Duration::from_millis(ms.parse().unwrap())).await;
+        }
+        let resp = Response::builder()
+            .header("x-backend", self.name)
+            .header("connection", "x-hop")
+            .header("x-hop", "must not reach the client")
+            .body(Full::new(Bytes::from(self.name)))
+            .unwrap();
+        Ok(resp)
+    }
+
+    fn hits(&self) -> usize {
+        self.hits.load(Ordering::SeqCst)
+    }
+}
+
+/// An address where nothing listens (a port just released).
+fn dead_addr() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+// ------------------------------------------------------------------ client
+
+#[derive(Debug)]
+struct Reply {
+    status: u16,
+    headers: HashMap<String, String>,
+    body: String,
+}
+
+/// Sends `raw` on a new connection and reads one response until the
+/// server closes (requests carry `Connection: close`).
+fn send_raw(addr: SocketAddr, raw: &str) -> Reply {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(raw.as_bytes()).unwrap();
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).unwrap();
+    parse(&buf)
+}
+
+fn parse(buf: &[u8]) -> Reply {
+    let text = String::from_utf8_lossy(buf);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("no head in {text:?}"));
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    Reply {
+        status,
+        headers,
+        body: body.to_string(),
+    }
+}
+
+fn get(addr: SocketAddr, host: &str, path: &str) -> Reply {
+    send_raw(
+        addr,
+        &format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"),
+    )
+}
+
+/// Waits for `cond` up to 5 s.
+fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        thread::sleep(Duration::from_millis(5));
+    }
+}
+
+// ------------------------------------------------------------------- setup
+
+fn pool(name: &str, members: &[(SocketAddr, u32)]) -> Pool {
+    Pool {
+        name: name.into(),
+        lbmethod: LbMethod::ByRequests,
+        members: members.iter().map(|&(a, w)| Member::new(a, w)).collect(),
+    }
+}
+
+fn route(host: &str, prefix: &str, pool: usize) -> Route {
+    Route {
+        host: HostMatch::parse(host),
+        path_prefix: prefix.into(),
+        pool,
+        preserve_host: false,
+    }
+}
+
+struct Harness {
+    proxy: Proxy,
+    snap: SharedSnapshot,
+    addr: SocketAddr,
+}
+
+impl Harness {
+    /// A proxy on 127.0.0.1:0 with `workers` workers on `driver`, serving
+    /// `pools` through `routes` (the listener address is filled in once
+    /// bound).
+    fn start(
+        driver: DriverChoice,
+        workers: usize,
+        pools: Vec<Pool>,
+        routes: Vec<Route>,
+    ) -> Harness {
+        let snap = shared(Snapshot::default());
+        let mut cfg = ProxyConfig::new(vec!["127.0.0.1:0".parse().unwrap()]);
+        cfg.workers = workers;
+        cfg.driver = driver;
+        cfg.connect_timeout = Duration::from_secs(1);
+        cfg.response_timeout = Duration::from_millis(500);
+        let proxy = Proxy::start(cfg, snap.clone()).expect("proxy starts");
+        let expected = match driver {
+            DriverChoice::Polling => DriverKind::Polling,
+            _ => DriverKind::IoUring,
+        };
+        assert_eq!(proxy.driver(), expected);
+        let addr = proxy.local_addrs()[0];
+        let h = Harness { proxy, snap, addr };
+        h.set(pools, routes);
+        h
+    }
+
+    fn set(&self, pools: Vec<Pool>, routes: Vec<Route>) {
+        let s = Snapshot {
+            listeners: vec![ListenerRoutes {
+                address: self.addr,
+                routes,
+            }],
+            pools,
+        };
+        s.validate().unwrap();
+        self.snap.store(Arc::new(s));
+    }
+
+    fn member(&self, pool: usize, m: usize) -> Member {
+        self.snap.load().pools[pool].members[m].clone()
+    }
+}
+
+/// Runs a scenario on io_uring and on the polling driver.
+macro_rules! both_drivers {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[test]
+            fn io_uring() {
+                if let Err(e) = fulcrum_l7::probe_io_uring() {
+                    if std::env::var("FULCRUM_REQUIRE_IO_URING").is_ok_and(|v| v == "1") {
+                        panic!("io_uring unavailable: {e}");
+                    }
+                    eprintln!("SKIPPED: io_uring unavailable here ({e})");
+                    return;
+                }
+                super::$name(fulcrum_l7::DriverChoice::IoUring);
+            }
+            #[test]
+            fn polling() {
+                super::$name(fulcrum_l7::DriverChoice::Polling);
+            }
+        }
+    )*};
+}
+
+both_drivers!(
+    routes_by_host_and_path,
+    byrequests_spreads_by_weight,
+    forwarded_request_is_rewritten,
+    unusable_member_gets_nothing,
+    connect_failure_is_retried_on_another_member,
+    error_statuses,
+    backend_timeout_is_504_and_the_proxy_recovers,
+    snapshot_swap_spares_requests_in_flight,
+    malformed_request_gets_400_and_service_continues,
+    keep_alive_reuses_upstream_connections,
+    request_bodies_are_forwarded,
+);
+
+// --------------------------------------------------------------- scenarios
+
+fn routes_by_host_and_path(driver: DriverChoice) {
+    let (a, b, c) = (
+        Backend::start("a"),
+        Backend::start("b"),
+        Backend::start("c"),
+    );
+    let h = Harness::start(
+        driver,
+        2,
+        vec![
+            pool("a", &[(a.addr, 1)]),
+            pool("b", &[(b.addr, 1)]),
+            pool("c", &[(c.addr, 1)]),
+        ],
+        vec![
+            route("api.example.com", "/v2/", 1),
+            route("api.example.com", "/", 0),
+            route("*.example.com", "/", 2),
+        ],
+    );
+    assert_eq!(get(h.addr, "api.example.com", "/v1/x").body, "a");
+    assert_eq!(get(h.addr, "API.Example.com:8080", "/v2/x").body, "b");
+    assert_eq!(get(h.addr, "www.example.com", "/v2/x").body, "c");
+    assert_eq!(get(h.addr, "x.y.example.com", "/").body, "c");
+    // The bare domain matches neither the exact name nor the wildcard.
+    assert_eq!(get(h.addr, "example.com", "/").status, 404);
+    assert_eq!(c.seen.lock().unwrap()[0].path, "/v2/x");
+    h.proxy.shutdown();
+}
+
+fn byrequests_spreads_by_weight(driver: DriverChoice) {
+    let (a, b) = (Backend::start("a"), Backend::start("b"));
+    // One worker: its smooth round robin is exact over each cycle.
+    let h = Harness::start(
+        driver,
+        1,
+        vec![pool("p", &[(a.addr, 1), (b.addr, 2)])],
+        vec![route("*", "/", 0)],
+    );
+    let mut got = HashMap::<String, usize>::new();
+    for _ in 0..30 {
+        let r = get(h.addr, "x", "/");
+        assert_eq!(r.status, 200);
+        *got.entry(r.body).or_default() += 1;
+    }
+    assert_eq!((got["a"], got["b"]), (10, 20));
+    // The counters the control plane reads agree.
+    let (ma, mb) = (h.member(0, 0), h.member(0, 1));
+    assert_eq!(MemberStats::get(&ma.stats.requests), 10);
+    assert_eq!(MemberStats::get(&mb.stats.requests), 20);
+    assert_eq!(MemberStats::get(&mb.stats.responses[1]), 20);
+    assert_eq!(MemberStats::get(&mb.stats.bytes_received), 20);
+    wait_for("outstanding back to 0", || {
+        MemberStats::get(&ma.stats.outstanding) + MemberStats::get(&mb.stats.outstanding) == 0
+    });
+    h.proxy.shutdown();
+
+    // Two workers: each worker follows the weights, so the sum does too,
+    // up to one unfinished cycle per worker.
+    let (a, b) = (Backend::start("a"), Backend::start("b"));
+    let h = Harness::start(
+        driver,
+        2,
+        vec![pool("p", &[(a.addr, 1), (b.addr, 2)])],
+        vec![route("*", "/", 0)],
+    );
+    for _ in 0..60 {
+        assert_eq!(get(h.addr, "x", "/").status, 200);
+    }
+    assert!(
+        (a.hits() as i64 - 20).abs() <= 2,
+        "a={} b={}",
+        a.hits(),
+        b.hits()
+    );
+    h.proxy.shutdown();
+}
+
+fn forwarded_request_is_rewritten(driver: DriverChoice) {
+    let a = Backend::start("a");
+    let mut keep = route("keep.example", "/", 0);
+    keep.preserve_host = true;
+    let h = Harness::start(
+        driver,
+        1,
+        vec![pool("p", &[(a.addr, 1)])],
+        vec![keep, route("*", "/", 0)],
+    );
+    let r = send_raw(
+        h.addr,
+        "GET /p?q=1 HTTP/1.1\r\nHost: www.example\r\nConnection: close, X-Drop\r\nX-Drop: 1\r\n\
+         Keep-Alive: timeout=300\r\nTE: trailers\r\nProxy-Authorization: Basic eA==\r\n\
+         Proxy-Connection: keep-alive\r\nUpgrade: h2c\r\nX-Forwarded-For: 192.0.2.9\r\n\
+         X-Forwarded-Proto: https\r\nX-Kept: yes\r\n\r\n",
+    );
+    assert_eq!(r.status, 200);
+    // Response side: the backend's hop-by-hop field is gone.
+    assert_eq!(r.headers.get("x-backend").map(String::as_str), Some("a"));
+    assert!(!r.headers.contains_key("x-hop"), "{:?}", r.headers);
+    let seen = a.seen.lock().unwrap().pop().unwrap();
+    let hd = &seen.headers;
+    assert_eq!(seen.path, "/p");
+    for gone in [
+        "x-drop",
+        "keep-alive",
+        "te",
+        "proxy-authorization",
+        "proxy-connection",
+        "upgrade",
+    ] {
+        assert!(hd.get(gone).is_none(), "{gone} reached the backend: {hd:?}");
+    }
+    // hyper's client adds its own keep-alive framing; the client's
+    // Connection options never pass.
+    assert!(
+        hd.get_all("connection")
+            .iter()
+            .all(|v| v != "close, X-Drop"),
+        "{hd:?}"
+    );
+    assert_eq!(hd["x-kept"], "yes");
+    assert_eq!(hd["x-forwarded-for"], "192.0.2.9, 127.0.0.1");
+    assert_eq!(hd["x-forwarded-proto"], "http");
+    assert_eq!(hd["x-forwarded-host"], "www.example");
+    assert_eq!(hd["host"], a.addr.to_string().as_str());
+
+    let r = get(h.addr, "keep.example", "/");
+    assert_eq!(r.status, 200);
+    let seen = a.seen.lock().unwrap().pop().unwrap();
+    assert_eq!(seen.headers["host"], "keep.example");
+    h.proxy.shutdown();
+}
+
+fn unusable_member_gets_nothing(driver: DriverChoice) {
+    let (a, b, c) = (
+        Backend::start("a"),
+        Backend::start("b"),
+        Backend::start("c"),
+    );
+    let mut p = pool("p", &[(a.addr, 1), (b.addr, 1), (c.addr, 1)]);
+    p.members[1].usable = false;
+    let h = Harness::start(driver, 2, vec![p], vec![route("*", "/", 0)]);
+    for _ in 0..20 {
+        assert_eq!(get(h.addr, "x", "/").status, 200);
+    }
+    assert_eq!(b.hits(), 0);
+    assert_eq!(a.hits() + c.hits(), 20);
+    h.proxy.shutdown();
+}
+
+fn connect_failure_is_retried_on_another_member(driver: DriverChoice) {
+    let a = Backend::start("a");
+    let dead = dead_addr();
+    // The dead member has the larger weight, so it is picked first often.
+    let h = Harness::start(
+        driver,
+        1,
+        vec![pool("p", &[(dead, 3), (a.addr, 1)])],
+        vec![route("*", "/", 0)],
+    );
+    for _ in 0..8 {
+        let r = get(h.addr, "x", "/");
+        assert_eq!((r.status, r.body.as_str()), (200, "a"));
+    }
+    let d = h.member(0, 0);
+    assert!(MemberStats::get(&d.stats.failures) >= 6);
+    assert_eq!(MemberStats::get(&d.stats.requests), 0);
+    h.proxy.shutdown();
+}
+
+fn error_statuses(driver: DriverChoice) {
+    let a = Backend::start("a");
+    let mut down = pool("down", &[(a.addr, 1)]);
+    down.members[0].usable = false;
+    let h = Harness::start(
+        driver,
+        1,
+        vec![
+            down,
+            pool("dead", &[(dead_addr(), 1), (dead_addr(), 1)]),
+            pool("zero", &[(a.addr, 0)]),
+        ],
+        vec![
+            route("down", "/", 0),
+            route("dead", "/", 1),
+            route("zero", "/", 2),
+            route("*", "/only/", 0),
+        ],
+    );
+    assert_eq!(get(h.addr, "down", "/").status, 503);
+    assert_eq!(get(h.addr, "zero", "/").status, 503);
+    assert_eq!(get(h.addr, "dead", "/").status, 502);
+    assert_eq!(get(h.addr, "other", "/").status, 404);
+    // A listener the snapshot does not know: 404 as well.
+    h.snap.store(Arc::new(Snapshot::default()));
+    assert_eq!(get(h.addr, "down", "/").status, 404);
+    assert_eq!(a.hits(), 0);
+    h.proxy.shutdown();
+}
+
+fn backend_timeout_is_504_and_the_proxy_recovers(driver: DriverChoice) {
+    let a = Backend::start("a");
+    let h = Harness::start(
+        driver,
+        1,
+        vec![pool("p", &[(a.addr, 1)])],
+        vec![route("*", "/", 0)],
+    );
+    let t = Instant::now();
+    assert_eq!(get(h.addr, "x", "/sleep/3000").status, 504);
+    assert!(t.elapsed() < Duration::from_secs(2));
+    let m = h.member(0, 0);
+    assert_eq!(MemberStats::get(&m.stats.failures), 1);
+    // The timed-out connection is not reused: the next request gets a
+    // clean exchange.
+    for _ in 0..5 {
+        let r = get(h.addr, "x", "/");
+        assert_eq!((r.status, r.body.as_str()), (200, "a"));
+    }
+    wait_for("outstanding back to 0", || {
+        MemberStats::get(&m.stats.outstanding) == 0
+    });
+    h.proxy.shutdown();
+}
+
+fn snapshot_swap_spares_requests_in_flight(driver: DriverChoice) {
+    let (a, b) = (Backend::start("a"), Backend::start("b"));
+    let h = Harness::start(
+        driver,
+        2,
+        vec![pool("a", &[(a.addr, 1)])],
+        vec![route("*", "/", 0)],
+    );
+    let addr = h.addr;
+    let slow = thread::spawn(move || get(addr, "x", "/sleep/300"));
+    wait_for("the slow request to reach a", || a.hits() == 1);
+    h.set(vec![pool("b", &[(b.addr, 1)])], vec![route("*", "/", 0)]);
+    assert_eq!(get(h.addr, "x", "/").body, "b");
+    let r = slow.join().unwrap();
+    assert_eq!((r.status, r.body.as_str()), (200, "a"));
+    assert_eq!(a.hits(), 1);
+    h.proxy.shutdown();
+}
+
+fn malformed_request_gets_400_and_service_continues(driver: DriverChoice) {
+    let a = Backend::start("a");
+    let h = Harness::start(
+        driver,
+        1,
+        vec![pool("p", &[(a.addr, 1)])],
+        vec![route("*", "/", 0)],
+    );
+    // A client that sent half a request and waits holds its connection;
+    // other clients must be served meanwhile.
+    let mut idle = TcpStream::connect(h.addr).unwrap();
+    idle.write_all(b"GET / HTTP/1.1\r\nHo").unwrap();
+    for bad in [
+        "GET / HTTP/1.1\r\nHost: x\r\nBad Header Line\r\n\r\n",
+        "GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+        "NOT-HTTP\r\n\r\n",
+    ] {
+        assert_eq!(send_raw(h.addr, bad).status, 400, "{bad:?}");
+        let r = get(h.addr, "x", "/");
+        assert_eq!((r.status, r.body.as_str()), (200, "a"));
+    }
+    assert_eq!(a.hits(), 3);
+    drop(idle);
+    h.proxy.shutdown();
+}
+
+fn keep_alive_reuses_upstream_connections(driver: DriverChoice) {
+    let a = Backend::start("a");
+    let h = Harness::start(
+        driver,
+        1,
+        vec![pool("p", &[(a.addr, 1)])],
+        vec![route("*", "/", 0)],
+    );
+    // Sequential requests, on one client connection and then on new ones,
+    // all travel over the one upstream connection the worker keeps idle
+    // between them.
+    let mut s = TcpStream::connect(h.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    for i in 0..5 {
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let r = read_one(&mut s);
+        assert_eq!((r.status, r.body.as_str()), (200, "a"), "request {i}");
+    }
+    drop(s);
+    for _ in 0..5 {
+        assert_eq!(get(h.addr, "x", "/").status, 200);
+    }
+    assert_eq!(a.hits(), 10);
+    assert_eq!(a.conns.load(Ordering::SeqCst), 1);
+    h.proxy.shutdown();
+}
+
+fn request_bodies_are_forwarded(driver: DriverChoice) {
+    let a = Backend::start("a");
+    let h = Harness::start(
+        driver,
+        1,
+        vec![pool("p", &[(a.addr, 1)])],
+        vec![route("*", "/", 0)],
+    );
+    let body = "x".repeat(100_000);
+    let r = send_raw(
+        h.addr,
+        &format!(
+            "POST /up HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        ),
+    );
+    assert_eq!(r.status, 200);
+    // Chunked from the client: hyper re-frames it for the member.
+    let r = send_raw(
+        h.addr,
+        "POST /up HTTP/1.1\r\nHost: x\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n\
+         5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
+    );
+    assert_eq!(r.status, 200);
+    let seen = a.seen.lock().unwrap().clone();
+    assert_eq!(
+        seen.iter().map(|s| s.body_len).collect::<Vec<_>>(),
+        vec![100_000, 11]
+    );
+    assert_eq!(seen[0].headers["content-length"], "100000");
+    let m = h.member(0, 0);
+    assert_eq!(MemberStats::get(&m.stats.bytes_sent), 100_011);
+    h.proxy.shutdown();
+}
+
+/// Reads one response with a Content-Length body from a kept-alive
+/// connection.
+fn read_one(s: &mut TcpStream) -> Reply {
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    while !buf.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut byte).unwrap();
+        buf.push(byte[0]);
+    }
+    let head = parse(&buf);
+    let len: usize = head.headers["content-length"].parse().unwrap();
+    let mut body = vec![0; len];
+    s.read_exact(&mut body).unwrap();
+    Reply {
+        body: String::from_utf8(body).unwrap(),
+        ..head
+    }
+}
+
+#[test]
+fn io_uring_probe_and_auto_choice_agree() {
+    let snap = shared(Snapshot::default());
+    let proxy = Proxy::start(ProxyConfig::new(vec!["127.0.0.1:0".parse().unwrap()]), snap).unwrap();
+    let expected = if probe_io_uring().is_ok() {
+        DriverKind::IoUring
+    } else {
+        DriverKind::Polling
+    };
+    assert_eq!(proxy.driver(), expected);
+    proxy.shutdown();
+}
