@@ -43,7 +43,28 @@
 //! weight = 1                    # default 1; 0..=256, 0 = drained
 //! mac = "02:00:00:00:00:11"     # optional, unicast; else from the neighbour table;
 //!                               # one MAC per address over all pools
+//! port = 80                     # L7 only: the port the proxy connects to;
+//!                               # default the pool's health check port
+//! route = "real1"               # optional sticky-session id (Apache route=)
+//!
+//! # The L7 proxy (HTTP). A pool serves L4 VIPs and L7 routes alike; a pool
+//! # used by no VIP checks the port its backends share, unless
+//! # health_check.port says otherwise.
+//! [l7]                          # optional
+//! workers = 2                   # default: the number of CPUs; 1..=256
+//!
+//! [[listener]]
+//! name = "www"                  # unique
+//! address = "198.18.0.2:8080"   # unique; changing it needs a restart
+//! [[listener.route]]            # tried in file order, at least one
+//! host = "*.example.com"        # optional: exact, or *.suffix; default any
+//! path = "/app/"                # optional path prefix; default "/"
+//! pool = "web"                  # names a [[pool]]
+//! preserve_host = false         # Apache ProxyPreserveHost; default false
 //! ```
+//!
+//! A `[[pool]]` may set `lbmethod`, how the L7 proxy balances it; only
+//! `"byrequests"` (weighted round robin, the default) exists so far.
 //!
 //! Addresses that cannot name one host are rejected, for VIPs and backends
 //! alike: the unspecified addresses (`0.0.0.0`, `::`), multicast addresses,
@@ -272,6 +293,59 @@ pub struct Config {
     /// In file order; each has at least one backend, and at most
     /// [`fulcrum_common::MAX_REALS`] backends exist over all pools.
     pub pools: Vec<PoolConfig>,
+    /// The L7 proxy's listeners, in file order; names and addresses unique.
+    pub listeners: Vec<ListenerConfig>,
+    /// The L7 proxy's own settings.
+    pub l7: L7Config,
+}
+
+/// The L7 proxy's settings (`[l7]`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct L7Config {
+    /// Proxy worker threads, one io_uring each, 1..=[`MAX_L7_WORKERS`];
+    /// default: the number of CPUs.
+    pub workers: usize,
+}
+
+/// Most L7 worker threads.
+pub const MAX_L7_WORKERS: usize = 256;
+
+/// An L7 listener (`[[listener]]`): where the proxy accepts HTTP, and its
+/// routes, like a `<VirtualHost>` with `ProxyPass` lines.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ListenerConfig {
+    /// Unique among listeners.
+    pub name: String,
+    /// The socket address to listen on; unique among listeners.
+    pub address: SocketAddr,
+    /// Tried in file order; the first that matches a request takes it.
+    /// At least one.
+    pub routes: Vec<RouteConfig>,
+}
+
+/// A route (`[[listener.route]]`): requests whose Host and path match go
+/// to `pool`, like `ProxyPass /app/ balancer://app/`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct RouteConfig {
+    /// `None` matches any Host; else an exact host name or `*.suffix`
+    /// (which does not match the bare suffix), lower case, without port.
+    pub host: Option<String>,
+    /// A path prefix starting with `/`; `/` matches every path.
+    pub path: String,
+    /// The name of a pool in [`Config::pools`].
+    pub pool: String,
+    /// Send the client's Host to the backend (Apache `ProxyPreserveHost
+    /// On`) instead of the member's address.
+    pub preserve_host: bool,
+}
+
+/// How the L7 proxy picks a member of a pool for a request, by Apache
+/// mod_proxy_balancer's names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LbMethod {
+    /// Weighted round robin over requests (smooth, as nginx does); weight
+    /// is Apache's loadfactor.
+    ByRequests,
 }
 
 impl Config {
@@ -368,6 +442,9 @@ pub struct PoolConfig {
     pub name: String,
     /// How every backend of the pool is checked.
     pub health_check: HealthCheckConfig,
+    /// How the L7 proxy balances requests over the pool (L4 VIPs use their
+    /// own scheduler); default `byrequests`.
+    pub lbmethod: LbMethod,
     /// In file order, at least one; addresses unique within the pool.
     pub backends: Vec<BackendConfig>,
 }
@@ -387,6 +464,11 @@ pub struct BackendConfig {
     /// configures one for this address. `None` means the daemon resolves
     /// it from the neighbour table.
     pub mac: Option<Mac>,
+    /// The port the L7 proxy connects to; default the pool's health check
+    /// port. (L4 forwards to the VIP's port and needs none.)
+    pub port: u16,
+    /// The member's route, the sticky-session id (Apache `route=`).
+    pub route: Option<String>,
 }
 
 /// The active health check of a pool's backends, with the rise/fall

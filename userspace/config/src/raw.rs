@@ -19,6 +19,33 @@ pub(super) struct RawConfig {
     pub vip: Vec<RawVip>,
     #[serde(default)]
     pub pool: Vec<RawPool>,
+    #[serde(default)]
+    pub listener: Vec<RawListener>,
+    pub l7: Option<RawL7>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawL7 {
+    pub workers: Option<Spanned<i64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawListener {
+    pub name: Spanned<String>,
+    pub address: Spanned<String>,
+    #[serde(default)]
+    pub route: Vec<RawRoute>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRoute {
+    pub host: Option<Spanned<String>>,
+    pub path: Option<Spanned<String>>,
+    pub pool: Spanned<String>,
+    pub preserve_host: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -43,6 +70,7 @@ pub(super) struct RawVip {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawPool {
     pub name: Spanned<String>,
+    pub lbmethod: Option<Spanned<String>>,
     pub health_check: Option<RawHealthCheck>,
     #[serde(default)]
     pub backend: Vec<RawBackend>,
@@ -77,4 +105,6 @@ pub(super) struct RawBackend {
     pub address: Spanned<String>,
     pub weight: Option<Spanned<i64>>,
     pub mac: Option<Spanned<String>>,
+    pub port: Option<Spanned<i64>>,
+    pub route: Option<Spanned<String>>,
 }

@@ -16,8 +16,9 @@ use hyper::http::uri::PathAndQuery;
 use hyper::http::HeaderValue;
 use toml::Spanned;
 
-use super::raw::{CheckType, RawBackend, RawConfig, RawHealthCheck, RawPool, RawVip};
+use super::raw::{CheckType, RawBackend, RawConfig, RawHealthCheck, RawL7, RawListener, RawPool, RawRoute, RawVip};
 use super::{
+    L7Config, LbMethod, ListenerConfig, RouteConfig, MAX_L7_WORKERS,
     AdminConfig, BackendConfig, CheckKind, Config, Diagnostic, HealthCheckConfig, PoolConfig,
     VipConfig, DEFAULT_ADMIN_LISTEN, DEFAULT_FALL, DEFAULT_INTERVAL, DEFAULT_MAGLEV_TABLE_SIZE,
     DEFAULT_RISE, DEFAULT_TIMEOUT, MAX_INTERVAL, MAX_RISE_FALL, MAX_WEIGHT, MIN_INTERVAL,
@@ -41,6 +42,8 @@ pub(super) fn resolve(raw: RawConfig, text: &str) -> Result<Config, Vec<Diagnost
     };
     let vips = c.vips(&raw.vip, &raw.pool);
     let pools = c.pools(&raw.pool, &raw.vip);
+    let listeners = c.listeners(&raw.listener, &raw.pool);
+    let l7 = c.l7(raw.l7.as_ref());
 
     if c.diagnostics.is_empty() {
         Ok(Config {
@@ -48,6 +51,8 @@ pub(super) fn resolve(raw: RawConfig, text: &str) -> Result<Config, Vec<Diagnost
             admin: AdminConfig { listen },
             vips,
             pools,
+            listeners,
+            l7,
         })
     } else {
         c.diagnostics.sort_by_key(|d| (d.line, d.column));
@@ -281,9 +286,16 @@ impl Checker<'_> {
                 backends.push(self.backend(b, p, &mut addresses, &mut macs));
             }
             let health_check = self.health_check(p, vips);
+            for (backend, raw) in backends.iter_mut().zip(&p.backend) {
+                if raw.port.is_none() {
+                    backend.port = health_check.port;
+                }
+            }
+            let lbmethod = self.lbmethod(p.lbmethod.as_ref());
             out.push(PoolConfig {
                 name: p.name.get_ref().clone(),
                 health_check,
+                lbmethod,
                 backends,
             });
         }
@@ -345,10 +357,21 @@ impl Checker<'_> {
                 }
             }
         }
+        let port = b.port.as_ref().and_then(|p| self.int_in(p, 1..=65535, "port")).unwrap_or(0);
+        let route = b.route.as_ref().map(|r| {
+            let text = r.get_ref();
+            // The route travels in a cookie value and a URL parameter.
+            if text.is_empty() || !text.bytes().all(|c| c.is_ascii_alphanumeric() || b"-_.".contains(&c)) {
+                self.error(r.span(), format!("invalid route {text:?}: use letters, digits, '-', '_' and '.'"));
+            }
+            text.clone()
+        });
         BackendConfig {
             address: address.unwrap_or(IpAddr::from([0, 0, 0, 0])),
             weight,
             mac,
+            port,
+            route,
         }
     }
 
@@ -367,6 +390,75 @@ impl Checker<'_> {
             format!("invalid MAC address {:?}: {why}", value.get_ref()),
         );
         None
+    }
+
+    fn lbmethod(&mut self, value: Option<&Spanned<String>>) -> LbMethod {
+        let Some(value) = value else { return LbMethod::ByRequests };
+        match value.get_ref().as_str() {
+            "byrequests" => LbMethod::ByRequests,
+            other => {
+                self.error(value.span(), format!("unknown lbmethod {other:?}: supported is \"byrequests\""));
+                LbMethod::ByRequests
+            }
+        }
+    }
+
+    fn l7(&mut self, raw: Option<&RawL7>) -> L7Config {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let workers = raw
+            .and_then(|r| r.workers.as_ref())
+            .and_then(|w| self.int_in(w, 1..=MAX_L7_WORKERS as i64, "workers"))
+            .unwrap_or(cpus);
+        L7Config { workers }
+    }
+
+    fn listeners(&mut self, raw: &[RawListener], pools: &[RawPool]) -> Vec<ListenerConfig> {
+        let mut names = HashMap::new();
+        let mut addresses: HashMap<SocketAddr, Range<usize>> = HashMap::new();
+        let mut out = Vec::with_capacity(raw.len());
+        for l in raw {
+            self.name(&l.name, "listener", &mut names);
+            let address = self.socket_addr(&l.address, "listener address");
+            if let Some(first) = addresses.get(&address) {
+                let line = self.line_of(first);
+                self.error(l.address.span(), format!("duplicate listener address {address} (first defined at line {line})"));
+            } else {
+                addresses.insert(address, l.address.span());
+            }
+            if l.route.is_empty() {
+                self.error(l.name.span(), format!("listener {:?} has no routes: add at least one [[listener.route]]", l.name.get_ref()));
+            }
+            let routes = l.route.iter().map(|r| self.route(r, pools)).collect();
+            out.push(ListenerConfig { name: l.name.get_ref().clone(), address, routes });
+        }
+        out
+    }
+
+    fn route(&mut self, r: &RawRoute, pools: &[RawPool]) -> RouteConfig {
+        let host = r.host.as_ref().map(|h| {
+            let text = h.get_ref().to_ascii_lowercase();
+            let name = text.strip_prefix("*.").unwrap_or(&text);
+            let valid = !name.is_empty()
+                && name.split('.').all(|label| {
+                    !label.is_empty() && label.len() <= 63 && label.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-')
+                });
+            if !valid {
+                self.error(h.span(), format!("invalid host {:?}: a host name or *.suffix, without port", h.get_ref()));
+            }
+            text
+        });
+        let path = match &r.path {
+            Some(p) if !p.get_ref().starts_with('/') || PathAndQuery::from_str(p.get_ref()).is_err() || p.get_ref().contains('?') => {
+                self.error(p.span(), format!("invalid path {:?}: a path prefix starting with '/'", p.get_ref()));
+                "/".to_owned()
+            }
+            Some(p) => p.get_ref().clone(),
+            None => "/".to_owned(),
+        };
+        if !pools.iter().any(|p| p.name.get_ref() == r.pool.get_ref()) {
+            self.error(r.pool.span(), format!("route names pool {:?}, which is not defined", r.pool.get_ref()));
+        }
+        RouteConfig { host, path, pool: r.pool.get_ref().clone(), preserve_host: r.preserve_host.unwrap_or(false) }
     }
 
     fn health_check(&mut self, pool: &RawPool, vips: &[RawVip]) -> HealthCheckConfig {
@@ -531,8 +623,17 @@ impl Checker<'_> {
         match ports.as_slice() {
             [(port, _)] => u16::try_from(*port).unwrap_or(0),
             [] => {
-                self.error(span, format!("pool {name:?} is used by no VIP, so its health check port is unknown: set health_check.port"));
-                0
+                // An L7-only pool: check the port the proxy connects to.
+                let mut backend_ports: Vec<i64> = pool.backend.iter().filter_map(|b| b.port.as_ref().map(|p| *p.get_ref())).collect();
+                backend_ports.sort_unstable();
+                backend_ports.dedup();
+                match (backend_ports.as_slice(), pool.backend.iter().all(|b| b.port.is_some())) {
+                    ([port], true) => u16::try_from(*port).unwrap_or(0),
+                    _ => {
+                        self.error(span, format!("pool {name:?} is used by no VIP and its backends do not share one port, so its health check port is unknown: set health_check.port"));
+                        0
+                    }
+                }
             }
             several => {
                 let list: Vec<String> = several

@@ -136,16 +136,21 @@ fn full_config_resolves() {
                     rise: 1,
                     fall: 5,
                 },
+                lbmethod: LbMethod::ByRequests,
                 backends: vec![
                     BackendConfig {
                         address: IpAddr::from([198, 18, 0, 11]),
                         weight: 3,
                         mac: Some(Mac([2, 0, 0, 0, 0, 0x11])),
+                        port: 8080,
+                        route: None,
                     },
                     BackendConfig {
                         address: IpAddr::from([198, 18, 0, 12]),
                         weight: 0,
                         mac: None,
+                        port: 8080,
+                        route: None,
                     },
                 ],
             },
@@ -159,13 +164,18 @@ fn full_config_resolves() {
                     rise: 2,
                     fall: 3,
                 },
+                lbmethod: LbMethod::ByRequests,
                 backends: vec![BackendConfig {
                     address: "fd00::11".parse().unwrap(),
                     weight: 1,
                     mac: None,
+                    port: 53,
+                    route: None,
                 }],
             },
         ],
+        listeners: Vec::new(),
+        l7: config.l7.clone(),
     };
     assert_eq!(config, expected);
     assert_eq!(config.pool("dns"), Some(&expected.pools[1]));
@@ -894,4 +904,85 @@ fn health_check_bounds_are_inclusive() {
             100
         )
     );
+}
+
+const L7: &str = r#"
+[l7]
+workers = 2
+
+[[listener]]
+name = "www"
+address = "198.18.0.2:8080"
+[[listener.route]]
+host = "*.Example.com"
+path = "/app/"
+pool = "app"
+preserve_host = true
+[[listener.route]]
+pool = "app"
+
+[[pool]]
+name = "app"
+lbmethod = "byrequests"
+[[pool.backend]]
+address = "198.18.0.11"
+port = 8081
+route = "real1"
+[[pool.backend]]
+address = "198.18.0.12"
+port = 8081
+"#;
+
+#[test]
+fn listeners_routes_and_l7_members_resolve() {
+    let config = parse(&with(L7), "test.toml").unwrap();
+    assert_eq!(config.l7.workers, 2);
+    let listener = &config.listeners[0];
+    assert_eq!((listener.name.as_str(), listener.address), ("www", "198.18.0.2:8080".parse().unwrap()));
+    assert_eq!(
+        listener.routes,
+        vec![
+            RouteConfig { host: Some("*.example.com".into()), path: "/app/".into(), pool: "app".into(), preserve_host: true },
+            RouteConfig { host: None, path: "/".into(), pool: "app".into(), preserve_host: false },
+        ]
+    );
+    let pool = config.pool("app").unwrap();
+    assert_eq!(pool.lbmethod, LbMethod::ByRequests);
+    // An L7-only pool checks the port its backends share.
+    assert_eq!(pool.health_check.port, 8081);
+    assert_eq!((pool.backends[0].port, pool.backends[0].route.as_deref()), (8081, Some("real1")));
+    assert_eq!(pool.backends[1].route, None);
+}
+
+#[test]
+fn l7_sections_are_checked_with_positions() {
+    let bad = L7
+        .replace("workers = 2", "workers = 0")
+        .replace("198.18.0.2:8080", "198.18.0.2")
+        .replace("*.Example.com", "exa mple.com")
+        .replace("path = \"/app/\"", "path = \"app\"")
+        .replacen("pool = \"app\"\n", "pool = \"nope\"\n", 1)
+        .replace("lbmethod = \"byrequests\"", "lbmethod = \"roundrobin\"")
+        .replace("route = \"real1\"", "route = \"real 1\"")
+        .replacen("port = 8081", "port = 8082", 1);
+    let text = with(&bad);
+    let d = errors(&text);
+    let at = |needle: &str| text.lines().position(|l| l.contains(needle)).unwrap() + 1;
+    assert_eq!(position_of(&d, "workers").0, at("workers = 0"));
+    assert_eq!(position_of(&d, "invalid listener address").0, at("address = \"198.18.0.2\""));
+    assert_eq!(position_of(&d, "invalid host").0, at("exa mple.com"));
+    assert_eq!(position_of(&d, "invalid path").0, at("path = \"app\""));
+    assert_eq!(position_of(&d, "not defined").0, at("pool = \"nope\""));
+    assert_eq!(position_of(&d, "unknown lbmethod").0, at("roundrobin"));
+    assert_eq!(position_of(&d, "invalid route").0, at("real 1"));
+    assert_eq!(position_of(&d, "do not share one port").0, at("name = \"app\""));
+    assert_eq!(d.len(), 8, "{d:#?}");
+
+    let twice = with(&format!("{L7}\n[[listener]]\nname = \"www\"\naddress = \"198.18.0.2:8080\"\n[[listener.route]]\npool = \"app\"\n"));
+    let d = errors(&twice);
+    assert!(position_of(&d, "duplicate listener name").0 > 20);
+    assert!(position_of(&d, "duplicate listener address").0 > 20);
+    let no_routes = with(&format!("{L7}\n[[listener]]\nname = \"bare\"\naddress = \"198.18.0.2:8081\"\n"));
+    let d = errors(&no_routes);
+    assert_eq!(position_of(&d, "has no routes").0, no_routes.lines().position(|l| l.contains("\"bare\"")).unwrap() + 1);
 }
