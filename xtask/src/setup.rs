@@ -17,8 +17,9 @@ use crate::build::{output, status};
 
 /// The bpf-linker release known to work with nightly 1.97 / LLVM 22.
 const BPF_LINKER_VERSION: &str = "0.13.0";
-/// Debian packages the lab and demo use: `ip`, `ethtool`, `sysctl`, `wrk`.
-const DEBIAN_PACKAGES: &[&str] = &["iproute2", "ethtool", "procps", "wrk"];
+/// Debian packages the lab, demo and tests use: `ip`, `ethtool`, `sysctl`,
+/// `wrk`, and keepalived as the VRRP peer of the interoperability tests.
+const DEBIAN_PACKAGES: &[&str] = &["iproute2", "ethtool", "procps", "wrk", "keepalived"];
 
 pub fn run() -> Result<()> {
     nightly_rust_src()?;

@@ -23,21 +23,29 @@
 //! keepalived, its notify scripts and operators use; doc comments quote RFC
 //! 9568 with its own words.
 //!
-//! What the I/O shell (not here) does: raw IP protocol 112 sockets joined
+//! - [`shell`] (Linux only): the I/O around the core, one OS thread per
+//!   instance. The core modules above stay pure; the shell is the only
+//!   code that touches sockets, netlink or the clock.
+//!
+//! What the I/O shell does: raw IP protocol 112 sockets joined
 //! to 224.0.0.18 / ff02::12, reading TTL / hop limit and addresses from the
 //! IP header or control messages, running [`checks::check`] then
 //! [`Machine::handle`], encoding [`Action::SendAdvert`] with
 //! [`Advertisement::encode`], adding and removing the VIPs over netlink,
-//! gratuitous ARP / unsolicited NA, notify scripts, and sleeping until
+//! gratuitous ARP / unsolicited NA, and sleeping until
 //! [`Machine::next_deadline`].
 
-#![forbid(unsafe_code)]
+// One function of the shell builds a link-layer socket address and needs
+// `unsafe` (it says why); everything else is safe code.
+#![deny(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod checks;
 pub mod interval;
 pub mod machine;
 pub mod packet;
+#[cfg(target_os = "linux")]
+pub mod shell;
 
 pub use checks::{check, Accepted, Discard, Expected, Heard, IpMeta, Warning};
 pub use interval::Centiseconds;

@@ -1,0 +1,499 @@
+//! The instance's thread: the poll loop that connects sockets, netlink and
+//! the clock to the [`Machine`].
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::os::fd::AsFd;
+use std::os::unix::net::UnixDatagram;
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+
+use super::netlink::{self, LinkInfo, Netlink};
+use super::sockets::{AdvertSocket, Announcer, GROUP_V4, GROUP_V6};
+use super::{
+    machine_config, Command, Counters, InstanceConfig, ShellError, StateChange, Status, LOG_EVERY,
+};
+use crate::checks::{self, Expected, Warning};
+use crate::machine::{Action, Event, Machine, State, PRIORITY_OWNER};
+use crate::packet::{Addresses, Advertisement, Family};
+
+/// Largest packet read: an IPv4 header with options (60 B) plus a VRRPv2
+/// advert with 255 addresses (1036 B), or an IPv6 advert with 255
+/// addresses (4088 B); anything longer is malformed anyway.
+const RECV_BUF: usize = 4096 + 64;
+
+/// Gratuitous ARP / NA repeats still to send after a takeover.
+struct Announcing {
+    next: Instant,
+    left: u32,
+}
+
+/// Rate-limited logging per kind (discards and warnings).
+#[derive(Default)]
+struct RateLimit {
+    /// Per kind: when last logged, and how many were not logged since.
+    last: HashMap<&'static str, (Instant, u64)>,
+}
+
+impl RateLimit {
+    /// Whether to log one event of `kind` now; if so, how many were
+    /// suppressed since the last line.
+    fn allow(&mut self, kind: &'static str, now: Instant) -> Option<u64> {
+        match self.last.get_mut(kind) {
+            Some((at, suppressed)) if now.duration_since(*at) < LOG_EVERY => {
+                *suppressed += 1;
+                None
+            }
+            Some((at, suppressed)) => {
+                let n = *suppressed;
+                *at = now;
+                *suppressed = 0;
+                Some(n)
+            }
+            None => {
+                self.last.insert(kind, (now, 0));
+                Some(0)
+            }
+        }
+    }
+}
+
+pub(crate) struct Runner {
+    cfg: InstanceConfig,
+    machine: Machine,
+    expected: Expected,
+    addresses: Addresses,
+    socket: AdvertSocket,
+    announcer: Announcer,
+    netlink: Netlink,
+    link: LinkInfo,
+    /// Our advert source: primary IPv4 address or IPv6 link-local.
+    source: IpAddr,
+    destinations: Vec<IpAddr>,
+    commands: mpsc::Receiver<Command>,
+    wake: UnixDatagram,
+    reports: mpsc::Sender<StateChange>,
+    status: Arc<Mutex<Status>>,
+    counters: Counters,
+    forwarding: bool,
+    announcing: Option<Announcing>,
+    logs: RateLimit,
+}
+
+impl Runner {
+    /// Everything that can fail happens here, on the caller's thread.
+    pub fn new(
+        cfg: InstanceConfig,
+        commands: mpsc::Receiver<Command>,
+        wake: UnixDatagram,
+        reports: mpsc::Sender<StateChange>,
+    ) -> Result<Runner, ShellError> {
+        cfg.validate()?;
+        let name = cfg.name.clone();
+        let io = |what: &'static str| {
+            let name = name.clone();
+            move |source| ShellError::Io { name, what, source }
+        };
+        let netlink = Netlink::open().map_err(io("opening rtnetlink"))?;
+        let link = netlink
+            .link(&cfg.interface)
+            .map_err(io("looking up the interface"))?;
+        let addrs = netlink
+            .addresses(link.index)
+            .map_err(io("listing the interface's addresses"))?;
+        let family = cfg.family();
+        let source = match family {
+            Family::V4 => netlink::primary_v4(&addrs, &cfg.vips).map(IpAddr::V4),
+            Family::V6 => netlink::link_local_v6(&addrs).map(IpAddr::V6),
+        }
+        .ok_or_else(|| ShellError::Interface {
+            name: name.clone(),
+            what: format!(
+                "{} has no {} to send adverts from",
+                cfg.interface,
+                if family == Family::V4 {
+                    "IPv4 address (other than a VIP)"
+                } else {
+                    "IPv6 link-local address"
+                }
+            ),
+        })?;
+        let machine = Machine::new(machine_config(&cfg, source), Instant::now())
+            .map_err(|e| ShellError::Machine(name.clone(), e))?;
+        let addresses = match family {
+            Family::V4 => Addresses::V4(
+                cfg.vips
+                    .iter()
+                    .filter_map(|v| {
+                        if let IpAddr::V4(a) = v.address {
+                            Some(a)
+                        } else {
+                            None
+                        }
+                    })
+                    .collect(),
+            ),
+            Family::V6 => Addresses::V6(
+                cfg.vips
+                    .iter()
+                    .filter_map(|v| {
+                        if let IpAddr::V6(a) = v.address {
+                            Some(a)
+                        } else {
+                            None
+                        }
+                    })
+                    .collect(),
+            ),
+        };
+        let expected = Expected {
+            version: cfg.version,
+            vrid: cfg.vrid,
+            addresses: addresses.clone(),
+            advert_interval: cfg.advert_interval,
+            auth: cfg.auth(),
+            owner: cfg.priority == PRIORITY_OWNER,
+        };
+        let multicast = cfg.unicast_peers.is_empty();
+        let destinations = if multicast {
+            vec![match family {
+                Family::V4 => IpAddr::V4(GROUP_V4),
+                Family::V6 => IpAddr::V6(GROUP_V6),
+            }]
+        } else {
+            cfg.unicast_peers.clone()
+        };
+        let socket = AdvertSocket::open(&cfg.interface, link.index, source, multicast)
+            .map_err(io("opening the VRRP raw socket"))?;
+        let announcer =
+            Announcer::open(link.index, link.mac).map_err(io("opening the packet socket"))?;
+        let status = Arc::new(Mutex::new(Status {
+            state: State::Initialize,
+            priority: cfg.priority,
+            counters: Counters::default(),
+        }));
+        Ok(Runner {
+            cfg,
+            machine,
+            expected,
+            addresses,
+            socket,
+            announcer,
+            netlink,
+            link,
+            source,
+            destinations,
+            commands,
+            wake,
+            reports,
+            status,
+            counters: Counters::default(),
+            forwarding: false,
+            announcing: None,
+            logs: RateLimit::default(),
+        })
+    }
+
+    pub fn status(&self) -> Arc<Mutex<Status>> {
+        Arc::clone(&self.status)
+    }
+
+    pub fn run(mut self) {
+        tracing::info!(
+            instance = %self.cfg.name, vrid = self.cfg.vrid, interface = %self.cfg.interface,
+            source = %self.source, priority = self.cfg.priority, "VRRP instance starting"
+        );
+        // Leftovers of a crashed predecessor: a Backup must not hold them.
+        self.release_vips(false);
+        let actions = self.machine.handle(Event::Startup, Instant::now());
+        self.apply(actions);
+        let mut buf = vec![0u8; RECV_BUF];
+        loop {
+            let now = Instant::now();
+            if self.machine.next_deadline().is_some_and(|d| d <= now) {
+                let actions = self.machine.handle(Event::Timer, now);
+                self.apply(actions);
+            }
+            if self.announcing.as_ref().is_some_and(|a| a.next <= now) {
+                self.announce_round(now);
+            }
+            let deadline = [
+                self.machine.next_deadline(),
+                self.announcing.as_ref().map(|a| a.next),
+            ]
+            .into_iter()
+            .flatten()
+            .min();
+            let (sock_ready, wake_ready) = match self.wait(deadline) {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::error!(instance = %self.cfg.name, error = %e, "poll failed");
+                    std::thread::sleep(Duration::from_millis(10));
+                    continue;
+                }
+            };
+            if sock_ready {
+                self.receive_all(&mut buf);
+            }
+            if wake_ready {
+                let mut b = [0u8; 64];
+                while self.wake.recv(&mut b).is_ok() {}
+            }
+            // Every iteration, not only on a wake-up, and in one place: a
+            // command must never be taken off the channel and dropped.
+            loop {
+                match self.commands.try_recv() {
+                    Ok(Command::Stop { graceful }) => {
+                        self.stop(graceful);
+                        return;
+                    }
+                    Ok(c) => self.command(c),
+                    Err(mpsc::TryRecvError::Empty) => break,
+                    // Every handle gone without a stop request (cannot
+                    // happen through `Instance`, whose drop stops).
+                    Err(mpsc::TryRecvError::Disconnected) => {
+                        self.stop(true);
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Waits until a socket is readable or `deadline`. The timeout is
+    /// rounded up to whole milliseconds so that waking up never comes
+    /// before the deadline (which would spin).
+    fn wait(&self, deadline: Option<Instant>) -> nix::Result<(bool, bool)> {
+        let timeout = match deadline {
+            None => PollTimeout::NONE,
+            Some(d) => {
+                let left = d.saturating_duration_since(Instant::now());
+                let ms = left.as_nanos().div_ceil(1_000_000);
+                PollTimeout::try_from(ms.min(i32::MAX as u128) as i32).unwrap_or(PollTimeout::MAX)
+            }
+        };
+        let mut fds = [
+            PollFd::new(self.socket.fd(), PollFlags::POLLIN),
+            PollFd::new(self.wake.as_fd(), PollFlags::POLLIN),
+        ];
+        match poll(&mut fds, timeout) {
+            Ok(_) => {}
+            Err(nix::Error::EINTR) => return Ok((false, false)),
+            Err(e) => return Err(e),
+        }
+        let ready = |f: &PollFd| f.revents().is_some_and(|r| !r.is_empty());
+        Ok((ready(&fds[0]), ready(&fds[1])))
+    }
+
+    fn command(&mut self, c: Command) {
+        let now = Instant::now();
+        let event = match c {
+            Command::Priority(p) => Event::PriorityChanged(p),
+            Command::Fault(true) => Event::Fault,
+            Command::Fault(false) => Event::FaultCleared,
+            Command::Stop { .. } => return,
+        };
+        let actions = self.machine.handle(event, now);
+        self.apply(actions);
+        self.publish();
+    }
+
+    fn stop(&mut self, graceful: bool) {
+        if graceful {
+            let actions = self.machine.handle(Event::Shutdown, Instant::now());
+            self.apply(actions);
+            tracing::info!(instance = %self.cfg.name, "VRRP instance stopped");
+        } else {
+            tracing::warn!(instance = %self.cfg.name, "VRRP instance killed: no priority-0 advert, VIPs left in place");
+        }
+        self.publish();
+    }
+
+    /// Drains the socket: several adverts may have queued while we were
+    /// busy, and each must reach the machine with its own arrival time.
+    fn receive_all(&mut self, buf: &mut [u8]) {
+        loop {
+            let r = match self.socket.recv(buf) {
+                Ok(None) => break,
+                Ok(Some(r)) => r,
+                Err(e) => {
+                    tracing::warn!(instance = %self.cfg.name, error = %e, "receive failed");
+                    break;
+                }
+            };
+            let now = Instant::now();
+            let Some(r) = r else {
+                self.discard_other("unreadable", None, now);
+                continue;
+            };
+            if !self.cfg.unicast_peers.is_empty() && !self.cfg.unicast_peers.contains(&r.meta.src) {
+                self.discard_other("unknown_peer", Some(r.meta.src), now);
+                continue;
+            }
+            match checks::check(&self.expected, &r.meta, &buf[r.payload]) {
+                Ok(acc) => {
+                    self.counters.adverts_accepted += 1;
+                    for w in &acc.warnings {
+                        let kind = match w {
+                            Warning::IntervalMismatch { .. } => "interval_mismatch",
+                            Warning::AddressList => "address_list",
+                            Warning::OwnerConflict => "owner_conflict",
+                        };
+                        if let Some(suppressed) = self.logs.allow(kind, now) {
+                            tracing::warn!(instance = %self.cfg.name, source = %r.meta.src, suppressed, "VRRP advert accepted with a warning: {w:?}");
+                        }
+                    }
+                    let actions = self.machine.handle(Event::Advert(acc.heard), now);
+                    self.apply(actions);
+                }
+                Err(d) => {
+                    let kind = d.kind();
+                    *self.counters.discards.entry(kind).or_default() += 1;
+                    if !d.is_silent() {
+                        if let Some(suppressed) = self.logs.allow(kind, now) {
+                            tracing::warn!(instance = %self.cfg.name, source = %r.meta.src, kind, suppressed, "VRRP packet discarded: {d}");
+                        }
+                    }
+                }
+            }
+        }
+        self.publish();
+    }
+
+    fn discard_other(&mut self, kind: &'static str, src: Option<IpAddr>, now: Instant) {
+        *self.counters.discards.entry(kind).or_default() += 1;
+        if let Some(suppressed) = self.logs.allow(kind, now) {
+            tracing::warn!(instance = %self.cfg.name, source = ?src, kind, suppressed, "VRRP packet discarded");
+        }
+    }
+
+    fn apply(&mut self, actions: Vec<Action>) {
+        if actions.is_empty() {
+            return;
+        }
+        for a in actions {
+            match a {
+                Action::SendAdvert { priority, interval } => self.send_advert(priority, interval),
+                Action::AnnounceVips => self.announce_vips(),
+                Action::ReleaseVips => self.release_vips(true),
+                Action::SetForwarding(on) => self.forwarding = on,
+                Action::Notify(t) => {
+                    self.counters.transitions += 1;
+                    tracing::info!(
+                        instance = %self.cfg.name, vrid = self.cfg.vrid, from = %t.from, to = %t.to,
+                        reason = ?t.reason, "VRRP transition"
+                    );
+                    let _ = self.reports.send(StateChange {
+                        instance: self.cfg.name.clone(),
+                        vrid: self.cfg.vrid,
+                        from: t.from,
+                        state: t.to,
+                        reason: t.reason,
+                        forwarding: self.forwarding,
+                        at: Instant::now(),
+                    });
+                }
+            }
+        }
+        self.publish();
+    }
+
+    fn send_advert(&mut self, priority: u8, interval: crate::Centiseconds) {
+        let advert = Advertisement {
+            version: self.cfg.version,
+            vrid: self.cfg.vrid,
+            priority,
+            interval,
+            addresses: self.addresses.clone(),
+            auth: self.expected.auth.clone(),
+        };
+        for i in 0..self.destinations.len() {
+            let dst = self.destinations[i];
+            let sent = advert
+                .encode(self.source, dst, self.cfg.v4_checksum)
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))
+                .and_then(|bytes| self.socket.send(&bytes, dst));
+            match sent {
+                Ok(()) => self.counters.adverts_sent += 1,
+                Err(e) => {
+                    self.counters.send_errors += 1;
+                    if let Some(suppressed) = self.logs.allow("send_error", Instant::now()) {
+                        tracing::warn!(instance = %self.cfg.name, %dst, error = %e, suppressed, "sending a VRRP advert failed");
+                    }
+                }
+            }
+        }
+    }
+
+    fn announce_vips(&mut self) {
+        for v in &self.cfg.vips {
+            if let Err(e) = self.netlink.add(self.link.index, v) {
+                self.counters.netlink_errors += 1;
+                tracing::error!(instance = %self.cfg.name, vip = %v.address, error = %e, "adding the VIP failed");
+            }
+        }
+        self.announcing = Some(Announcing {
+            next: Instant::now(),
+            left: self.cfg.garp.repeat,
+        });
+        self.announce_round(Instant::now());
+    }
+
+    /// One gratuitous ARP / unsolicited NA per VIP, and the next round
+    /// scheduled (not slept for: adverts go on meanwhile).
+    fn announce_round(&mut self, now: Instant) {
+        let Some(a) = self.announcing.as_mut() else {
+            return;
+        };
+        a.left = a.left.saturating_sub(1);
+        if a.left == 0 {
+            self.announcing = None;
+        } else {
+            a.next = now + self.cfg.garp.delay;
+        }
+        for v in &self.cfg.vips {
+            let r = match (v.address, self.source) {
+                (IpAddr::V4(vip), _) => self.announcer.garp(vip),
+                (IpAddr::V6(vip), IpAddr::V6(ll)) => self.announcer.na(ll, vip),
+                (IpAddr::V6(_), IpAddr::V4(_)) => continue,
+            };
+            match r {
+                Ok(()) => self.counters.announcements += 1,
+                Err(e) => {
+                    if let Some(suppressed) = self.logs.allow("announce_error", now) {
+                        tracing::warn!(instance = %self.cfg.name, vip = %v.address, error = %e, suppressed, "sending a gratuitous ARP / NA failed");
+                    }
+                }
+            }
+        }
+        // With a zero delay, send the whole burst now.
+        if self.cfg.garp.delay.is_zero() && self.announcing.is_some() {
+            self.announce_round(now);
+        }
+    }
+
+    fn release_vips(&mut self, log: bool) {
+        self.announcing = None;
+        for v in &self.cfg.vips {
+            match self.netlink.del(self.link.index, v) {
+                Ok(true) if !log => {
+                    tracing::info!(instance = %self.cfg.name, vip = %v.address, "removed a VIP left on the interface")
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    self.counters.netlink_errors += 1;
+                    tracing::error!(instance = %self.cfg.name, vip = %v.address, error = %e, "removing the VIP failed");
+                }
+            }
+        }
+    }
+
+    fn publish(&self) {
+        let mut s = self.status.lock().unwrap_or_else(|e| e.into_inner());
+        s.state = self.machine.state();
+        s.priority = self.machine.priority();
+        s.counters.clone_from(&self.counters);
+    }
+}
