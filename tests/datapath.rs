@@ -14,7 +14,7 @@ use std::{
 
 use etherparse::PacketBuilder;
 use fulcrum_common::{addr_words, hash, ports_word, Mac, Reason, VipKey, IPPROTO_TCP, IPPROTO_UDP, MAX_REALS, MAX_VIPS, VIP_F_HASH_SRC_ONLY};
-use fulcrum_l4::{maglev, Datapath, DatapathError, Plan, PlanVip};
+use fulcrum_l4::{maglev, ConnEntry, ConnEvent, Datapath, DatapathError, FlowKey, LoadOptions, Plan, PlanVip};
 
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
@@ -23,6 +23,11 @@ const XDP_TX: u32 = 3;
 const SELF_MAC: Mac = Mac([0x02, 0, 0, 0, 0, 0x02]);
 const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x10];
 const TABLE: u32 = 251;
+/// The UDP idle timeout of the test VIPs, in milliseconds.
+const UDP_IDLE_MS: u32 = 30_000;
+/// Connection table entries in tests: small, since every test loads its
+/// own program (the default million preallocates about 115 MiB).
+const CONN_TABLE: u32 = 65536;
 
 const VIP4: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 1);
 const VIP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x18, 1, 0, 0, 0, 0, 1);
@@ -46,7 +51,16 @@ fn vip(name: &str, address: IpAddr, port: u16, protocol: Protocol, flags: u32, b
     };
     let mut members: Vec<(IpAddr, u32)> = backends.iter().map(|&i| (real(i).0, 1)).collect();
     members.sort_unstable();
-    PlanVip { name: name.into(), key: VipKey::new(address, port, proto), flags, table_size: TABLE, members }
+    let established = members.iter().map(|&(a, _)| a).collect();
+    PlanVip {
+        name: name.into(),
+        key: VipKey::new(address, port, proto),
+        flags,
+        table_size: TABLE,
+        members,
+        established,
+        udp_idle_timeout_ms: UDP_IDLE_MS,
+    }
 }
 
 /// Four VIPs (v4/v6 x tcp/udp) over reals 1..=3, an ip-hash VIP, and a VIP
@@ -66,7 +80,7 @@ fn lab_state() -> Plan {
 }
 
 fn loaded(plan: &Plan) -> Datapath {
-    let mut dp = Datapath::load().expect("loading the XDP program (run as root)");
+    let mut dp = Datapath::load_with(LoadOptions { conn_table_size: CONN_TABLE }).expect("loading the XDP program (run as root)");
     dp.set_self_mac(SELF_MAC).unwrap();
     dp.apply(plan).unwrap();
     dp
@@ -392,6 +406,7 @@ fn a_real_id_is_reused_with_its_counters_reset() {
     // Real 3 leaves the configuration; then real 4 arrives and takes its id.
     for v in &mut state.vips {
         v.members.retain(|&(a, _)| a != gone);
+        v.established.retain(|&a| a != gone);
     }
     state.reals.remove(&gone);
     dp.apply(&state).unwrap();
@@ -399,6 +414,8 @@ fn a_real_id_is_reused_with_its_counters_reset() {
         if !v.members.is_empty() {
             v.members.push((real(4).0, 1));
             v.members.sort_unstable();
+            v.established.push(real(4).0);
+            v.established.sort_unstable();
         }
     }
     state.reals.insert(real(4).0, Some(real(4).1));
@@ -406,8 +423,9 @@ fn a_real_id_is_reused_with_its_counters_reset() {
     assert!(!dp.applied().reals.contains_key(&gone));
     assert_eq!(dp.applied().reals[&real(4).0].0, gone_id);
     assert_eq!(real_packets(&dp, real(4).0), 0);
+    // New flows (established ones keep their reals, and real 3's re-pick).
     let mut to_4 = 0;
-    for sport in 30000..30100u16 {
+    for sport in 31000..31100u16 {
         let f = tcp4(CLIENT4, VIP4, sport, 80);
         let want = expected_mac(&[1, 2, 4], v4_hash(CLIENT4, sport, 80));
         assert_eq!(run(&mut dp, &f, XDP_TX, Reason::Tx), rewritten(&f, want));
@@ -436,7 +454,7 @@ fn a_real_whose_mac_changes_gets_the_new_mac() {
 #[test]
 fn only_changed_vips_are_written_and_equal_tables_are_built_once() {
     let mut state = many_vips(16);
-    let mut dp = Datapath::load().unwrap();
+    let mut dp = Datapath::load_with(LoadOptions { conn_table_size: CONN_TABLE }).unwrap();
     let first = dp.apply(&state).unwrap();
     assert_eq!((first.vips_written, first.tables_built), (16, 1));
     assert_eq!(dp.apply(&state).unwrap().vips_written, 0);
@@ -529,7 +547,7 @@ fn reloads_add_and_remove_vips() {
 #[test]
 fn the_writer_reports_a_failed_apply_retries_and_recovers() {
     use std::time::{Duration, Instant};
-    let mut writer = fulcrum_l4::Writer::spawn(Datapath::load().unwrap()).unwrap();
+    let mut writer = fulcrum_l4::Writer::spawn(Datapath::load_with(LoadOptions { conn_table_size: CONN_TABLE }).unwrap()).unwrap();
     let wait = |writer: &fulcrum_l4::Writer, done: &dyn Fn(&fulcrum_l4::WriterStatus) -> bool| {
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
@@ -786,4 +804,266 @@ fn ttl_hop_limit_and_checksums_are_left_to_the_backend() {
         let want = rewritten(&f, expected_mac(&[1, 2, 3], v6_hash(CLIENT6, 40000, 53)));
         assert_eq!(run(&mut dp, &f, XDP_TX, Reason::Tx), want, "hop limit {ttl}");
     }
+}
+
+// ---- connection table ---------------------------------------------------------
+
+/// A TCP SYN (no ACK) from the client to VIP4:80.
+fn syn4(sport: u16) -> Vec<u8> {
+    let mut out = Vec::new();
+    PacketBuilder::ethernet2(CLIENT_MAC, SELF_MAC.0)
+        .ipv4(CLIENT4.octets(), VIP4.octets(), 64)
+        .tcp(sport, 80, 1, 65535)
+        .syn()
+        .write(&mut out, &[])
+        .unwrap();
+    out
+}
+
+/// The connection-table key of a client flow to VIP4.
+fn key4(sport: u16, dport: u16, proto: u8) -> FlowKey {
+    FlowKey {
+        src: addr_words(CLIENT4.into()),
+        dst: addr_words(VIP4.into()),
+        ports: ports_word(sport.to_be(), dport.to_be()),
+        proto: u32::from(proto),
+    }
+}
+
+fn conn(dp: &Datapath, e: ConnEvent) -> u64 {
+    dp.counters().conn_events().into_iter().find(|(x, _)| *x == e).unwrap().1.packets
+}
+
+/// Which of reals 1..=9 a forwarded frame went to, by its destination MAC.
+fn sent_to(out: &[u8]) -> u8 {
+    (1..=9).find(|&i| out[0..6] == real(i).1 .0).unwrap_or_else(|| panic!("unknown MAC {:02x?}", &out[0..6]))
+}
+
+/// The Maglev pick (a real's index) among weighted `members` for `hash`.
+fn maglev_pick(members: &[(u8, u32)], hash: u32) -> u8 {
+    let names: Vec<String> = members.iter().map(|&(i, _)| real(i).0.to_string()).collect();
+    let ms: Vec<maglev::Member> = names.iter().zip(members).map(|(n, &(_, weight))| maglev::Member { name: n, weight }).collect();
+    let table = maglev::build(&ms, TABLE);
+    members[table[(hash % TABLE) as usize] as usize].0
+}
+
+/// The v4tcp VIP over weighted members, established flows staying on
+/// `established`, and reals `reals` known (with MACs).
+fn v4tcp(members: &[(u8, u32)], established: &[u8], reals: &[u8]) -> Plan {
+    let mut vip = vip("v4tcp", VIP4.into(), 80, Protocol::Tcp, 0, &[]);
+    vip.members = members.iter().map(|&(i, w)| (real(i).0, w)).collect();
+    vip.members.sort_unstable();
+    vip.established = established.iter().map(|&i| real(i).0).collect();
+    vip.established.sort_unstable();
+    Plan { vips: vec![vip], reals: reals.iter().map(|&i| (real(i).0, Some(real(i).1))).collect() }
+}
+
+/// Sends one non-SYN segment of each flow (by source port) and returns
+/// the real each went to.
+fn send_all(dp: &mut Datapath, sports: impl IntoIterator<Item = u16>) -> BTreeMap<u16, u8> {
+    sports.into_iter().map(|sport| (sport, sent_to(&run(dp, &tcp4(CLIENT4, VIP4, sport, 80), XDP_TX, Reason::Tx)))).collect()
+}
+
+/// A packet without an entry takes the Maglev pick and writes it; later
+/// packets follow the entry even where the table would pick otherwise; a
+/// SYN always takes a fresh pick and rewrites the entry.
+#[test]
+fn a_miss_writes_the_maglev_pick_entries_are_followed_and_a_syn_repicks() {
+    let mut dp = loaded(&v4tcp(&[(1, 1), (2, 1), (3, 1)], &[1, 2, 3], &[1, 2, 3]));
+    let sport = 4242;
+    let pick = maglev_pick(&[(1, 1), (2, 1), (3, 1)], v4_hash(CLIENT4, sport, 80));
+    let misses = conn(&dp, ConnEvent::Miss);
+    assert_eq!(send_all(&mut dp, [sport])[&sport], pick);
+    assert_eq!(conn(&dp, ConnEvent::Miss), misses + 1);
+    let entry = dp.conn_entry(&key4(sport, 80, IPPROTO_TCP)).expect("the miss wrote an entry");
+    assert_eq!(entry.real_id, dp.applied().reals[&real(pick).0].0);
+    assert_eq!(entry.last_seen_ns, 0, "TCP entries carry no time");
+
+    // Another node's choice, or an older table's: the entry wins.
+    let other = if pick == 1 { 2 } else { 1 };
+    let other_gen = {
+        // Any flow to `other` tells its generation.
+        let s = (5000..6000).find(|&s| maglev_pick(&[(1, 1), (2, 1), (3, 1)], v4_hash(CLIENT4, s, 80)) == other).unwrap();
+        send_all(&mut dp, [s]);
+        dp.conn_entry(&key4(s, 80, IPPROTO_TCP)).unwrap().real_gen
+    };
+    let other_id = dp.applied().reals[&real(other).0].0;
+    dp.set_conn_entry(&key4(sport, 80, IPPROTO_TCP), ConnEntry { real_id: other_id, real_gen: other_gen, last_seen_ns: 0 }).unwrap();
+    let hits = conn(&dp, ConnEvent::Hit);
+    assert_eq!(send_all(&mut dp, [sport])[&sport], other);
+    assert_eq!(conn(&dp, ConnEvent::Hit), hits + 1);
+
+    // A SYN on the same 5-tuple is a new connection: the table's pick.
+    let syns = conn(&dp, ConnEvent::Syn);
+    assert_eq!(sent_to(&run(&mut dp, &syn4(sport), XDP_TX, Reason::Tx)), pick);
+    assert_eq!(conn(&dp, ConnEvent::Syn), syns + 1);
+    assert_eq!(dp.conn_entry(&key4(sport, 80, IPPROTO_TCP)).unwrap().real_id, dp.applied().reals[&real(pick).0].0);
+}
+
+/// 300 established flows keep their real while a real is added, one is
+/// re-weighted and one drained, while new connections (SYNs) follow the
+/// new table and reach the new real. A real removed from the pool loses
+/// its flows (they re-pick); the other flows stay.
+#[test]
+fn established_flows_keep_their_real_when_the_table_changes() {
+    let all = [1, 2, 3, 4];
+    let mut dp = loaded(&v4tcp(&[(1, 1), (2, 1), (3, 1)], &[1, 2, 3], &[1, 2, 3]));
+    let flows = 30000..30300u16;
+    let first = send_all(&mut dp, flows.clone());
+    assert_eq!(first.values().collect::<std::collections::BTreeSet<_>>().len(), 3);
+    let changes: [(&str, Vec<(u8, u32)>, Vec<u8>); 3] = [
+        ("real 4 added", vec![(1, 1), (2, 1), (3, 1), (4, 1)], vec![1, 2, 3, 4]),
+        ("real 1 re-weighted to 4", vec![(1, 4), (2, 1), (3, 1), (4, 1)], vec![1, 2, 3, 4]),
+        ("real 2 drained", vec![(1, 4), (3, 1), (4, 1)], vec![1, 2, 3, 4]),
+    ];
+    for (what, members, established) in &changes {
+        dp.apply(&v4tcp(members, established, &all)).unwrap();
+        assert_eq!(send_all(&mut dp, flows.clone()), first, "after {what}");
+        // New connections follow the new table.
+        for sport in 40000..40100u16 {
+            let want = maglev_pick(members, v4_hash(CLIENT4, sport, 80));
+            assert_eq!(sent_to(&run(&mut dp, &syn4(sport), XDP_TX, Reason::Tx)), want, "{what}");
+        }
+    }
+    let new_flows: Vec<u8> = (40000..40100u16).map(|s| maglev_pick(&changes[2].1, v4_hash(CLIENT4, s, 80))).collect();
+    assert!(new_flows.contains(&4), "new connections reach the new real");
+    assert_eq!(conn(&dp, ConnEvent::Stale), 0);
+
+    // Real 3 leaves the configuration: its flows re-pick, the rest stay.
+    let members = [(1, 4), (4, 1)];
+    dp.apply(&v4tcp(&members, &[1, 2, 4], &[1, 2, 4])).unwrap();
+    let after = send_all(&mut dp, flows.clone());
+    let moved = first.values().filter(|&&r| r == 3).count() as u64;
+    for (sport, &was) in &first {
+        if was == 3 {
+            assert_eq!(after[sport], maglev_pick(&members, v4_hash(CLIENT4, *sport, 80)), "flow {sport} of removed real 3");
+        } else {
+            assert_eq!(after[sport], was, "flow {sport} of real {was} moved when real 3 left");
+        }
+    }
+    assert!(moved > 0);
+    assert_eq!(conn(&dp, ConnEvent::Stale), moved);
+}
+
+/// A real marked down leaves the table. Under `on_marked_down = "keep"`
+/// (it stays in `established`) its flows stay on it, even when the VIP
+/// has no healthy real left (new flows drop); under `repick` they move.
+#[test]
+fn a_down_real_keeps_its_flows_under_keep_and_loses_them_under_repick() {
+    let mut dp = loaded(&v4tcp(&[(1, 1), (2, 1), (3, 1)], &[1, 2, 3], &[1, 2, 3]));
+    let flows = 31000..31100u16;
+    let first = send_all(&mut dp, flows.clone());
+    // keep: real 1 down, out of the table, flows stay.
+    dp.apply(&v4tcp(&[(2, 1), (3, 1)], &[1, 2, 3], &[1, 2, 3])).unwrap();
+    assert_eq!(send_all(&mut dp, flows.clone()), first);
+    // keep, and every real down: established flows still flow, new ones drop.
+    dp.apply(&v4tcp(&[], &[1, 2, 3], &[1, 2, 3])).unwrap();
+    assert_eq!(send_all(&mut dp, flows.clone()), first);
+    run(&mut dp, &syn4(31500), XDP_DROP, Reason::DropNoBackend);
+    // repick: real 1 down and out of `established`: its flows move.
+    dp.apply(&v4tcp(&[(2, 1), (3, 1)], &[2, 3], &[1, 2, 3])).unwrap();
+    let after = send_all(&mut dp, flows.clone());
+    for (sport, &was) in &first {
+        let want = if was == 1 { maglev_pick(&[(2, 1), (3, 1)], v4_hash(CLIENT4, *sport, 80)) } else { was };
+        assert_eq!(after[sport], want, "flow {sport} (was on real {was})");
+    }
+    assert_eq!(conn(&dp, ConnEvent::Stale), first.values().filter(|&&r| r == 1).count() as u64);
+    // Real 1 comes back: flows already moved stay where they went.
+    dp.apply(&v4tcp(&[(1, 1), (2, 1), (3, 1)], &[1, 2, 3], &[1, 2, 3])).unwrap();
+    assert_eq!(send_all(&mut dp, flows), after);
+}
+
+/// A removed real's id, given to a new real, does not carry the old
+/// real's flows to the new one: the id's generation changed, so those
+/// entries re-pick from the table.
+#[test]
+fn a_reused_real_id_does_not_resurrect_old_flows() {
+    let mut dp = loaded(&v4tcp(&[(1, 1), (2, 1), (3, 1)], &[1, 2, 3], &[1, 2, 3]));
+    let id3 = dp.applied().reals[&real(3).0].0;
+    // A flow on real 3 whose pick after the change is not real 4: were the
+    // old entry followed, it would reach real 4, the id's new owner.
+    let sport = (32000..33000u16)
+        .find(|&s| {
+            let h = v4_hash(CLIENT4, s, 80);
+            maglev_pick(&[(1, 1), (2, 1), (3, 1)], h) == 3 && maglev_pick(&[(1, 1), (2, 1), (4, 1)], h) != 4
+        })
+        .unwrap();
+    send_all(&mut dp, [sport]);
+    let old = dp.conn_entry(&key4(sport, 80, IPPROTO_TCP)).unwrap();
+    assert_eq!(old.real_id, id3);
+    // Real 3 leaves; real 4 arrives and takes its id.
+    dp.apply(&v4tcp(&[(1, 1), (2, 1)], &[1, 2], &[1, 2])).unwrap();
+    dp.apply(&v4tcp(&[(1, 1), (2, 1), (4, 1)], &[1, 2, 4], &[1, 2, 4])).unwrap();
+    assert_eq!(dp.applied().reals[&real(4).0].0, id3, "the id is reused");
+    // The old entry is still in the table (nothing sent since), naming id3.
+    assert_eq!(dp.conn_entry(&key4(sport, 80, IPPROTO_TCP)), Some(old));
+    let stale = conn(&dp, ConnEvent::Stale);
+    let want = maglev_pick(&[(1, 1), (2, 1), (4, 1)], v4_hash(CLIENT4, sport, 80));
+    assert_eq!(send_all(&mut dp, [sport])[&sport], want, "not real 4");
+    assert_eq!(conn(&dp, ConnEvent::Stale), stale + 1, "the old entry was refused, not followed");
+    let new = dp.conn_entry(&key4(sport, 80, IPPROTO_TCP)).unwrap();
+    assert_eq!(new.real_id, dp.applied().reals[&real(want).0].0);
+}
+
+/// A UDP entry idle past the VIP's timeout re-picks; a younger one is
+/// followed and its last-seen time refreshed, at most once a second.
+#[test]
+fn udp_entries_expire_after_the_idle_timeout() {
+    let mut plan = v4tcp(&[(1, 1), (2, 1), (3, 1)], &[1, 2, 3], &[1, 2, 3]);
+    let mut udp = vip("v4udp", VIP4.into(), 53, Protocol::Udp, 0, &[1, 2, 3]);
+    udp.udp_idle_timeout_ms = 30_000;
+    plan.vips.push(udp);
+    let mut dp = loaded(&plan);
+    let sport = 5353;
+    let f = udp4(CLIENT4, VIP4, sport, 53);
+    let pick = sent_to(&run(&mut dp, &f, XDP_TX, Reason::Tx));
+    assert_eq!(pick, maglev_pick(&[(1, 1), (2, 1), (3, 1)], v4_hash(CLIENT4, sport, 53)));
+    let key = key4(sport, 53, IPPROTO_UDP);
+    let written = dp.conn_entry(&key).unwrap();
+    assert!(written.last_seen_ns > 0);
+    // Point the flow at another real, as an older table would have.
+    let other = if pick == 1 { 2 } else { 1 };
+    let other_id = dp.applied().reals[&real(other).0].0;
+    let gen = {
+        let s = (6000..7000).find(|&s| maglev_pick(&[(1, 1), (2, 1), (3, 1)], v4_hash(CLIENT4, s, 53)) == other).unwrap();
+        run(&mut dp, &udp4(CLIENT4, VIP4, s, 53), XDP_TX, Reason::Tx);
+        dp.conn_entry(&key4(s, 53, IPPROTO_UDP)).unwrap().real_gen
+    };
+    let now = fulcrum_l4::monotonic_ns();
+    let secs = |s: u64| s * 1_000_000_000;
+
+    // Idle 5 s of 30: followed, and the last-seen time refreshed.
+    dp.set_conn_entry(&key, ConnEntry { real_id: other_id, real_gen: gen, last_seen_ns: now - secs(5) }).unwrap();
+    assert_eq!(sent_to(&run(&mut dp, &f, XDP_TX, Reason::Tx)), other);
+    assert!(dp.conn_entry(&key).unwrap().last_seen_ns >= now, "refreshed");
+    // Seen just now: followed, not rewritten.
+    let fresh = fulcrum_l4::monotonic_ns();
+    dp.set_conn_entry(&key, ConnEntry { real_id: other_id, real_gen: gen, last_seen_ns: fresh }).unwrap();
+    assert_eq!(sent_to(&run(&mut dp, &f, XDP_TX, Reason::Tx)), other);
+    assert_eq!(dp.conn_entry(&key).unwrap().last_seen_ns, fresh, "not rewritten within a second");
+    // Idle 31 s: expired, the table's pick, a new entry.
+    let expired = conn(&dp, ConnEvent::Expired);
+    dp.set_conn_entry(&key, ConnEntry { real_id: other_id, real_gen: gen, last_seen_ns: now - secs(31) }).unwrap();
+    assert_eq!(sent_to(&run(&mut dp, &f, XDP_TX, Reason::Tx)), pick);
+    assert_eq!(conn(&dp, ConnEvent::Expired), expired + 1);
+    let renewed = dp.conn_entry(&key).unwrap();
+    assert_eq!(renewed.real_id, dp.applied().reals[&real(pick).0].0);
+    assert!(renewed.last_seen_ns >= now);
+}
+
+/// The table holds what it is sized for, and the LRU evicts beyond it:
+/// flows past the size still forward (a miss is a Maglev pick).
+#[test]
+fn the_connection_table_is_sized_at_load_and_evicts_beyond_it() {
+    let mut dp = Datapath::load_with(LoadOptions { conn_table_size: 4096 }).unwrap();
+    dp.set_self_mac(SELF_MAC).unwrap();
+    dp.apply(&v4tcp(&[(1, 1), (2, 1), (3, 1)], &[1, 2, 3], &[1, 2, 3])).unwrap();
+    for sport in 1..=10000u16 {
+        let out = dp.test_run(&syn4(sport), 1).unwrap();
+        assert_eq!(out.action, XDP_TX);
+    }
+    let live = dp.conn_entries();
+    assert!(live <= 4096 && live > 1000, "{live} entries");
+    assert_eq!(conn(&dp, ConnEvent::Syn), 10000);
+    assert_eq!(conn(&dp, ConnEvent::WriteFailed), 0);
 }

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use fulcrum_api::StatsReport as Stats;
-use fulcrum_lab::{bin_path, host4, in_netns, Lab, Proc, REALS, VIP4, VIP6};
+use fulcrum_lab::{bin_path, host4, in_netns, Lab, Proc, LB4, REALS, VIP4, VIP6};
 
 /// Health-check timing of the test config: short, so that the tests wait
 /// seconds, not tens of seconds.
@@ -24,6 +24,8 @@ const FALL: u32 = 2;
 /// New connections per batch of requests. With three equal backends the
 /// chance that Maglev leaves one without any of 60 connections is 3·(2/3)^60.
 const BATCH: u32 = 60;
+/// The L7 listener of the test config, on the lb's own address.
+const L7: SocketAddr = SocketAddr::new(IpAddr::V4(LB4), 8080);
 
 fn config_toml() -> String {
     format!(
@@ -60,7 +62,13 @@ interval = "{interval}ms"
 timeout = "400ms"
 rise = {RISE}
 fall = {FALL}
-{backends}"#,
+{backends}
+[[listener]]
+name = "www"
+address = "{L7}"
+[[listener.route]]
+pool = "web"
+"#,
         interval = INTERVAL.as_millis(),
         backends = REALS
             .iter()
@@ -93,15 +101,20 @@ impl Fixture {
     /// Starts fulcrum with the test config and waits until every backend
     /// is up.
     fn start(&mut self) {
+        self.start_with(&config_toml(), &REALS);
+    }
+
+    /// Starts fulcrum with `toml` and waits until `reals` are up.
+    fn start_with(&mut self, toml: &str, reals: &[&str]) {
         let config = self.lab.run_dir().join("fulcrum.toml");
-        std::fs::write(&config, config_toml()).unwrap();
+        std::fs::write(&config, toml).unwrap();
         let log = std::fs::File::create(&self.log).unwrap();
         let mut cmd = self.lab.command("lb", &self.fulcrum);
         cmd.arg("run").arg("--config").arg(&config);
         cmd.env("NO_COLOR", "1");
         cmd.stdin(std::process::Stdio::null()).stdout(log.try_clone().unwrap()).stderr(log);
         self.daemon = Some(self.lab.spawn(cmd).unwrap());
-        self.wait_health(&REALS, "up", Duration::from_secs(10)).unwrap();
+        self.wait_health(reals, "up", Duration::from_secs(10)).unwrap();
     }
 
     fn stats(&self) -> Stats {
@@ -154,7 +167,11 @@ impl Fixture {
     /// fails the test: with a healthy backend behind every table entry,
     /// none may be lost.
     fn batch(&self, vip: IpAddr) -> BTreeMap<String, u32> {
-        let addr = SocketAddr::new(vip, 80);
+        self.batch_at(SocketAddr::new(vip, 80))
+    }
+
+    /// `BATCH` GET requests to `addr` from the client, as `batch` does.
+    fn batch_at(&self, addr: SocketAddr) -> BTreeMap<String, u32> {
         in_netns(&self.lab.ns("client"), || {
             let mut served = BTreeMap::new();
             for i in 0..BATCH {
@@ -423,4 +440,198 @@ fn a_neighbour_change_reaches_the_datapath_at_once() {
         assert!(Instant::now() < deadline, "deleted entry still used after 3 s: {b:?}");
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// The L7 proxy balances requests over the pool (byrequests, equal
+/// weights) and shares one health state with the XDP path: a backend that
+/// fails its checks gets no request through either.
+#[test]
+fn l7_proxy_spreads_requests_and_skips_a_down_backend() {
+    let mut f = Fixture::lab_only();
+    f.start();
+    let before = f.stats();
+    let served = f.batch_at(L7);
+    // Each proxy worker runs its own round robin: every backend gets about
+    // a third, never none.
+    for real in REALS {
+        let n = served.get(real).copied().unwrap_or(0);
+        assert!((10..=30).contains(&n), "{real} served {n} of {BATCH}: {served:?}");
+    }
+    let after = f.stats();
+    let requests = |s: &Stats, real: &str| s.backend(&host4(real).unwrap().to_string()).and_then(|b| b.l7).map_or(0, |l| l.requests);
+    let counted: u64 = REALS.iter().map(|r| requests(&after, r) - requests(&before, r)).sum();
+    assert_eq!(counted, u64::from(BATCH), "proxy counters: {:?}", after.pools);
+    assert_eq!(after.listeners[0].address, L7.to_string());
+
+    f.lab.set_backend_health("real1", false).unwrap();
+    f.wait_health(&["real1"], "down", INTERVAL * FALL + Duration::from_secs(2)).unwrap();
+    let served = f.batch_at(L7);
+    assert_eq!(served.get("real1"), None, "real1 is down but the proxy used it: {served:?}");
+    assert_eq!(served.values().sum::<u32>(), BATCH);
+}
+
+// ---- connection table: long-lived flows across table changes -----------------
+
+/// The config of the long-lived-flows test: the test VIPs, their pool made of
+/// `backends` as (real, weight), and a smaller connection table.
+fn flows_toml(backends: &[(&str, u32)]) -> String {
+    let all = config_toml();
+    let mut toml = all[..all.find("[[pool.backend]]").unwrap()].to_string();
+    for (real, weight) in backends {
+        toml += &format!("[[pool.backend]]\naddress = \"{}\"\nweight = {weight}\n\n", host4(real).unwrap());
+    }
+    toml + "[datapath]\nconn_table_size = 65536\n"
+}
+
+/// One keep-alive connection of the client, sending a request at a time.
+struct KeepAlive {
+    reader: std::io::BufReader<TcpStream>,
+    /// The backend that served its first request.
+    backend: String,
+}
+
+impl KeepAlive {
+    fn open(addr: SocketAddr) -> Result<KeepAlive> {
+        let s = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).context("connect")?;
+        s.set_read_timeout(Some(Duration::from_secs(2)))?;
+        s.set_write_timeout(Some(Duration::from_secs(2)))?;
+        let mut conn = KeepAlive { reader: std::io::BufReader::new(s), backend: String::new() };
+        conn.backend = conn.request()?;
+        Ok(conn)
+    }
+
+    /// One `GET /` on this connection; the backend that answered.
+    fn request(&mut self) -> Result<String> {
+        use std::io::BufRead;
+        write!(self.reader.get_mut(), "GET / HTTP/1.1\r\nHost: vip\r\n\r\n").context("write")?;
+        let (mut length, mut served, mut status) = (0usize, None, String::new());
+        loop {
+            let mut line = String::new();
+            if self.reader.read_line(&mut line).context("read")? == 0 {
+                bail!("connection closed");
+            }
+            let line = line.trim_end();
+            if line.is_empty() {
+                break;
+            }
+            if status.is_empty() {
+                status = line.to_string();
+            } else if let Some((k, v)) = line.split_once(':') {
+                if k.eq_ignore_ascii_case("content-length") {
+                    length = v.trim().parse()?;
+                } else if k.eq_ignore_ascii_case("x-served-by") {
+                    served = Some(v.trim().to_string());
+                }
+            }
+        }
+        let mut body = vec![0; length];
+        self.reader.read_exact(&mut body).context("read body")?;
+        if !status.starts_with("HTTP/1.1 200") {
+            bail!("unexpected response: {status}");
+        }
+        served.context("no X-Served-By header")
+    }
+}
+
+/// What the long-lived connections saw while the test changed the table.
+#[derive(Debug, Default)]
+struct FlowReport {
+    rounds: u64,
+    /// (connection index, its backend, what went wrong)
+    failures: Vec<(usize, String, String)>,
+}
+
+/// Issue 12's lab test: 300 long-lived TCP connections, each sending a
+/// request every few tens of milliseconds, survive a real being added,
+/// re-weighted, drained and undrained, and marked down (policy `keep`)
+/// and up again: no request fails and none is answered by another real,
+/// while new connections reach the added or returning real.
+#[test]
+fn long_lived_connections_survive_table_changes() {
+    let mut f = Fixture::lab_only();
+    f.start_with(&flows_toml(&[("real1", 1), ("real2", 1)]), &["real1", "real2"]);
+    f.wait_applied();
+    let addr = SocketAddr::new(VIP4.into(), 80);
+    let conns: Vec<KeepAlive> = in_netns(&f.lab.ns("client"), || {
+        (0..300).map(|i| KeepAlive::open(addr).unwrap_or_else(|e| panic!("connection {i}: {e:#}"))).collect()
+    })
+    .unwrap();
+    let on = |name: &str| conns.iter().filter(|c| c.backend == name).count();
+    assert!(on("real1") > 50 && on("real2") > 50, "300 connections over two reals");
+
+    // Every connection sends a request per round until told to stop.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let traffic = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut conns = conns;
+            let mut report = FlowReport::default();
+            let mut dead = vec![false; conns.len()];
+            while !stop.load(Ordering::SeqCst) {
+                for (i, c) in conns.iter_mut().enumerate() {
+                    if dead[i] {
+                        continue;
+                    }
+                    match c.request() {
+                        Ok(name) if name == c.backend => {}
+                        Ok(name) => report.failures.push((i, c.backend.clone(), format!("answered by {name}"))),
+                        Err(e) => {
+                            dead[i] = true;
+                            report.failures.push((i, c.backend.clone(), format!("{e:#}")));
+                        }
+                    }
+                }
+                report.rounds += 1;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            report
+        })
+    };
+    let config = f.lab.run_dir().join("fulcrum.toml");
+    let reload = |f: &mut Fixture, backends: &[(&str, u32)]| {
+        std::fs::write(&config, flows_toml(backends)).unwrap();
+        f.hup();
+        std::thread::sleep(Duration::from_millis(300));
+        f.wait_applied();
+        std::thread::sleep(Duration::from_secs(1));
+    };
+
+    // Added: real3 joins (its first checks must pass before it takes traffic).
+    reload(&mut f, &[("real1", 1), ("real2", 1), ("real3", 1)]);
+    f.wait_health(&REALS, "up", Duration::from_secs(10)).unwrap();
+    f.wait_applied();
+    let served = f.batch(VIP4.into());
+    assert!(served.contains_key("real3"), "new connections reach the added real3: {served:?}");
+    // Re-weighted.
+    reload(&mut f, &[("real1", 1), ("real2", 1), ("real3", 3)]);
+    // Drained and back.
+    reload(&mut f, &[("real1", 0), ("real2", 1), ("real3", 3)]);
+    let served = f.batch(VIP4.into());
+    assert!(!served.contains_key("real1"), "drained real1 took new connections: {served:?}");
+    reload(&mut f, &[("real1", 1), ("real2", 1), ("real3", 3)]);
+    let served = f.batch(VIP4.into());
+    assert!(served.contains_key("real1"), "undrained real1 takes new connections: {served:?}");
+    // Marked down (policy keep: its connections stay) and up again.
+    f.lab.set_backend_health("real2", false).unwrap();
+    f.wait_health(&["real2"], "down", INTERVAL * FALL + Duration::from_secs(3)).unwrap();
+    f.wait_applied();
+    std::thread::sleep(Duration::from_secs(1));
+    let served = f.batch(VIP4.into());
+    assert!(!served.contains_key("real2"), "down real2 took new connections: {served:?}");
+    f.lab.set_backend_health("real2", true).unwrap();
+    f.wait_health(&["real2"], "up", INTERVAL * RISE + Duration::from_secs(3)).unwrap();
+    f.wait_applied();
+    let served = f.batch(VIP4.into());
+    assert!(served.contains_key("real2"), "returning real2 takes new connections: {served:?}");
+    std::thread::sleep(Duration::from_secs(1));
+
+    stop.store(true, Ordering::SeqCst);
+    let report = traffic.join().unwrap();
+    assert!(report.rounds > 20, "{report:?}");
+    assert!(report.failures.is_empty(), "{} of 300 long-lived connections failed: {:?}", report.failures.len(), report.failures);
+    let stats = f.stats();
+    assert!(stats.conn_table.hits > 300 * report.rounds / 2, "{:?}", stats.conn_table);
+    assert_eq!(stats.conn_table.stale_repicks, 0, "{:?}", stats.conn_table);
+    assert_eq!(stats.conn_table.size, 65536);
+    assert!(fulcrum_api::render(&stats).contains("conn table: size=65536"));
 }

@@ -40,6 +40,25 @@ pub mod names {
     pub const REAL_STATS: &str = "REAL_STATS";
     pub const REASON_STATS: &str = "REASON_STATS";
     pub const VIP_FILTER: &str = "VIP_FILTER";
+    pub const CONN_TABLE: &str = "CONN_TABLE";
+    pub const CONN_STATS: &str = "CONN_STATS";
+    pub const VIP_REAL_OK: &str = "VIP_REAL_OK";
+}
+
+/// Connection table entries when the configuration does not say
+/// (`[datapath] conn_table_size`): one million 5-tuples, about 115 MiB of
+/// kernel memory preallocated at load (see `docs/architecture.md`).
+pub const DEFAULT_CONN_TABLE_SIZE: u32 = 1_000_000;
+
+/// Words of the `VIP_REAL_OK` bitmap: one bit per (VIP id, real id).
+pub const VIP_REAL_OK_WORDS: u32 = MAX_VIPS * MAX_REALS / 64;
+
+/// The `VIP_REAL_OK` word and bit of (`vip_id`, `real_id`): bit set means
+/// established flows of the VIP may stay on the real (it is a member of
+/// the VIP's pool, and not down under `on_marked_down = "repick"`).
+#[inline(always)]
+pub const fn vip_real_ok_bit(vip_id: u32, real_id: u32) -> (u32, u32) {
+    (vip_id * (MAX_REALS / 64) + real_id / 64, real_id % 64)
 }
 
 /// Words of the `VIP_FILTER` array: 64 x 64 = 4096 bits.
@@ -116,6 +135,11 @@ pub struct VipMeta {
     pub table_size: u32,
     /// Which of the VIP's two table slots (0 or 1) is live.
     pub table_slot: u32,
+    /// UDP flows idle longer than this many milliseconds lose their
+    /// connection-table entry and take a fresh pick. TCP entries have no
+    /// idle time: they live until the LRU evicts them.
+    pub udp_idle_timeout_ms: u32,
+    pub _pad: u32,
 }
 
 impl VipMeta {
@@ -133,6 +157,90 @@ pub struct RealDef {
     /// The backend's Ethernet address (L2 DSR rewrites the destination to it).
     pub mac: [u8; 6],
     pub _pad: [u8; 2],
+    /// Bumped by user space each time the id is given to an address, so a
+    /// connection-table entry written for the id's previous owner
+    /// ([`ConnEntry::real_gen`]) no longer matches and the flow re-picks.
+    pub generation: u32,
+    pub _pad2: u32,
+}
+
+/// Key of the `CONN_TABLE` LRU map: a flow's 5-tuple as the packet carries
+/// it, addresses in the IPv4-mapped form of [`VipKey::addr`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub src: [u32; 4],
+    pub dst: [u32; 4],
+    /// Source and destination port, see [`ports_word`].
+    pub ports: u32,
+    /// The IP protocol number, widened to a word: a key without padding
+    /// bytes is built with four word stores, where `[u8; 3]` of padding
+    /// costs a call of a byte-wise `memset` subprogram in the datapath.
+    pub proto: u32,
+}
+
+/// Value of `CONN_TABLE`: the real a flow was sent to.
+///
+/// Everything encapsulation needs is reached through `real_id` (the
+/// real's address will live in `REALS`), and IPIP's per-flow outer source
+/// is derived from the packet's 5-tuple, so the entry stays this small.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConnEntry {
+    /// Index into `REALS`.
+    pub real_id: u32,
+    /// `RealDef::generation` of `real_id` when the entry was written.
+    pub real_gen: u32,
+    /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC, nanoseconds) of the flow's last
+    /// packet, refreshed at most every [`CONN_TOUCH_NS`]; read only for UDP.
+    pub last_seen_ns: u64,
+}
+
+/// A UDP entry's `last_seen_ns` is rewritten only when it is older than
+/// this (2^30 ns, about 1.07 s): the idle timeout is whole seconds, and a
+/// write per packet would dirty a shared cache line on every packet.
+pub const CONN_TOUCH_NS: u64 = 1 << 30;
+
+/// What the connection table did for a VIP packet: the index of
+/// `CONN_STATS`. Indices and names are stable; new events are appended.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConnEvent {
+    /// An entry was found and used.
+    Hit = 0,
+    /// No entry for a packet that is not a TCP SYN: a Maglev pick, written
+    /// as a new entry (a flow evicted from the LRU, started before this
+    /// node took over, or a UDP flow's first packet).
+    Miss = 1,
+    /// A TCP SYN (without ACK): always a fresh Maglev pick, written.
+    Syn = 2,
+    /// An entry naming a real that is no longer usable for the VIP (removed
+    /// from its pool, down under `repick`, or its id reused): re-picked.
+    Stale = 3,
+    /// A UDP entry idle past the VIP's `udp_idle_timeout`: re-picked.
+    Expired = 4,
+    /// Writing an entry failed (the flow was still forwarded).
+    WriteFailed = 5,
+}
+
+impl ConnEvent {
+    /// Number of events: the length of `CONN_STATS`.
+    pub const COUNT: u32 = 6;
+    /// Every event, in index order.
+    pub const ALL: [ConnEvent; Self::COUNT as usize] =
+        [ConnEvent::Hit, ConnEvent::Miss, ConnEvent::Syn, ConnEvent::Stale, ConnEvent::Expired, ConnEvent::WriteFailed];
+
+    /// Short stable name, used in stats output.
+    pub const fn name(self) -> &'static str {
+        match self {
+            ConnEvent::Hit => "hit",
+            ConnEvent::Miss => "miss",
+            ConnEvent::Syn => "syn",
+            ConnEvent::Stale => "stale",
+            ConnEvent::Expired => "expired",
+            ConnEvent::WriteFailed => "write_failed",
+        }
+    }
 }
 
 /// Value of the single-entry `DATAPATH_CONFIG` array.
@@ -235,6 +343,8 @@ mod pod {
     unsafe impl aya::Pod for super::RealDef {}
     unsafe impl aya::Pod for super::DatapathConfig {}
     unsafe impl aya::Pod for super::Counters {}
+    unsafe impl aya::Pod for super::FlowKey {}
+    unsafe impl aya::Pod for super::ConnEntry {}
 }
 
 /// The raw 32-bit word made of a TCP/UDP source and destination port, each
@@ -258,6 +368,28 @@ mod tests {
         for (i, a) in Reason::ALL.iter().enumerate() {
             assert!(Reason::ALL[i + 1..].iter().all(|b| a.name() != b.name()), "{a:?}");
         }
+    }
+}
+
+#[cfg(test)]
+mod conn_tests {
+    use super::*;
+
+    #[test]
+    fn conn_events_are_in_index_order_with_unique_names() {
+        for (i, e) in ConnEvent::ALL.iter().enumerate() {
+            assert_eq!(*e as usize, i, "{e:?}");
+            assert!(ConnEvent::ALL[i + 1..].iter().all(|b| e.name() != b.name()), "{e:?}");
+        }
+    }
+
+    #[test]
+    fn layouts_are_what_the_kernel_side_expects() {
+        assert_eq!(core::mem::size_of::<FlowKey>(), 40);
+        assert_eq!(core::mem::size_of::<ConnEntry>(), 16);
+        assert_eq!(core::mem::size_of::<RealDef>(), 16);
+        assert_eq!(core::mem::size_of::<VipMeta>(), 24);
+        assert_eq!(vip_real_ok_bit(MAX_VIPS - 1, MAX_REALS - 1).0, VIP_REAL_OK_WORDS - 1);
     }
 }
 

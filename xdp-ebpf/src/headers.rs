@@ -124,6 +124,22 @@ pub struct Ports {
     pub dst: u16,
 }
 
+/// The first 14 bytes of a TCP header (RFC 9293 section 3.1): ports,
+/// sequence and acknowledgment numbers (not read), data offset and flags.
+/// Byte arrays keep it 2-byte aligned, as packet offsets are.
+#[repr(C)]
+pub struct TcpStart {
+    pub src: u16,
+    pub dst: u16,
+    pub seq_ack: [u8; 8],
+    pub data_offset: u8,
+    pub flags: u8,
+}
+
+/// TCP flag bits in [`TcpStart::flags`] (RFC 9293 section 3.1).
+pub const TCP_FLAG_SYN: u8 = 0x02;
+pub const TCP_FLAG_ACK: u8 = 0x10;
+
 pub const TCP_HDR_LEN: usize = 20;
 pub const UDP_HDR_LEN: usize = 8;
 

@@ -2,11 +2,13 @@
 //! backend chosen from a Maglev lookup table, in L2 DSR mode.
 //!
 //! The pipeline reads top to bottom, one small function a stage:
-//! `parse` -> `lookup_vip` -> `addressed_to_us` -> `pick_real` ->
+//! `parse` -> `lookup_vip` -> `addressed_to_us` -> `select_real` (the
+//! connection table, else `pick_real` from the Maglev table) ->
 //! `rewrite_l2` -> `XDP_TX`. Anything that is not a VIP packet, or cannot
-//! be parsed, is `XDP_PASS` (the kernel stack decides); a VIP with no
-//! healthy backend is `XDP_DROP`. Every frame bumps exactly one per-reason
-//! counter.
+//! be parsed, is `XDP_PASS` (the kernel stack decides); a VIP packet with
+//! neither a usable connection-table entry nor a healthy backend is
+//! `XDP_DROP`. Every frame bumps exactly one per-reason counter, and every
+//! forwarded VIP packet one connection-table counter (`ConnEvent`).
 //!
 //! Hostile and unusual frames are never forwarded; they are passed, so
 //! that the kernel, which is the authority on all non-VIP traffic anyway,
@@ -25,12 +27,14 @@ mod maps;
 
 use aya_ebpf::{
     bindings::xdp_action::{XDP_DROP, XDP_PASS, XDP_TX},
+    helpers::bpf_ktime_get_ns,
     macros::xdp,
     programs::XdpContext,
 };
 use fulcrum_common::{
-    hash, ports_word, vip_filter_bit, Reason, VipKey, VipMeta, IPPROTO_TCP, IPPROTO_UDP,
-    V4_MAPPED_WORD, VIP_F_HASH_SRC_ONLY,
+    hash, ports_word, vip_filter_bit, vip_real_ok_bit, ConnEntry, ConnEvent, FlowKey, RealDef,
+    Reason, VipKey, VipMeta, CONN_TOUCH_NS, IPPROTO_TCP, IPPROTO_UDP, V4_MAPPED_WORD,
+    VIP_F_HASH_SRC_ONLY,
 };
 use headers::*;
 use maps::*;
@@ -43,6 +47,9 @@ struct Flow {
     /// Source and destination port as one raw word (see `ports_word`).
     ports: u32,
     is_v6: bool,
+    /// A TCP SYN without ACK: a client opening a connection, which always
+    /// takes a fresh pick.
+    syn: bool,
 }
 
 #[xdp]
@@ -68,10 +75,10 @@ fn balance(ctx: &XdpContext, bytes: u64) -> (u32, Reason) {
     count(&VIP_STATS, vip.vip_id, bytes);
     // No log line here: a per-packet record would let any sender flood
     // the log ring; the DropNoBackend counter says it instead.
-    let Some(real_id) = pick_real(&vip, &flow) else {
+    let Some((real_id, real)) = select_real(&vip, &flow, bytes) else {
         return (XDP_DROP, Reason::DropNoBackend);
     };
-    if rewrite_l2(ctx, real_id, own_mac).is_none() {
+    if rewrite_l2(ctx, real, own_mac).is_none() {
         return (XDP_DROP, Reason::DropNoBackend);
     }
     count(&REAL_STATS, real_id, bytes);
@@ -127,12 +134,13 @@ fn parse_ipv4(ctx: &XdpContext, offset: usize) -> Result<Flow, Reason> {
     if u16::from_be(frag_off) & IP_MF_OFFSET_MASK != 0 {
         return Err(Reason::PassFragment);
     }
-    let (ports, dport) = parse_ports(ctx, offset + header_len, end, proto)?;
+    let (ports, dport, syn) = parse_ports(ctx, offset + header_len, end, proto)?;
     Ok(Flow {
         vip: VipKey { addr: [0, 0, V4_MAPPED_WORD, daddr], port: dport, proto, _pad: 0 },
         saddr: [0, 0, V4_MAPPED_WORD, saddr],
         ports,
         is_v6: false,
+        syn,
     })
 }
 
@@ -159,12 +167,13 @@ fn parse_ipv6(ctx: &XdpContext, offset: usize) -> Result<Flow, Reason> {
         return Err(Reason::PassV4Mapped);
     }
     let (proto, l4_offset) = skip_extension_headers(ctx, next_hdr, start, end)?;
-    let (ports, dport) = parse_ports(ctx, l4_offset, end, proto)?;
+    let (ports, dport, syn) = parse_ports(ctx, l4_offset, end, proto)?;
     Ok(Flow {
         vip: VipKey { addr: daddr, port: dport, proto, _pad: 0 },
         saddr,
         ports,
         is_v6: true,
+        syn,
     })
 }
 
@@ -201,24 +210,31 @@ fn skip_extension_headers(
     Ok((next_hdr, offset))
 }
 
-/// The raw ports word and raw destination port of a TCP or UDP header
-/// at `offset`, which must be whole (20 or 8 bytes) within the IP packet
-/// that ends at `end`.
+/// The raw ports word, the raw destination port and whether the packet is
+/// a TCP SYN without ACK, from a TCP or UDP header at `offset`, which must
+/// be whole (20 or 8 bytes) within the IP packet that ends at `end`.
 #[inline(always)]
-fn parse_ports(ctx: &XdpContext, offset: usize, end: usize, proto: u8) -> Result<(u32, u16), Reason> {
-    let header_len = match proto {
-        IPPROTO_TCP => TCP_HDR_LEN,
-        IPPROTO_UDP => UDP_HDR_LEN,
+fn parse_ports(ctx: &XdpContext, offset: usize, end: usize, proto: u8) -> Result<(u32, u16, bool), Reason> {
+    let (src, dst, syn, header_len) = match proto {
+        IPPROTO_TCP => {
+            // The frame check first, for the verifier (see `ptr_within`).
+            let tcp: *const TcpStart = ptr_at(ctx, offset).ok_or(Reason::PassTruncated)?;
+            // SAFETY: bounds checked by ptr_at.
+            let (src, dst, flags) = unsafe { ((*tcp).src, (*tcp).dst, (*tcp).flags) };
+            (src, dst, flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN, TCP_HDR_LEN)
+        }
+        IPPROTO_UDP => {
+            let ports: *const Ports = ptr_at(ctx, offset).ok_or(Reason::PassTruncated)?;
+            // SAFETY: bounds checked by ptr_at.
+            let (src, dst) = unsafe { ((*ports).src, (*ports).dst) };
+            (src, dst, false, UDP_HDR_LEN)
+        }
         _ => return Err(Reason::PassNotL4),
     };
-    // The frame check first, for the verifier (see `ptr_within`).
-    let ports: *const Ports = ptr_at(ctx, offset).ok_or(Reason::PassTruncated)?;
     if offset + header_len > end {
         return Err(Reason::PassTruncated);
     }
-    // SAFETY: bounds checked by ptr_at.
-    let (src, dst) = unsafe { ((*ports).src, (*ports).dst) };
-    Ok((ports_word(src, dst), dst))
+    Ok((ports_word(src, dst), dst, syn))
 }
 
 // ---- lookup ----------------------------------------------------------------
@@ -254,7 +270,85 @@ fn addressed_to_us(ctx: &XdpContext) -> Option<MacWords> {
     own.same(dst).then_some(own)
 }
 
-// ---- pick ------------------------------------------------------------------
+// ---- flow lookup / pick -----------------------------------------------------
+
+/// The real for this packet and its `REALS` entry: the connection table's
+/// when it holds a usable entry, else a Maglev pick, written as the
+/// flow's entry. A TCP SYN always takes a fresh pick: a client opening a
+/// connection owes nothing to an older flow on the same 5-tuple. Any other
+/// packet without an entry (evicted, or a flow another node started
+/// before this one took over the VIP) also takes the Maglev pick, which
+/// is where that node sent it too whenever both tables agree. `None` when
+/// a pick is needed and the VIP has no healthy backend.
+#[inline(always)]
+fn select_real(vip: &VipMeta, flow: &Flow, bytes: u64) -> Option<(u32, &'static RealDef)> {
+    let key = FlowKey { src: flow.saddr, dst: flow.vip.addr, ports: flow.ports, proto: u32::from(flow.vip.proto) };
+    let event = if flow.syn {
+        ConnEvent::Syn
+    } else {
+        match CONN_TABLE.get_ptr_mut(&key) {
+            None => ConnEvent::Miss,
+            Some(entry) => match established(vip, flow, entry) {
+                Ok(found) => {
+                    count(&CONN_STATS, ConnEvent::Hit as u32, bytes);
+                    return Some(found);
+                }
+                Err(event) => event,
+            },
+        }
+    };
+    let real_id = pick_real(vip, flow)?;
+    let real = REALS.get(real_id)?;
+    // TCP entries have no idle timeout (the LRU alone ends them), so only
+    // UDP pays for the clock read.
+    let last_seen_ns = if flow.vip.proto == IPPROTO_UDP { now_ns() } else { 0 };
+    let entry = ConnEntry { real_id, real_gen: real.generation, last_seen_ns };
+    let event = match CONN_TABLE.insert(&key, &entry, 0) {
+        Ok(()) => event,
+        Err(_) => ConnEvent::WriteFailed,
+    };
+    count(&CONN_STATS, event as u32, bytes);
+    Some((real_id, real))
+}
+
+/// The entry's real, if established flows of this VIP may still use it:
+/// the id still belongs to the address the entry was written for (same
+/// generation), the real still serves the VIP (its `VIP_REAL_OK` bit),
+/// and a UDP flow has not been idle past the VIP's timeout. Refreshes a
+/// UDP entry's last-seen time at most every `CONN_TOUCH_NS`.
+#[inline(always)]
+fn established(vip: &VipMeta, flow: &Flow, entry: *mut ConnEntry) -> Result<(u32, &'static RealDef), ConnEvent> {
+    // SAFETY: a pointer into the LRU map's element, valid for this RCU
+    // read section. A concurrent writer (another CPU's packet of the same
+    // flow) stores whole words of the same flow's data, so a torn read
+    // is at worst a stale timestamp.
+    let (real_id, real_gen, last_seen_ns) = unsafe { ((*entry).real_id, (*entry).real_gen, (*entry).last_seen_ns) };
+    let real = REALS.get(real_id).ok_or(ConnEvent::Stale)?;
+    let (word, bit) = vip_real_ok_bit(vip.vip_id, real_id);
+    let ok = VIP_REAL_OK.get(word).ok_or(ConnEvent::Stale)?;
+    if real.generation != real_gen || *ok & (1u64 << bit) == 0 {
+        return Err(ConnEvent::Stale);
+    }
+    if flow.vip.proto == IPPROTO_UDP {
+        let now = now_ns();
+        let idle = now.saturating_sub(last_seen_ns);
+        if idle > u64::from(vip.udp_idle_timeout_ms) * 1_000_000 {
+            return Err(ConnEvent::Expired);
+        }
+        if idle > CONN_TOUCH_NS {
+            // SAFETY: as above; an aligned 8-byte store into the element.
+            unsafe { (*entry).last_seen_ns = now };
+        }
+    }
+    Ok((real_id, real))
+}
+
+/// CLOCK_MONOTONIC in nanoseconds, as user space reads it too.
+#[inline(always)]
+fn now_ns() -> u64 {
+    // SAFETY: a helper without arguments or preconditions.
+    unsafe { bpf_ktime_get_ns() }
+}
 
 /// The real id at `hash % M` of the VIP's live table, or `None` if the VIP
 /// has no healthy backend (M = 0).
@@ -278,8 +372,7 @@ fn pick_real(vip: &VipMeta, flow: &Flow) -> Option<u32> {
 /// is untouched; the real holds the VIP on a loopback and answers the
 /// client directly.
 #[inline(always)]
-fn rewrite_l2(ctx: &XdpContext, real_id: u32, own_mac: MacWords) -> Option<()> {
-    let real = REALS.get(real_id)?;
+fn rewrite_l2(ctx: &XdpContext, real: &RealDef, own_mac: MacWords) -> Option<()> {
     let eth: *mut EthHdr = ptr_at_mut(ctx, 0)?;
     // SAFETY: bounds checked by ptr_at_mut; as in `addressed_to_us`.
     unsafe {

@@ -2,11 +2,12 @@
 use aya_ebpf::{
     bindings::{BPF_F_MMAPABLE, BPF_F_NO_PREALLOC},
     macros::map,
-    maps::{Array, HashMap, PerCpuArray},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use fulcrum_common::{
-    Counters, DatapathConfig, RealDef, Reason, VipKey, VipMeta, LOOKUP_TABLES_LEN, MAX_REALS,
-    MAX_VIPS, VIP_FILTER_WORDS,
+    ConnEntry, ConnEvent, Counters, DatapathConfig, FlowKey, RealDef, Reason, VipKey, VipMeta,
+    DEFAULT_CONN_TABLE_SIZE, LOOKUP_TABLES_LEN, MAX_REALS, MAX_VIPS, VIP_FILTER_WORDS,
+    VIP_REAL_OK_WORDS,
 };
 
 /// One bit per `vip_filter_bit` of every VIP address (a Bloom filter with
@@ -35,6 +36,26 @@ pub static LOOKUP_TABLES: Array<u32> = Array::with_max_entries(LOOKUP_TABLES_LEN
 #[map]
 pub static REALS: Array<RealDef> = Array::with_max_entries(MAX_REALS, 0);
 
+/// The connection table: 5-tuple -> the real the flow was sent to.
+///
+/// One hash table with the kernel's common LRU (no flags), shared by
+/// every CPU: an entry stays visible if RSS moves its flow to another CPU,
+/// and any CPU may use the whole capacity. Measured against per-CPU LRU
+/// lists (`BPF_F_NO_COMMON_LRU`): hits cost the same, a SYN's write was
+/// 240 vs 304 ns (`bench/RESULTS.md`); Katran's one map per CPU adds a
+/// map-in-map lookup and multiplies the memory by the CPU count. See
+/// `docs/architecture.md`, "The connection table". The size is user
+/// space's (`[datapath] conn_table_size`, set at load).
+#[map]
+pub static CONN_TABLE: LruHashMap<FlowKey, ConnEntry> = LruHashMap::with_max_entries(DEFAULT_CONN_TABLE_SIZE, 0);
+
+/// One bit per (VIP id, real id), see `fulcrum_common::vip_real_ok_bit`:
+/// set when an established flow of the VIP may stay on the real. User
+/// space clears a real's bit when it leaves the VIP's pool, or goes down
+/// under `on_marked_down = "repick"`.
+#[map]
+pub static VIP_REAL_OK: Array<u64> = Array::with_max_entries(VIP_REAL_OK_WORDS, 0);
+
 /// Entry 0: node-wide settings.
 #[map]
 pub static DATAPATH_CONFIG: Array<DatapathConfig> = Array::with_max_entries(1, 0);
@@ -47,6 +68,10 @@ pub static REAL_STATS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(MAX
 
 #[map]
 pub static REASON_STATS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(Reason::COUNT, 0);
+
+/// Per `ConnEvent`: VIP packets by what the connection table did.
+#[map]
+pub static CONN_STATS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(ConnEvent::COUNT, 0);
 
 /// Adds one frame of `bytes` to entry `index` of a per-CPU counter map.
 #[inline(always)]

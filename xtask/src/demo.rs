@@ -32,6 +32,8 @@ const WRK_THREADS: &str = "2";
 const WRK_CONNECTIONS: &str = "30";
 const WRK_FIRST_RUN: &str = "10s";
 const WRK_SECOND_RUN: &str = "5s";
+/// The L7 listener of lab/demo.toml, on the lb's own address.
+const L7_URL: &str = "http://198.18.0.2:8080/";
 
 /// Runs the demo from the workspace at `root`; errors (including Ctrl-C)
 /// come back after everything it started has been torn down.
@@ -81,7 +83,7 @@ fn story(root: &Path, fulcrum: &Path, log_path: &Path) -> Result<()> {
 
     heading(3, &format!("wrk -t{WRK_THREADS} -c{WRK_CONNECTIONS} -d{WRK_FIRST_RUN} from the client to http://{VIP4}/"));
     let before = lab.fulcrum_stats(fulcrum)?;
-    let served = run_wrk(&lab, root, WRK_FIRST_RUN)?;
+    let served = run_wrk(&lab, root, WRK_FIRST_RUN, &format!("http://{VIP4}/"))?;
 
     heading(4, "the spread over the backends");
     let after = lab.fulcrum_stats(fulcrum)?;
@@ -98,8 +100,19 @@ fn story(root: &Path, fulcrum: &Path, log_path: &Path) -> Result<()> {
         bail!("{real} served nothing: the balancer did not spread the load");
     }
 
+    heading(5, &format!("the L7 path: wrk -t{WRK_THREADS} -c{WRK_CONNECTIONS} -d{WRK_SECOND_RUN} through fulcrum's HTTP proxy at {L7_URL}"));
+    let before = lab.fulcrum_stats(fulcrum)?;
+    let served = run_wrk(&lab, root, WRK_SECOND_RUN, L7_URL)?;
+    let after = lab.fulcrum_stats(fulcrum)?;
+    print_l7_spread(&served, &before, &after);
+    // The proxy balances requests, not connections: byrequests with equal
+    // weights serves each backend a third.
+    if let Some(real) = REALS.iter().find(|r| served.get(**r).copied().unwrap_or(0) == 0) {
+        bail!("{real} served nothing through the proxy");
+    }
+
     let wait = CHECK_INTERVAL * CHECK_FALL + Duration::from_secs(1);
-    heading(5, &format!("real1 fails its health check; wait interval x fall + 1 s = {} s", wait.as_secs()));
+    heading(6, &format!("real1 fails its health check; wait interval x fall + 1 s = {} s", wait.as_secs()));
     lab.set_backend_health("real1", false)?;
     println!("  real1's /health now answers 503");
     sleep(wait)?;
@@ -110,15 +123,24 @@ fn story(root: &Path, fulcrum: &Path, log_path: &Path) -> Result<()> {
     print_health(&stats);
     println!("\n  wrk -d{WRK_SECOND_RUN} again:");
     let before = lab.fulcrum_stats(fulcrum)?;
-    let served = run_wrk(&lab, root, WRK_SECOND_RUN)?;
+    let served = run_wrk(&lab, root, WRK_SECOND_RUN, &format!("http://{VIP4}/"))?;
     let after = lab.fulcrum_stats(fulcrum)?;
     print_spread(&served, &before, &after);
     if let Some(n) = served.get("real1").filter(|n| **n > 0) {
         bail!("real1 is down but served {n} responses");
     }
     println!("  real1 got nothing: its connections went to real2 and real3");
+    println!("\n  and through the L7 proxy, wrk -d{WRK_SECOND_RUN} {L7_URL}:");
+    let before = lab.fulcrum_stats(fulcrum)?;
+    let served = run_wrk(&lab, root, WRK_SECOND_RUN, L7_URL)?;
+    let after = lab.fulcrum_stats(fulcrum)?;
+    print_l7_spread(&served, &before, &after);
+    if let Some(n) = served.get("real1").filter(|n| **n > 0) {
+        bail!("real1 is down but the proxy sent it {n} requests");
+    }
+    println!("  real1 got nothing from the proxy either: one health state for L4 and L7");
 
-    heading(6, "tear down");
+    heading(7, "tear down");
     let status = daemon.stop(Duration::from_secs(5))?;
     println!("  fulcrum stopped ({status}); XDP detached with it");
     lab.down()?;
@@ -198,14 +220,14 @@ fn print_health_log(log_path: &Path, shown: &mut usize) -> Result<()> {
     Ok(())
 }
 
-/// Runs wrk from the client against the IPv4 VIP with the served-by
-/// script, shows its summary, and returns responses per backend name.
-fn run_wrk(lab: &Lab, root: &Path, duration: &str) -> Result<BTreeMap<String, u64>> {
+/// Runs wrk from the client against `url` with the served-by script,
+/// shows its summary, and returns responses per backend name.
+fn run_wrk(lab: &Lab, root: &Path, duration: &str, url: &str) -> Result<BTreeMap<String, u64>> {
     let script: PathBuf = root.join("lab/served-by.lua");
     let mut cmd = lab.command("client", "wrk");
     cmd.args(["-t", WRK_THREADS, "-c", WRK_CONNECTIONS, "-d", duration, "--timeout", "2s", "-s"])
         .arg(&script)
-        .arg(format!("http://{VIP4}/"))
+        .arg(url)
         .stdin(Stdio::null())
         .stdout(Stdio::piped());
     let mut wrk = lab.spawn(cmd)?;
@@ -266,6 +288,27 @@ fn print_spread(served: &BTreeMap<String, u64>, before: &Stats, after: &Stats) {
     }
     if let Some(other) = served.keys().find(|k| !REALS.contains(&k.as_str())) {
         println!("  (responses without a known X-Served-By: {other} {})", served[other]);
+    }
+}
+
+/// One row per backend: responses it served through the proxy (from wrk)
+/// and the requests the proxy counted for it during the run.
+fn print_l7_spread(served: &BTreeMap<String, u64>, before: &Stats, after: &Stats) {
+    let total: u64 = served.values().sum();
+    let requests = |s: &Stats, real: &str| {
+        s.backend(&host4(real).expect("lab real").to_string()).and_then(|b| b.l7).map_or(0, |l7| l7.requests)
+    };
+    println!("  {:<7} {:>6} {:>10} {:>7} {:>15}", "backend", "health", "responses", "share", "proxy requests");
+    for real in REALS {
+        let n = served.get(real).copied().unwrap_or(0);
+        println!(
+            "  {:<7} {:>6} {:>10} {:>6.1}% {:>15}",
+            real,
+            health(after, real),
+            n,
+            percent(n, total),
+            requests(after, real).saturating_sub(requests(before, real))
+        );
     }
 }
 

@@ -24,6 +24,8 @@ fn report() -> StatsReport {
         pools: Vec::new(),
         reasons: BTreeMap::from([("tx".to_owned(), 42)]),
         control: ControlStats { generation: 7, applied_generation: 7, applies: 3, ..Default::default() },
+        listeners: Vec::new(),
+        conn_table: Default::default(),
     }
 }
 

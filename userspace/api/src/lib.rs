@@ -30,6 +30,78 @@ pub struct StatsReport {
     pub reasons: BTreeMap<String, u64>,
     /// How the control plane keeps up: generations, applies, stalls.
     pub control: ControlStats,
+    /// The L7 proxy's listeners, in configuration order; empty without L7.
+    #[serde(default)]
+    pub listeners: Vec<ListenerStats>,
+    /// The XDP connection table's counters.
+    #[serde(default)]
+    pub conn_table: ConnTableStats,
+}
+
+/// The XDP connection table (5-tuple -> backend): VIP packets forwarded
+/// since start, by what the table did for them. Every forwarded VIP
+/// packet is in exactly one of these counters.
+///
+/// Evictions are not counted: the kernel's LRU evicts without telling
+/// the program. An evicted flow that sends again shows up in `misses`
+/// (a non-SYN packet without an entry), which is the eviction that
+/// matters; `misses` also counts flows this node never saw (started
+/// before it took over the VIP) and every UDP flow's first packet.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ConnTableStats {
+    /// Entries the table holds at most (`[datapath] conn_table_size`).
+    pub size: u32,
+    /// Packets that found a usable entry and followed it.
+    pub hits: u64,
+    /// Packets other than a TCP SYN without an entry: Maglev pick, written.
+    pub misses: u64,
+    /// TCP SYNs: always a fresh Maglev pick, written.
+    pub syn_picks: u64,
+    /// Packets whose entry named a real no longer usable for the VIP
+    /// (removed from the pool, down under `repick`, id reused): re-picked.
+    pub stale_repicks: u64,
+    /// UDP packets whose entry was idle past `udp_idle_timeout`: re-picked.
+    pub expired: u64,
+    /// Entries that could not be written (the packet was still forwarded).
+    pub write_failures: u64,
+}
+
+/// An L7 listener and its routes.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ListenerStats {
+    pub name: String,
+    /// `address:port` as text.
+    pub address: String,
+    /// In the order they are tried.
+    pub routes: Vec<RouteStats>,
+}
+
+/// One L7 route.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RouteStats {
+    /// Exact host, `*.suffix`, or absent for any.
+    pub host: Option<String>,
+    /// Path prefix.
+    pub path: String,
+    pub pool: String,
+}
+
+/// What the L7 proxy did with one member since start (summed over
+/// workers). Bytes are message bodies, not headers.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct L7MemberStats {
+    /// Requests sent to the member.
+    pub requests: u64,
+    /// Requests in flight now (a gauge).
+    pub outstanding: u64,
+    /// Connect failures, timeouts and broken exchanges.
+    pub failures: u64,
+    /// Request body bytes sent to the member.
+    pub bytes_sent: u64,
+    /// Response body bytes received from the member.
+    pub bytes_received: u64,
+    /// Responses by class: 1xx, 2xx, 3xx, 4xx, 5xx.
+    pub responses: [u64; 5],
 }
 
 /// One VIP as the datapath holds it.
@@ -96,6 +168,12 @@ pub struct BackendStats {
     /// Frames XDP forwarded to this address (all VIPs and pools sharing it).
     pub packets: u64,
     pub bytes: u64,
+    /// The port the L7 proxy connects to.
+    #[serde(default)]
+    pub port: u16,
+    /// The L7 proxy's counters, when the proxy runs.
+    #[serde(default)]
+    pub l7: Option<L7MemberStats>,
 }
 
 /// The control plane's own figures. A "generation" is one effective state
@@ -231,6 +309,34 @@ pub fn render(report: &StatsReport) -> String {
         c.max_loop_stall_us,
         c.admin.refused,
         c.last_error.as_deref().map(|e| format!("  last-error: {e}")).unwrap_or_default()
+    );
+    for listener in &report.listeners {
+        let _ = writeln!(out, "L7 listener {} {}", listener.name, listener.address);
+        for route in &listener.routes {
+            let _ = writeln!(out, "  route host={} path={} -> pool {}", route.host.as_deref().unwrap_or("*"), route.path, route.pool);
+        }
+    }
+    for pool in &report.pools {
+        if pool.backends.iter().all(|b| b.l7.is_none()) {
+            continue;
+        }
+        let _ = writeln!(out, "L7 pool {}", pool.name);
+        let _ = writeln!(out, "  {:<46} {:<8} {:>6} {:>10} {:>6} {:>8} {:>8}", "member", "health", "weight", "requests", "busy", "failures", "5xx");
+        for b in &pool.backends {
+            let l7 = b.l7.unwrap_or_default();
+            let member = format!("{}:{}", b.address, b.port);
+            let _ = writeln!(
+                out,
+                "  {:<46} {:<8} {:>6} {:>10} {:>6} {:>8} {:>8}",
+                member, b.health, b.weight, l7.requests, l7.outstanding, l7.failures, l7.responses[4]
+            );
+        }
+    }
+    let t = &report.conn_table;
+    let _ = writeln!(
+        out,
+        "conn table: size={} hits={} misses={} syn-picks={} stale-repicks={} expired={} write-failures={}",
+        t.size, t.hits, t.misses, t.syn_picks, t.stale_repicks, t.expired, t.write_failures
     );
     let _ = writeln!(out, "datapath reasons (frames):");
     for (name, frames) in &report.reasons {

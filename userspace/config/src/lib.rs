@@ -16,6 +16,9 @@
 //! [admin]                       # optional
 //! listen = "127.0.0.1:9180"     # default 127.0.0.1:9180
 //!
+//! [datapath]                    # optional; changing it needs a restart
+//! conn_table_size = 1000000     # default 1000000; 1024..=67108864 flows, ~121 bytes each
+//!
 //! [[vip]]
 //! name = "web"                  # unique
 //! address = "198.18.1.1"        # unicast IPv4 or IPv6; IPv4 as a.b.c.d, never ::ffff:a.b.c.d
@@ -24,6 +27,10 @@
 //! scheduler = "maglev"          # "maglev" (5-tuple hash) | "ip-hash" (source address)
 //! pool = "web"                  # names a [[pool]]
 //! maglev_table_size = 65537     # optional, default 65537; a prime in 3..=65537
+//! on_marked_down = "keep"       # optional: "keep" (default) | "repick": established
+//!                               # flows of a backend that fails its checks
+//! udp_idle_timeout = "30s"      # udp only; default 30s; 1s..=1h: a UDP flow idle this
+//!                               # long takes a fresh pick
 //!
 //! [[pool]]
 //! name = "web"                  # unique
@@ -109,6 +116,29 @@ pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9180";
 /// Maglev lookup table size, in slots, when a VIP does not set one: the
 /// largest the datapath supports ([`fulcrum_common::MAGLEV_MAX_TABLE_SIZE`]).
 pub const DEFAULT_MAGLEV_TABLE_SIZE: u32 = fulcrum_common::MAGLEV_MAX_TABLE_SIZE;
+/// Connection table entries (flows) when `[datapath] conn_table_size` is
+/// not set: [`fulcrum_common::DEFAULT_CONN_TABLE_SIZE`], one million.
+pub const DEFAULT_CONN_TABLE_SIZE: u32 = fulcrum_common::DEFAULT_CONN_TABLE_SIZE;
+/// Smallest connection table: 1024 flows. The kernel splits the table
+/// over the CPUs' LRU lists; much smaller, a few busy seconds evict
+/// every established flow.
+pub const MIN_CONN_TABLE_SIZE: u32 = 1024;
+/// Largest connection table: 2^26 (67,108,864) flows, about 7.6 GiB of
+/// kernel memory preallocated at start (about 121 bytes an entry).
+pub const MAX_CONN_TABLE_SIZE: u32 = 1 << 26;
+/// How long a UDP flow may be idle before it takes a fresh pick, when a
+/// UDP VIP does not set `udp_idle_timeout`: 30 s, Katran's
+/// `LRU_UDP_TIMEOUT`. IPVS keeps UDP entries 300 s, but IPVS has no
+/// consistent hash to fall back on; here an expired flow gets the Maglev
+/// pick, the same real unless the table changed meanwhile, so a short
+/// timeout costs little and frees the LRU for live flows sooner.
+pub const DEFAULT_UDP_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Shortest `udp_idle_timeout`: 1 s, the resolution of the datapath's
+/// last-seen time ([`fulcrum_common::CONN_TOUCH_NS`]).
+pub const MIN_UDP_IDLE_TIMEOUT: Duration = Duration::from_secs(1);
+/// Longest `udp_idle_timeout`: 1 h. Longer, and a flood of one-packet
+/// UDP flows holds LRU entries that live flows need.
+pub const MAX_UDP_IDLE_TIMEOUT: Duration = Duration::from_secs(60 * 60);
 /// Largest backend weight. Weights are relative (Apache `loadfactor`); 256
 /// gives enough resolution while keeping a Maglev table of a few hundred
 /// backends well filled.
@@ -297,6 +327,39 @@ pub struct Config {
     pub listeners: Vec<ListenerConfig>,
     /// The L7 proxy's own settings.
     pub l7: L7Config,
+    /// The XDP datapath's node-wide settings (`[datapath]`).
+    pub datapath: DatapathSettings,
+}
+
+/// The XDP datapath's node-wide settings (`[datapath]`), fixed at start:
+/// they size kernel maps.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct DatapathSettings {
+    /// Connection table entries (flows), [`MIN_CONN_TABLE_SIZE`]..=
+    /// [`MAX_CONN_TABLE_SIZE`]; default [`DEFAULT_CONN_TABLE_SIZE`].
+    pub conn_table_size: u32,
+}
+
+impl Default for DatapathSettings {
+    fn default() -> Self {
+        DatapathSettings { conn_table_size: DEFAULT_CONN_TABLE_SIZE }
+    }
+}
+
+/// What happens to the established flows of a backend that fails its
+/// health checks (HAProxy `on-marked-down`, IPVS `expire_nodest_conn`).
+/// A backend removed from the pool always loses its flows.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnMarkedDown {
+    /// They stay on it (IPVS's default): a failing check does not mean its
+    /// connections are dead, and moving them resets them anyway.
+    #[default]
+    Keep,
+    /// They take a fresh pick (HAProxy `shutdown-sessions`, IPVS
+    /// `expire_nodest_conn=1`): for backends whose failure kills their
+    /// connections, so clients learn at once.
+    Repick,
 }
 
 /// The L7 proxy's settings (`[l7]`).
@@ -383,6 +446,13 @@ pub struct VipConfig {
     /// Maglev lookup table size in slots: a prime in
     /// 3..=[`fulcrum_common::MAGLEV_MAX_TABLE_SIZE`].
     pub maglev_table_size: u32,
+    /// Established flows of a backend marked down: kept (default) or re-picked.
+    pub on_marked_down: OnMarkedDown,
+    /// UDP only: a flow idle this long takes a fresh pick,
+    /// [`MIN_UDP_IDLE_TIMEOUT`]..=[`MAX_UDP_IDLE_TIMEOUT`]; default
+    /// [`DEFAULT_UDP_IDLE_TIMEOUT`] (also the value held for TCP VIPs,
+    /// where it is unused).
+    pub udp_idle_timeout: Duration,
 }
 
 /// Transport protocol of a VIP.

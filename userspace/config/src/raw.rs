@@ -8,7 +8,7 @@
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::{Protocol, Scheduler};
+use super::{OnMarkedDown, Protocol, Scheduler};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -22,6 +22,13 @@ pub(super) struct RawConfig {
     #[serde(default)]
     pub listener: Vec<RawListener>,
     pub l7: Option<RawL7>,
+    pub datapath: Option<RawDatapath>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawDatapath {
+    pub conn_table_size: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -64,6 +71,8 @@ pub(super) struct RawVip {
     pub scheduler: Scheduler,
     pub pool: Spanned<String>,
     pub maglev_table_size: Option<Spanned<i64>>,
+    pub udp_idle_timeout: Option<Spanned<String>>,
+    pub on_marked_down: Option<OnMarkedDown>,
 }
 
 #[derive(Debug, Deserialize)]

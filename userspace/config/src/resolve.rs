@@ -16,7 +16,11 @@ use hyper::http::uri::PathAndQuery;
 use hyper::http::HeaderValue;
 use toml::Spanned;
 
-use super::raw::{CheckType, RawBackend, RawConfig, RawHealthCheck, RawL7, RawListener, RawPool, RawRoute, RawVip};
+use super::raw::{CheckType, RawBackend, RawConfig, RawDatapath, RawHealthCheck, RawL7, RawListener, RawPool, RawRoute, RawVip};
+use super::{
+    DatapathSettings, DEFAULT_CONN_TABLE_SIZE, DEFAULT_UDP_IDLE_TIMEOUT, MAX_CONN_TABLE_SIZE, MAX_UDP_IDLE_TIMEOUT,
+    MIN_CONN_TABLE_SIZE, MIN_UDP_IDLE_TIMEOUT,
+};
 use super::{
     L7Config, LbMethod, ListenerConfig, RouteConfig, MAX_L7_WORKERS,
     AdminConfig, BackendConfig, CheckKind, Config, Diagnostic, HealthCheckConfig, PoolConfig,
@@ -44,6 +48,7 @@ pub(super) fn resolve(raw: RawConfig, text: &str) -> Result<Config, Vec<Diagnost
     let pools = c.pools(&raw.pool, &raw.vip);
     let listeners = c.listeners(&raw.listener, &raw.pool);
     let l7 = c.l7(raw.l7.as_ref());
+    let datapath = c.datapath(raw.datapath.as_ref());
 
     if c.diagnostics.is_empty() {
         Ok(Config {
@@ -53,6 +58,7 @@ pub(super) fn resolve(raw: RawConfig, text: &str) -> Result<Config, Vec<Diagnost
             pools,
             listeners,
             l7,
+            datapath,
         })
     } else {
         c.diagnostics.sort_by_key(|d| (d.line, d.column));
@@ -225,6 +231,15 @@ impl Checker<'_> {
                 Some(size) => self.table_size(size),
                 None => DEFAULT_MAGLEV_TABLE_SIZE,
             };
+            let udp_idle_timeout = match (&v.udp_idle_timeout, v.protocol) {
+                (Some(t), super::Protocol::Tcp) => {
+                    self.error(t.span(), "`udp_idle_timeout` applies only to protocol = \"udp\" VIPs (TCP entries live until the connection table evicts them)".to_owned());
+                    DEFAULT_UDP_IDLE_TIMEOUT
+                }
+                (t, _) => self
+                    .duration(t.as_ref(), DEFAULT_UDP_IDLE_TIMEOUT, MIN_UDP_IDLE_TIMEOUT..=MAX_UDP_IDLE_TIMEOUT, "udp_idle_timeout")
+                    .unwrap_or(DEFAULT_UDP_IDLE_TIMEOUT),
+            };
             out.push(VipConfig {
                 name: v.name.get_ref().clone(),
                 address: address.unwrap_or(IpAddr::from([0, 0, 0, 0])),
@@ -233,9 +248,21 @@ impl Checker<'_> {
                 scheduler: v.scheduler,
                 pool: v.pool.get_ref().clone(),
                 maglev_table_size,
+                on_marked_down: v.on_marked_down.unwrap_or_default(),
+                udp_idle_timeout,
             });
         }
         out
+    }
+
+    fn datapath(&mut self, raw: Option<&RawDatapath>) -> DatapathSettings {
+        let conn_table_size = match raw.and_then(|d| d.conn_table_size.as_ref()) {
+            Some(size) => self
+                .int_in(size, i64::from(MIN_CONN_TABLE_SIZE)..=i64::from(MAX_CONN_TABLE_SIZE), "conn_table_size")
+                .unwrap_or(DEFAULT_CONN_TABLE_SIZE),
+            None => DEFAULT_CONN_TABLE_SIZE,
+        };
+        DatapathSettings { conn_table_size }
     }
 
     fn table_size(&mut self, size: &Spanned<i64>) -> u32 {

@@ -109,6 +109,8 @@ fn full_config_resolves() {
                 scheduler: Scheduler::Maglev,
                 pool: "web".into(),
                 maglev_table_size: 251,
+                on_marked_down: OnMarkedDown::Keep,
+                udp_idle_timeout: DEFAULT_UDP_IDLE_TIMEOUT,
             },
             VipConfig {
                 name: "dns6".into(),
@@ -118,6 +120,8 @@ fn full_config_resolves() {
                 scheduler: Scheduler::IpHash,
                 pool: "dns".into(),
                 maglev_table_size: 65537,
+                on_marked_down: OnMarkedDown::Keep,
+                udp_idle_timeout: DEFAULT_UDP_IDLE_TIMEOUT,
             },
         ],
         pools: vec![
@@ -176,6 +180,7 @@ fn full_config_resolves() {
         ],
         listeners: Vec::new(),
         l7: config.l7.clone(),
+        datapath: DatapathSettings { conn_table_size: DEFAULT_CONN_TABLE_SIZE },
     };
     assert_eq!(config, expected);
     assert_eq!(config.pool("dns"), Some(&expected.pools[1]));
@@ -985,4 +990,49 @@ fn l7_sections_are_checked_with_positions() {
     let no_routes = with(&format!("{L7}\n[[listener]]\nname = \"bare\"\naddress = \"198.18.0.2:8081\"\n"));
     let d = errors(&no_routes);
     assert_eq!(position_of(&d, "has no routes").0, no_routes.lines().position(|l| l.contains("\"bare\"")).unwrap() + 1);
+}
+
+const UDP_POOL: &str = "
+[[pool]]
+name = \"dns\"
+[pool.health_check]
+type = \"tcp\"
+[[pool.backend]]
+address = \"198.18.0.11\"
+";
+
+#[test]
+fn connection_table_settings_default_and_resolve() {
+    let config = parse(&with(&format!("{WEB_VIP}{UDP_POOL}").replace("pool = \"web\"", "pool = \"dns\"")), "t").unwrap();
+    assert_eq!(config.datapath.conn_table_size, DEFAULT_CONN_TABLE_SIZE);
+    assert_eq!(config.vips[0].on_marked_down, OnMarkedDown::Keep);
+    assert_eq!(config.vips[0].udp_idle_timeout, Duration::from_secs(30));
+
+    let text = with(
+        "[datapath]\nconn_table_size = 65536\n\
+         [[vip]]\nname = \"dns\"\naddress = \"198.18.1.1\"\nport = 53\nprotocol = \"udp\"\nscheduler = \"maglev\"\n\
+         pool = \"dns\"\non_marked_down = \"repick\"\nudp_idle_timeout = \"2m\"\n",
+    ) + UDP_POOL;
+    let config = parse(&text, "t").unwrap();
+    assert_eq!(config.datapath.conn_table_size, 65536);
+    assert_eq!(config.vips[0].on_marked_down, OnMarkedDown::Repick);
+    assert_eq!(config.vips[0].udp_idle_timeout, Duration::from_secs(120));
+}
+
+#[test]
+fn connection_table_settings_out_of_bounds_are_positioned() {
+    let text = with(
+        "[datapath]\nconn_table_size = 100\n\
+         [[vip]]\nname = \"dns\"\naddress = \"198.18.1.1\"\nport = 53\nprotocol = \"udp\"\nscheduler = \"maglev\"\n\
+         pool = \"dns\"\nudp_idle_timeout = \"500ms\"\n\
+         [[vip]]\nname = \"web\"\naddress = \"198.18.1.1\"\nport = 80\nprotocol = \"tcp\"\nscheduler = \"maglev\"\n\
+         pool = \"dns\"\nudp_idle_timeout = \"10s\"\n",
+    ) + UDP_POOL;
+    let d = errors(&text);
+    assert_eq!(position_of(&d, "conn_table_size 100 is out of range 1024..=67108864"), (3, 19));
+    assert_eq!(position_of(&d, "udp_idle_timeout 500ms is shorter than the minimum 1s"), (11, 20));
+    assert_eq!(position_of(&d, "applies only to protocol = \"udp\""), (19, 20));
+    let d = errors(&with(&format!("{WEB_VIP}on_marked_down = \"drop\"\n{UDP_POOL}").replace("pool = \"web\"", "pool = \"dns\"")));
+    assert_eq!(d.len(), 1, "{d:#?}");
+    assert!(d[0].message.contains("unknown variant `drop`"), "{d:#?}");
 }

@@ -26,7 +26,7 @@ use tokio::{
 };
 use tracing::{error, info, warn};
 
-use crate::report;
+use crate::{l7::L7, report};
 
 /// How often the whole neighbour table is read again, in case a netlink
 /// notification was lost (the subscription is the normal path).
@@ -49,7 +49,8 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
     }
     let config = config::load(&config_path)?;
     let interface = Interface::lookup(&config.interface)?;
-    let mut datapath = Datapath::load().context("loading the XDP program (needs root)")?;
+    let options = fulcrum_l4::LoadOptions { conn_table_size: config.datapath.conn_table_size };
+    let mut datapath = Datapath::load_with(options).context("loading the XDP program (needs root)")?;
     datapath.set_self_mac(interface.mac)?;
     let mode = datapath.attach(&interface.name)?;
     info!(interface = %interface.name, mac = %interface.mac, ?mode, "XDP program attached");
@@ -65,6 +66,10 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
     let admin_task =
         tokio::spawn(fulcrum_admin::serve_with_counters(listener, Limits::default(), admin_counters.clone(), admin_tx));
 
+    // Members start unknown (no health verdict yet), so the proxy answers
+    // 503 until the first checks pass, as the XDP path drops.
+    let l7 = L7::start(&config, &fulcrum_state::effective(&config, &Observed::default()))?;
+
     let (health_tx, health_rx) = mpsc::unbounded_channel();
     let mut control = Control {
         neighbours: Neighbours::connect(interface.index)?,
@@ -72,6 +77,7 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
         config,
         observed: Observed::default(),
         writer,
+        l7,
         counters,
         admin_counters,
         max_stall: Duration::ZERO,
@@ -82,8 +88,11 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
     let result = control.run_loop(&config_path, health_rx, admin_rx).await;
 
     admin_task.abort();
-    let Control { engine, writer, .. } = control;
+    let Control { engine, writer, l7, .. } = control;
     drop(engine);
+    if let Some(l7) = l7 {
+        l7.shutdown();
+    }
     let mut datapath = writer.shutdown();
     datapath.detach()?;
     info!(interface = %interface.name, "XDP program detached");
@@ -103,6 +112,8 @@ struct Control {
     config: Config,
     observed: Observed,
     writer: Writer,
+    /// The L7 proxy, when listeners are configured.
+    l7: Option<L7>,
     counters: CounterReader,
     admin_counters: AdminCounters,
     /// Longest heartbeat lateness so far.
@@ -154,7 +165,7 @@ impl Control {
                             max_stall: self.max_stall,
                             admin: self.admin_counters.snapshot(),
                         };
-                        let _ = reply.send(report::stats(&self.config, &self.observed, &control, &self.counters));
+                        let _ = reply.send(report::stats(&self.config, &self.observed, &control, &self.counters, self.l7.as_ref()));
                     }
                 },
                 _ = heartbeat.tick() => {
@@ -169,12 +180,15 @@ impl Control {
         }
     }
 
-    /// Hands the effective state to the datapath writer; `since` is when
-    /// the observation behind it arrived.
+    /// Hands the effective state to the datapath writer and the L7 proxy;
+    /// `since` is when the observation behind it arrived.
     fn submit(&mut self, since: Instant) {
         let effective = fulcrum_state::effective(&self.config, &self.observed);
         let plan = Plan::new(&effective, &fulcrum_l4::macs(&self.config, &self.observed.neighbours));
         self.writer.submit(plan, since);
+        if let Some(l7) = &mut self.l7 {
+            l7.publish(&self.config, &effective);
+        }
     }
 
     fn concerns_a_backend(&self, change: NeighbourChange) -> bool {
@@ -216,6 +230,18 @@ impl Control {
         };
         if new.interface != self.config.interface || new.admin != self.config.admin {
             error!("reload rejected: changing `interface` or `[admin] listen` needs a restart; the running configuration is kept");
+            return;
+        }
+        if new.datapath != self.config.datapath {
+            error!("reload rejected: changing `[datapath]` (it sizes kernel maps) needs a restart; the running configuration is kept");
+            return;
+        }
+        let same_listeners = match &self.l7 {
+            Some(l7) => l7.listens_as(&new),
+            None => new.listeners.is_empty(),
+        };
+        if !same_listeners || new.l7 != self.config.l7 {
+            error!("reload rejected: changing L7 listener addresses or `[l7]` needs a restart; the running configuration is kept");
             return;
         }
         let targets = targets(&new);

@@ -8,9 +8,11 @@
 //!
 //! - [`control`]: the control loop that owns the configuration and the
 //!   observations, and hands each new effective state on.
+//! - [`l7`]: starts the L7 proxy and publishes its routing snapshots.
 //! - [`report`]: the admin API's `GET /stats` answer, read from the
 //!   effective state, the writer's status and the datapath's counters.
 //! - [`limits`]: process limits set at start (open files).
 pub mod control;
+pub mod l7;
 pub mod limits;
 pub mod report;

@@ -2,13 +2,17 @@
 //! (from the writer's status) and the datapath's counters, in the admin
 //! API's types. Reads only; derives nothing the effective state or the L4
 //! plan does not already say.
-use std::time::Duration;
+use std::{net::SocketAddr, time::Duration};
 
-use fulcrum_api::{AdminStats, ApplyStats, BackendStats, ControlStats, PoolStats, StatsReport, VipBackendSlots, VipStats};
+use fulcrum_api::{ConnTableStats, L7MemberStats, ListenerStats, RouteStats, AdminStats, ApplyStats, BackendStats, ControlStats, PoolStats, StatsReport, VipBackendSlots, VipStats};
+use fulcrum_common::ConnEvent;
 use fulcrum_config::Config;
 use fulcrum_health::Health;
 use fulcrum_l4::{CounterReader, WriterStatus};
+use fulcrum_l7::MemberStats;
 use fulcrum_state::Observed;
+
+use crate::l7::L7;
 
 /// The control plane's own figures at the moment of the report.
 pub struct Control {
@@ -19,7 +23,7 @@ pub struct Control {
 }
 
 /// The report for the running `config` and `observed` state.
-pub fn stats(config: &Config, observed: &Observed, control: &Control, counters: &CounterReader) -> StatsReport {
+pub fn stats(config: &Config, observed: &Observed, control: &Control, counters: &CounterReader, l7: Option<&L7>) -> StatsReport {
     let writer = &control.writer;
     let effective = fulcrum_state::effective(config, observed);
     let macs = fulcrum_l4::macs(config, &observed.neighbours);
@@ -77,6 +81,8 @@ pub fn stats(config: &Config, observed: &Observed, control: &Control, counters: 
                         mac: mac.map(|m| m.to_string()),
                         packets: counts.packets,
                         bytes: counts.bytes,
+                        port: m.port,
+                        l7: l7.and_then(|l7| l7.member_stats(&pool.name, SocketAddr::new(m.address, m.port))).map(l7_member),
                     }
                 })
                 .collect(),
@@ -99,5 +105,37 @@ pub fn stats(config: &Config, observed: &Observed, control: &Control, counters: 
         max_loop_stall_us: control.max_stall.as_micros() as u64,
         admin: control.admin,
     };
-    StatsReport { vips, pools, reasons, control }
+    let listeners = config
+        .listeners
+        .iter()
+        .map(|l| ListenerStats {
+            name: l.name.clone(),
+            address: l.address.to_string(),
+            routes: l.routes.iter().map(|r| RouteStats { host: r.host.clone(), path: r.path.clone(), pool: r.pool.clone() }).collect(),
+        })
+        .collect();
+    let events = counters.conn_events();
+    let event = |e: ConnEvent| events.iter().find(|(x, _)| *x == e).map_or(0, |(_, c)| c.packets);
+    let conn_table = ConnTableStats {
+        size: config.datapath.conn_table_size,
+        hits: event(ConnEvent::Hit),
+        misses: event(ConnEvent::Miss),
+        syn_picks: event(ConnEvent::Syn),
+        stale_repicks: event(ConnEvent::Stale),
+        expired: event(ConnEvent::Expired),
+        write_failures: event(ConnEvent::WriteFailed),
+    };
+    StatsReport { vips, pools, reasons, control, listeners, conn_table }
+}
+
+fn l7_member(stats: &MemberStats) -> L7MemberStats {
+    let get = MemberStats::get;
+    L7MemberStats {
+        requests: get(&stats.requests),
+        outstanding: get(&stats.outstanding),
+        failures: get(&stats.failures),
+        bytes_sent: get(&stats.bytes_sent),
+        bytes_received: get(&stats.bytes_received),
+        responses: std::array::from_fn(|i| get(&stats.responses[i])),
+    }
 }

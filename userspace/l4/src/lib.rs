@@ -21,11 +21,12 @@ pub mod writer;
 use std::time::Duration;
 
 use aya::{
-    maps::{Map, MapData, PerCpuArray},
+    maps::{HashMap as BpfHashMap, Map, MapData, PerCpuArray},
     programs::{xdp::XdpLinkId, TestRun, TestRunOptions, Xdp, XdpMode},
     Ebpf, EbpfLoader,
 };
-use fulcrum_common::{names, Counters, DatapathConfig, Mac, Reason};
+pub use fulcrum_common::{ConnEntry, ConnEvent, FlowKey};
+use fulcrum_common::{names, Counters, DatapathConfig, Mac, Reason, DEFAULT_CONN_TABLE_SIZE};
 use thiserror::Error;
 
 pub use neighbours::{Interface, LinkError, NeighbourChange, Neighbours};
@@ -81,11 +82,27 @@ pub struct TestOutcome {
     pub duration: Duration,
 }
 
+/// What is fixed when the program loads: the sizes of its maps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoadOptions {
+    /// Connection table entries (flows); the kernel preallocates them all
+    /// (about 121 bytes each).
+    pub conn_table_size: u32,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions { conn_table_size: DEFAULT_CONN_TABLE_SIZE }
+    }
+}
+
 /// The loaded program and its maps.
 pub struct Datapath {
     ebpf: Ebpf,
     link: Option<XdpLinkId>,
     config: aya::maps::Array<MapData, DatapathConfig>,
+    /// `CONN_TABLE` (an LRU hash; aya reads both kinds as a hash map).
+    conn_table: BpfHashMap<MapData, FlowKey, ConnEntry>,
     maps: tables::Maps,
     tables: tables::Tables,
     counters: CounterReader,
@@ -99,10 +116,19 @@ impl Datapath {
     /// [`DatapathError::NoObject`] in a build without the eBPF object; the
     /// verifier's or the kernel's refusal (needs root or CAP_BPF).
     pub fn load() -> Result<Self, DatapathError> {
+        Self::load_with(LoadOptions::default())
+    }
+
+    /// [`Datapath::load`] with map sizes other than the defaults.
+    ///
+    /// # Errors
+    /// As [`Datapath::load`]; also the kernel refusing the connection
+    /// table's memory.
+    pub fn load_with(options: LoadOptions) -> Result<Self, DatapathError> {
         if XDP_OBJECT.is_empty() {
             return Err(DatapathError::NoObject);
         }
-        let mut ebpf = EbpfLoader::new().load(XDP_OBJECT)?;
+        let mut ebpf = EbpfLoader::new().map_max_entries(names::CONN_TABLE, options.conn_table_size).load(XDP_OBJECT)?;
         let program: &mut Xdp =
             ebpf.program_mut(names::PROGRAM).ok_or(DatapathError::MissingMap(names::PROGRAM))?.try_into()?;
         program.load()?;
@@ -114,6 +140,9 @@ impl Datapath {
         let vips = typed(take(names::VIPS)?, names::VIPS)?;
         let reals = typed(take(names::REALS)?, names::REALS)?;
         let vip_filter = typed(take(names::VIP_FILTER)?, names::VIP_FILTER)?;
+        let vip_real_ok = typed(take(names::VIP_REAL_OK)?, names::VIP_REAL_OK)?;
+        let conn_table = typed(take(names::CONN_TABLE)?, names::CONN_TABLE)?;
+        let conn_stats = typed(take(names::CONN_STATS)?, names::CONN_STATS)?;
         let config = typed(take(names::DATAPATH_CONFIG)?, names::DATAPATH_CONFIG)?;
         let vip_stats: PerCpuArray<MapData, Counters> = typed(take(names::VIP_STATS)?, names::VIP_STATS)?;
         let real_stats: PerCpuArray<MapData, Counters> = typed(take(names::REAL_STATS)?, names::REAL_STATS)?;
@@ -122,16 +151,18 @@ impl Datapath {
             vip_stats: reopen(&vip_stats, names::VIP_STATS)?,
             real_stats: reopen(&real_stats, names::REAL_STATS)?,
             reason_stats,
+            conn_stats,
         };
         let maps = tables::Maps {
             lookup_tables: tables::TableMemory::map(&lookup_tables)?,
             vips,
             reals,
             vip_filter,
+            vip_real_ok,
             vip_stats,
             real_stats,
         };
-        Ok(Datapath { ebpf, link: None, config, maps, tables: tables::Tables::default(), counters })
+        Ok(Datapath { ebpf, link: None, config, conn_table, maps, tables: tables::Tables::default(), counters })
     }
 
     fn program(&mut self) -> &mut Xdp {
@@ -202,7 +233,29 @@ impl Datapath {
             vip_stats: reopen(&self.counters.vip_stats, names::VIP_STATS)?,
             real_stats: reopen(&self.counters.real_stats, names::REAL_STATS)?,
             reason_stats: reopen(&self.counters.reason_stats, names::REASON_STATS)?,
+            conn_stats: reopen(&self.counters.conn_stats, names::CONN_STATS)?,
         })
+    }
+
+    /// The connection table's entry for `key`, if any (for tests and
+    /// diagnostics; the datapath alone writes entries in operation).
+    pub fn conn_entry(&self, key: &FlowKey) -> Option<ConnEntry> {
+        self.conn_table.get(key, 0).ok()
+    }
+
+    /// Writes a connection-table entry, as the datapath would: for tests
+    /// (an entry with an old `last_seen_ns`, a state another node left).
+    ///
+    /// # Errors
+    /// The map update failed.
+    pub fn set_conn_entry(&mut self, key: &FlowKey, entry: ConnEntry) -> Result<(), DatapathError> {
+        self.conn_table.insert(key, entry, 0).map_err(|source| DatapathError::Map { map: names::CONN_TABLE, source })
+    }
+
+    /// Live connection-table entries, by walking the map: one syscall per
+    /// entry (about a second per million), so not for `/stats`.
+    pub fn conn_entries(&self) -> usize {
+        self.conn_table.keys().filter(Result::is_ok).count()
     }
 
     /// The program's counters.
@@ -241,6 +294,7 @@ pub struct CounterReader {
     vip_stats: PerCpuArray<MapData, Counters>,
     real_stats: PerCpuArray<MapData, Counters>,
     reason_stats: PerCpuArray<MapData, Counters>,
+    conn_stats: PerCpuArray<MapData, Counters>,
 }
 
 impl CounterReader {
@@ -258,6 +312,24 @@ impl CounterReader {
     pub fn reasons(&self) -> Vec<(Reason, Counters)> {
         Reason::ALL.iter().map(|&r| (r, sum(&self.reason_stats, r as u32))).collect()
     }
+
+    /// Forwarded VIP packets per connection-table [`ConnEvent`], in
+    /// `ConnEvent::ALL` order.
+    pub fn conn_events(&self) -> Vec<(ConnEvent, Counters)> {
+        ConnEvent::ALL.iter().map(|&e| (e, sum(&self.conn_stats, e as u32))).collect()
+    }
+}
+
+/// CLOCK_MONOTONIC in nanoseconds: the clock of `bpf_ktime_get_ns`, and
+/// so of [`ConnEntry::last_seen_ns`].
+pub fn monotonic_ns() -> u64 {
+    // SAFETY: clock_gettime writes one timespec into the value we own.
+    let now = unsafe {
+        let mut now: libc::timespec = std::mem::zeroed();
+        libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now);
+        now
+    };
+    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
 }
 
 fn typed<T>(map: Map, name: &'static str) -> Result<T, DatapathError>

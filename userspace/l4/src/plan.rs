@@ -10,8 +10,8 @@ use std::{
 };
 
 use fulcrum_common::{Mac, VipKey, VIP_F_HASH_SRC_ONLY};
-use fulcrum_config::{Config, Scheduler};
-use fulcrum_state::Effective;
+use fulcrum_config::{Config, OnMarkedDown, Scheduler};
+use fulcrum_state::{Effective, Exclusion};
 
 /// What the maps must hold.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -35,8 +35,15 @@ pub struct PlanVip {
     pub table_size: u32,
     /// Address and weight (>= 1) of each member that takes new traffic
     /// and has a MAC, sorted by address (the Maglev input order, the same
-    /// on every node). Empty means the VIP drops.
+    /// on every node). Empty means the VIP drops new flows.
     pub members: Vec<(IpAddr, u32)>,
+    /// Every member whose established flows stay on it, sorted: the whole
+    /// pool (drained, unknown, without a MAC, and down under
+    /// `on_marked_down = "keep"`), but not a member down under `repick`.
+    /// A connection-table entry naming any other real re-picks.
+    pub established: Vec<IpAddr>,
+    /// UDP flows idle this long (milliseconds) take a fresh pick.
+    pub udp_idle_timeout_ms: u32,
 }
 
 impl Plan {
@@ -62,6 +69,15 @@ impl Plan {
                     .map(|m| (m.address, m.weight))
                     .collect();
                 members.sort_unstable();
+                let mut established: Vec<IpAddr> = effective
+                    .pool(&vip.pool)
+                    .into_iter()
+                    .flat_map(|p| &p.members)
+                    .filter(|m| !(m.excluded == Some(Exclusion::Down) && vip.on_marked_down == OnMarkedDown::Repick))
+                    .map(|m| m.address)
+                    .collect();
+                established.sort_unstable();
+                established.dedup();
                 PlanVip {
                     name: vip.name.clone(),
                     key: VipKey::new(vip.address, vip.port, vip.protocol.ip_proto()),
@@ -71,6 +87,8 @@ impl Plan {
                     },
                     table_size: vip.table_size,
                     members,
+                    established,
+                    udp_idle_timeout_ms: u32::try_from(vip.udp_idle_timeout.as_millis()).unwrap_or(u32::MAX),
                 }
             })
             .collect();
@@ -145,5 +163,26 @@ weight = 3
         assert_eq!(plan.mac(IpAddr::from([198, 18, 0, 11])), Some(Mac([2, 0, 0, 0, 0, 0x11])));
         assert_eq!(plan.reals.len(), 3);
         assert_eq!(plan.mac(IpAddr::from([198, 18, 0, 13])), None);
+    }
+
+    /// Established flows stay on every member but one down under `repick`.
+    #[test]
+    fn established_flows_stay_unless_down_under_repick() {
+        for (policy, want_12) in [("keep", true), ("repick", false)] {
+            let text = CONFIG.replace("maglev_table_size = 251", &format!("maglev_table_size = 251\non_marked_down = \"{policy}\""));
+            let config = fulcrum_config::parse(&text, "test.toml").unwrap();
+            let pool = &config.pools[0];
+            let mut observed = Observed::default();
+            for (b, health) in pool.backends.iter().zip([Health::Up, Health::Up, Health::Down]) {
+                observed.health.insert(probe_of(pool, b), Verdict { health, detail: String::new() });
+            }
+            let macs: HashMap<IpAddr, Mac> = pool.backends.iter().map(|b| (b.address, Mac([2, 0, 0, 0, 0, 1]))).collect();
+            let vip = &Plan::new(&effective(&config, &observed), &macs).vips[0];
+            // .13 is up; .11 up; .12 (weight 3) down.
+            assert_eq!(vip.members, vec![(IpAddr::from([198, 18, 0, 11]), 1), (IpAddr::from([198, 18, 0, 13]), 1)]);
+            assert_eq!(vip.established.contains(&IpAddr::from([198, 18, 0, 12])), want_12, "{policy}");
+            assert_eq!(vip.established.len(), if want_12 { 3 } else { 2 });
+            assert_eq!(vip.udp_idle_timeout_ms, 30_000);
+        }
     }
 }

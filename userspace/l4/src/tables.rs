@@ -21,6 +21,15 @@
 //! Ids are freed before they are taken: VIPs and reals leaving the plan
 //! give their ids back before new ones are allocated, so a reload that
 //! swaps VIPs or reals at the limit fits.
+//!
+//! The connection table is the datapath's, but which of its entries are
+//! still good is written here: `VIP_REAL_OK` holds, per VIP, the reals
+//! its established flows may stay on ([`PlanVip::established`]), and each
+//! real id's `RealDef::generation` is bumped whenever the id is given to
+//! an address, so an entry written for the id's previous owner re-picks.
+//! A VIP's bits are widened to old and new before its table flips and
+//! narrowed to the new set after, so no flow re-picks from a table that
+//! is about to go.
 use std::{
     collections::{BTreeSet, HashMap},
     net::IpAddr,
@@ -32,8 +41,8 @@ use std::{
 
 use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuValues, Array};
 use fulcrum_common::{
-    names, vip_filter_bit, Counters, Mac, RealDef, VipKey, VipMeta, LOOKUP_TABLES_LEN, MAGLEV_MAX_TABLE_SIZE,
-    MAX_REALS, MAX_VIPS, VIP_FILTER_WORDS,
+    names, vip_filter_bit, vip_real_ok_bit, Counters, Mac, RealDef, VipKey, VipMeta, LOOKUP_TABLES_LEN,
+    MAGLEV_MAX_TABLE_SIZE, MAX_REALS, MAX_VIPS, VIP_FILTER_WORDS, VIP_REAL_OK_WORDS,
 };
 
 use crate::{
@@ -52,6 +61,7 @@ pub(crate) struct Maps {
     pub lookup_tables: TableMemory,
     pub reals: Array<MapData, RealDef>,
     pub vip_filter: Array<MapData, u64>,
+    pub vip_real_ok: Array<MapData, u64>,
     pub vip_stats: PerCpuArray<MapData, Counters>,
     pub real_stats: PerCpuArray<MapData, Counters>,
 }
@@ -103,11 +113,22 @@ pub(crate) struct Tables {
     reals: HashMap<IpAddr, (u32, Option<Mac>)>,
     /// The `VIP_FILTER` words as written.
     filter: [u64; VIP_FILTER_WORDS as usize],
+    /// The `VIP_REAL_OK` words as written.
+    ok: Vec<u64>,
+    /// Each real id's `RealDef::generation` as written; kept when the id
+    /// is freed, so the next owner gets a higher one.
+    generations: Vec<u32>,
 }
 
 impl Default for Tables {
     fn default() -> Self {
-        Tables { vips: HashMap::new(), reals: HashMap::new(), filter: [0; VIP_FILTER_WORDS as usize] }
+        Tables {
+            vips: HashMap::new(),
+            reals: HashMap::new(),
+            filter: [0; VIP_FILTER_WORDS as usize],
+            ok: vec![0; VIP_REAL_OK_WORDS as usize],
+            generations: vec![0; MAX_REALS as usize],
+        }
     }
 }
 
@@ -137,20 +158,33 @@ impl Tables {
         let mut built: HashMap<TableInput<'_>, BuiltTable> = HashMap::new();
         self.wait_for_idle_slots(plan);
         for vip in &plan.vips {
-            if self.vip_unchanged(vip) {
-                continue;
-            }
-            // A table may only name reals whose id and MAC are written.
-            for &(address, _) in &vip.members {
+            // A table may only name reals whose id and MAC are written, and
+            // a VIP_REAL_OK bit only reals with an id.
+            // (`established` names pool members, all in `plan.reals`; one
+            // that is not cannot get an id, so it gets no bit either.)
+            let established: Vec<IpAddr> = vip.established.iter().copied().filter(|a| plan.reals.contains_key(a)).collect();
+            for address in vip.members.iter().map(|&(a, _)| a).chain(established.iter().copied()) {
                 if !self.reals.contains_key(&address) {
                     self.write_real(maps, address, plan.reals.get(&address).copied().flatten())?;
                 }
+            }
+            if self.vip_unchanged(vip) {
+                if let Some(vip_id) = self.vips.get(&vip.name).map(|w| w.meta.vip_id) {
+                    self.write_ok_bits(maps, vip_id, &established, false)?;
+                }
+                continue;
             }
             let (table, digest) = built.entry((&vip.members, vip.table_size)).or_insert_with(|| {
                 counts.tables_built += 1;
                 build_table(&vip.members, vip.table_size)
             });
+            // Flows of reals leaving keep them until the new table is live.
+            if let Some(vip_id) = self.vips.get(&vip.name).map(|w| w.meta.vip_id) {
+                self.write_ok_bits(maps, vip_id, &established, true)?;
+            }
             self.write_vip(maps, vip, table, *digest)?;
+            let vip_id = self.vips[&vip.name].meta.vip_id;
+            self.write_ok_bits(maps, vip_id, &established, false)?;
             counts.vips_written += 1;
             // Reals this VIP's old table named may now be free for the next.
             self.free_reals(plan);
@@ -212,6 +246,9 @@ impl Tables {
                 Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
                 Err(source) => return Err(DatapathError::Map { map: names::VIPS, source }),
             }
+            // The id's next VIP starts with no real its flows may stay on.
+            let vip_id = written.meta.vip_id;
+            self.write_ok_bits(maps, vip_id, &[], false)?;
             self.vips.remove(&name);
         }
         Ok(())
@@ -228,23 +265,55 @@ impl Tables {
     }
 
     fn write_real(&mut self, maps: &mut Maps, address: IpAddr, mac: Option<Mac>) -> Result<(), DatapathError> {
-        let id = match self.reals.get(&address) {
+        let (id, new) = match self.reals.get(&address) {
             // An unknown MAC keeps the last one written: the real is out of
             // every table anyway (the plan leaves members without a MAC out).
             Some(&(_, written)) if written == mac || mac.is_none() => return Ok(()),
-            Some(&(id, _)) => id,
+            Some(&(id, _)) => (id, false),
             None => {
                 let used: BTreeSet<u32> = self.reals.values().map(|&(id, _)| id).collect();
                 let id = lowest_free(&used, MAX_REALS)
                     .ok_or_else(|| DatapathError::Limit(format!("more than {MAX_REALS} backends")))?;
                 zero(&mut maps.real_stats, id, names::REAL_STATS)?;
-                id
+                (id, true)
             }
         };
-        if let Some(mac) = mac {
-            maps.reals.set(id, RealDef { mac: mac.0, _pad: [0; 2] }, 0).map_err(map_err(names::REALS))?;
+        // A new owner of the id gets the next generation, written even
+        // without a MAC: connection-table entries of the previous owner
+        // must stop matching before anything can name the id again.
+        let generation = self.generations[id as usize].wrapping_add(u32::from(new));
+        if mac.is_some() || new {
+            let mac = mac.map_or([0; 6], |m| m.0);
+            let def = RealDef { mac, _pad: [0; 2], generation, _pad2: 0 };
+            maps.reals.set(id, def, 0).map_err(map_err(names::REALS))?;
+            self.generations[id as usize] = generation;
         }
         self.reals.insert(address, (id, mac));
+        Ok(())
+    }
+
+    /// Makes `vip_id`'s `VIP_REAL_OK` bits name exactly the reals of
+    /// `established` (every one has an id), or with `widen` those and the
+    /// ones set now. Writes only the words that change.
+    fn write_ok_bits(&mut self, maps: &mut Maps, vip_id: u32, established: &[IpAddr], widen: bool) -> Result<(), DatapathError> {
+        const PER_VIP: usize = (MAX_REALS / 64) as usize;
+        let first = vip_real_ok_bit(vip_id, 0).0 as usize;
+        let mut words = [0u64; PER_VIP];
+        for address in established {
+            let &(real_id, _) = self.reals.get(address).expect("established members have ids");
+            let (word, bit) = vip_real_ok_bit(vip_id, real_id);
+            words[word as usize - first] |= 1 << bit;
+        }
+        for (i, new) in words.iter_mut().enumerate() {
+            let old = &mut self.ok[first + i];
+            if widen {
+                *new |= *old;
+            }
+            if *new != *old {
+                maps.vip_real_ok.set((first + i) as u32, *new, 0).map_err(map_err(names::VIP_REAL_OK))?;
+                *old = *new;
+            }
+        }
         Ok(())
     }
 
@@ -253,6 +322,7 @@ impl Tables {
             w.key == vip.key
                 && w.meta.flags == vip.flags
                 && w.members == vip.members
+                && w.meta.udp_idle_timeout_ms == vip.udp_idle_timeout_ms
                 && (w.meta.table_size == vip.table_size || w.meta.table_size == 0)
         })
     }
@@ -286,6 +356,7 @@ impl Tables {
             }
         };
         meta.flags = vip.flags;
+        meta.udp_idle_timeout_ms = vip.udp_idle_timeout_ms;
         let mut slots: Vec<(IpAddr, u32)> = vip.members.iter().map(|&(a, _)| (a, 0)).collect();
         if table.is_empty() {
             // Loud only when a VIP loses its last backend; a new VIP starts

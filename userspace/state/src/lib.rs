@@ -79,8 +79,12 @@ impl EffectivePool {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Member {
     pub address: IpAddr,
+    /// The port the L7 proxy connects to (L4 forwards to the VIP's port).
+    pub port: u16,
     /// Apache loadfactor: relative share of new traffic; 0 drains.
     pub weight: u32,
+    /// The sticky-session id (Apache `route=`), if configured.
+    pub route: Option<String>,
     /// The check that decides its health.
     pub probe: Probe,
     /// `None` until the first check finished.
@@ -103,6 +107,10 @@ pub struct EffectiveVip {
     pub table_size: u32,
     /// The name of its pool in [`Effective::pools`].
     pub pool: String,
+    /// What its established flows do when their member is marked down.
+    pub on_marked_down: fulcrum_config::OnMarkedDown,
+    /// UDP flows idle this long take a fresh pick.
+    pub udp_idle_timeout: std::time::Duration,
 }
 
 /// Why a member takes no new traffic.
@@ -168,6 +176,8 @@ pub fn effective(config: &Config, observed: &Observed) -> Effective {
             scheduler: vip.scheduler,
             table_size: vip.maglev_table_size,
             pool: vip.pool.clone(),
+            on_marked_down: vip.on_marked_down,
+            udp_idle_timeout: vip.udp_idle_timeout,
         })
         .collect();
     Effective { pools, vips }
@@ -185,7 +195,9 @@ fn member(pool: &PoolConfig, backend: &BackendConfig, observed: &Observed) -> Me
     };
     Member {
         address: backend.address,
+        port: backend.port,
         weight: backend.weight,
+        route: backend.route.clone(),
         check: verdict.map(|v| v.detail.clone()),
         probe,
         health,

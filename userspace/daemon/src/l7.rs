@@ -1,0 +1,193 @@
+//! The L7 proxy as the daemon runs it: started once with the configured
+//! listeners, then fed a new routing snapshot whenever the effective state
+//! changes. The proxy runs on its own threads (compio, one io_uring each),
+//! never on the control loop's tokio runtime; publishing a snapshot is one
+//! atomic pointer swap.
+use std::{collections::HashMap, net::SocketAddr, sync::Arc};
+
+use anyhow::{Context, Result};
+use fulcrum_config::{Config, LbMethod};
+use fulcrum_l7::{HostMatch, ListenerRoutes, Member, MemberStats, Pool, Proxy, ProxyConfig, Route, SharedSnapshot, Snapshot};
+use fulcrum_state::Effective;
+
+/// The running proxy and what it needs to publish snapshots.
+pub struct L7 {
+    proxy: Proxy,
+    snapshot: SharedSnapshot,
+    listen: Vec<SocketAddr>,
+    /// Each member's counters, kept across snapshots so they keep counting:
+    /// keyed by pool name and member address.
+    stats: HashMap<(String, SocketAddr), Arc<MemberStats>>,
+}
+
+impl L7 {
+    /// Starts the proxy on the configured listeners with `config.l7.workers`
+    /// threads, or returns `None` when no listener is configured.
+    ///
+    /// # Errors
+    /// A listener address cannot be bound, or no I/O driver works.
+    pub fn start(config: &Config, effective: &Effective) -> Result<Option<L7>> {
+        if config.listeners.is_empty() {
+            return Ok(None);
+        }
+        let listen = listen_addresses(config);
+        let mut stats = HashMap::new();
+        let snapshot = fulcrum_l7::shared(snapshot(config, effective, &mut stats));
+        let mut proxy_config = ProxyConfig::new(listen.clone());
+        proxy_config.workers = config.l7.workers;
+        let proxy = Proxy::start(proxy_config, Arc::clone(&snapshot)).context("starting the L7 proxy")?;
+        tracing::info!(listen = ?listen, workers = config.l7.workers, driver = ?proxy.driver(), "L7 proxy listening");
+        Ok(Some(L7 { proxy, snapshot, listen, stats }))
+    }
+
+    /// Whether `config` listens where the running proxy does: the sockets
+    /// are opened at start, so a reload may change routes and pools but not
+    /// the listener addresses.
+    pub fn listens_as(&self, config: &Config) -> bool {
+        listen_addresses(config) == self.listen
+    }
+
+    /// Publishes the routes and members `config` and `effective` give; new
+    /// requests use them at once, requests in flight finish on the old ones.
+    pub fn publish(&mut self, config: &Config, effective: &Effective) {
+        self.snapshot.store(Arc::new(snapshot(config, effective, &mut self.stats)));
+    }
+
+    /// The counters of `address` in pool `pool`, if the proxy knows it.
+    pub fn member_stats(&self, pool: &str, address: SocketAddr) -> Option<&MemberStats> {
+        self.stats.get(&(pool.to_owned(), address)).map(Arc::as_ref)
+    }
+
+    /// Stops accepting and joins the worker threads.
+    pub fn shutdown(self) {
+        self.proxy.shutdown();
+    }
+}
+
+fn listen_addresses(config: &Config) -> Vec<SocketAddr> {
+    config.listeners.iter().map(|l| l.address).collect()
+}
+
+/// The proxy's view of `config`'s listeners and `effective`'s pools. A
+/// member takes requests when the effective state lets it take new
+/// traffic; `stats` keeps each member's counters across snapshots and
+/// forgets members that left the configuration.
+fn snapshot(config: &Config, effective: &Effective, stats: &mut HashMap<(String, SocketAddr), Arc<MemberStats>>) -> Snapshot {
+    let mut seen = Vec::new();
+    let pools: Vec<Pool> = effective
+        .pools
+        .iter()
+        .map(|pool| Pool {
+            name: pool.name.clone(),
+            lbmethod: match config.pool(&pool.name).map(|p| p.lbmethod) {
+                Some(LbMethod::ByRequests) | None => fulcrum_l7::LbMethod::ByRequests,
+            },
+            members: pool
+                .members
+                .iter()
+                .map(|m| {
+                    let address = SocketAddr::new(m.address, m.port);
+                    let key = (pool.name.clone(), address);
+                    seen.push(key.clone());
+                    Member {
+                        address,
+                        weight: m.weight,
+                        usable: m.excluded.is_none(),
+                        route: m.route.clone().unwrap_or_default(),
+                        stats: Arc::clone(stats.entry(key).or_default()),
+                    }
+                })
+                .collect(),
+        })
+        .collect();
+    stats.retain(|key, _| seen.contains(key));
+    let listeners = config
+        .listeners
+        .iter()
+        .map(|l| ListenerRoutes {
+            address: l.address,
+            routes: l
+                .routes
+                .iter()
+                .map(|r| Route {
+                    host: r.host.as_deref().map_or(HostMatch::Any, HostMatch::parse),
+                    path_prefix: r.path.clone(),
+                    pool: pools.iter().position(|p| p.name == r.pool).expect("validated config: route pools exist"),
+                    preserve_host: r.preserve_host,
+                })
+                .collect(),
+        })
+        .collect();
+    Snapshot { listeners, pools }
+}
+
+#[cfg(test)]
+mod tests {
+    use fulcrum_health::Health;
+    use fulcrum_state::{effective, probe_of, Observed, Verdict};
+
+    use super::*;
+
+    const CONFIG: &str = r#"
+interface = "eth0"
+[[listener]]
+name = "www"
+address = "127.0.0.1:8080"
+[[listener.route]]
+host = "api.example.com"
+pool = "api"
+[[listener.route]]
+path = "/static/"
+pool = "web"
+preserve_host = true
+[[pool]]
+name = "web"
+[[pool.backend]]
+address = "198.18.0.11"
+port = 80
+route = "r1"
+[[pool.backend]]
+address = "198.18.0.12"
+port = 80
+weight = 3
+[[pool]]
+name = "api"
+[pool.health_check]
+type = "tcp"
+port = 9000
+[[pool.backend]]
+address = "198.18.0.13"
+"#;
+
+    #[test]
+    fn routes_and_members_follow_config_and_health() {
+        let config = fulcrum_config::parse(CONFIG, "test.toml").unwrap();
+        let mut observed = Observed::default();
+        let web = &config.pools[0];
+        observed.health.insert(probe_of(web, &web.backends[0]), Verdict { health: Health::Up, detail: String::new() });
+        observed.health.insert(probe_of(web, &web.backends[1]), Verdict { health: Health::Down, detail: String::new() });
+        let mut stats = HashMap::new();
+        let snap = snapshot(&config, &effective(&config, &observed), &mut stats);
+        snap.validate().unwrap();
+        let routes = &snap.listeners[0].routes;
+        assert_eq!(routes[0].host, HostMatch::Exact("api.example.com".into()));
+        assert_eq!(snap.pools[routes[0].pool].name, "api");
+        assert_eq!((routes[1].path_prefix.as_str(), routes[1].preserve_host), ("/static/", true));
+        let members = &snap.pools[0].members;
+        assert_eq!(members[0].address, "198.18.0.11:80".parse().unwrap());
+        assert_eq!((members[0].usable, members[0].route.as_str()), (true, "r1"));
+        assert_eq!((members[1].usable, members[1].weight), (false, 3));
+        // The API pool's member takes the check port; its health is unknown.
+        assert_eq!(snap.pools[1].members[0].address, "198.18.0.13:9000".parse().unwrap());
+        assert!(!snap.pools[1].members[0].usable);
+
+        // Counters survive a new snapshot; a member that left is forgotten.
+        MemberStats::get(&members[0].stats.requests);
+        members[0].stats.requests.fetch_add(5, std::sync::atomic::Ordering::Relaxed);
+        let again = snapshot(&config, &effective(&config, &observed), &mut stats);
+        assert_eq!(MemberStats::get(&again.pools[0].members[0].stats.requests), 5);
+        let fewer = fulcrum_config::parse(&CONFIG.replace("[[pool.backend]]\naddress = \"198.18.0.12\"\nport = 80\nweight = 3\n", ""), "t").unwrap();
+        snapshot(&fewer, &effective(&fewer, &observed), &mut stats);
+        assert_eq!(stats.len(), 2);
+    }
+}
