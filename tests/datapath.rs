@@ -1067,3 +1067,19 @@ fn the_connection_table_is_sized_at_load_and_evicts_beyond_it() {
     assert_eq!(conn(&dp, ConnEvent::Syn), 10000);
     assert_eq!(conn(&dp, ConnEvent::WriteFailed), 0);
 }
+
+/// A VIP whose VRRP instance is BACKUP here is passed to the kernel, not
+/// forwarded; becoming MASTER is a flag flip, and its flows resume.
+#[test]
+fn a_standby_vip_is_passed_until_this_node_is_master() {
+    let mut state = lab_state();
+    state.vips[0].flags |= fulcrum_common::VIP_F_STANDBY;
+    let mut dp = loaded(&state);
+    let f = tcp4(CLIENT4, VIP4, 2222, 80);
+    assert_eq!(run(&mut dp, &f, XDP_PASS, Reason::PassNotMaster), f);
+    assert_eq!(vip_packets(&dp, "v4tcp"), 0);
+    state.vips[0].flags &= !fulcrum_common::VIP_F_STANDBY;
+    assert_eq!(dp.apply(&state).unwrap().vips_written, 1);
+    let want = rewritten(&f, expected_mac(&[1, 2, 3], v4_hash(CLIENT4, 2222, 80)));
+    assert_eq!(run(&mut dp, &f, XDP_TX, Reason::Tx), want);
+}

@@ -122,6 +122,12 @@ pub const V4_MAPPED_WORD: u32 = u32::from_ne_bytes([0, 0, 0xff, 0xff]);
 /// whole 5-tuple (maglev). Both index the same kind of Maglev table.
 pub const VIP_F_HASH_SRC_ONLY: u32 = 1 << 0;
 
+/// The VIP belongs to a VRRP instance that is not MASTER on this node: its
+/// packets are passed to the kernel (`Reason::PassNotMaster`), not
+/// forwarded. The entry, its table and its flows stay, so taking over is
+/// one flag flip.
+pub const VIP_F_STANDBY: u32 = 1 << 1;
+
 /// Value of the `VIPS` map.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -299,11 +305,14 @@ pub enum Reason {
     /// `XDP_PASS`: IPv6 to an IPv4-mapped address (`::ffff:a.b.c.d`),
     /// which must not reach the IPv4 VIP stored under that key.
     PassV4Mapped = 9,
+    /// `XDP_PASS`: to a VIP whose VRRP instance is not MASTER on this node
+    /// (`VIP_F_STANDBY`); the MASTER forwards it.
+    PassNotMaster = 10,
 }
 
 impl Reason {
     /// Number of reasons: the length of `REASON_STATS`.
-    pub const COUNT: u32 = 10;
+    pub const COUNT: u32 = 11;
     /// Every reason, in index order.
     pub const ALL: [Reason; Self::COUNT as usize] = [
         Reason::Tx,
@@ -316,6 +325,7 @@ impl Reason {
         Reason::DropNoBackend,
         Reason::PassNotForUs,
         Reason::PassV4Mapped,
+        Reason::PassNotMaster,
     ];
 
     /// Short stable name, used in stats output.
@@ -331,6 +341,7 @@ impl Reason {
             Reason::DropNoBackend => "drop_no_backend",
             Reason::PassNotForUs => "pass_not_for_us",
             Reason::PassV4Mapped => "pass_v4_mapped",
+            Reason::PassNotMaster => "pass_not_master",
         }
     }
 }

@@ -34,7 +34,7 @@ use aya_ebpf::{
 use fulcrum_common::{
     hash, ports_word, vip_filter_bit, vip_real_ok_bit, ConnEntry, ConnEvent, FlowKey, RealDef,
     Reason, VipKey, VipMeta, CONN_TOUCH_NS, IPPROTO_TCP, IPPROTO_UDP, V4_MAPPED_WORD,
-    VIP_F_HASH_SRC_ONLY,
+    VIP_F_HASH_SRC_ONLY, VIP_F_STANDBY,
 };
 use headers::*;
 use maps::*;
@@ -69,6 +69,9 @@ fn balance(ctx: &XdpContext, bytes: u64) -> (u32, Reason) {
     let Some(vip) = lookup_vip(&flow.vip) else {
         return (XDP_PASS, Reason::PassNotVip);
     };
+    if vip.flags & VIP_F_STANDBY != 0 {
+        return (XDP_PASS, Reason::PassNotMaster);
+    }
     let Some(own_mac) = addressed_to_us(ctx) else {
         return (XDP_PASS, Reason::PassNotForUs);
     };

@@ -25,6 +25,7 @@ fn report() -> StatsReport {
         reasons: BTreeMap::from([("tx".to_owned(), 42)]),
         control: ControlStats { generation: 7, applied_generation: 7, applies: 3, ..Default::default() },
         listeners: Vec::new(),
+        vrrp: Vec::new(),
         conn_table: Default::default(),
     }
 }

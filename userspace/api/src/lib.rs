@@ -36,6 +36,32 @@ pub struct StatsReport {
     /// The XDP connection table's counters.
     #[serde(default)]
     pub conn_table: ConnTableStats,
+    /// VRRP instances, in configuration order; empty without VRRP.
+    #[serde(default)]
+    pub vrrp: Vec<VrrpStats>,
+}
+
+/// One VRRP instance on this node.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct VrrpStats {
+    pub name: String,
+    pub vrid: u8,
+    pub interface: String,
+    /// `MASTER`, `BACKUP`, `INIT` or `FAULT` (keepalived's names).
+    pub state: String,
+    /// The effective priority now (tracking may lower the configured one).
+    pub priority: u8,
+    /// The addresses it owns while MASTER, `a.b.c.d/len`.
+    pub addresses: Vec<String>,
+    /// Advertisements this node sent.
+    pub adverts_sent: u64,
+    /// Valid advertisements received from the other routers.
+    pub adverts_accepted: u64,
+    /// State changes since start.
+    pub transitions: u64,
+    /// Received packets dropped, by the receive check that failed
+    /// (RFC 9568 section 7.1: `ttl`, `checksum`, `auth_password`, ...).
+    pub discards: BTreeMap<String, u64>,
 }
 
 /// The XDP connection table (5-tuple -> backend): VIP packets forwarded
@@ -310,6 +336,14 @@ pub fn render(report: &StatsReport) -> String {
         c.admin.refused,
         c.last_error.as_deref().map(|e| format!("  last-error: {e}")).unwrap_or_default()
     );
+    for v in &report.vrrp {
+        let discarded: u64 = v.discards.values().sum();
+        let _ = writeln!(
+            out,
+            "VRRP {} vrid={} on {} {} priority={} addresses={} adverts sent={} received={} discarded={}",
+            v.name, v.vrid, v.interface, v.state, v.priority, v.addresses.join(","), v.adverts_sent, v.adverts_accepted, discarded
+        );
+    }
     for listener in &report.listeners {
         let _ = writeln!(out, "L7 listener {} {}", listener.name, listener.address);
         for route in &listener.routes {

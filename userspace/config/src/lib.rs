@@ -68,6 +68,22 @@
 //! path = "/app/"                # optional path prefix; default "/"
 //! pool = "web"                  # names a [[pool]]
 //! preserve_host = false         # Apache ProxyPreserveHost; default false
+//!
+//! # VRRP (RFC 9568; RFC 3768 for version 2), keepalived's vrrp_instance.
+//! # The MASTER adds the addresses to its interface and announces them; a
+//! # [[vip]] at one of them is forwarded only while this node is MASTER.
+//! [[vrrp]]
+//! name = "vi4"                  # unique
+//! vrid = 51                     # 1..=255; unique per interface and family
+//! priority = 150                # 1..=255, 255 = address owner
+//! version = 3                   # 3 (default) | 2 (IPv4 only)
+//! advert_interval = "1s"        # v3: 10ms..=40.95s in whole centiseconds; v2: 1..=255 whole seconds
+//! preempt = true                # default true
+//! preempt_delay = "0s"          # optional, at most 1h
+//! password = "secret"           # v2 only, 1..=8 bytes (simple text)
+//! interface = "eth0"            # default: the top-level interface
+//! unicast_peers = ["198.18.0.3"]  # optional, else multicast 224.0.0.18 / ff02::12
+//! addresses = ["198.18.1.1/32"] # one family; each address in one instance
 //! ```
 //!
 //! A `[[pool]]` may set `lbmethod`, how the L7 proxy balances it; only
@@ -329,6 +345,53 @@ pub struct Config {
     pub l7: L7Config,
     /// The XDP datapath's node-wide settings (`[datapath]`).
     pub datapath: DatapathSettings,
+    /// VRRP instances, in file order; names unique, (interface, VRID,
+    /// family) unique, each address owned by one instance.
+    pub vrrp: Vec<VrrpConfig>,
+}
+
+/// A VRRP instance (`[[vrrp]]`, keepalived's `vrrp_instance`): one virtual
+/// router that owns `addresses` while it is MASTER (RFC 9568; RFC 3768 for
+/// version 2). A `[[vip]]` whose address is among them is forwarded by
+/// this node only while the instance is MASTER here.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct VrrpConfig {
+    /// Unique among instances.
+    pub name: String,
+    /// Where adverts go and the addresses are added; default the top-level
+    /// `interface`.
+    pub interface: String,
+    /// Virtual Router Identifier, 1..=255 (RFC 9568 section 5.2.3).
+    pub vrid: u8,
+    /// 2 (RFC 3768, IPv4 only) or 3 (RFC 9568), default 3.
+    pub version: u8,
+    /// 1..=255; 255 is the address owner (RFC 9568 section 5.2.4).
+    pub priority: u8,
+    /// Advertisement interval: version 3 in whole centiseconds, 10 ms to
+    /// 40.95 s; version 2 in whole seconds, 1 to 255 s. Default 1 s.
+    pub advert_interval: Duration,
+    /// Whether a higher-priority backup takes over (Preempt_Mode); default
+    /// true (keepalived's `nopreempt` is false).
+    pub preempt: bool,
+    /// keepalived's `preempt_delay`: how long a higher-priority backup
+    /// waits before preempting; default 0, at most 1 h.
+    pub preempt_delay: Duration,
+    /// Version 2 simple text password (RFC 2338 Auth Type 1), 1..=8 bytes.
+    pub password: Option<String>,
+    /// The virtual addresses with their prefix lengths, one family, at
+    /// least one.
+    pub addresses: Vec<(IpAddr, u8)>,
+    /// Send adverts to these instead of the multicast group (keepalived's
+    /// `unicast_peer`); same family as the addresses.
+    pub unicast_peers: Vec<IpAddr>,
+}
+
+impl Config {
+    /// The VRRP instance that owns `address`, if any.
+    pub fn vrrp_owning(&self, address: IpAddr) -> Option<&VrrpConfig> {
+        let address = address.to_canonical();
+        self.vrrp.iter().find(|v| v.addresses.iter().any(|&(a, _)| a.to_canonical() == address))
+    }
 }
 
 /// The XDP datapath's node-wide settings (`[datapath]`), fixed at start:

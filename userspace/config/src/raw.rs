@@ -21,6 +21,8 @@ pub(super) struct RawConfig {
     pub pool: Vec<RawPool>,
     #[serde(default)]
     pub listener: Vec<RawListener>,
+    #[serde(default)]
+    pub vrrp: Vec<RawVrrp>,
     pub l7: Option<RawL7>,
     pub datapath: Option<RawDatapath>,
 }
@@ -116,4 +118,21 @@ pub(super) struct RawBackend {
     pub mac: Option<Spanned<String>>,
     pub port: Option<Spanned<i64>>,
     pub route: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawVrrp {
+    pub name: Spanned<String>,
+    pub interface: Option<Spanned<String>>,
+    pub vrid: Spanned<i64>,
+    pub version: Option<Spanned<i64>>,
+    pub priority: Spanned<i64>,
+    pub advert_interval: Option<Spanned<String>>,
+    pub preempt: Option<bool>,
+    pub preempt_delay: Option<Spanned<String>>,
+    pub password: Option<Spanned<String>>,
+    pub addresses: Spanned<Vec<Spanned<String>>>,
+    #[serde(default)]
+    pub unicast_peers: Vec<Spanned<String>>,
 }

@@ -16,13 +16,13 @@ use hyper::http::uri::PathAndQuery;
 use hyper::http::HeaderValue;
 use toml::Spanned;
 
-use super::raw::{CheckType, RawBackend, RawConfig, RawDatapath, RawHealthCheck, RawL7, RawListener, RawPool, RawRoute, RawVip};
+use super::raw::{CheckType, RawBackend, RawConfig, RawDatapath, RawHealthCheck, RawL7, RawListener, RawPool, RawRoute, RawVip, RawVrrp};
 use super::{
     DatapathSettings, DEFAULT_CONN_TABLE_SIZE, DEFAULT_UDP_IDLE_TIMEOUT, MAX_CONN_TABLE_SIZE, MAX_UDP_IDLE_TIMEOUT,
     MIN_CONN_TABLE_SIZE, MIN_UDP_IDLE_TIMEOUT,
 };
 use super::{
-    L7Config, LbMethod, ListenerConfig, RouteConfig, MAX_L7_WORKERS,
+    L7Config, LbMethod, ListenerConfig, RouteConfig, VrrpConfig, MAX_L7_WORKERS,
     AdminConfig, BackendConfig, CheckKind, Config, Diagnostic, HealthCheckConfig, PoolConfig,
     VipConfig, DEFAULT_ADMIN_LISTEN, DEFAULT_FALL, DEFAULT_INTERVAL, DEFAULT_MAGLEV_TABLE_SIZE,
     DEFAULT_RISE, DEFAULT_TIMEOUT, MAX_INTERVAL, MAX_RISE_FALL, MAX_WEIGHT, MIN_INTERVAL,
@@ -48,6 +48,7 @@ pub(super) fn resolve(raw: RawConfig, text: &str) -> Result<Config, Vec<Diagnost
     let pools = c.pools(&raw.pool, &raw.vip);
     let listeners = c.listeners(&raw.listener, &raw.pool);
     let l7 = c.l7(raw.l7.as_ref());
+    let vrrp = c.vrrps(&raw.vrrp, &interface);
     let datapath = c.datapath(raw.datapath.as_ref());
 
     if c.diagnostics.is_empty() {
@@ -59,6 +60,7 @@ pub(super) fn resolve(raw: RawConfig, text: &str) -> Result<Config, Vec<Diagnost
             listeners,
             l7,
             datapath,
+            vrrp,
         })
     } else {
         c.diagnostics.sort_by_key(|d| (d.line, d.column));
@@ -417,6 +419,112 @@ impl Checker<'_> {
             format!("invalid MAC address {:?}: {why}", value.get_ref()),
         );
         None
+    }
+
+    fn vrrps(&mut self, raw: &[RawVrrp], default_interface: &str) -> Vec<VrrpConfig> {
+        let mut names = HashMap::new();
+        let mut routers: HashMap<(String, u8, bool), Range<usize>> = HashMap::new();
+        let mut owners: HashMap<IpAddr, Range<usize>> = HashMap::new();
+        let mut out = Vec::with_capacity(raw.len());
+        for v in raw {
+            self.name(&v.name, "vrrp instance", &mut names);
+            let interface = match &v.interface {
+                Some(i) => self.interface(i),
+                None => default_interface.to_owned(),
+            };
+            let vrid = self.int_in(&v.vrid, 1..=255, "vrid").unwrap_or(1);
+            let version = match &v.version {
+                Some(ver) if *ver.get_ref() == 2 || *ver.get_ref() == 3 => *ver.get_ref() as u8,
+                Some(ver) => {
+                    self.error(ver.span(), format!("unknown VRRP version {}: 2 (RFC 3768) or 3 (RFC 9568)", ver.get_ref()));
+                    3
+                }
+                None => 3,
+            };
+            let priority = self.int_in(&v.priority, 1..=255, "priority").unwrap_or(100);
+            let advert_interval = match version {
+                2 => self.duration(v.advert_interval.as_ref(), Duration::from_secs(1), Duration::from_secs(1)..=Duration::from_secs(255), "advert_interval"),
+                _ => self.duration(v.advert_interval.as_ref(), Duration::from_secs(1), Duration::from_millis(10)..=Duration::from_millis(40_950), "advert_interval"),
+            };
+            let unit = if version == 2 { Duration::from_secs(1) } else { Duration::from_millis(10) };
+            if let (Some(value), Some(interval)) = (&v.advert_interval, advert_interval) {
+                if interval.as_nanos() % unit.as_nanos() != 0 {
+                    let unit_name = if version == 2 { "whole seconds" } else { "whole centiseconds (10 ms)" };
+                    self.error(value.span(), format!("advert_interval {:?} is not in {unit_name}, the unit VRRPv{version} carries", value.get_ref()));
+                }
+            }
+            let preempt_delay = self.duration(v.preempt_delay.as_ref(), Duration::ZERO, Duration::ZERO..=Duration::from_secs(3600), "preempt_delay");
+            let password = v.password.as_ref().map(|p| {
+                if version != 2 {
+                    self.error(p.span(), "password is VRRPv2 authentication (RFC 3768); VRRPv3 has none".to_owned());
+                } else if p.get_ref().is_empty() || p.get_ref().len() > 8 {
+                    self.error(p.span(), "password must be 1 to 8 bytes (RFC 2338 Auth Type 1)".to_owned());
+                }
+                p.get_ref().clone()
+            });
+            let mut addresses = Vec::new();
+            for a in v.addresses.get_ref() {
+                let (ip_text, prefix_text) = a.get_ref().split_once('/').unwrap_or((a.get_ref(), ""));
+                let ip = match ip_text.parse::<IpAddr>() {
+                    Ok(ip) if not_one_host(ip).is_none() => ip,
+                    _ => {
+                        self.error(a.span(), format!("invalid VRRP address {:?}: expected a unicast address with optional /prefix", a.get_ref()));
+                        continue;
+                    }
+                };
+                let max = if ip.is_ipv4() { 32 } else { 128 };
+                let prefix = if prefix_text.is_empty() { Some(max) } else { prefix_text.parse::<u8>().ok().filter(|p| *p <= max) };
+                let Some(prefix) = prefix else {
+                    self.error(a.span(), format!("invalid prefix length in {:?}: 0..={max}", a.get_ref()));
+                    continue;
+                };
+                if let Some(first) = owners.get(&ip) {
+                    let line = self.line_of(first);
+                    self.error(a.span(), format!("address {ip} already belongs to a VRRP instance (line {line})"));
+                } else {
+                    owners.insert(ip, a.span());
+                }
+                addresses.push((ip, prefix));
+            }
+            if v.addresses.get_ref().is_empty() {
+                self.error(v.addresses.span(), "a VRRP instance needs at least one address".to_owned());
+            }
+            let v4 = addresses.first().is_none_or(|(a, _)| a.is_ipv4());
+            if addresses.iter().any(|(a, _)| a.is_ipv4() != v4) {
+                self.error(v.addresses.span(), "a VRRP instance's addresses are of one family: use one instance per family".to_owned());
+            }
+            if version == 2 && !v4 {
+                self.error(v.addresses.span(), "VRRPv2 (RFC 3768) is IPv4 only: use version = 3 for IPv6".to_owned());
+            }
+            let mut unicast_peers = Vec::new();
+            for p in &v.unicast_peers {
+                match p.get_ref().parse::<IpAddr>() {
+                    Ok(ip) if ip.is_ipv4() == v4 => unicast_peers.push(ip),
+                    _ => self.error(p.span(), format!("invalid unicast peer {:?}: an address of the instance's family", p.get_ref())),
+                }
+            }
+            let router = (interface.clone(), vrid, v4);
+            if let Some(first) = routers.get(&router) {
+                let line = self.line_of(first);
+                self.error(v.vrid.span(), format!("VRID {vrid} is already used on {interface} for this family (line {line})"));
+            } else {
+                routers.insert(router, v.vrid.span());
+            }
+            out.push(VrrpConfig {
+                name: v.name.get_ref().clone(),
+                interface,
+                vrid,
+                version,
+                priority,
+                advert_interval: advert_interval.unwrap_or(Duration::from_secs(1)),
+                preempt: v.preempt.unwrap_or(true),
+                preempt_delay: preempt_delay.unwrap_or_default(),
+                password,
+                addresses,
+                unicast_peers,
+            });
+        }
+        out
     }
 
     fn lbmethod(&mut self, value: Option<&Spanned<String>>) -> LbMethod {

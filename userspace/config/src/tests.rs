@@ -180,6 +180,7 @@ fn full_config_resolves() {
         ],
         listeners: Vec::new(),
         l7: config.l7.clone(),
+        vrrp: Vec::new(),
         datapath: DatapathSettings { conn_table_size: DEFAULT_CONN_TABLE_SIZE },
     };
     assert_eq!(config, expected);
@@ -1035,4 +1036,66 @@ fn connection_table_settings_out_of_bounds_are_positioned() {
     let d = errors(&with(&format!("{WEB_VIP}on_marked_down = \"drop\"\n{UDP_POOL}").replace("pool = \"web\"", "pool = \"dns\"")));
     assert_eq!(d.len(), 1, "{d:#?}");
     assert!(d[0].message.contains("unknown variant `drop`"), "{d:#?}");
+}
+
+const VRRP: &str = r#"
+[[vrrp]]
+name = "vi4"
+vrid = 51
+priority = 150
+advert_interval = "100ms"
+addresses = ["198.18.1.1", "198.18.1.2/24"]
+unicast_peers = ["198.18.0.3"]
+
+[[vrrp]]
+name = "v2"
+interface = "eth1"
+vrid = 52
+version = 2
+priority = 100
+preempt = false
+preempt_delay = "5s"
+password = "secret"
+addresses = ["198.18.1.3"]
+"#;
+
+#[test]
+fn vrrp_instances_resolve() {
+    let config = parse(&with(VRRP), "test.toml").unwrap();
+    let v = &config.vrrp[0];
+    assert_eq!((v.name.as_str(), v.interface.as_str(), v.vrid, v.version, v.priority), ("vi4", "eth0", 51, 3, 150));
+    assert_eq!((v.advert_interval, v.preempt, v.preempt_delay), (Duration::from_millis(100), true, Duration::ZERO));
+    assert_eq!(v.addresses, vec![(IpAddr::from([198, 18, 1, 1]), 32), (IpAddr::from([198, 18, 1, 2]), 24)]);
+    assert_eq!(v.unicast_peers, vec![IpAddr::from([198, 18, 0, 3])]);
+    let v2 = &config.vrrp[1];
+    assert_eq!((v2.interface.as_str(), v2.version, v2.preempt, v2.password.as_deref()), ("eth1", 2, false, Some("secret")));
+    assert_eq!(v2.preempt_delay, Duration::from_secs(5));
+    assert_eq!(config.vrrp_owning(IpAddr::from([198, 18, 1, 3])).map(|v| v.name.as_str()), Some("v2"));
+    assert_eq!(config.vrrp_owning(IpAddr::from([198, 18, 1, 9])), None);
+}
+
+#[test]
+fn vrrp_sections_are_checked_with_positions() {
+    let bad = VRRP
+        .replace("vrid = 51", "vrid = 0")
+        .replace("advert_interval = \"100ms\"", "advert_interval = \"105ms\"")
+        .replace("\"198.18.1.2/24\"", "\"fd00::1\"")
+        .replace("password = \"secret\"", "password = \"far too long\"")
+        .replace("addresses = [\"198.18.1.3\"]", "addresses = [\"198.18.1.1\"]");
+    let text = with(&bad);
+    let d = errors(&text);
+    let at = |needle: &str| text.lines().position(|l| l.contains(needle)).unwrap() + 1;
+    assert_eq!(position_of(&d, "vrid").0, at("vrid = 0"));
+    assert_eq!(position_of(&d, "whole centiseconds").0, at("105ms"));
+    assert_eq!(position_of(&d, "one family").0, at("fd00::1"));
+    assert_eq!(position_of(&d, "1 to 8 bytes").0, at("far too long"));
+    assert_eq!(position_of(&d, "already belongs").0, at("addresses = [\"198.18.1.1\"]"));
+    assert_eq!(d.len(), 5, "{d:#?}");
+
+    let v6_v2 = with("[[vrrp]]\nname = \"x\"\nvrid = 1\nversion = 2\npriority = 1\naddresses = [\"fd00::1\"]\npassword = \"a\"\n");
+    assert_eq!(position_of(&errors(&v6_v2), "IPv4 only").0, 7);
+    let v3_password = with("[[vrrp]]\nname = \"x\"\nvrid = 1\npriority = 1\naddresses = [\"198.18.1.1\"]\npassword = \"a\"\n");
+    assert_eq!(position_of(&errors(&v3_password), "VRRPv3 has none").0, 7);
+    let same_vrid = with("[[vrrp]]\nname = \"x\"\nvrid = 1\npriority = 1\naddresses = [\"198.18.1.1\"]\n[[vrrp]]\nname = \"y\"\nvrid = 1\npriority = 1\naddresses = [\"198.18.1.2\"]\n");
+    assert_eq!(position_of(&errors(&same_vrid), "already used").0, 9);
 }

@@ -26,7 +26,8 @@ use tokio::{
 };
 use tracing::{error, info, warn};
 
-use crate::{l7::L7, report};
+use crate::{l7::L7, report, vrrp::Vrrp};
+use fulcrum_vrrp::shell::StateChange;
 
 /// How often the whole neighbour table is read again, in case a netlink
 /// notification was lost (the subscription is the normal path).
@@ -70,6 +71,9 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
     // 503 until the first checks pass, as the XDP path drops.
     let l7 = L7::start(&config, &fulcrum_state::effective(&config, &Observed::default()))?;
 
+    let (vrrp_tx, vrrp_rx) = mpsc::unbounded_channel();
+    let vrrp = Vrrp::start(&config, vrrp_tx)?;
+
     let (health_tx, health_rx) = mpsc::unbounded_channel();
     let mut control = Control {
         neighbours: Neighbours::connect(interface.index)?,
@@ -78,6 +82,7 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
         observed: Observed::default(),
         writer,
         l7,
+        vrrp,
         counters,
         admin_counters,
         max_stall: Duration::ZERO,
@@ -85,10 +90,13 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
     control.resync_neighbours().await;
     control.engine.set_targets(targets(&control.config));
     control.submit(Instant::now());
-    let result = control.run_loop(&config_path, health_rx, admin_rx).await;
+    let result = control.run_loop(&config_path, health_rx, admin_rx, vrrp_rx).await;
 
     admin_task.abort();
-    let Control { engine, writer, l7, .. } = control;
+    let Control { engine, writer, l7, vrrp, .. } = control;
+    // First hand the VIPs over (priority 0 lets a BACKUP take over after
+    // Skew_Time), while this node still forwards for the flows in flight.
+    vrrp.stop();
     drop(engine);
     if let Some(l7) = l7 {
         l7.shutdown();
@@ -114,6 +122,8 @@ struct Control {
     writer: Writer,
     /// The L7 proxy, when listeners are configured.
     l7: Option<L7>,
+    /// The VRRP instances (none without `[[vrrp]]`).
+    vrrp: Vrrp,
     counters: CounterReader,
     admin_counters: AdminCounters,
     /// Longest heartbeat lateness so far.
@@ -126,6 +136,7 @@ impl Control {
         config_path: &Path,
         mut health_rx: mpsc::UnboundedReceiver<HealthEvent<Probe>>,
         mut admin_rx: mpsc::Receiver<AdminRequest>,
+        mut vrrp_rx: mpsc::UnboundedReceiver<StateChange>,
     ) -> Result<()> {
         let mut sigint = signal(SignalKind::interrupt())?;
         let mut sigterm = signal(SignalKind::terminate())?;
@@ -138,6 +149,12 @@ impl Control {
         let mut last_beat = Instant::now();
         loop {
             tokio::select! {
+                Some(change) = vrrp_rx.recv() => {
+                    let arrived = Instant::now();
+                    info!(instance = %change.instance, vrid = change.vrid, from = %change.from, to = %change.state, reason = ?change.reason, "VRRP state change");
+                    self.observed.vrrp_master.insert(change.instance, change.forwarding);
+                    self.submit(arrived);
+                }
                 Some(event) = health_rx.recv() => {
                     let arrived = Instant::now();
                     self.observed.health.insert(event.key, Verdict { health: event.health, detail: event.detail });
@@ -165,7 +182,7 @@ impl Control {
                             max_stall: self.max_stall,
                             admin: self.admin_counters.snapshot(),
                         };
-                        let _ = reply.send(report::stats(&self.config, &self.observed, &control, &self.counters, self.l7.as_ref()));
+                        let _ = reply.send(report::stats(&self.config, &self.observed, &control, &self.counters, self.l7.as_ref(), self.vrrp.stats()));
                     }
                 },
                 _ = heartbeat.tick() => {
@@ -240,6 +257,10 @@ impl Control {
             Some(l7) => l7.listens_as(&new),
             None => new.listeners.is_empty(),
         };
+        if !self.vrrp.runs(&new) {
+            error!("reload rejected: changing `[[vrrp]]` instances needs a restart; the running configuration is kept");
+            return;
+        }
         if !same_listeners || new.l7 != self.config.l7 {
             error!("reload rejected: changing L7 listener addresses or `[l7]` needs a restart; the running configuration is kept");
             return;

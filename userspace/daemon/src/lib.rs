@@ -11,8 +11,10 @@
 //! - [`l7`]: starts the L7 proxy and publishes its routing snapshots.
 //! - [`report`]: the admin API's `GET /stats` answer, read from the
 //!   effective state, the writer's status and the datapath's counters.
+//! - [`vrrp`]: runs the VRRP instances; their states become observations.
 //! - [`limits`]: process limits set at start (open files).
 pub mod control;
 pub mod l7;
 pub mod limits;
 pub mod report;
+pub mod vrrp;

@@ -4,7 +4,7 @@
 //! plan does not already say.
 use std::{net::SocketAddr, time::Duration};
 
-use fulcrum_api::{ConnTableStats, L7MemberStats, ListenerStats, RouteStats, AdminStats, ApplyStats, BackendStats, ControlStats, PoolStats, StatsReport, VipBackendSlots, VipStats};
+use fulcrum_api::{VrrpStats, ConnTableStats, L7MemberStats, ListenerStats, RouteStats, AdminStats, ApplyStats, BackendStats, ControlStats, PoolStats, StatsReport, VipBackendSlots, VipStats};
 use fulcrum_common::ConnEvent;
 use fulcrum_config::Config;
 use fulcrum_health::Health;
@@ -23,7 +23,14 @@ pub struct Control {
 }
 
 /// The report for the running `config` and `observed` state.
-pub fn stats(config: &Config, observed: &Observed, control: &Control, counters: &CounterReader, l7: Option<&L7>) -> StatsReport {
+pub fn stats(
+    config: &Config,
+    observed: &Observed,
+    control: &Control,
+    counters: &CounterReader,
+    l7: Option<&L7>,
+    vrrp: Vec<VrrpStats>,
+) -> StatsReport {
     let writer = &control.writer;
     let effective = fulcrum_state::effective(config, observed);
     let macs = fulcrum_l4::macs(config, &observed.neighbours);
@@ -125,7 +132,7 @@ pub fn stats(config: &Config, observed: &Observed, control: &Control, counters: 
         expired: event(ConnEvent::Expired),
         write_failures: event(ConnEvent::WriteFailed),
     };
-    StatsReport { vips, pools, reasons, control, listeners, conn_table }
+    StatsReport { vips, pools, reasons, control, listeners, vrrp, conn_table }
 }
 
 fn l7_member(stats: &MemberStats) -> L7MemberStats {

@@ -9,7 +9,7 @@ use std::{
     net::IpAddr,
 };
 
-use fulcrum_common::{Mac, VipKey, VIP_F_HASH_SRC_ONLY};
+use fulcrum_common::{Mac, VipKey, VIP_F_HASH_SRC_ONLY, VIP_F_STANDBY};
 use fulcrum_config::{Config, OnMarkedDown, Scheduler};
 use fulcrum_state::{Effective, Exclusion};
 
@@ -84,7 +84,7 @@ impl Plan {
                     flags: match vip.scheduler {
                         Scheduler::Maglev => 0,
                         Scheduler::IpHash => VIP_F_HASH_SRC_ONLY,
-                    },
+                    } | if vip.forwarding { 0 } else { VIP_F_STANDBY },
                     table_size: vip.table_size,
                     members,
                     established,

@@ -27,6 +27,10 @@ pub struct Observed {
     /// [`effective`] does not read them: they are forwarding details that
     /// the L4 datapath resolves MACs from.
     pub neighbours: HashMap<IpAddr, Mac>,
+    /// Per VRRP instance name, whether this node is MASTER and so owns the
+    /// instance's addresses. An instance with no entry has not reported
+    /// yet: it is not MASTER.
+    pub vrrp_master: HashMap<String, bool>,
 }
 
 /// A health check's latest verdict.
@@ -111,6 +115,10 @@ pub struct EffectiveVip {
     pub on_marked_down: fulcrum_config::OnMarkedDown,
     /// UDP flows idle this long take a fresh pick.
     pub udp_idle_timeout: std::time::Duration,
+    /// Whether this node forwards the VIP's traffic: always, unless a VRRP
+    /// instance owns its address and is not MASTER here (then the VIP's
+    /// packets are left to the kernel).
+    pub forwarding: bool,
 }
 
 /// Why a member takes no new traffic.
@@ -178,6 +186,9 @@ pub fn effective(config: &Config, observed: &Observed) -> Effective {
             pool: vip.pool.clone(),
             on_marked_down: vip.on_marked_down,
             udp_idle_timeout: vip.udp_idle_timeout,
+            forwarding: config
+                .vrrp_owning(vip.address)
+                .is_none_or(|instance| observed.vrrp_master.get(&instance.name).copied().unwrap_or(false)),
         })
         .collect();
     Effective { pools, vips }
@@ -300,5 +311,51 @@ address = "198.18.0.14"
         let without_11: Vec<Probe> = probes.iter().filter(|p| p.addr.ip() != IpAddr::from([198, 18, 0, 11])).cloned().collect();
         observed.retain_probes(&without_11);
         assert!(observed.health.is_empty());
+    }
+}
+
+#[cfg(test)]
+mod vrrp_tests {
+    use super::*;
+
+    #[test]
+    fn a_vip_owned_by_vrrp_forwards_only_while_master() {
+        let config = fulcrum_config::parse(
+            r#"
+interface = "eth0"
+[[vip]]
+name = "owned"
+address = "198.18.1.1"
+port = 80
+protocol = "tcp"
+scheduler = "maglev"
+pool = "web"
+[[vip]]
+name = "free"
+address = "198.18.1.2"
+port = 80
+protocol = "tcp"
+scheduler = "maglev"
+pool = "web"
+[[pool]]
+name = "web"
+[[pool.backend]]
+address = "198.18.0.11"
+[[vrrp]]
+name = "vi4"
+vrid = 51
+priority = 150
+addresses = ["198.18.1.1/32"]
+"#,
+            "test.toml",
+        )
+        .unwrap();
+        let mut observed = Observed::default();
+        let forwarding = |observed: &Observed| -> Vec<bool> { effective(&config, observed).vips.iter().map(|v| v.forwarding).collect() };
+        assert_eq!(forwarding(&observed), [false, true]);
+        observed.vrrp_master.insert("vi4".into(), true);
+        assert_eq!(forwarding(&observed), [true, true]);
+        observed.vrrp_master.insert("vi4".into(), false);
+        assert_eq!(forwarding(&observed), [false, true]);
     }
 }
