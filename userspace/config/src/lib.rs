@@ -84,6 +84,16 @@
 //! interface = "eth0"            # default: the top-level interface
 //! unicast_peers = ["198.18.0.3"]  # optional, else multicast 224.0.0.18 / ff02::12
 //! addresses = ["198.18.1.1/32"] # one family; each address in one instance
+//! notify_master = ["/usr/local/bin/notify", "master"]  # argv, never a shell string;
+//!                               # also notify_backup, notify_fault, notify_stop
+//! [[vrrp.track]]                # keepalived's track_* with weight
+//! kind = "pool"                 # "pool" | "interface" | "script"
+//! pool = "web"                  # pool: at least min_up members take traffic
+//! min_up = 2                    # default 1
+//! weight = -60                  # -254..=254: negative counts while failing,
+//!                               # positive while holding, 0 (default) = FAULT on failure
+//! # interface = "eth0"          # interface: operstate up
+//! # command = ["/usr/local/bin/check"], interval = "2s", timeout = "1s"   # script
 //! ```
 //!
 //! A `[[pool]]` may set `lbmethod`, how the L7 proxy balances it; only
@@ -384,6 +394,66 @@ pub struct VrrpConfig {
     /// Send adverts to these instead of the multicast group (keepalived's
     /// `unicast_peer`); same family as the addresses.
     pub unicast_peers: Vec<IpAddr>,
+    /// Commands run on entering a state (keepalived's `notify_master` and
+    /// friends), as argument vectors: never through a shell.
+    pub notify: VrrpNotify,
+    /// Conditions that lower the priority or put the instance in FAULT
+    /// (keepalived's `track_*` with `weight`).
+    pub track: Vec<TrackConfig>,
+}
+
+/// Notify commands of a VRRP instance, each an argument vector whose first
+/// element is the program. They run with `FULCRUM_VRRP_INSTANCE`,
+/// `FULCRUM_VRRP_VRID`, `FULCRUM_VRRP_STATE` and `FULCRUM_VRRP_REASON` in
+/// their environment.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct VrrpNotify {
+    /// On becoming MASTER.
+    pub master: Option<Vec<String>>,
+    /// On becoming BACKUP.
+    pub backup: Option<Vec<String>>,
+    /// On entering FAULT (a weight-0 track failed).
+    pub fault: Option<Vec<String>>,
+    /// On a graceful stop of the instance.
+    pub stop: Option<Vec<String>>,
+}
+
+/// One tracked condition (`[[vrrp.track]]`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct TrackConfig {
+    /// The condition.
+    pub kind: TrackKind,
+    /// keepalived's semantics: a positive weight is added to the priority
+    /// while the condition holds, a negative one while it fails; 0 (the
+    /// default) puts the instance in FAULT while it fails. -254..=254.
+    pub weight: i32,
+}
+
+/// What is tracked.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum TrackKind {
+    /// At least `min_up` members of `pool` take traffic.
+    Pool {
+        /// A pool in [`Config::pools`].
+        pool: String,
+        /// 1 or more; default 1.
+        min_up: u32,
+    },
+    /// The interface is up (operstate `up` or `unknown`).
+    Interface {
+        /// The interface name.
+        name: String,
+    },
+    /// The command exits 0 within `timeout`, run every `interval`.
+    Script {
+        /// Argument vector, program first; never run through a shell.
+        command: Vec<String>,
+        /// Between the starts of two runs; 100 ms..=1 h, default 2 s.
+        interval: Duration,
+        /// A run still going after it fails (and is killed); 10 ms..=interval,
+        /// default 1 s.
+        timeout: Duration,
+    },
 }
 
 impl Config {

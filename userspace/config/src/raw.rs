@@ -135,4 +135,23 @@ pub(super) struct RawVrrp {
     pub addresses: Spanned<Vec<Spanned<String>>>,
     #[serde(default)]
     pub unicast_peers: Vec<Spanned<String>>,
+    pub notify_master: Option<Spanned<Vec<String>>>,
+    pub notify_backup: Option<Spanned<Vec<String>>>,
+    pub notify_fault: Option<Spanned<Vec<String>>>,
+    pub notify_stop: Option<Spanned<Vec<String>>>,
+    #[serde(default)]
+    pub track: Vec<RawTrack>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTrack {
+    pub kind: Spanned<String>,
+    pub weight: Option<Spanned<i64>>,
+    pub pool: Option<Spanned<String>>,
+    pub min_up: Option<Spanned<i64>>,
+    pub interface: Option<Spanned<String>>,
+    pub command: Option<Spanned<Vec<String>>>,
+    pub interval: Option<Spanned<String>>,
+    pub timeout: Option<Spanned<String>>,
 }

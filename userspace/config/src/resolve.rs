@@ -16,13 +16,13 @@ use hyper::http::uri::PathAndQuery;
 use hyper::http::HeaderValue;
 use toml::Spanned;
 
-use super::raw::{CheckType, RawBackend, RawConfig, RawDatapath, RawHealthCheck, RawL7, RawListener, RawPool, RawRoute, RawVip, RawVrrp};
+use super::raw::{CheckType, RawBackend, RawConfig, RawDatapath, RawHealthCheck, RawL7, RawListener, RawPool, RawRoute, RawTrack, RawVip, RawVrrp};
 use super::{
     DatapathSettings, DEFAULT_CONN_TABLE_SIZE, DEFAULT_UDP_IDLE_TIMEOUT, MAX_CONN_TABLE_SIZE, MAX_UDP_IDLE_TIMEOUT,
     MIN_CONN_TABLE_SIZE, MIN_UDP_IDLE_TIMEOUT,
 };
 use super::{
-    L7Config, LbMethod, ListenerConfig, RouteConfig, VrrpConfig, MAX_L7_WORKERS,
+    L7Config, LbMethod, ListenerConfig, RouteConfig, TrackConfig, TrackKind, VrrpConfig, VrrpNotify, MAX_L7_WORKERS,
     AdminConfig, BackendConfig, CheckKind, Config, Diagnostic, HealthCheckConfig, PoolConfig,
     VipConfig, DEFAULT_ADMIN_LISTEN, DEFAULT_FALL, DEFAULT_INTERVAL, DEFAULT_MAGLEV_TABLE_SIZE,
     DEFAULT_RISE, DEFAULT_TIMEOUT, MAX_INTERVAL, MAX_RISE_FALL, MAX_WEIGHT, MIN_INTERVAL,
@@ -48,7 +48,7 @@ pub(super) fn resolve(raw: RawConfig, text: &str) -> Result<Config, Vec<Diagnost
     let pools = c.pools(&raw.pool, &raw.vip);
     let listeners = c.listeners(&raw.listener, &raw.pool);
     let l7 = c.l7(raw.l7.as_ref());
-    let vrrp = c.vrrps(&raw.vrrp, &interface);
+    let vrrp = c.vrrps(&raw.vrrp, &interface, &raw.pool);
     let datapath = c.datapath(raw.datapath.as_ref());
 
     if c.diagnostics.is_empty() {
@@ -421,7 +421,48 @@ impl Checker<'_> {
         None
     }
 
-    fn vrrps(&mut self, raw: &[RawVrrp], default_interface: &str) -> Vec<VrrpConfig> {
+    fn track(
+        &mut self,
+        t: &RawTrack,
+        pools: &[RawPool],
+        command: impl Fn(&mut Self, &Option<Spanned<Vec<String>>>) -> Option<Vec<String>>,
+    ) -> Option<TrackConfig> {
+        let weight = t.weight.as_ref().map_or(Some(0), |w| self.int_in(w, -254..=254, "weight"));
+        let missing = |c: &mut Self, field: &str| {
+            c.error(t.kind.span(), format!("a {:?} track needs `{field}`", t.kind.get_ref()));
+            None
+        };
+        let kind = match t.kind.get_ref().as_str() {
+            "pool" => {
+                let Some(pool) = &t.pool else { return missing(self, "pool") };
+                if !pools.iter().any(|p| p.name.get_ref() == pool.get_ref()) {
+                    self.error(pool.span(), format!("track names pool {:?}, which is not defined", pool.get_ref()));
+                }
+                let min_up = t.min_up.as_ref().map_or(Some(1), |m| self.int_in(m, 1..=i64::from(MAX_REALS), "min_up"))?;
+                TrackKind::Pool { pool: pool.get_ref().clone(), min_up }
+            }
+            "interface" => {
+                let Some(name) = &t.interface else { return missing(self, "interface") };
+                TrackKind::Interface { name: self.interface(name) }
+            }
+            "script" => {
+                if t.command.is_none() {
+                    return missing(self, "command");
+                }
+                let command = command(self, &t.command)?;
+                let interval = self.duration(t.interval.as_ref(), Duration::from_secs(2), Duration::from_millis(100)..=Duration::from_secs(3600), "interval")?;
+                let timeout = self.duration(t.timeout.as_ref(), Duration::from_secs(1), Duration::from_millis(10)..=interval, "timeout")?;
+                TrackKind::Script { command, interval, timeout }
+            }
+            other => {
+                self.error(t.kind.span(), format!("unknown track kind {other:?}: \"pool\", \"interface\" or \"script\""));
+                return None;
+            }
+        };
+        Some(TrackConfig { kind, weight: weight? })
+    }
+
+    fn vrrps(&mut self, raw: &[RawVrrp], default_interface: &str, pools: &[RawPool]) -> Vec<VrrpConfig> {
         let mut names = HashMap::new();
         let mut routers: HashMap<(String, u8, bool), Range<usize>> = HashMap::new();
         let mut owners: HashMap<IpAddr, Range<usize>> = HashMap::new();
@@ -510,7 +551,23 @@ impl Checker<'_> {
             } else {
                 routers.insert(router, v.vrid.span());
             }
+            let command = |c: &mut Self, value: &Option<Spanned<Vec<String>>>| {
+                let value = value.as_ref()?;
+                if value.get_ref().first().is_none_or(|program| program.is_empty()) {
+                    c.error(value.span(), "a command is an argument list whose first element is the program, such as [\"/usr/local/bin/notify\", \"master\"]".to_owned());
+                }
+                Some(value.get_ref().clone())
+            };
+            let notify = VrrpNotify {
+                master: command(self, &v.notify_master),
+                backup: command(self, &v.notify_backup),
+                fault: command(self, &v.notify_fault),
+                stop: command(self, &v.notify_stop),
+            };
+            let track = v.track.iter().filter_map(|t| self.track(t, pools, command)).collect();
             out.push(VrrpConfig {
+                notify,
+                track,
                 name: v.name.get_ref().clone(),
                 interface,
                 vrid,

@@ -1099,3 +1099,52 @@ fn vrrp_sections_are_checked_with_positions() {
     let same_vrid = with("[[vrrp]]\nname = \"x\"\nvrid = 1\npriority = 1\naddresses = [\"198.18.1.1\"]\n[[vrrp]]\nname = \"y\"\nvrid = 1\npriority = 1\naddresses = [\"198.18.1.2\"]\n");
     assert_eq!(position_of(&errors(&same_vrid), "already used").0, 9);
 }
+
+#[test]
+fn vrrp_notify_and_tracks_resolve_and_are_checked() {
+    let text = with(&format!(
+        "{WEB_VIP}\n[[pool]]\nname = \"web\"\n[[pool.backend]]\naddress = \"198.18.0.11\"\n{}",
+        r#"
+[[vrrp]]
+name = "vi4"
+vrid = 51
+priority = 150
+addresses = ["198.18.1.1"]
+notify_master = ["/usr/local/bin/notify", "master"]
+[[vrrp.track]]
+kind = "pool"
+pool = "web"
+min_up = 1
+weight = -60
+[[vrrp.track]]
+kind = "interface"
+interface = "eth0"
+[[vrrp.track]]
+kind = "script"
+command = ["/usr/local/bin/check"]
+interval = "3s"
+"#
+    ));
+    let config = parse(&text, "test.toml").unwrap();
+    let v = &config.vrrp[0];
+    assert_eq!(v.notify.master.as_deref(), Some(&["/usr/local/bin/notify".to_owned(), "master".to_owned()][..]));
+    assert_eq!(v.notify.backup, None);
+    assert_eq!(v.track[0], TrackConfig { kind: TrackKind::Pool { pool: "web".into(), min_up: 1 }, weight: -60 });
+    assert_eq!(v.track[1], TrackConfig { kind: TrackKind::Interface { name: "eth0".into() }, weight: 0 });
+    assert_eq!(
+        v.track[2].kind,
+        TrackKind::Script { command: vec!["/usr/local/bin/check".into()], interval: Duration::from_secs(3), timeout: Duration::from_secs(1) }
+    );
+
+    let bad = text
+        .replace("pool = \"web\"\nmin_up", "pool = \"nope\"\nmin_up")
+        .replace("weight = -60", "weight = -300")
+        .replace("[\"/usr/local/bin/notify\", \"master\"]", "[]")
+        .replace("kind = \"interface\"", "kind = \"ping\"");
+    let d = errors(&bad);
+    let at = |needle: &str| bad.lines().position(|l| l.contains(needle)).unwrap() + 1;
+    assert_eq!(position_of(&d, "not defined").0, at("pool = \"nope\""));
+    assert_eq!(position_of(&d, "weight").0, at("weight = -300"));
+    assert_eq!(position_of(&d, "argument list").0, at("notify_master = []"));
+    assert_eq!(position_of(&d, "unknown track kind").0, at("kind = \"ping\""));
+}

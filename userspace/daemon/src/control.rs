@@ -26,12 +26,15 @@ use tokio::{
 };
 use tracing::{error, info, warn};
 
-use crate::{l7::L7, report, vrrp::Vrrp};
+use crate::{l7::L7, report, vrrp::{ScriptResult, Vrrp}};
 use fulcrum_vrrp::shell::StateChange;
 
 /// How often the whole neighbour table is read again, in case a netlink
 /// notification was lost (the subscription is the normal path).
 const NEIGHBOUR_RESYNC: Duration = Duration::from_secs(30);
+/// How often tracked interfaces are looked at (keepalived follows netlink
+/// link events; polling sysfs costs one small read per tracked interface).
+const TRACK_POLL: Duration = Duration::from_secs(1);
 /// The heartbeat period whose lateness measures control-loop stalls.
 pub const HEARTBEAT: Duration = Duration::from_millis(10);
 
@@ -72,7 +75,9 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
     let l7 = L7::start(&config, &fulcrum_state::effective(&config, &Observed::default()))?;
 
     let (vrrp_tx, vrrp_rx) = mpsc::unbounded_channel();
-    let vrrp = Vrrp::start(&config, vrrp_tx)?;
+    let mut vrrp = Vrrp::start(&config, vrrp_tx)?;
+    let (script_tx, script_rx) = mpsc::unbounded_channel();
+    vrrp.start_scripts(script_tx);
 
     let (health_tx, health_rx) = mpsc::unbounded_channel();
     let mut control = Control {
@@ -90,7 +95,7 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
     control.resync_neighbours().await;
     control.engine.set_targets(targets(&control.config));
     control.submit(Instant::now());
-    let result = control.run_loop(&config_path, health_rx, admin_rx, vrrp_rx).await;
+    let result = control.run_loop(&config_path, health_rx, admin_rx, vrrp_rx, script_rx).await;
 
     admin_task.abort();
     let Control { engine, writer, l7, vrrp, .. } = control;
@@ -137,6 +142,7 @@ impl Control {
         mut health_rx: mpsc::UnboundedReceiver<HealthEvent<Probe>>,
         mut admin_rx: mpsc::Receiver<AdminRequest>,
         mut vrrp_rx: mpsc::UnboundedReceiver<StateChange>,
+        mut script_rx: mpsc::UnboundedReceiver<ScriptResult>,
     ) -> Result<()> {
         let mut sigint = signal(SignalKind::interrupt())?;
         let mut sigterm = signal(SignalKind::terminate())?;
@@ -147,13 +153,25 @@ impl Control {
         let mut heartbeat = tokio::time::interval(HEARTBEAT);
         heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut last_beat = Instant::now();
+        let mut track_tick = tokio::time::interval(TRACK_POLL);
+        track_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 Some(change) = vrrp_rx.recv() => {
                     let arrived = Instant::now();
                     info!(instance = %change.instance, vrid = change.vrid, from = %change.from, to = %change.state, reason = ?change.reason, "VRRP state change");
+                    self.vrrp.notify(&change);
                     self.observed.vrrp_master.insert(change.instance, change.forwarding);
                     self.submit(arrived);
+                }
+                Some(result) = script_rx.recv() => {
+                    self.vrrp.script_result(result);
+                    self.vrrp.track(&fulcrum_state::effective(&self.config, &self.observed));
+                }
+                _ = track_tick.tick() => {
+                    // Interface state is polled; pools and scripts also
+                    // re-evaluate on their own events.
+                    self.vrrp.track(&fulcrum_state::effective(&self.config, &self.observed));
                 }
                 Some(event) = health_rx.recv() => {
                     let arrived = Instant::now();
@@ -206,6 +224,7 @@ impl Control {
         if let Some(l7) = &mut self.l7 {
             l7.publish(&self.config, &effective);
         }
+        self.vrrp.track(&effective);
     }
 
     fn concerns_a_backend(&self, change: NeighbourChange) -> bool {

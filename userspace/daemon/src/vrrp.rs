@@ -3,21 +3,35 @@
 //! delay an advertisement), reporting state changes that become
 //! observations: a VIP owned by an instance is forwarded only while that
 //! instance is MASTER here.
-use std::{sync::mpsc as std_mpsc, time::Duration};
+use std::{collections::HashMap, process::Stdio, sync::mpsc as std_mpsc, time::Duration};
 
 use anyhow::{Context, Result};
 use fulcrum_api::VrrpStats;
-use fulcrum_config::{Config, VrrpConfig};
+use fulcrum_config::{Config, TrackKind, VrrpConfig};
+use fulcrum_state::Effective;
 use fulcrum_vrrp::{
     shell::{self, Garp, Instance, InstanceConfig, StateChange, Vip},
-    Centiseconds, Ipv4ChecksumMode, Version,
+    track::{effective_priority, Tracked},
+    Centiseconds, Ipv4ChecksumMode, Reason, State, Version,
 };
 use tokio::sync::mpsc;
 
 /// The running instances.
 pub struct Vrrp {
     instances: Vec<(VrrpConfig, Instance)>,
+    /// What tracking last made of each instance's priority.
+    tracked: Vec<Tracked>,
+    /// Script results by (instance, track) index; a script counts as
+    /// failing until its first run reports, so a node never claims MASTER
+    /// on an unchecked condition.
+    scripts: HashMap<(usize, usize), bool>,
+    /// The script runners; dropping them stops them.
+    runners: Vec<tokio::task::JoinHandle<()>>,
 }
+
+/// A tracked script's result: instance index, track index, whether it
+/// exited 0 in time.
+pub type ScriptResult = (usize, usize, bool);
 
 impl Vrrp {
     /// Starts every configured instance; their state changes arrive on
@@ -47,7 +61,87 @@ impl Vrrp {
             tracing::info!(instance = %v.name, vrid = v.vrid, interface = %v.interface, priority = v.priority, "VRRP instance started");
             instances.push((v.clone(), instance));
         }
-        Ok(Vrrp { instances })
+        let tracked = instances.iter().map(|(v, _)| Tracked::Priority(v.priority)).collect();
+        Ok(Vrrp { instances, tracked, scripts: HashMap::new(), runners: Vec::new() })
+    }
+
+    /// Starts one task per tracked script, reporting on `results`. Call
+    /// from inside the tokio runtime.
+    pub fn start_scripts(&mut self, results: mpsc::UnboundedSender<ScriptResult>) {
+        for (i, (v, _)) in self.instances.iter().enumerate() {
+            for (j, track) in v.track.iter().enumerate() {
+                if let TrackKind::Script { command, interval, timeout } = &track.kind {
+                    let (command, interval, timeout, results) = (command.clone(), *interval, *timeout, results.clone());
+                    self.runners.push(tokio::spawn(run_script(command, interval, timeout, move |ok| results.send((i, j, ok)).is_ok())));
+                }
+            }
+        }
+    }
+
+    /// Records a script's result.
+    pub fn script_result(&mut self, (instance, track, ok): ScriptResult) {
+        self.scripts.insert((instance, track), ok);
+    }
+
+    /// Evaluates every tracked condition against `effective` (pools), the
+    /// interfaces' state and the scripts' last results, and hands each
+    /// instance its new priority or FAULT when that changed.
+    pub fn track(&mut self, effective: &Effective) {
+        for (i, (v, instance)) in self.instances.iter().enumerate() {
+            let conditions = v.track.iter().enumerate().map(|(j, t)| {
+                let holds = match &t.kind {
+                    TrackKind::Pool { pool, min_up } => {
+                        effective.pool(pool).map_or(0, |p| p.active().count()) >= *min_up as usize
+                    }
+                    TrackKind::Interface { name } => interface_up(name),
+                    TrackKind::Script { .. } => self.scripts.get(&(i, j)).copied().unwrap_or(false),
+                };
+                (t.weight, holds)
+            });
+            let now = effective_priority(v.priority, conditions);
+            if now == self.tracked[i] {
+                continue;
+            }
+            tracing::info!(instance = %v.name, from = ?self.tracked[i], to = ?now, "VRRP tracking changed the instance's priority");
+            match now {
+                Tracked::Fault => instance.set_fault(true),
+                Tracked::Priority(p) => {
+                    if self.tracked[i] == Tracked::Fault {
+                        instance.set_fault(false);
+                    }
+                    instance.set_priority(p);
+                }
+            }
+            self.tracked[i] = now;
+        }
+    }
+
+    /// Runs the notify command `change` calls for, if one is configured,
+    /// without waiting for it.
+    pub fn notify(&self, change: &StateChange) {
+        let Some((v, _)) = self.instances.iter().find(|(v, _)| v.name == change.instance) else { return };
+        let command = match (change.state, &change.reason) {
+            (_, Reason::Shutdown) => &v.notify.stop,
+            (State::Master, _) => &v.notify.master,
+            (State::Backup, _) => &v.notify.backup,
+            (State::Fault, _) => &v.notify.fault,
+            (State::Initialize, _) => return,
+        };
+        let Some(argv) = command else { return };
+        let mut cmd = notify_command(argv, change);
+        let name = v.name.clone();
+        tokio::spawn(async move {
+            let result = match cmd.spawn() {
+                Ok(mut child) => tokio::time::timeout(NOTIFY_TIMEOUT, child.wait()).await,
+                Err(err) => Ok(Err(err)),
+            };
+            match result {
+                Ok(Ok(status)) if status.success() => tracing::debug!(instance = %name, "notify command done"),
+                Ok(Ok(status)) => tracing::warn!(instance = %name, %status, "notify command failed"),
+                Ok(Err(err)) => tracing::warn!(instance = %name, error = %err, "notify command could not run"),
+                Err(_) => tracing::warn!(instance = %name, "notify command still running after {NOTIFY_TIMEOUT:?}: killed"),
+            }
+        });
     }
 
     /// Whether `config` asks for exactly the instances running: instances
@@ -81,8 +175,112 @@ impl Vrrp {
     /// Stops every instance gracefully: a MASTER sends priority 0 so a
     /// BACKUP takes over after Skew_Time, and releases its addresses.
     pub fn stop(self) {
+        for runner in &self.runners {
+            runner.abort();
+        }
         for (_, instance) in self.instances {
             instance.stop();
+        }
+    }
+}
+
+/// How long a notify command may run before it is killed.
+const NOTIFY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The notify command for `change`: `argv` run directly (never through a
+/// shell, so no configuration text is ever interpreted), with the
+/// instance, VRID, new state and reason in its environment.
+fn notify_command(argv: &[String], change: &StateChange) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(&argv[0]);
+    cmd.args(&argv[1..])
+        .env("FULCRUM_VRRP_INSTANCE", &change.instance)
+        .env("FULCRUM_VRRP_VRID", change.vrid.to_string())
+        .env("FULCRUM_VRRP_STATE", change.state.to_string())
+        .env("FULCRUM_VRRP_REASON", format!("{:?}", change.reason))
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    cmd
+}
+
+/// Runs `command` every `interval`, killing a run that outlasts
+/// `timeout`, and reports each outcome until `report` returns false.
+async fn run_script(command: Vec<String>, interval: Duration, timeout: Duration, report: impl Fn(bool) -> bool) {
+    let mut ticks = tokio::time::interval(interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let mut cmd = tokio::process::Command::new(&command[0]);
+        cmd.args(&command[1..]).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).kill_on_drop(true);
+        let ok = match cmd.spawn() {
+            Ok(mut child) => matches!(tokio::time::timeout(timeout, child.wait()).await, Ok(Ok(status)) if status.success()),
+            Err(_) => false,
+        };
+        if !report(ok) {
+            return;
+        }
+    }
+}
+
+/// Whether `name`'s operational state lets traffic through: `up`, or
+/// `unknown` (virtual devices without carrier reporting).
+fn interface_up(name: &str) -> bool {
+    std::fs::read_to_string(format!("/sys/class/net/{name}/operstate"))
+        .is_ok_and(|s| matches!(s.trim(), "up" | "unknown"))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn notify_runs_argv_with_the_state_in_its_environment() {
+        let dir = std::env::temp_dir().join(format!("fulcrum-notify-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let out = dir.join("out");
+        let argv: Vec<String> = vec![
+            "/bin/sh".into(),
+            "-c".into(),
+            "echo \"$1 $FULCRUM_VRRP_INSTANCE $FULCRUM_VRRP_VRID $FULCRUM_VRRP_STATE\" > \"$2\"".into(),
+            "notify".into(),
+            "arg; rm -rf /".into(),
+            out.display().to_string(),
+        ];
+        let change = StateChange {
+            instance: "vi4".into(),
+            vrid: 51,
+            from: State::Backup,
+            state: State::Master,
+            reason: Reason::MasterDown,
+            forwarding: true,
+            at: Instant::now(),
+        };
+        let status = notify_command(&argv, &change).status().await.unwrap();
+        assert!(status.success());
+        // The argument arrives as one word, never interpreted.
+        assert_eq!(std::fs::read_to_string(&out).unwrap(), "arg; rm -rf / vi4 51 MASTER\n");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn scripts_report_success_failure_and_timeout() {
+        let results = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        for (argv, want) in [
+            (vec!["/bin/true".to_owned()], true),
+            (vec!["/bin/false".to_owned()], false),
+            (vec!["/bin/sleep".to_owned(), "5".to_owned()], false),
+            (vec!["/nonexistent/program".to_owned()], false),
+        ] {
+            let sink = std::sync::Arc::clone(&results);
+            let started = Instant::now();
+            run_script(argv, Duration::from_millis(100), Duration::from_millis(200), move |ok| {
+                sink.lock().unwrap().push(ok);
+                false
+            })
+            .await;
+            assert!(started.elapsed() < Duration::from_secs(3));
+            assert_eq!(results.lock().unwrap().pop(), Some(want));
         }
     }
 }

@@ -46,6 +46,7 @@ pub mod machine;
 pub mod packet;
 #[cfg(target_os = "linux")]
 pub mod shell;
+pub mod track;
 
 pub use checks::{check, Accepted, Discard, Expected, Heard, IpMeta, Warning};
 pub use interval::Centiseconds;
