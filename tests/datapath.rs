@@ -13,8 +13,11 @@ use std::{
 };
 
 use etherparse::PacketBuilder;
-use fulcrum_common::{addr_words, hash, ports_word, Mac, Reason, VipKey, IPPROTO_TCP, IPPROTO_UDP, MAX_REALS, MAX_VIPS, VIP_F_HASH_SRC_ONLY};
-use fulcrum_l4::{maglev, ConnEntry, ConnEvent, Datapath, DatapathError, FlowKey, LoadOptions, Plan, PlanVip};
+use fulcrum_common::{
+    addr_words, hash, ports_word, DecapReason, Mac, Reason, VipKey, IPPROTO_TCP, IPPROTO_UDP, MAX_REALS, MAX_VIPS,
+    VIP_F_HASH_SRC_ONLY, VIP_F_IPIP,
+};
+use fulcrum_l4::{maglev, ConnEntry, ConnEvent, Datapath, DatapathError, Decap, FlowKey, LoadOptions, NodeSettings, Plan, PlanVip};
 
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
@@ -1082,4 +1085,359 @@ fn a_standby_vip_is_passed_until_this_node_is_master() {
     assert_eq!(dp.apply(&state).unwrap().vips_written, 1);
     let want = rewritten(&f, expected_mac(&[1, 2, 3], v4_hash(CLIENT4, 2222, 80)));
     assert_eq!(run(&mut dp, &f, XDP_TX, Reason::Tx), want);
+}
+
+// ---- IPIP / IP6IP6, ICMP, decap ---------------------------------------------
+
+/// The outer source prefixes of the IPIP tests.
+const SRC4: Ipv4Addr = Ipv4Addr::new(198, 18, 7, 0);
+const SRC6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x18, 7, 0, 0, 0, 0, 0);
+const MTU: u16 = 1500;
+
+/// Routed reals: IPv4 198.18.5.1i, IPv6 fd00:18:5::1i, all reached via
+/// the router's MAC.
+const ROUTER_MAC: Mac = Mac([0x02, 0, 0, 0, 0, 0x01]);
+
+fn routed4(i: u8) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(198, 18, 5, 10 + i))
+}
+
+fn routed6(i: u8) -> IpAddr {
+    IpAddr::V6(Ipv6Addr::new(0xfd00, 0x18, 5, 0, 0, 0, 0, 0x10 + u16::from(i)))
+}
+
+fn ipip_vip(name: &str, address: IpAddr, reals: &[IpAddr]) -> PlanVip {
+    let mut members: Vec<(IpAddr, u32)> = reals.iter().map(|&a| (a, 1)).collect();
+    members.sort_unstable();
+    PlanVip {
+        name: name.into(),
+        key: VipKey::new(address, 80, IPPROTO_TCP),
+        flags: VIP_F_IPIP,
+        table_size: TABLE,
+        established: members.iter().map(|&(a, _)| a).collect(),
+        members,
+        udp_idle_timeout_ms: UDP_IDLE_MS,
+    }
+}
+
+fn ipip_state() -> Plan {
+    let v4: Vec<IpAddr> = (1..=3).map(routed4).collect();
+    let v6: Vec<IpAddr> = (1..=3).map(routed6).collect();
+    Plan {
+        vips: vec![ipip_vip("ipip4", VIP4.into(), &v4), ipip_vip("ipip6", VIP6.into(), &v6)],
+        reals: v4.iter().chain(&v6).map(|&a| (a, Some(ROUTER_MAC))).collect(),
+    }
+}
+
+fn loaded_ipip() -> Datapath {
+    let mut dp = Datapath::load_with(LoadOptions { conn_table_size: CONN_TABLE }).expect("loading the XDP program (run as root)");
+    dp.set_node(&NodeSettings { self_mac: SELF_MAC, mtu: MTU, ipip_source_v4: Some((SRC4, 24)), ipip_source_v6: Some((SRC6, 112)) })
+        .unwrap();
+    dp.apply(&ipip_state()).unwrap();
+    dp
+}
+
+/// The real Maglev picks among `reals` for `hash`.
+fn maglev_real(reals: &[IpAddr], hash: u32) -> IpAddr {
+    let mut sorted = reals.to_vec();
+    sorted.sort_unstable();
+    let names: Vec<String> = sorted.iter().map(ToString::to_string).collect();
+    let members: Vec<maglev::Member> = names.iter().map(|n| maglev::Member { name: n, weight: 1 }).collect();
+    sorted[maglev::build(&members, TABLE)[(hash % TABLE) as usize] as usize]
+}
+
+/// The Internet checksum (RFC 1071) of `bytes`: 0 over data that
+/// includes a correct checksum.
+fn inet_checksum(bytes: &[u8], mut sum: u32) -> u16 {
+    for chunk in bytes.chunks(2) {
+        sum += u32::from(u16::from_be_bytes([chunk[0], *chunk.get(1).unwrap_or(&0)]));
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// The ICMPv6 pseudo-header's sum (RFC 8200 section 8.1).
+fn pseudo6(src: &[u8], dst: &[u8], len: usize) -> u32 {
+    let mut sum = 0u32;
+    for w in src.chunks(2).chain(dst.chunks(2)) {
+        sum += u32::from(u16::from_be_bytes([w[0], w[1]]));
+    }
+    sum + len as u32 + 58
+}
+
+fn tcp4_sized(sport: u16, ip_len: usize) -> Vec<u8> {
+    let payload = vec![0x5a; ip_len - 40];
+    let mut out = Vec::new();
+    PacketBuilder::ethernet2(CLIENT_MAC, SELF_MAC.0)
+        .ipv4(CLIENT4.octets(), VIP4.octets(), 64)
+        .tcp(sport, 80, 1, 65535)
+        .ack(1)
+        .write(&mut out, &payload)
+        .unwrap();
+    out
+}
+
+fn tcp6_sized(sport: u16, ip_len: usize) -> Vec<u8> {
+    let payload = vec![0x5a; ip_len - 60];
+    let mut out = Vec::new();
+    PacketBuilder::ethernet2(CLIENT_MAC, SELF_MAC.0)
+        .ipv6(CLIENT6.octets(), VIP6.octets(), 64)
+        .tcp(sport, 80, 1, 65535)
+        .ack(1)
+        .write(&mut out, &payload)
+        .unwrap();
+    out
+}
+
+#[test]
+fn ipv4_vip_packets_are_encapsulated_in_ipip_to_the_maglev_real() {
+    let mut dp = loaded_ipip();
+    let reals: Vec<IpAddr> = (1..=3).map(routed4).collect();
+    let mut sources = std::collections::BTreeSet::new();
+    for sport in [1024u16, 40000, 51515, 65535] {
+        let input = tcp4(CLIENT4, VIP4, sport, 80);
+        let out = run(&mut dp, &input, XDP_TX, Reason::Tx);
+        let hash = v4_hash(CLIENT4, sport, 80);
+        assert_eq!(out.len(), input.len() + 20);
+        assert_eq!(out[0..6], ROUTER_MAC.0, "to the next hop");
+        assert_eq!(out[6..12], SELF_MAC.0);
+        assert_eq!(out[12..14], [0x08, 0x00]);
+        let outer = &out[14..34];
+        assert_eq!(outer[0], 0x45);
+        assert_eq!(outer[1], input[15], "TOS copied");
+        assert_eq!(u16::from_be_bytes([outer[2], outer[3]]) as usize, input.len() - 14 + 20);
+        assert_eq!(outer[4..6], input[18..20], "identification copied");
+        assert_eq!(outer[6..8], [0x40, 0], "DF copied from the inner packet, no fragment");
+        assert_eq!(outer[8], 64, "TTL");
+        assert_eq!(outer[9], 4, "protocol IPIP");
+        assert_eq!(inet_checksum(outer, 0), 0, "header checksum");
+        // Source: 198.18.7.0/24, host byte = the flow hash's top byte
+        // (prefix | (hash & host mask) on raw network-order words).
+        assert_eq!(outer[12..16], [198, 18, 7, (hash >> 24) as u8]);
+        sources.insert(outer[15]);
+        let IpAddr::V4(real) = maglev_real(&reals, hash) else { unreachable!() };
+        assert_eq!(outer[16..20], real.octets());
+        assert_eq!(out[34..], input[14..], "inner packet untouched");
+    }
+    assert!(sources.len() > 1, "flows get different outer sources: {sources:?}");
+}
+
+#[test]
+fn ipv6_vip_packets_are_encapsulated_in_ip6ip6_to_the_maglev_real() {
+    let mut dp = loaded_ipip();
+    let reals: Vec<IpAddr> = (1..=3).map(routed6).collect();
+    for sport in [1024u16, 40000, 51515] {
+        let mut input = tcp6(CLIENT6, VIP6, sport, 80);
+        input[14] = 0x6b; // traffic class 0xb0
+        input[15] = 0x01; // and a flow label the outer header must not copy
+        let out = run(&mut dp, &input, XDP_TX, Reason::Tx);
+        let hash = v6_hash(CLIENT6, sport, 80);
+        assert_eq!(out.len(), input.len() + 40);
+        assert_eq!(out[0..6], ROUTER_MAC.0);
+        assert_eq!(out[12..14], [0x86, 0xdd]);
+        let outer = &out[14..54];
+        let vtc = u32::from_be_bytes(outer[0..4].try_into().unwrap());
+        assert_eq!(vtc, 6 << 28 | 0xb0 << 20 | (hash & 0xfffff), "version, traffic class copied, flow label from the hash");
+        assert_eq!(u16::from_be_bytes([outer[4], outer[5]]) as usize, input.len() - 14);
+        assert_eq!(outer[6], 41, "next header IPv6");
+        assert_eq!(outer[7], 64, "hop limit");
+        let mut src = SRC6.octets();
+        src[14] = (hash >> 16) as u8;
+        src[15] = (hash >> 24) as u8;
+        assert_eq!(outer[8..24], src, "fd00:18:7::/112 with the hash's upper half in the host bits");
+        let IpAddr::V6(real) = maglev_real(&reals, hash) else { unreachable!() };
+        assert_eq!(outer[24..40], real.octets());
+        assert_eq!(out[54..], input[14..], "inner packet untouched");
+    }
+}
+
+#[test]
+fn a_vlan_tag_is_kept_outside_the_outer_header() {
+    let mut dp = loaded_ipip();
+    let plain = tcp4(CLIENT4, VIP4, 40000, 80);
+    let mut input = plain[..12].to_vec();
+    input.extend_from_slice(&[0x81, 0x00, 0x00, 0xc8]);
+    input.extend_from_slice(&plain[12..]);
+    let out = run(&mut dp, &input, XDP_TX, Reason::Tx);
+    assert_eq!(out[12..18], [0x81, 0x00, 0x00, 0xc8, 0x08, 0x00]);
+    assert_eq!(out[18], 0x45);
+    assert_eq!(out[27], 4);
+    assert_eq!(out[38..], input[18..]);
+}
+
+#[test]
+fn a_packet_that_fits_the_mtu_only_unencapsulated_gets_icmp_fragmentation_needed() {
+    let mut dp = loaded_ipip();
+    // 1480 + 20 = the MTU: still fits.
+    let fits = tcp4_sized(40000, 1480);
+    let out = run(&mut dp, &fits, XDP_TX, Reason::Tx);
+    assert_eq!(out.len() - 14, usize::from(MTU));
+    // One byte more: ICMP type 3 code 4 back to the client, from the VIP.
+    let input = tcp4_sized(40000, 1481);
+    let out = run(&mut dp, &input, XDP_TX, Reason::IcmpTooBig);
+    assert_eq!(out.len(), 14 + 576);
+    assert_eq!(out[0..6], CLIENT_MAC, "back to the sender");
+    assert_eq!(out[6..12], SELF_MAC.0);
+    let ip = &out[14..34];
+    assert_eq!(ip[0], 0x45);
+    assert_eq!(u16::from_be_bytes([ip[2], ip[3]]), 576);
+    assert_eq!((ip[8], ip[9]), (64, 1));
+    assert_eq!(inet_checksum(ip, 0), 0);
+    assert_eq!(ip[12..16], VIP4.octets());
+    assert_eq!(ip[16..20], CLIENT4.octets());
+    let icmp = &out[34..];
+    assert_eq!((icmp[0], icmp[1]), (3, 4), "fragmentation needed and DF set");
+    assert_eq!(u16::from_be_bytes([icmp[6], icmp[7]]), MTU - 20, "next-hop MTU: room for the inner packet");
+    assert_eq!(inet_checksum(icmp, 0), 0, "ICMP checksum over the 556-byte message");
+    assert_eq!(icmp[8..], input[14..14 + 548], "quotes the first 548 bytes");
+
+    // Without DF, no error may be sent and XDP cannot fragment: dropped.
+    let mut no_df = input.clone();
+    no_df[20] &= !0x40;
+    run(&mut dp, &no_df, XDP_DROP, Reason::DropTooBig);
+}
+
+#[test]
+fn an_ipv6_packet_too_big_to_encapsulate_gets_packet_too_big() {
+    let mut dp = loaded_ipip();
+    run(&mut dp, &tcp6_sized(40000, 1460), XDP_TX, Reason::Tx);
+    let input = tcp6_sized(40000, 1461);
+    let out = run(&mut dp, &input, XDP_TX, Reason::IcmpTooBig);
+    assert_eq!(out.len(), 14 + 1280, "the minimum MTU, RFC 4443 section 2.4(c)");
+    assert_eq!(out[0..6], CLIENT_MAC);
+    let ip = &out[14..54];
+    assert_eq!(ip[0] >> 4, 6);
+    assert_eq!(u16::from_be_bytes([ip[4], ip[5]]), 1240);
+    assert_eq!((ip[6], ip[7]), (58, 64));
+    assert_eq!(ip[8..24], VIP6.octets());
+    assert_eq!(ip[24..40], CLIENT6.octets());
+    let icmp = &out[54..];
+    assert_eq!((icmp[0], icmp[1]), (2, 0));
+    assert_eq!(u32::from_be_bytes(icmp[4..8].try_into().unwrap()), u32::from(MTU) - 40);
+    assert_eq!(inet_checksum(icmp, pseudo6(&ip[8..24], &ip[24..40], icmp.len())), 0, "checksum with the pseudo-header");
+    assert_eq!(icmp[8..], input[14..14 + 1232]);
+}
+
+fn echo4(dst: Ipv4Addr) -> Vec<u8> {
+    let mut out = Vec::new();
+    PacketBuilder::ethernet2(CLIENT_MAC, SELF_MAC.0)
+        .ipv4(CLIENT4.octets(), dst.octets(), 3)
+        .icmpv4_echo_request(0x1234, 7)
+        .write(&mut out, b"ping payload")
+        .unwrap();
+    out
+}
+
+fn echo6(dst: Ipv6Addr) -> Vec<u8> {
+    let mut out = Vec::new();
+    PacketBuilder::ethernet2(CLIENT_MAC, SELF_MAC.0)
+        .ipv6(CLIENT6.octets(), dst.octets(), 3)
+        .icmpv6_echo_request(0x1234, 7)
+        .write(&mut out, b"ping payload")
+        .unwrap();
+    out
+}
+
+#[test]
+fn echo_requests_to_a_vip_address_are_answered_from_xdp() {
+    // DSR and IPIP VIPs alike: the address is what counts.
+    for mut dp in [loaded(&lab_state()), loaded_ipip()] {
+        let input = echo4(VIP4);
+        let out = run(&mut dp, &input, XDP_TX, Reason::IcmpEchoReply);
+        assert_eq!(out.len(), input.len());
+        assert_eq!(out[0..6], CLIENT_MAC);
+        assert_eq!(out[6..12], SELF_MAC.0);
+        let ip = &out[14..34];
+        assert_eq!(ip[8], 64, "a fresh TTL");
+        assert_eq!(ip[12..16], VIP4.octets());
+        assert_eq!(ip[16..20], CLIENT4.octets());
+        assert_eq!(inet_checksum(ip, 0), 0);
+        let icmp = &out[34..];
+        assert_eq!(icmp[0], 0, "echo reply");
+        assert_eq!(inet_checksum(icmp, 0), 0, "checksum updated");
+        assert_eq!(icmp[4..], input[38..], "identifier, sequence and data echoed");
+
+        let input = echo6(VIP6);
+        let out = run(&mut dp, &input, XDP_TX, Reason::IcmpEchoReply);
+        let ip = &out[14..54];
+        assert_eq!(ip[7], 64);
+        assert_eq!(ip[8..24], VIP6.octets());
+        assert_eq!(ip[24..40], CLIENT6.octets());
+        let icmp = &out[54..];
+        assert_eq!(icmp[0], 129);
+        assert_eq!(inet_checksum(icmp, pseudo6(&ip[8..24], &ip[24..40], icmp.len())), 0);
+        assert_eq!(icmp[4..], input[58..]);
+
+        // Not a VIP address, or not to our MAC: the kernel's business.
+        let other = echo4(Ipv4Addr::new(198, 18, 0, 2));
+        assert_eq!(run(&mut dp, &other, XDP_PASS, Reason::PassNotVip), other);
+        let broadcast = to_mac(&echo4(VIP4), [0xff; 6]);
+        assert_eq!(run(&mut dp, &broadcast, XDP_PASS, Reason::PassNotForUs), broadcast);
+        let other6 = echo6(CLIENT6);
+        assert_eq!(run(&mut dp, &other6, XDP_PASS, Reason::PassNotVip), other6);
+    }
+}
+
+#[test]
+fn a_standby_vip_address_does_not_answer_echo() {
+    let mut plan = lab_state();
+    for v in &mut plan.vips {
+        v.flags |= fulcrum_common::VIP_F_STANDBY;
+    }
+    let mut dp = loaded(&plan);
+    let input = echo4(VIP4);
+    assert_eq!(run(&mut dp, &input, XDP_PASS, Reason::PassNotVip), input);
+}
+
+fn decap_counter(decap: &Decap, r: DecapReason) -> u64 {
+    decap.counters().into_iter().find(|(x, _)| *x == r).unwrap().1.packets
+}
+
+fn decap_run(decap: &mut Decap, frame: &[u8], why: DecapReason) -> Vec<u8> {
+    let before = decap_counter(decap, why);
+    let out = decap.test_run(frame).unwrap();
+    assert_eq!(out.action, XDP_PASS);
+    assert_eq!(decap_counter(decap, why), before + 1, "{why:?}");
+    out.frame
+}
+
+#[test]
+fn decap_strips_the_outer_header_of_vip_packets_only() {
+    let mut dp = loaded_ipip();
+    let mut decap = Decap::load().expect("loading the decap program (run as root)");
+    decap.add_vip(VIP4.into()).unwrap();
+    decap.add_vip(VIP6.into()).unwrap();
+    for input in [tcp4(CLIENT4, VIP4, 40000, 80), tcp6(CLIENT6, VIP6, 40000, 80)] {
+        let tunnelled = run(&mut dp, &input, XDP_TX, Reason::Tx);
+        let out = decap_run(&mut decap, &tunnelled, DecapReason::Decapsulated);
+        assert_eq!(out[..12], tunnelled[..12], "Ethernet addresses as received");
+        assert_eq!(out[12..], input[12..], "the inner packet, exactly as the client sent it");
+    }
+    // VLAN-tagged: the tag stays.
+    let plain = tcp4(CLIENT4, VIP4, 40001, 80);
+    let mut tagged = plain[..12].to_vec();
+    tagged.extend_from_slice(&[0x81, 0x00, 0x00, 0xc8]);
+    tagged.extend_from_slice(&plain[12..]);
+    let tunnelled = run(&mut dp, &tagged, XDP_TX, Reason::Tx);
+    let out = decap_run(&mut decap, &tunnelled, DecapReason::Decapsulated);
+    assert_eq!(out[12..], tagged[12..]);
+
+    // Not tunnelled, or not for a VIP, or cut short: untouched.
+    let plain = tcp4(CLIENT4, VIP4, 40000, 80);
+    assert_eq!(decap_run(&mut decap, &plain, DecapReason::PassNotTunnel), plain);
+    let mut decap_other = Decap::load().unwrap();
+    decap_other.add_vip(IpAddr::from([198, 18, 9, 9])).unwrap();
+    let tunnelled = run(&mut dp, &plain, XDP_TX, Reason::Tx);
+    assert_eq!(decap_run(&mut decap_other, &tunnelled, DecapReason::PassNotVip), tunnelled);
+    let short = &tunnelled[..14 + 20 + 10];
+    assert_eq!(decap_run(&mut decap, short, DecapReason::PassTruncated), short);
+    // The outer total length claims more than the frame holds.
+    let cut = &tunnelled[..tunnelled.len() - 4];
+    assert_eq!(decap_run(&mut decap, cut, DecapReason::PassTruncated), cut);
+    // Outer options: fulcrum never sends them.
+    let mut options = tunnelled.clone();
+    options[14] = 0x46;
+    assert_eq!(decap_run(&mut decap, &options, DecapReason::PassMalformed), options);
 }

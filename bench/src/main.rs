@@ -8,10 +8,14 @@
 //!   VIPs: start to tables applied, health change to tables updated,
 //!   rebuild CPU, control-loop stalls, SIGTERM to exit (see
 //!   [`control_plane`]).
+//! - `l7`: the L7 proxy against nginx and HAProxy (one worker each):
+//!   req/s, latency (closed loop and constant rate), memory per idle
+//!   connection (see [`l7`]).
 //!
 //! Method (DESIGN.md, "How we measure"): figures are medians over rounds,
 //! results are appended to `bench/RESULTS.md` with the command and machine.
 mod control_plane;
+mod l7;
 mod xdp;
 
 use std::{fs::OpenOptions, io::Write, path::Path, path::PathBuf};
@@ -62,12 +66,61 @@ enum Bench {
         #[arg(long)]
         record: Option<PathBuf>,
     },
+    /// fulcrum-l7 vs nginx and HAProxy, one worker each: wrk req/s and
+    /// latency, constant-rate latency, memory per idle connection.
+    L7 {
+        /// Interleaved rounds; medians are reported.
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        /// Seconds per wrk run.
+        #[arg(long, default_value_t = 5)]
+        secs: u64,
+        /// wrk connections (keep-alive).
+        #[arg(long, default_value_t = 50)]
+        connections: u32,
+        /// CPU for the proxy under test.
+        #[arg(long, default_value_t = 0)]
+        proxy_cpu: usize,
+        /// CPU for the backend and the load generators.
+        #[arg(long, default_value_t = 1)]
+        load_cpu: usize,
+        /// Idle connections for the memory measurement (0: skip). 9,900, not
+        /// 10,000: the hard RLIMIT_NOFILE here is 20,000 and HAProxy wants two
+        /// descriptors per `maxconn`.
+        #[arg(long, default_value_t = 9_900)]
+        idle: usize,
+        /// Constant-rate run's req/s (default: 60% of the slowest proxy's median).
+        #[arg(long)]
+        rate: Option<u64>,
+        /// Run fulcrum-l7 on the polling driver instead of io_uring.
+        #[arg(long)]
+        polling: bool,
+        /// Append the results to this file (bench/RESULTS.md by xtask).
+        #[arg(long)]
+        record: Option<PathBuf>,
+    },
+    /// (internal) fulcrum-l7 with one worker, started by `l7`.
+    #[command(hide = true)]
+    L7Proxy {
+        #[arg(long)]
+        listen: std::net::SocketAddr,
+        #[arg(long)]
+        backend: std::net::SocketAddr,
+        #[arg(long)]
+        polling: bool,
+        #[arg(long, default_value_t = 64)]
+        max_idle: usize,
+    },
 }
 
 fn main() -> Result<()> {
     match Cli::parse().bench {
         Bench::Xdp { repeat, rounds, cpu, record } => xdp::run(repeat, rounds, cpu, record),
         Bench::ControlPlane { vips, rounds, poll_ms, fulcrum, record } => control_plane::run(&vips, rounds, poll_ms, fulcrum, record),
+        Bench::L7 { rounds, secs, connections, proxy_cpu, load_cpu, idle, rate, polling, record } => {
+            l7::run(l7::Opts { rounds, secs, connections, proxy_cpu, load_cpu, idle, rate, polling, record })
+        }
+        Bench::L7Proxy { listen, backend, polling, max_idle } => l7::serve_proxy(listen, backend, polling, max_idle),
     }
 }
 

@@ -43,6 +43,11 @@ pub mod names {
     pub const CONN_TABLE: &str = "CONN_TABLE";
     pub const CONN_STATS: &str = "CONN_STATS";
     pub const VIP_REAL_OK: &str = "VIP_REAL_OK";
+    pub const VIP_ADDRESSES: &str = "VIP_ADDRESSES";
+    /// The decapsulation program (`fulcrum-xdp-decap`, its own object) and its maps.
+    pub const DECAP_PROGRAM: &str = "fulcrum_decap";
+    pub const DECAP_VIPS: &str = "DECAP_VIPS";
+    pub const DECAP_STATS: &str = "DECAP_STATS";
 }
 
 /// Connection table entries when the configuration does not say
@@ -128,6 +133,13 @@ pub const VIP_F_HASH_SRC_ONLY: u32 = 1 << 0;
 /// one flag flip.
 pub const VIP_F_STANDBY: u32 = 1 << 1;
 
+/// Forward the VIP's packets encapsulated to the real's address (IPIP,
+/// RFC 2003, for an IPv4 VIP; IP6IP6, RFC 2473, for an IPv6 VIP) instead
+/// of L2 DSR, so reals may sit on another L3 network. The outer source is
+/// [`DatapathConfig::ipip_src_v4`] / `ipip_src_v6` with the prefix's host
+/// bits taken from the flow hash; see `ipip_source`.
+pub const VIP_F_IPIP: u32 = 1 << 2;
+
 /// Value of the `VIPS` map.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -168,6 +180,10 @@ pub struct RealDef {
     /// ([`ConnEntry::real_gen`]) no longer matches and the flow re-picks.
     pub generation: u32,
     pub _pad2: u32,
+    /// The real's address (raw network-order words, IPv4 in IPv4-mapped
+    /// form as in [`VipKey::addr`]): the outer destination of IPIP/IP6IP6
+    /// VIPs. Unused by L2 DSR.
+    pub addr: [u32; 4],
 }
 
 /// Key of the `CONN_TABLE` LRU map: a flow's 5-tuple as the packet carries
@@ -250,13 +266,39 @@ impl ConnEvent {
 }
 
 /// Value of the single-entry `DATAPATH_CONFIG` array.
+///
+/// The IPIP source scheme: the outer source address of an encapsulated
+/// packet is `prefix | (flow_hash & host_mask)`, both raw network-order
+/// words, so each flow gets a fixed source inside a configured prefix
+/// (`[datapath] ipip_source_v4 = "a.b.c.0/24"`, `ipip_source_v6 =
+/// "...::/112"`) and the real's NIC, whose RSS hashes the outer addresses
+/// only, spreads flows over its queues (Katran does the same with a fixed
+/// prefix and the client's source port). For IPv6 only the last word
+/// varies (prefix length 96..=128).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct DatapathConfig {
     /// Our own Ethernet address, written as the source of forwarded frames.
     pub self_mac: [u8; 6],
-    pub _pad: [u8; 2],
+    /// The egress interface's MTU in bytes (the largest IP packet it
+    /// sends). An IPIP/IP6IP6 packet whose outer IP packet would exceed
+    /// it is answered with ICMP "fragmentation needed" / "packet too big"
+    /// instead. 0: no encapsulated packet fits (user space has not said).
+    pub mtu: u16,
+    /// IPv4 outer source prefix, raw network order, host bits zero.
+    pub ipip_src_v4: u32,
+    /// IPv4 host bits of that prefix, raw network order: taken from the flow hash.
+    pub ipip_src_v4_host: u32,
+    /// IPv6 outer source prefix, raw network-order words, host bits zero.
+    pub ipip_src_v6: [u32; 4],
+    /// Host bits of the IPv6 prefix's last word, raw network order.
+    pub ipip_src_v6_host: u32,
 }
+
+/// Bytes IPIP adds to a packet (one IPv4 header, RFC 2003).
+pub const IPIP_OVERHEAD: u16 = 20;
+/// Bytes IP6IP6 adds to a packet (one IPv6 header, RFC 2473).
+pub const IP6IP6_OVERHEAD: u16 = 40;
 
 /// A per-CPU counter pair; user space sums it over CPUs.
 #[repr(C)]
@@ -308,11 +350,26 @@ pub enum Reason {
     /// `XDP_PASS`: to a VIP whose VRRP instance is not MASTER on this node
     /// (`VIP_F_STANDBY`); the MASTER forwards it.
     PassNotMaster = 10,
+    /// `XDP_TX`: an ICMP or ICMPv6 echo request to a VIP address, answered
+    /// from XDP with an echo reply.
+    IcmpEchoReply = 11,
+    /// `XDP_TX`: a packet for an IPIP/IP6IP6 VIP that would exceed the
+    /// MTU once encapsulated, answered with ICMP "fragmentation needed"
+    /// (IPv4, DF set) or ICMPv6 "packet too big" (Katran's
+    /// `ICMP_TOOBIG_GENERATION`).
+    IcmpTooBig = 12,
+    /// `XDP_DROP`: too big to encapsulate, and no ICMP can be sent for it:
+    /// IPv4 without DF (XDP cannot fragment), or shorter than the quote an
+    /// ICMP error carries (only with an MTU below 1280).
+    DropTooBig = 13,
+    /// `XDP_DROP`: the driver gave no headroom for the outer header
+    /// (`bpf_xdp_adjust_head` failed).
+    DropNoHeadroom = 14,
 }
 
 impl Reason {
     /// Number of reasons: the length of `REASON_STATS`.
-    pub const COUNT: u32 = 11;
+    pub const COUNT: u32 = 15;
     /// Every reason, in index order.
     pub const ALL: [Reason; Self::COUNT as usize] = [
         Reason::Tx,
@@ -326,6 +383,10 @@ impl Reason {
         Reason::PassNotForUs,
         Reason::PassV4Mapped,
         Reason::PassNotMaster,
+        Reason::IcmpEchoReply,
+        Reason::IcmpTooBig,
+        Reason::DropTooBig,
+        Reason::DropNoHeadroom,
     ];
 
     /// Short stable name, used in stats output.
@@ -342,6 +403,50 @@ impl Reason {
             Reason::PassNotForUs => "pass_not_for_us",
             Reason::PassV4Mapped => "pass_v4_mapped",
             Reason::PassNotMaster => "pass_not_master",
+            Reason::IcmpEchoReply => "tx_icmp_echo_reply",
+            Reason::IcmpTooBig => "tx_icmp_too_big",
+            Reason::DropTooBig => "drop_too_big",
+            Reason::DropNoHeadroom => "drop_no_headroom",
+        }
+    }
+}
+
+/// What the decapsulation program (`fulcrum decap`, on a real) did with a
+/// frame: the index of `DECAP_STATS`. Indices and names are stable.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DecapReason {
+    /// IPIP or IP6IP6 to a configured VIP: outer header removed, `XDP_PASS`.
+    Decapsulated = 0,
+    /// `XDP_PASS` untouched: not IPIP/IP6IP6 (most traffic).
+    PassNotTunnel = 1,
+    /// `XDP_PASS` untouched: a tunnel packet whose inner destination is
+    /// not a configured VIP.
+    PassNotVip = 2,
+    /// `XDP_PASS` untouched: the outer or inner header is cut short.
+    PassTruncated = 3,
+    /// `XDP_PASS` untouched: outer IPv4 with options or fragmented, or an
+    /// inner header that contradicts the outer one.
+    PassMalformed = 4,
+}
+
+impl DecapReason {
+    pub const COUNT: u32 = 5;
+    pub const ALL: [DecapReason; Self::COUNT as usize] = [
+        DecapReason::Decapsulated,
+        DecapReason::PassNotTunnel,
+        DecapReason::PassNotVip,
+        DecapReason::PassTruncated,
+        DecapReason::PassMalformed,
+    ];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            DecapReason::Decapsulated => "decapsulated",
+            DecapReason::PassNotTunnel => "pass_not_tunnel",
+            DecapReason::PassNotVip => "pass_not_vip",
+            DecapReason::PassTruncated => "pass_truncated",
+            DecapReason::PassMalformed => "pass_malformed",
         }
     }
 }
@@ -398,7 +503,8 @@ mod conn_tests {
     fn layouts_are_what_the_kernel_side_expects() {
         assert_eq!(core::mem::size_of::<FlowKey>(), 40);
         assert_eq!(core::mem::size_of::<ConnEntry>(), 16);
-        assert_eq!(core::mem::size_of::<RealDef>(), 16);
+        assert_eq!(core::mem::size_of::<RealDef>(), 32);
+        assert_eq!(core::mem::size_of::<DatapathConfig>(), 36);
         assert_eq!(core::mem::size_of::<VipMeta>(), 24);
         assert_eq!(vip_real_ok_bit(MAX_VIPS - 1, MAX_REALS - 1).0, VIP_REAL_OK_WORDS - 1);
     }

@@ -4,6 +4,7 @@
 //! ```text
 //!  {prefix}-client  eth0 198.18.0.10 fd00:18::10 ─┐
 //!  {prefix}-lb      eth0 198.18.0.2  fd00:18::2  ─┤  br0 in {prefix}-sw
+//! [{prefix}-lb2     eth0 198.18.0.3  fd00:18::3  ─┤] (option second_lb)
 //!  {prefix}-real1   eth0 198.18.0.11 fd00:18::11 ─┤  (one L2 segment)
 //!  {prefix}-real2   eth0 198.18.0.12 fd00:18::12 ─┤
 //!  {prefix}-real3   eth0 198.18.0.13 fd00:18::13 ─┘
@@ -17,6 +18,34 @@
 //! runs an XDP pass program so that frames sent back with `XDP_TX` are
 //! delivered (see `xdp_pass`).
 //!
+//! Two options of [`Lab::up_with`] ([`LabOptions`]) turn it into a VRRP
+//! pair, for the failover tests and the demo:
+//!
+//! - `second_lb` adds `{prefix}-lb2` (198.18.0.3, fd00:18::3) on the same
+//!   bridge, set up like the lb (pass program on its switch-side end,
+//!   checksum offload off). The bridge then has multicast snooping off, so
+//!   VRRP adverts to 224.0.0.18 / ff02::12 reach every port whether or not
+//!   a membership report was seen. Both lbs get `arp_ignore=1` and
+//!   `arp_announce=2`: each answers ARP for the addresses on its own eth0
+//!   (its own, and the VIP while it is the VRRP Master and holds it there),
+//!   and never uses another address as an ARP source.
+//! - `vip_on_link` replaces the client's `VIP via lb` routes with on-link
+//!   routes (`198.18.1.0/24 dev eth0`, `fd00:18:1::/64 dev eth0`): the
+//!   client resolves the VIP itself (ARP / neighbour solicitation), so
+//!   whichever lb holds the VIP on eth0 answers and receives its traffic,
+//!   and a gratuitous ARP or unsolicited NA moves it. The reals never
+//!   answer: they hold the VIP on `lo` with `arp_ignore=1` (IPv4), and
+//!   IPv6 answers solicitations only for addresses of the receiving
+//!   interface. [`Lab::set_vip_on_link`] switches at run time.
+//!
+//! Sysctls checked for that mode: `rp_filter` (strict or loose) passes
+//! everything here, since every source is reached back through eth0; the
+//! switch namespace's `bridge-nf-call-*` do not matter for well-formed
+//! ARP, VRRP and TCP frames (they would for hostile ones, see
+//! docs/architecture.md); the client needs no `arp_accept`, since a
+//! gratuitous ARP updates an entry it already has, which is the only case
+//! a failover needs.
+//!
 //! Used by `cargo xtask lab`, `cargo xtask demo` and the end-to-end tests.
 //! It owns the namespaces and processes it creates and removes them (by
 //! exact name and pid) on `down`, on drop, or from another process with
@@ -28,7 +57,7 @@ mod proc;
 mod xdp_pass;
 
 use std::fs;
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -46,6 +75,14 @@ pub const VIP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x18, 1, 0, 0, 0, 0, 1);
 pub const LB4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
 /// The lb's IPv6 address on the lab segment.
 pub const LB6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x18, 0, 0, 0, 0, 0, 2);
+/// The second lb's address on the lab segment ([`LabOptions::second_lb`]).
+pub const LB2_4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 3);
+/// The second lb's IPv6 address on the lab segment.
+pub const LB2_6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x18, 0, 0, 0, 0, 0, 3);
+/// The client's on-link route for the IPv4 VIP ([`LabOptions::vip_on_link`]).
+pub const VIP4_NET: &str = "198.18.1.0/24";
+/// The client's on-link route for the IPv6 VIP.
+pub const VIP6_NET: &str = "fd00:18:1::/64";
 /// The client's address on the lab segment.
 pub const CLIENT4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 10);
 /// The reals' names, in address order (real1 = .11, real2 = .12, ...).
@@ -53,8 +90,11 @@ pub const REALS: [&str; 3] = ["real1", "real2", "real3"];
 
 /// Every host of the lab except the switch, with its last address octet
 /// (the same number is the last group of its IPv6 address).
-const HOSTS: [(&str, u8); 5] =
-    [("client", 10), ("lb", 2), ("real1", 11), ("real2", 12), ("real3", 13)];
+/// `lb2` exists only with [`LabOptions::second_lb`].
+const HOSTS: [(&str, u8); 6] =
+    [("client", 10), ("lb", 2), ("lb2", 3), ("real1", 11), ("real2", 12), ("real3", 13)];
+/// The optional host of [`HOSTS`].
+const SECOND_LB: &str = "lb2";
 /// The namespace holding the bridge.
 const SWITCH: &str = "sw";
 /// Where per-lab state lives: pid file, health files, backend logs.
@@ -105,10 +145,35 @@ pub fn bin_path(name: &str) -> Result<PathBuf> {
     Ok(path)
 }
 
+/// What [`Lab::up_with`] builds beyond the basic topology.
+#[derive(Debug, Clone, Default)]
+pub struct LabOptions {
+    /// Add `lb2` (198.18.0.3, fd00:18::3), a second load balancer on the
+    /// same bridge, set up like `lb` (module docs).
+    pub second_lb: bool,
+    /// Route the VIPs on-link from the client instead of via the lb, so
+    /// that the VRRP Master's ARP answers decide where they go.
+    pub vip_on_link: bool,
+    /// The `fulcrum-backend` binary; `None`: the one [`bin_path`] finds.
+    pub backend: Option<PathBuf>,
+}
+
+/// One VRRP instance as a daemon's `fulcrum stats --json` reports it
+/// (its `vrrp` array): read from the JSON, so it needs nothing more of
+/// the API types than these fields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VrrpInstance {
+    pub name: String,
+    /// "MASTER", "BACKUP", "INIT" or "FAULT".
+    pub state: String,
+    pub priority: u8,
+}
+
 /// A running lab. Dropping it tears everything down, as [`Lab::down`] does.
 pub struct Lab {
     prefix: String,
     run_dir: PathBuf,
+    options: LabOptions,
     backends: Vec<(String, Proc)>,
     /// False once torn down or kept, so that drop does nothing.
     armed: bool,
@@ -121,6 +186,16 @@ impl Lab {
         Lab::up_with_backend(prefix, &bin_path("fulcrum-backend")?)
     }
 
+    /// [`Lab::up_with_backend`] with [`LabOptions`]: a second lb, on-link
+    /// VIP routes, a given backend binary.
+    pub fn up_with(prefix: &str, options: LabOptions) -> Result<Lab> {
+        let backend = match &options.backend {
+            Some(path) => path.clone(),
+            None => bin_path("fulcrum-backend")?,
+        };
+        Lab::build(prefix, &backend, options)
+    }
+
     /// Builds the topology (module docs) in namespaces named `{prefix}-sw`,
     /// `{prefix}-client`, `{prefix}-lb`, `{prefix}-real1..3`, and starts
     /// `backend` (a `fulcrum-backend`) in every real, listening on port 80
@@ -129,6 +204,10 @@ impl Lab {
     /// it with [`Lab::down_by_prefix`]); on failure, what was created is
     /// removed again.
     pub fn up_with_backend(prefix: &str, backend: &Path) -> Result<Lab> {
+        Lab::build(prefix, backend, LabOptions::default())
+    }
+
+    fn build(prefix: &str, backend: &Path, options: LabOptions) -> Result<Lab> {
         validate_prefix(prefix)?;
         for name in namespace_names(prefix) {
             if Path::new("/run/netns").join(&name).exists() {
@@ -139,7 +218,7 @@ impl Lab {
         let run_dir = Path::new(RUN_ROOT).join(prefix);
         fs::create_dir_all(&run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
         // From here on, drop cleans up whatever exists.
-        let mut lab = Lab { prefix: prefix.to_string(), run_dir, backends: Vec::new(), armed: true };
+        let mut lab = Lab { prefix: prefix.to_string(), run_dir, options, backends: Vec::new(), armed: true };
         lab.build_topology()?;
         for real in REALS {
             lab.start_backend(real, backend)?;
@@ -154,6 +233,21 @@ impl Lab {
     /// The namespace name of a lab host: `lab.ns("lb")` is `"{prefix}-lb"`.
     pub fn ns(&self, host: &str) -> String {
         format!("{}-{}", self.prefix, host)
+    }
+
+    /// The load balancers of this lab: `["lb"]`, or `["lb", "lb2"]` with
+    /// [`LabOptions::second_lb`].
+    pub fn lbs(&self) -> &'static [&'static str] {
+        if self.options.second_lb {
+            &["lb", SECOND_LB]
+        } else {
+            &["lb"]
+        }
+    }
+
+    /// The options the lab was brought up with.
+    pub fn options(&self) -> &LabOptions {
+        &self.options
     }
 
     /// The prefix every namespace of this lab starts with.
@@ -196,10 +290,82 @@ impl Lab {
     /// runs `fulcrum stats --json` (the binary at `fulcrum`) there, where
     /// the daemon's admin API listens.
     pub fn fulcrum_stats(&self, fulcrum: &Path) -> Result<fulcrum_api::StatsReport> {
-        let mut cmd = self.command("lb", fulcrum);
-        cmd.args(["stats", "--json"]);
-        let json = run_checked(&mut cmd)?;
+        self.fulcrum_stats_on("lb", fulcrum)
+    }
+
+    /// [`Lab::fulcrum_stats`] of the daemon in `host`'s namespace ("lb2"...),
+    /// at the default admin address (127.0.0.1:9180, which every lb
+    /// namespace has its own of).
+    pub fn fulcrum_stats_on(&self, host: &str, fulcrum: &Path) -> Result<fulcrum_api::StatsReport> {
+        let json = self.fulcrum_stats_text(host, fulcrum)?;
         serde_json::from_str(&json).with_context(|| format!("parsing fulcrum stats: {json}"))
+    }
+
+    /// The raw `fulcrum stats --json` of the daemon in `host`, as a JSON
+    /// value: for fields the API types may not have yet.
+    pub fn fulcrum_stats_json(&self, host: &str, fulcrum: &Path) -> Result<serde_json::Value> {
+        let json = self.fulcrum_stats_text(host, fulcrum)?;
+        serde_json::from_str(&json).with_context(|| format!("parsing fulcrum stats: {json}"))
+    }
+
+    /// The VRRP instances of the daemon in `host` (the `vrrp` array of its
+    /// stats; empty if there is none).
+    pub fn vrrp_instances(&self, host: &str, fulcrum: &Path) -> Result<Vec<VrrpInstance>> {
+        vrrp_instances(&self.fulcrum_stats_json(host, fulcrum)?)
+    }
+
+    fn fulcrum_stats_text(&self, host: &str, fulcrum: &Path) -> Result<String> {
+        let mut cmd = self.command(host, fulcrum);
+        cmd.args(["stats", "--json"]);
+        run_checked(&mut cmd)
+    }
+
+    /// Whether `addr` is on `host`'s eth0 (a VRRP Master's VIP is).
+    pub fn has_address(&self, host: &str, addr: IpAddr) -> Result<bool> {
+        let out = run_checked(Command::new("ip").args(["-n", &self.ns(host), "-o", "addr", "show", "dev", "eth0"]))?;
+        let want = addr.to_string();
+        Ok(out.split_whitespace().any(|w| w.split('/').next() == Some(want.as_str())))
+    }
+
+    /// The MAC address of `host`'s eth0.
+    pub fn mac(&self, host: &str) -> Result<String> {
+        let out = run_checked(Command::new("ip").args(["-n", &self.ns(host), "-o", "link", "show", "dev", "eth0"]))?;
+        word_after(&out, "link/ether").with_context(|| format!("no MAC in {out}"))
+    }
+
+    /// The link-layer address of `host`'s neighbour entry for `addr`, if
+    /// it has one with an address (any state but INCOMPLETE / FAILED).
+    pub fn neighbour(&self, host: &str, addr: IpAddr) -> Result<Option<String>> {
+        let out = run_checked(Command::new("ip").args(["-n", &self.ns(host), "neigh", "show", &addr.to_string(), "dev", "eth0"]))?;
+        Ok(word_after(&out, "lladdr"))
+    }
+
+    /// Switches the client's routes to the VIPs: on-link (`true`, see
+    /// [`LabOptions::vip_on_link`]) or via the lb (`false`, as [`Lab::up`]
+    /// sets them). Existing neighbour entries for the VIPs are flushed, so
+    /// the next packet asks again.
+    pub fn set_vip_on_link(&mut self, on_link: bool) -> Result<()> {
+        let ns = self.ns("client");
+        let ip = |args: &[&str]| run_checked(Command::new("ip").args(["-n", &ns]).args(args));
+        let (v4_on, v6_on) = (VIP4_NET.to_string(), VIP6_NET.to_string());
+        let (v4_via, v6_via) = (format!("{VIP4}/32"), format!("{VIP6}/128"));
+        if on_link {
+            ip(&["route", "del", &v4_via])?;
+            ip(&["-6", "route", "del", &v6_via])?;
+            ip(&["route", "add", &v4_on, "dev", "eth0"])?;
+            ip(&["-6", "route", "add", &v6_on, "dev", "eth0"])?;
+        } else {
+            ip(&["route", "del", &v4_on])?;
+            ip(&["-6", "route", "del", &v6_on])?;
+            ip(&["route", "add", &v4_via, "via", &LB4.to_string()])?;
+            ip(&["-6", "route", "add", &v6_via, "via", &LB6.to_string()])?;
+        }
+        for vip in [VIP4.to_string(), VIP6.to_string()] {
+            // Nothing to flush is fine.
+            let _ = ip(&["neigh", "flush", "to", &vip, "dev", "eth0"]);
+        }
+        self.options.vip_on_link = on_link;
+        Ok(())
     }
 
     /// Runs `args` (program first) inside `host`'s namespace to completion
@@ -274,14 +440,20 @@ impl Lab {
     fn build_topology(&self) -> Result<()> {
         let sw = self.ns(SWITCH);
         run_checked(Command::new("ip").args(["netns", "add", &sw]))?;
-        for (host, _) in HOSTS {
+        for host in self.hosts() {
             run_checked(Command::new("ip").args(["netns", "add", &self.ns(host)]))?;
         }
         let ip_sw = |args: &[&str]| run_checked(Command::new("ip").args(["-n", &sw]).args(args));
         ip_sw(&["link", "set", "lo", "up"])?;
-        ip_sw(&["link", "add", "br0", "type", "bridge"])?;
+        if self.options.second_lb {
+            // VRRP adverts are multicast: flood them to every port instead
+            // of waiting for the bridge to learn who listens.
+            ip_sw(&["link", "add", "br0", "type", "bridge", "mcast_snooping", "0"])?;
+        } else {
+            ip_sw(&["link", "add", "br0", "type", "bridge"])?;
+        }
         ip_sw(&["link", "set", "br0", "up"])?;
-        for (host, _) in HOSTS {
+        for host in self.hosts() {
             let ns = self.ns(host);
             // The pair is created in the switch namespace, so the switch-side
             // end can carry the plain host name (no 15-character problem and
@@ -298,6 +470,11 @@ impl Lab {
             self.configure_host(host)?;
         }
         Ok(())
+    }
+
+    /// The hosts this lab has: [`HOSTS`] without `lb2` unless asked for.
+    fn hosts(&self) -> Vec<&'static str> {
+        HOSTS.iter().map(|(h, _)| *h).filter(|h| *h != SECOND_LB || self.options.second_lb).collect()
     }
 
     fn configure_host(&self, host: &str) -> Result<()> {
@@ -321,9 +498,25 @@ impl Lab {
         // Computing checksums in software makes frames on the lab segment
         // complete, as on a real wire.
         run_checked(netns_command(&ns, "ethtool").args(["-K", "eth0", "tx", "off"]))?;
-        if host == "client" {
+        if host == "client" && self.options.vip_on_link {
+            ip(&["route", "add", VIP4_NET, "dev", "eth0"])?;
+            ip(&["-6", "route", "add", VIP6_NET, "dev", "eth0"])?;
+        } else if host == "client" {
             ip(&["route", "add", &format!("{VIP4}/32"), "via", &LB4.to_string()])?;
             ip(&["-6", "route", "add", &format!("{VIP6}/128"), "via", &LB6.to_string()])?;
+        }
+        if host.starts_with("lb") && (self.options.second_lb || self.options.vip_on_link) {
+            // A VRRP Master holds the VIP on eth0 and must answer ARP for
+            // it there (arp_ignore=1 does: the address is on the asking
+            // interface); arp_announce=2 keeps its own address as the
+            // source of its ARP requests. Set on `all` and eth0, as for
+            // the reals.
+            for dev in ["all", "eth0"] {
+                for (key, value) in [("arp_ignore", "1"), ("arp_announce", "2")] {
+                    let setting = format!("net.ipv4.conf.{dev}.{key}={value}");
+                    run_checked(netns_command(&ns, "sysctl").args(["-q", "-w", &setting]))?;
+                }
+            }
         }
         if host.starts_with("real") {
             ip(&["addr", "add", &format!("{VIP4}/32"), "dev", "lo"])?;
@@ -411,6 +604,37 @@ fn namespace_names(prefix: &str) -> Vec<String> {
         .chain(HOSTS.iter().map(|(h, _)| *h))
         .map(|h| format!("{prefix}-{h}"))
         .collect()
+}
+
+/// The `vrrp` array of a `fulcrum stats --json` document.
+pub fn vrrp_instances(stats: &serde_json::Value) -> Result<Vec<VrrpInstance>> {
+    let Some(list) = stats.get("vrrp") else { return Ok(Vec::new()) };
+    let list = list.as_array().with_context(|| format!("stats field vrrp is not an array: {list}"))?;
+    list.iter()
+        .map(|v| {
+            let text = |key: &str| v.get(key).and_then(|x| x.as_str()).map(str::to_string);
+            Ok(VrrpInstance {
+                name: text("name").with_context(|| format!("vrrp entry without name: {v}"))?,
+                state: text("state").with_context(|| format!("vrrp entry without state: {v}"))?,
+                priority: v
+                    .get("priority")
+                    .and_then(|p| p.as_u64())
+                    .and_then(|p| u8::try_from(p).ok())
+                    .with_context(|| format!("vrrp entry without priority: {v}"))?,
+            })
+        })
+        .collect()
+}
+
+/// The whitespace-separated word after `key` in `text`.
+fn word_after(text: &str, key: &str) -> Option<String> {
+    let mut words = text.split_whitespace();
+    while let Some(w) = words.next() {
+        if w == key {
+            return words.next().map(str::to_string);
+        }
+    }
+    None
 }
 
 /// Deletes the lab's namespaces (exact names; missing ones are fine) and

@@ -83,6 +83,30 @@ impl Proc {
         Ok(status)
     }
 
+    /// Sends SIGTERM without waiting (see [`Proc::wait_timeout`]); nothing
+    /// if it has exited already.
+    pub fn terminate(&mut self) -> Result<()> {
+        if self.try_wait()?.is_none() {
+            let child = self.child.as_ref().context("process was detached")?;
+            // Not reaped yet, so the pid is still ours.
+            kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM)?;
+        }
+        Ok(())
+    }
+
+    /// Kills the process with SIGKILL, as a crash would (no cleanup of its
+    /// own), and reaps it; returns its exit status. Idempotent.
+    pub fn kill(&mut self) -> Result<ExitStatus> {
+        if let Some(status) = self.try_wait()? {
+            return Ok(status);
+        }
+        let child = self.child.as_mut().context("process was detached")?;
+        child.kill()?;
+        let status = child.wait()?;
+        self.status = Some(status);
+        Ok(status)
+    }
+
     /// Forgets the process without stopping it (it keeps running after
     /// this program exits).
     pub(crate) fn detach(mut self) {

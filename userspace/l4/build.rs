@@ -41,6 +41,19 @@ fn main() {
         panic!("the eBPF object {} is missing", object.display());
     }
     println!("cargo:rustc-env=FULCRUM_XDP_OBJECT={}", object.display());
+    // The decap program (`fulcrum decap`) is its own object, built beside
+    // the datapath's; a prebuilt datapath object without one beside it
+    // gets a stub, which `Decap::load` reports.
+    let decap = object.with_file_name("fulcrum-xdp-decap");
+    let decap = if decap.is_file() { decap } else { stub("fulcrum-xdp-decap.stub") };
+    println!("cargo:rustc-env=FULCRUM_XDP_DECAP_OBJECT={}", decap.display());
+}
+
+/// An empty file in OUT_DIR, embedded where an object is missing.
+fn stub(name: &str) -> PathBuf {
+    let stub = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR")).join(name);
+    std::fs::write(&stub, b"").expect("writing the eBPF stub into OUT_DIR");
+    stub
 }
 
 /// What of the eBPF toolchain is absent, if anything.
@@ -86,11 +99,11 @@ fn build_ebpf(root: &Path) -> PathBuf {
 
 /// Embeds an empty object; `Datapath::load` reports it at run time.
 fn embed_stub(missing: &str) {
-    let stub = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR")).join("fulcrum-xdp.stub");
-    std::fs::write(&stub, b"").expect("writing the eBPF stub into OUT_DIR");
+    let stub = stub("fulcrum-xdp.stub");
     println!(
         "cargo:warning={missing} is missing: fulcrum embeds an empty eBPF stub and cannot load its datapath \
          (`cargo xtask setup` installs the eBPF toolchain)"
     );
     println!("cargo:rustc-env=FULCRUM_XDP_OBJECT={}", stub.display());
+    println!("cargo:rustc-env=FULCRUM_XDP_DECAP_OBJECT={}", self::stub("fulcrum-xdp-decap.stub").display());
 }

@@ -4,7 +4,10 @@
 //! The pipeline reads top to bottom, one small function a stage:
 //! `parse` -> `lookup_vip` -> `addressed_to_us` -> `select_real` (the
 //! connection table, else `pick_real` from the Maglev table) ->
-//! `rewrite_l2` -> `XDP_TX`. Anything that is not a VIP packet, or cannot
+//! `rewrite_l2` (L2 DSR) or `encap::encapsulate` (IPIP / IP6IP6, per VIP)
+//! -> `XDP_TX`. Two side exits answer from XDP: an echo request to a VIP
+//! address gets its reply (`icmp::echo_reply`), and a packet too big to
+//! encapsulate gets an ICMP error (`icmp::too_big`). Anything that is not a VIP packet, or cannot
 //! be parsed, is `XDP_PASS` (the kernel stack decides); a VIP packet with
 //! neither a usable connection-table entry nor a healthy backend is
 //! `XDP_DROP`. Every frame bumps exactly one per-reason counter, and every
@@ -22,7 +25,9 @@
 #![no_std]
 #![no_main]
 
+mod encap;
 mod headers;
+mod icmp;
 mod maps;
 
 use aya_ebpf::{
@@ -33,9 +38,10 @@ use aya_ebpf::{
 };
 use fulcrum_common::{
     hash, ports_word, vip_filter_bit, vip_real_ok_bit, ConnEntry, ConnEvent, FlowKey, RealDef,
-    Reason, VipKey, VipMeta, CONN_TOUCH_NS, IPPROTO_TCP, IPPROTO_UDP, V4_MAPPED_WORD,
-    VIP_F_HASH_SRC_ONLY, VIP_F_STANDBY,
+    DatapathConfig, Reason, VipKey, VipMeta, CONN_TOUCH_NS, IPPROTO_TCP, IPPROTO_UDP, V4_MAPPED_WORD,
+    VIP_F_HASH_SRC_ONLY, VIP_F_IPIP, VIP_F_STANDBY,
 };
+use icmp::Echo;
 use headers::*;
 use maps::*;
 
@@ -50,6 +56,22 @@ struct Flow {
     /// A TCP SYN without ACK: a client opening a connection, which always
     /// takes a fresh pick.
     syn: bool,
+    /// Whether an 802.1Q tag sits between the Ethernet and IP headers.
+    vlan: bool,
+    /// Offset of the IP header in the frame: 14, or 18 with a tag.
+    l3: usize,
+    /// Length of the IP packet in bytes, its header included (IPv4 total
+    /// length, or IPv6 payload length + 40): what encapsulation wraps.
+    ip_len: usize,
+    /// IPv4 "don't fragment" (IPv6 never fragments on the path).
+    df: bool,
+}
+
+/// What the parser found: a TCP/UDP flow to look up, or an ICMP echo
+/// request that may be for a VIP address.
+enum Packet {
+    Flow(Flow),
+    Echo(Echo),
 }
 
 #[xdp]
@@ -63,7 +85,8 @@ pub fn fulcrum_xdp(ctx: XdpContext) -> u32 {
 #[inline(always)]
 fn balance(ctx: &XdpContext, bytes: u64) -> (u32, Reason) {
     let flow = match parse(ctx) {
-        Ok(flow) => flow,
+        Ok(Packet::Flow(flow)) => flow,
+        Ok(Packet::Echo(echo)) => return answer_echo(ctx, &echo),
         Err(reason) => return (XDP_PASS, reason),
     };
     let Some(vip) = lookup_vip(&flow.vip) else {
@@ -72,7 +95,7 @@ fn balance(ctx: &XdpContext, bytes: u64) -> (u32, Reason) {
     if vip.flags & VIP_F_STANDBY != 0 {
         return (XDP_PASS, Reason::PassNotMaster);
     }
-    let Some(own_mac) = addressed_to_us(ctx) else {
+    let Some((own_mac, config)) = addressed_to_us(ctx) else {
         return (XDP_PASS, Reason::PassNotForUs);
     };
     count(&VIP_STATS, vip.vip_id, bytes);
@@ -81,29 +104,50 @@ fn balance(ctx: &XdpContext, bytes: u64) -> (u32, Reason) {
     let Some((real_id, real)) = select_real(&vip, &flow, bytes) else {
         return (XDP_DROP, Reason::DropNoBackend);
     };
-    if rewrite_l2(ctx, real, own_mac).is_none() {
+    if vip.flags & VIP_F_IPIP != 0 {
+        if encap::too_big(&flow, config) {
+            return icmp::too_big(ctx, &flow, own_mac, config);
+        }
+        if encap::encapsulate(ctx, &flow, real, own_mac, config).is_none() {
+            return (XDP_DROP, Reason::DropNoHeadroom);
+        }
+    } else if rewrite_l2(ctx, real, own_mac).is_none() {
         return (XDP_DROP, Reason::DropNoBackend);
     }
     count(&REAL_STATS, real_id, bytes);
     (XDP_TX, Reason::Tx)
 }
 
+/// An echo request: answered if it is for a VIP address and addressed
+/// to our MAC, else left to the kernel like any other ICMP.
+#[inline(always)]
+fn answer_echo(ctx: &XdpContext, echo: &Echo) -> (u32, Reason) {
+    if !is_vip_address(&echo.dst) {
+        return (XDP_PASS, Reason::PassNotVip);
+    }
+    let Some((own_mac, _)) = addressed_to_us(ctx) else {
+        return (XDP_PASS, Reason::PassNotForUs);
+    };
+    icmp::echo_reply(ctx, echo, own_mac)
+}
+
 // ---- parse -----------------------------------------------------------------
 
 #[inline(always)]
-fn parse(ctx: &XdpContext) -> Result<Flow, Reason> {
+fn parse(ctx: &XdpContext) -> Result<Packet, Reason> {
     let eth: *const EthHdr = ptr_at(ctx, 0).ok_or(Reason::PassTruncated)?;
     let mut offset = core::mem::size_of::<EthHdr>();
     // SAFETY: ptr_at checked the header lies inside the frame.
     let mut ether_type = unsafe { (*eth).ether_type };
-    if ether_type == ETH_P_8021Q.to_be() {
-        let vlan: *const VlanHdr = ptr_at(ctx, offset).ok_or(Reason::PassTruncated)?;
-        ether_type = unsafe { (*vlan).ether_type };
+    let vlan = ether_type == ETH_P_8021Q.to_be();
+    if vlan {
+        let tag: *const VlanHdr = ptr_at(ctx, offset).ok_or(Reason::PassTruncated)?;
+        ether_type = unsafe { (*tag).ether_type };
         offset += core::mem::size_of::<VlanHdr>();
     }
     match u16::from_be(ether_type) {
-        ETH_P_IP => parse_ipv4(ctx, offset),
-        ETH_P_IPV6 => parse_ipv6(ctx, offset),
+        ETH_P_IP => parse_ipv4(ctx, offset, vlan),
+        ETH_P_IPV6 => parse_ipv6(ctx, offset, vlan),
         _ => Err(Reason::PassNotIp),
     }
 }
@@ -117,7 +161,7 @@ fn parse(ctx: &XdpContext) -> Result<Flow, Reason> {
 /// total length is allowed. The header checksum is not verified: L2 DSR
 /// is not an IP hop, and the real verifies it.
 #[inline(always)]
-fn parse_ipv4(ctx: &XdpContext, offset: usize) -> Result<Flow, Reason> {
+fn parse_ipv4(ctx: &XdpContext, offset: usize, vlan: bool) -> Result<Packet, Reason> {
     let ip: *const Ipv4Hdr = ptr_at(ctx, offset).ok_or(Reason::PassTruncated)?;
     // SAFETY: bounds checked by ptr_at.
     let (version_ihl, tot_len, frag_off, proto, saddr, daddr) = unsafe {
@@ -137,14 +181,38 @@ fn parse_ipv4(ctx: &XdpContext, offset: usize) -> Result<Flow, Reason> {
     if u16::from_be(frag_off) & IP_MF_OFFSET_MASK != 0 {
         return Err(Reason::PassFragment);
     }
+    let dst = [0, 0, V4_MAPPED_WORD, daddr];
+    if proto == IPPROTO_ICMP {
+        // Only a plain header: a reply to options (record route, ...)
+        // would have to process them, which the kernel does.
+        if header_len != IPV4_HDR_LEN || !is_echo_request(ctx, offset + IPV4_HDR_LEN, end, ICMP_ECHO_REQUEST) {
+            return Err(Reason::PassNotL4);
+        }
+        return Ok(Packet::Echo(Echo { dst, l3: offset, is_v6: false }));
+    }
     let (ports, dport, syn) = parse_ports(ctx, offset + header_len, end, proto)?;
-    Ok(Flow {
-        vip: VipKey { addr: [0, 0, V4_MAPPED_WORD, daddr], port: dport, proto, _pad: 0 },
+    Ok(Packet::Flow(Flow {
+        vip: VipKey { addr: dst, port: dport, proto, _pad: 0 },
         saddr: [0, 0, V4_MAPPED_WORD, saddr],
         ports,
         is_v6: false,
         syn,
-    })
+        vlan,
+        l3: offset,
+        ip_len: end - offset,
+        df: u16::from_be(frag_off) & IP_DF != 0,
+    }))
+}
+
+/// Whether an ICMP(v6) header of the given echo-request type, code 0,
+/// lies whole within the IP packet ending at `end`.
+#[inline(always)]
+fn is_echo_request(ctx: &XdpContext, offset: usize, end: usize, kind: u8) -> bool {
+    match ptr_within::<IcmpHdr>(ctx, offset, end) {
+        // SAFETY: bounds checked by ptr_within.
+        Some(icmp) => unsafe { (*icmp).kind == kind && (*icmp).code == 0 },
+        None => false,
+    }
 }
 
 /// IPv6 whose version is 6 and whose payload lies within the frame (RFC
@@ -153,7 +221,7 @@ fn parse_ipv4(ctx: &XdpContext, offset: usize) -> Result<Flow, Reason> {
 /// otherwise match the IPv4 VIP stored under the same key. TCP or UDP
 /// may follow extension headers (see `skip_extension_headers`).
 #[inline(always)]
-fn parse_ipv6(ctx: &XdpContext, offset: usize) -> Result<Flow, Reason> {
+fn parse_ipv6(ctx: &XdpContext, offset: usize, vlan: bool) -> Result<Packet, Reason> {
     let ip: *const Ipv6Hdr = ptr_at(ctx, offset).ok_or(Reason::PassTruncated)?;
     // SAFETY: bounds checked by ptr_at.
     let (vtc_flow, payload_len, next_hdr, saddr, daddr) =
@@ -169,15 +237,26 @@ fn parse_ipv6(ctx: &XdpContext, offset: usize) -> Result<Flow, Reason> {
     if daddr[0] == 0 && daddr[1] == 0 && daddr[2] == V4_MAPPED_WORD {
         return Err(Reason::PassV4Mapped);
     }
+    if next_hdr == IPPROTO_ICMPV6 {
+        // Echo requests behind extension headers are left to the kernel.
+        if !is_echo_request(ctx, start, end, ICMPV6_ECHO_REQUEST) {
+            return Err(Reason::PassNotL4);
+        }
+        return Ok(Packet::Echo(Echo { dst: daddr, l3: offset, is_v6: true }));
+    }
     let (proto, l4_offset) = skip_extension_headers(ctx, next_hdr, start, end)?;
     let (ports, dport, syn) = parse_ports(ctx, l4_offset, end, proto)?;
-    Ok(Flow {
+    Ok(Packet::Flow(Flow {
         vip: VipKey { addr: daddr, port: dport, proto, _pad: 0 },
         saddr,
         ports,
         is_v6: true,
         syn,
-    })
+        vlan,
+        l3: offset,
+        ip_len: end - offset,
+        df: false,
+    }))
 }
 
 /// Walks up to `MAX_IPV6_EXT_HEADERS` Hop-by-Hop, Routing and Destination
@@ -259,18 +338,32 @@ fn lookup_vip(key: &VipKey) -> Option<VipMeta> {
     unsafe { VIPS.get(key).copied() }
 }
 
-/// Our own MAC if the frame is addressed to it. Broadcast, multicast and
-/// other stations' frames (a promiscuous port, a bridge flooding an
-/// unknown destination) may carry a VIP address too, but balancing them
-/// would turn one frame seen by many hosts into unicast to a real.
+/// Whether `addr` is the address of a VIP this node forwards: for ICMP,
+/// which has no port to complete a `VipKey`. The same filter first.
 #[inline(always)]
-fn addressed_to_us(ctx: &XdpContext) -> Option<MacWords> {
+fn is_vip_address(addr: &[u32; 4]) -> bool {
+    let bit = vip_filter_bit(addr);
+    match VIP_FILTER.get(bit / 64) {
+        Some(word) if *word & (1u64 << (bit % 64)) != 0 => {}
+        _ => return false,
+    }
+    // SAFETY: only presence is read.
+    unsafe { VIP_ADDRESSES.get(addr).is_some() }
+}
+
+/// Our own MAC, and the node's settings, if the frame is addressed to it.
+/// Broadcast, multicast and other stations' frames (a promiscuous port, a
+/// bridge flooding an unknown destination) may carry a VIP address too,
+/// but balancing them would turn one frame seen by many hosts into unicast
+/// to a real.
+#[inline(always)]
+fn addressed_to_us(ctx: &XdpContext) -> Option<(MacWords, &'static DatapathConfig)> {
     let config = DATAPATH_CONFIG.get(0)?;
     let eth: *const EthHdr = ptr_at(ctx, 0)?;
     // SAFETY: map values are 8-byte aligned; the header is inside the
     // frame (ptr_at) and the frame's start is 2-byte aligned.
     let (own, dst) = unsafe { (MacWords::load(&config.self_mac), MacWords::load(&(*eth).dst)) };
-    own.same(dst).then_some(own)
+    own.same(dst).then_some((own, config))
 }
 
 // ---- flow lookup / pick -----------------------------------------------------

@@ -32,6 +32,12 @@ pub static VIPS: HashMap<VipKey, VipMeta> = HashMap::with_max_entries(MAX_VIPS, 
 #[map]
 pub static LOOKUP_TABLES: Array<u32> = Array::with_max_entries(LOOKUP_TABLES_LEN, BPF_F_MMAPABLE);
 
+/// Every address of a VIP this node forwards (raw words, IPv4-mapped form
+/// as in `VipKey::addr`) -> 0: whom ICMP echo requests are answered for.
+/// Written by user space with `VIPS`; behind the same `VIP_FILTER` bit.
+#[map]
+pub static VIP_ADDRESSES: HashMap<[u32; 4], u32> = HashMap::with_max_entries(MAX_VIPS, BPF_F_NO_PREALLOC);
+
 /// Real id -> where to send.
 #[map]
 pub static REALS: Array<RealDef> = Array::with_max_entries(MAX_REALS, 0);

@@ -5,6 +5,11 @@
 //! shows the spread over the backends twice: as the backends saw it (their
 //! `X-Served-By` answers) and as the XDP program counted it. Then one
 //! backend fails its health check and the traffic moves to the others.
+//! Last, if `lab/demo.toml` has a `[[vrrp]]` instance, the failover: a
+//! second balancer (`lb2`, with `lab/demo-lb2.toml`, the same file but a
+//! lower priority) joins as Backup, the client switches to reaching the
+//! VIP on-link, and while wrk runs, fulcrum on the lb stops: lb2 takes
+//! the VIP over and wrk's connections carry on through it.
 //!
 //! Everything it starts is torn down on every exit path: the fulcrum
 //! process and the lab are guards dropped in that order, and Ctrl-C only
@@ -18,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use fulcrum_api::StatsReport as Stats;
-use fulcrum_lab::{host4, interrupt, Lab, Proc, REALS, VIP4};
+use fulcrum_lab::{host4, in_netns, interrupt, Lab, LabOptions, Proc, LB2_4, REALS, VIP4};
 
 /// Namespace prefix of the demo's lab.
 const PREFIX: &str = "fulcrum-demo";
@@ -34,6 +39,9 @@ const WRK_FIRST_RUN: &str = "10s";
 const WRK_SECOND_RUN: &str = "5s";
 /// The L7 listener of lab/demo.toml, on the lb's own address.
 const L7_URL: &str = "http://198.18.0.2:8080/";
+/// The failover step's wrk run, and when into it the lb's fulcrum stops.
+const WRK_FAILOVER_RUN: &str = "6s";
+const STOP_AFTER: Duration = Duration::from_secs(2);
 
 /// Runs the demo from the workspace at `root`; errors (including Ctrl-C)
 /// come back after everything it started has been torn down.
@@ -54,13 +62,18 @@ pub fn run(root: &Path) -> Result<()> {
     result
 }
 
-/// Steps 1 (lab) to 6; the lab and the fulcrum process are torn down when
-/// this returns, whichever way.
+/// Steps 1 (lab) to 8; the lab and the fulcrum processes are torn down
+/// when this returns, whichever way.
 fn story(root: &Path, fulcrum: &Path, log_path: &Path) -> Result<()> {
     // A demo killed hard (SIGKILL) leaves its lab behind; these exact
     // names are the demo's own, so clear them first.
     Lab::down_by_prefix(PREFIX)?;
-    let lab = Lab::up_with_backend(PREFIX, &root.join("target/release/fulcrum-backend"))?;
+    // lb2 waits, without a daemon, for the failover step; until then the
+    // client routes the VIP via the lb as in the basic lab.
+    let mut lab = Lab::up_with(
+        PREFIX,
+        LabOptions { second_lb: true, vip_on_link: false, backend: Some(root.join("target/release/fulcrum-backend")) },
+    )?;
     crate::lab::print_topology(&lab, root);
 
     heading(2, "start fulcrum on the lb and wait for its health checks");
@@ -140,11 +153,123 @@ fn story(root: &Path, fulcrum: &Path, log_path: &Path) -> Result<()> {
     }
     println!("  real1 got nothing from the proxy either: one health state for L4 and L7");
 
-    heading(7, "tear down");
+    // Declared after `lab`, so it is stopped before the lab goes.
+    let mut daemon2 = None;
+    failover(&mut lab, root, fulcrum, &mut daemon, &mut daemon2)?;
+
+    heading(8, "tear down");
+    if let Some(mut daemon2) = daemon2 {
+        let status = daemon2.stop(Duration::from_secs(5))?;
+        println!("  fulcrum on lb2 stopped ({status})");
+    }
     let status = daemon.stop(Duration::from_secs(5))?;
     println!("  fulcrum stopped ({status}); XDP detached with it");
     lab.down()?;
     println!("  lab {PREFIX} removed");
+    Ok(())
+}
+
+/// Step 7, VRRP failover, if lab/demo.toml configures VRRP: starts fulcrum
+/// on lb2 (into `daemon2`), moves the client to on-link VIP routes, stops
+/// `daemon` (the lb's) while wrk runs, and shows lb2 carrying on.
+fn failover(lab: &mut Lab, root: &Path, fulcrum: &Path, daemon: &mut Proc, daemon2: &mut Option<Proc>) -> Result<()> {
+    let instances = lab.vrrp_instances("lb", fulcrum)?;
+    if instances.is_empty() {
+        heading(7, "failover: skipped, lab/demo.toml has no [[vrrp]] instance");
+        return Ok(());
+    }
+    heading(7, "failover: a second balancer (lb2) joins; the lb's fulcrum stops under load");
+    let config = root.join("lab/demo-lb2.toml");
+    let log_path = root.join("target/fulcrum-demo-lb2.log");
+    let log = fs::File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
+    let mut cmd = lab.command("lb2", fulcrum);
+    cmd.arg("run").arg("--config").arg(&config);
+    cmd.env("NO_COLOR", "1").stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
+    println!("$ ip netns exec {} {} run --config {}", lab.ns("lb2"), fulcrum.display(), config.display());
+    println!("  lb2 is {LB2_4}; log: {}", log_path.display());
+    let lb2 = daemon2.insert(lab.spawn(cmd)?);
+    // The client stops routing the VIP via the lb and asks by ARP who has
+    // it: the VRRP Master, which holds it on eth0, answers.
+    lab.set_vip_on_link(true)?;
+    println!("  the client now reaches {VIP4} on-link (198.18.1.0/24 dev eth0): the VRRP Master answers its ARP");
+    wait_vrrp(lab, fulcrum, "lb2", lb2, "BACKUP", ALL_UP_LIMIT, |s| REALS.iter().all(|r| health(s, r) == "up"))?;
+    print_vrrp(lab, fulcrum, &["lb", "lb2"])?;
+    // One connection, so that the client has asked who holds the VIP.
+    let vip = std::net::SocketAddr::from((VIP4, 80));
+    in_netns(&lab.ns("client"), || std::net::TcpStream::connect_timeout(&vip, Duration::from_secs(1)))?
+        .with_context(|| format!("connecting to {vip} on-link"))?;
+    print_vip_neighbour(lab)?;
+
+    println!("\n  wrk -d{WRK_FAILOVER_RUN} from the client to http://{VIP4}/; after {} s, SIGTERM to the lb's fulcrum:", STOP_AFTER.as_secs());
+    let before = lab.fulcrum_stats_on("lb2", fulcrum)?;
+    let wrk = start_wrk(lab, root, WRK_FAILOVER_RUN, &format!("http://{VIP4}/"))?;
+    sleep(STOP_AFTER)?;
+    let stopped = Instant::now();
+    daemon.terminate()?;
+    let took = wait_vrrp(lab, fulcrum, "lb2", lb2, "MASTER", Duration::from_secs(5), |_| true).map(|_| stopped.elapsed())?;
+    println!("  lb2 is MASTER {:.0} ms after the SIGTERM", took.as_secs_f64() * 1000.0);
+    let status = daemon.wait_timeout(Duration::from_secs(5))?;
+    println!("  the lb's fulcrum exited ({})", status.map_or("still running".to_string(), |s| s.to_string()));
+    let served = finish_wrk(wrk, WRK_FAILOVER_RUN)?;
+    let after = lab.fulcrum_stats_on("lb2", fulcrum)?;
+    print_vrrp(lab, fulcrum, &["lb2"])?;
+    print_vip_neighbour(lab)?;
+    println!("  responses over the whole run, and the packets lb2's XDP program sent on since it took over:");
+    print_spread(&served, &before, &after);
+    if after.reason("tx") <= before.reason("tx") {
+        bail!("lb2 is MASTER but its XDP program forwarded nothing");
+    }
+    println!("  wrk's connections opened through the lb went on through lb2: both build the same Maglev tables");
+    Ok(())
+}
+
+/// Polls the stats of the daemon in `host` until its first VRRP instance is
+/// in `state` and `also` holds, at most `limit`.
+fn wait_vrrp(
+    lab: &Lab,
+    fulcrum: &Path,
+    host: &str,
+    daemon: &mut Proc,
+    state: &str,
+    limit: Duration,
+    also: impl Fn(&Stats) -> bool,
+) -> Result<()> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = daemon.try_wait()? {
+            bail!("fulcrum on {host} exited ({status}) while waiting for {state}");
+        }
+        let last = match (lab.vrrp_instances(host, fulcrum), lab.fulcrum_stats_on(host, fulcrum)) {
+            (Ok(v), Ok(stats)) if v.first().is_some_and(|i| i.state == state) && also(&stats) => return Ok(()),
+            (Ok(v), Ok(stats)) => format!("{v:?}; {}", health_line(&stats)),
+            (Err(e), _) | (_, Err(e)) => format!("{e:#}"),
+        };
+        if Instant::now() >= deadline {
+            bail!("{host}: no {state} after {limit:?}; last: {last}");
+        }
+        sleep(Duration::from_millis(20))?;
+    }
+}
+
+/// One line per VRRP instance of each host's daemon.
+fn print_vrrp(lab: &Lab, fulcrum: &Path, hosts: &[&str]) -> Result<()> {
+    for host in hosts {
+        for i in lab.vrrp_instances(host, fulcrum)? {
+            println!("  {host:<4} vrrp {:<6} {:<7} priority {}", i.name, i.state, i.priority);
+        }
+    }
+    Ok(())
+}
+
+/// Which lb the client's ARP entry for the VIP points at.
+fn print_vip_neighbour(lab: &Lab) -> Result<()> {
+    let mac = lab.neighbour("client", VIP4.into())?;
+    let owner = lab.lbs().iter().find(|h| lab.mac(h).ok() == mac);
+    println!(
+        "  the client's ARP entry for {VIP4}: {} ({})",
+        mac.as_deref().unwrap_or("none"),
+        owner.map_or("no lb".to_string(), |h| h.to_string())
+    );
     Ok(())
 }
 
@@ -223,6 +348,12 @@ fn print_health_log(log_path: &Path, shown: &mut usize) -> Result<()> {
 /// Runs wrk from the client against `url` with the served-by script,
 /// shows its summary, and returns responses per backend name.
 fn run_wrk(lab: &Lab, root: &Path, duration: &str, url: &str) -> Result<BTreeMap<String, u64>> {
+    let wrk = start_wrk(lab, root, duration, url)?;
+    finish_wrk(wrk, duration)
+}
+
+/// Starts wrk as [`run_wrk`] does, without waiting for it.
+fn start_wrk(lab: &Lab, root: &Path, duration: &str, url: &str) -> Result<Proc> {
     let script: PathBuf = root.join("lab/served-by.lua");
     let mut cmd = lab.command("client", "wrk");
     cmd.args(["-t", WRK_THREADS, "-c", WRK_CONNECTIONS, "-d", duration, "--timeout", "2s", "-s"])
@@ -230,7 +361,12 @@ fn run_wrk(lab: &Lab, root: &Path, duration: &str, url: &str) -> Result<BTreeMap
         .arg(url)
         .stdin(Stdio::null())
         .stdout(Stdio::piped());
-    let mut wrk = lab.spawn(cmd)?;
+    lab.spawn(cmd)
+}
+
+/// Waits for wrk started by [`start_wrk`] with `duration`, shows its
+/// summary, and returns responses per backend name.
+fn finish_wrk(mut wrk: Proc, duration: &str) -> Result<BTreeMap<String, u64>> {
     let limit = whole_secs(duration) + Duration::from_secs(10);
     let deadline = Instant::now() + limit;
     let status = loop {

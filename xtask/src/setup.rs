@@ -17,9 +17,10 @@ use crate::build::{output, status};
 
 /// The bpf-linker release known to work with nightly 1.97 / LLVM 22.
 const BPF_LINKER_VERSION: &str = "0.13.0";
-/// Debian packages the lab, demo and tests use: `ip`, `ethtool`, `sysctl`,
-/// `wrk`, and keepalived as the VRRP peer of the interoperability tests.
-const DEBIAN_PACKAGES: &[&str] = &["iproute2", "ethtool", "procps", "wrk", "keepalived"];
+/// Debian packages the lab, demo, tests and benches use: `ip`, `ethtool`,
+/// `sysctl`, `wrk`, keepalived as the VRRP peer of the interoperability
+/// tests, and nginx and HAProxy as the peers of `cargo xtask bench l7`.
+const DEBIAN_PACKAGES: &[&str] = &["iproute2", "ethtool", "procps", "wrk", "keepalived", "nginx", "haproxy"];
 
 pub fn run() -> Result<()> {
     nightly_rust_src()?;

@@ -94,6 +94,13 @@
 //!                               # positive while holding, 0 (default) = FAULT on failure
 //! # interface = "eth0"          # interface: operstate up
 //! # command = ["/usr/local/bin/check"], interval = "2s", timeout = "1s"   # script
+//! # auth_key_file = "/etc/fulcrum/vrrp.key"  # NON-STANDARD HMAC-SHA256 trailer,
+//! #                             # fulcrum-to-fulcrum only; off by default; or
+//! #                             # auth_key = "..." inline (warned at start)
+//!
+//! [[vrrp_sync_group]]           # keepalived's vrrp_sync_group: fail over together
+//! name = "g"                    # unique
+//! instances = ["vi4", "vi6"]    # at least 2 [[vrrp]] names, each in one group
 //! ```
 //!
 //! A `[[pool]]` may set `lbmethod`, how the L7 proxy balances it; only
@@ -400,6 +407,51 @@ pub struct VrrpConfig {
     /// Conditions that lower the priority or put the instance in FAULT
     /// (keepalived's `track_*` with `weight`).
     pub track: Vec<TrackConfig>,
+    /// The key of fulcrum's NON-STANDARD HMAC-SHA256 advert trailer
+    /// (`auth_key_file` or `auth_key`; fulcrum-vrrp's `auth` module).
+    /// Only fulcrum nodes sharing the key understand it: a keepalived or
+    /// other RFC peer discards the longer adverts, so groups with such
+    /// peers must leave it unset (the default).
+    pub auth_key: Option<VrrpAuthKey>,
+    /// The `[[vrrp_sync_group]]` this instance belongs to, if any: its
+    /// members fail over together (keepalived's `vrrp_sync_group`).
+    pub sync_group: Option<String>,
+}
+
+/// Shortest HMAC key accepted, bytes: SHA-256's output length (RFC 2104
+/// section 3: shorter keys are "strongly discouraged").
+pub const MIN_VRRP_AUTH_KEY_LEN: usize = 32;
+
+/// Where a VRRP instance's HMAC key comes from.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub enum VrrpAuthKey {
+    /// `auth_key_file`: read by the daemon at start (its contents, trailing
+    /// whitespace removed, at least [`MIN_VRRP_AUTH_KEY_LEN`] bytes). The
+    /// recommended form: the key stays out of the configuration file.
+    File(std::path::PathBuf),
+    /// `auth_key`: the key inline, at least [`MIN_VRRP_AUTH_KEY_LEN`]
+    /// bytes. Works, but the daemon warns: configuration files get copied
+    /// and shown around.
+    Inline(String),
+}
+
+// Never print a key into a log or an error.
+impl std::fmt::Debug for VrrpAuthKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            VrrpAuthKey::File(p) => f.debug_tuple("File").field(p).finish(),
+            VrrpAuthKey::Inline(_) => f.write_str("Inline(..)"),
+        }
+    }
+}
+
+/// One `[[vrrp_sync_group]]`, as [`Config::vrrp_sync_groups`] lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct VrrpSyncGroup {
+    /// The group's name.
+    pub name: String,
+    /// Its instances' names, in [`Config::vrrp`] order.
+    pub instances: Vec<String>,
 }
 
 /// Notify commands of a VRRP instance, each an argument vector whose first
@@ -457,6 +509,22 @@ pub enum TrackKind {
 }
 
 impl Config {
+    /// The `[[vrrp_sync_group]]`s, in order of their first instance in
+    /// [`Config::vrrp`]. Recorded on each instance
+    /// ([`VrrpConfig::sync_group`]), so that any change to a group changes
+    /// its instances.
+    pub fn vrrp_sync_groups(&self) -> Vec<VrrpSyncGroup> {
+        let mut groups: Vec<VrrpSyncGroup> = Vec::new();
+        for v in &self.vrrp {
+            let Some(name) = &v.sync_group else { continue };
+            match groups.iter_mut().find(|g| &g.name == name) {
+                Some(g) => g.instances.push(v.name.clone()),
+                None => groups.push(VrrpSyncGroup { name: name.clone(), instances: vec![v.name.clone()] }),
+            }
+        }
+        groups
+    }
+
     /// The VRRP instance that owns `address`, if any.
     pub fn vrrp_owning(&self, address: IpAddr) -> Option<&VrrpConfig> {
         let address = address.to_canonical();
@@ -471,12 +539,37 @@ pub struct DatapathSettings {
     /// Connection table entries (flows), [`MIN_CONN_TABLE_SIZE`]..=
     /// [`MAX_CONN_TABLE_SIZE`]; default [`DEFAULT_CONN_TABLE_SIZE`].
     pub conn_table_size: u32,
+    /// `ipip_source_v4 = "a.b.c.d/len"`: the outer source addresses of
+    /// IPIP packets, one per flow: the prefix with its host bits taken
+    /// from the flow hash, so the reals' RSS spreads flows. Length
+    /// 8..=32 (/32: one fixed source). Required when an IPv4 VIP has
+    /// `forwarding = "ipip"`. Host bits of the address must be zero.
+    pub ipip_source_v4: Option<(std::net::Ipv4Addr, u8)>,
+    /// `ipip_source_v6 = "prefix/len"`: as `ipip_source_v4`, for IP6IP6;
+    /// length 96..=128 (only the last 32 bits vary).
+    pub ipip_source_v6: Option<(std::net::Ipv6Addr, u8)>,
 }
 
 impl Default for DatapathSettings {
     fn default() -> Self {
-        DatapathSettings { conn_table_size: DEFAULT_CONN_TABLE_SIZE }
+        DatapathSettings { conn_table_size: DEFAULT_CONN_TABLE_SIZE, ipip_source_v4: None, ipip_source_v6: None }
     }
+}
+
+/// How the XDP datapath sends a VIP's packets to its reals.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Forwarding {
+    /// L2 direct server return: only the Ethernet addresses change; reals
+    /// share the balancer's L2 segment.
+    #[default]
+    Dsr,
+    /// Encapsulated to the real's address: IPIP (RFC 2003) for an IPv4
+    /// VIP, IP6IP6 (RFC 2473) for an IPv6 one, 20 or 40 bytes more per
+    /// packet. Reals may sit on another L3 network and run `fulcrum
+    /// decap`; their address family must be the VIP's, and `mac` (or
+    /// the neighbour table) gives the next hop's MAC.
+    Ipip,
 }
 
 /// What happens to the established flows of a backend that fails its
@@ -586,6 +679,8 @@ pub struct VipConfig {
     /// [`DEFAULT_UDP_IDLE_TIMEOUT`] (also the value held for TCP VIPs,
     /// where it is unused).
     pub udp_idle_timeout: Duration,
+    /// `forwarding = "dsr" | "ipip"`; default DSR.
+    pub forwarding: Forwarding,
 }
 
 /// Transport protocol of a VIP.

@@ -8,7 +8,7 @@
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::{OnMarkedDown, Protocol, Scheduler};
+use super::{Forwarding, OnMarkedDown, Protocol, Scheduler};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -23,6 +23,8 @@ pub(super) struct RawConfig {
     pub listener: Vec<RawListener>,
     #[serde(default)]
     pub vrrp: Vec<RawVrrp>,
+    #[serde(default)]
+    pub vrrp_sync_group: Vec<RawVrrpSyncGroup>,
     pub l7: Option<RawL7>,
     pub datapath: Option<RawDatapath>,
 }
@@ -31,6 +33,8 @@ pub(super) struct RawConfig {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawDatapath {
     pub conn_table_size: Option<Spanned<i64>>,
+    pub ipip_source_v4: Option<Spanned<String>>,
+    pub ipip_source_v6: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -75,6 +79,7 @@ pub(super) struct RawVip {
     pub maglev_table_size: Option<Spanned<i64>>,
     pub udp_idle_timeout: Option<Spanned<String>>,
     pub on_marked_down: Option<OnMarkedDown>,
+    pub forwarding: Option<Spanned<Forwarding>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -141,6 +146,15 @@ pub(super) struct RawVrrp {
     pub notify_stop: Option<Spanned<Vec<String>>>,
     #[serde(default)]
     pub track: Vec<RawTrack>,
+    pub auth_key_file: Option<Spanned<String>>,
+    pub auth_key: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawVrrpSyncGroup {
+    pub name: Spanned<String>,
+    pub instances: Spanned<Vec<Spanned<String>>>,
 }
 
 #[derive(Debug, Deserialize)]

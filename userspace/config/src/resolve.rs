@@ -16,13 +16,13 @@ use hyper::http::uri::PathAndQuery;
 use hyper::http::HeaderValue;
 use toml::Spanned;
 
-use super::raw::{CheckType, RawBackend, RawConfig, RawDatapath, RawHealthCheck, RawL7, RawListener, RawPool, RawRoute, RawTrack, RawVip, RawVrrp};
+use super::raw::{CheckType, RawBackend, RawConfig, RawDatapath, RawHealthCheck, RawL7, RawListener, RawPool, RawRoute, RawTrack, RawVip, RawVrrp, RawVrrpSyncGroup};
 use super::{
     DatapathSettings, DEFAULT_CONN_TABLE_SIZE, DEFAULT_UDP_IDLE_TIMEOUT, MAX_CONN_TABLE_SIZE, MAX_UDP_IDLE_TIMEOUT,
     MIN_CONN_TABLE_SIZE, MIN_UDP_IDLE_TIMEOUT,
 };
 use super::{
-    L7Config, LbMethod, ListenerConfig, RouteConfig, TrackConfig, TrackKind, VrrpConfig, VrrpNotify, MAX_L7_WORKERS,
+    L7Config, LbMethod, ListenerConfig, RouteConfig, TrackConfig, TrackKind, VrrpAuthKey, VrrpConfig, VrrpNotify, MAX_L7_WORKERS, MIN_VRRP_AUTH_KEY_LEN,
     AdminConfig, BackendConfig, CheckKind, Config, Diagnostic, HealthCheckConfig, PoolConfig,
     VipConfig, DEFAULT_ADMIN_LISTEN, DEFAULT_FALL, DEFAULT_INTERVAL, DEFAULT_MAGLEV_TABLE_SIZE,
     DEFAULT_RISE, DEFAULT_TIMEOUT, MAX_INTERVAL, MAX_RISE_FALL, MAX_WEIGHT, MIN_INTERVAL,
@@ -48,8 +48,10 @@ pub(super) fn resolve(raw: RawConfig, text: &str) -> Result<Config, Vec<Diagnost
     let pools = c.pools(&raw.pool, &raw.vip);
     let listeners = c.listeners(&raw.listener, &raw.pool);
     let l7 = c.l7(raw.l7.as_ref());
-    let vrrp = c.vrrps(&raw.vrrp, &interface, &raw.pool);
+    let mut vrrp = c.vrrps(&raw.vrrp, &interface, &raw.pool);
+    c.vrrp_sync_groups(&raw.vrrp_sync_group, &raw.vrrp, &mut vrrp);
     let datapath = c.datapath(raw.datapath.as_ref());
+    c.check_ipip(&raw.vip, &raw.pool, raw.datapath.as_ref(), &datapath);
 
     if c.diagnostics.is_empty() {
         Ok(Config {
@@ -252,9 +254,78 @@ impl Checker<'_> {
                 maglev_table_size,
                 on_marked_down: v.on_marked_down.unwrap_or_default(),
                 udp_idle_timeout,
+                forwarding: v.forwarding.as_ref().map(|f| *f.get_ref()).unwrap_or_default(),
             });
         }
         out
+    }
+
+    /// An IPIP VIP encapsulates in its own family only (IPv4 in IPv4,
+    /// IPv6 in IPv6), so its pool's backends must have the VIP's family,
+    /// and the outer source prefix of that family must be configured.
+    fn check_ipip(&mut self, vips: &[RawVip], pools: &[RawPool], raw: Option<&RawDatapath>, settings: &DatapathSettings) {
+        for v in vips {
+            let Some(forwarding) = &v.forwarding else { continue };
+            if *forwarding.get_ref() != super::Forwarding::Ipip {
+                continue;
+            }
+            let Ok(address) = v.address.get_ref().parse::<IpAddr>() else { continue };
+            let v4 = address.to_canonical().is_ipv4();
+            let (family, other, missing) = if v4 {
+                ("IPv4", "IPv6", settings.ipip_source_v4.is_none() && raw.and_then(|d| d.ipip_source_v4.as_ref()).is_none())
+            } else {
+                ("IPv6", "IPv4", settings.ipip_source_v6.is_none() && raw.and_then(|d| d.ipip_source_v6.as_ref()).is_none())
+            };
+            if missing {
+                let key = if v4 { "ipip_source_v4" } else { "ipip_source_v6" };
+                self.error(
+                    forwarding.span(),
+                    format!("forwarding = \"ipip\" for an {family} VIP needs `[datapath] {key}`, the prefix its outer source addresses come from"),
+                );
+            }
+            let backends = pools.iter().filter(|p| p.name.get_ref() == v.pool.get_ref()).flat_map(|p| &p.backend);
+            for b in backends {
+                let Ok(backend) = b.address.get_ref().parse::<IpAddr>() else { continue };
+                if backend.to_canonical().is_ipv4() != v4 {
+                    let line = self.line_of(&b.address.span());
+                    self.error(
+                        forwarding.span(),
+                        format!(
+                            "forwarding = \"ipip\" encapsulates {family} in {family}, but backend {} of pool {:?} (line {line}) is {other}",
+                            b.address.get_ref(),
+                            v.pool.get_ref()
+                        ),
+                    );
+                }
+            }
+        }
+    }
+
+    /// `addr/len` with `len` in `lengths` and no host bits set.
+    fn prefix(&mut self, value: &Spanned<String>, lengths: RangeInclusive<u8>, v4: bool, what: &str) -> Option<(IpAddr, u8)> {
+        let text = value.get_ref();
+        let parsed = text.split_once('/').and_then(|(a, l)| Some((a.parse::<IpAddr>().ok()?, l.parse::<u8>().ok()?)));
+        let Some((address, len)) = parsed else {
+            self.error(value.span(), format!("{what} {text:?} is not a prefix like {}", if v4 { "\"198.18.2.0/24\"" } else { "\"fd00:18:2::/112\"" }));
+            return None;
+        };
+        if address.is_ipv4() != v4 {
+            self.error(value.span(), format!("{what} {text:?} is not an {} prefix", if v4 { "IPv4" } else { "IPv6" }));
+            return None;
+        }
+        if !lengths.contains(&len) {
+            self.error(value.span(), format!("{what} {text:?}: prefix length {len} is out of range {}..={}", lengths.start(), lengths.end()));
+            return None;
+        }
+        let bits: u128 = match address {
+            IpAddr::V4(a) => u128::from(u32::from(a)) << 96,
+            IpAddr::V6(a) => u128::from(a),
+        };
+        if len < 128 && bits << len != 0 {
+            self.error(value.span(), format!("{what} {text:?} has host bits set: the flow hash fills them"));
+            return None;
+        }
+        Some((address, len))
     }
 
     fn datapath(&mut self, raw: Option<&RawDatapath>) -> DatapathSettings {
@@ -264,7 +335,19 @@ impl Checker<'_> {
                 .unwrap_or(DEFAULT_CONN_TABLE_SIZE),
             None => DEFAULT_CONN_TABLE_SIZE,
         };
-        DatapathSettings { conn_table_size }
+        let ipip_source_v4 = raw.and_then(|d| d.ipip_source_v4.as_ref()).and_then(|p| {
+            match self.prefix(p, 8..=32, true, "ipip_source_v4")? {
+                (IpAddr::V4(a), len) => Some((a, len)),
+                _ => None,
+            }
+        });
+        let ipip_source_v6 = raw.and_then(|d| d.ipip_source_v6.as_ref()).and_then(|p| {
+            match self.prefix(p, 96..=128, false, "ipip_source_v6")? {
+                (IpAddr::V6(a), len) => Some((a, len)),
+                _ => None,
+            }
+        });
+        DatapathSettings { conn_table_size, ipip_source_v4, ipip_source_v6 }
     }
 
     fn table_size(&mut self, size: &Spanned<i64>) -> u32 {
@@ -565,7 +648,10 @@ impl Checker<'_> {
                 stop: command(self, &v.notify_stop),
             };
             let track = v.track.iter().filter_map(|t| self.track(t, pools, command)).collect();
+            let auth_key = self.vrrp_auth_key(v);
             out.push(VrrpConfig {
+                auth_key,
+                sync_group: None,
                 notify,
                 track,
                 name: v.name.get_ref().clone(),
@@ -582,6 +668,64 @@ impl Checker<'_> {
             });
         }
         out
+    }
+
+    /// `auth_key_file` or `auth_key` (not both). The file is only named
+    /// here: the daemon reads it at start, so the key never sits in the
+    /// parsed configuration.
+    fn vrrp_auth_key(&mut self, v: &RawVrrp) -> Option<VrrpAuthKey> {
+        match (&v.auth_key_file, &v.auth_key) {
+            (Some(_), Some(inline)) => {
+                self.error(inline.span(), "auth_key and auth_key_file are exclusive: keep auth_key_file".to_owned());
+                None
+            }
+            (Some(file), None) => {
+                let path = std::path::PathBuf::from(file.get_ref());
+                if !path.is_absolute() {
+                    self.error(file.span(), format!("auth_key_file {:?} must be an absolute path", file.get_ref()));
+                }
+                Some(VrrpAuthKey::File(path))
+            }
+            (None, Some(inline)) => {
+                // The message never quotes the key.
+                let len = inline.get_ref().trim_end().len();
+                if len < MIN_VRRP_AUTH_KEY_LEN {
+                    self.error(inline.span(), format!("auth_key is {len} bytes; at least {MIN_VRRP_AUTH_KEY_LEN} are needed (e.g. `openssl rand -base64 32`)"));
+                }
+                Some(VrrpAuthKey::Inline(inline.get_ref().trim_end().to_owned()))
+            }
+            (None, None) => None,
+        }
+    }
+
+    /// `[[vrrp_sync_group]]`: records each group on its instances
+    /// (`resolved` is `raw_vrrp` resolved, same order).
+    fn vrrp_sync_groups(&mut self, raw: &[RawVrrpSyncGroup], raw_vrrp: &[RawVrrp], resolved: &mut [VrrpConfig]) {
+        let mut names = HashMap::new();
+        // Instance name -> where it was first put in a group.
+        let mut member_of: HashMap<String, Range<usize>> = HashMap::new();
+        for g in raw {
+            self.name(&g.name, "vrrp sync group", &mut names);
+            if g.instances.get_ref().len() < 2 {
+                self.error(g.instances.span(), "a sync group needs at least two instances".to_owned());
+            }
+            for i in g.instances.get_ref() {
+                let name = i.get_ref();
+                let Some(index) = raw_vrrp.iter().position(|v| v.name.get_ref() == name) else {
+                    self.error(i.span(), format!("VRRP instance {name:?} is not defined"));
+                    continue;
+                };
+                if let Some(first) = member_of.get(name) {
+                    let line = self.line_of(first);
+                    self.error(i.span(), format!("VRRP instance {name:?} is already in a sync group (line {line})"));
+                    continue;
+                }
+                member_of.insert(name.clone(), i.span());
+                if let Some(v) = resolved.get_mut(index) {
+                    v.sync_group = Some(g.name.get_ref().clone());
+                }
+            }
+        }
     }
 
     fn lbmethod(&mut self, value: Option<&Spanned<String>>) -> LbMethod {

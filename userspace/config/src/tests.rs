@@ -111,6 +111,7 @@ fn full_config_resolves() {
                 maglev_table_size: 251,
                 on_marked_down: OnMarkedDown::Keep,
                 udp_idle_timeout: DEFAULT_UDP_IDLE_TIMEOUT,
+                forwarding: Forwarding::Dsr,
             },
             VipConfig {
                 name: "dns6".into(),
@@ -122,6 +123,7 @@ fn full_config_resolves() {
                 maglev_table_size: 65537,
                 on_marked_down: OnMarkedDown::Keep,
                 udp_idle_timeout: DEFAULT_UDP_IDLE_TIMEOUT,
+                forwarding: Forwarding::Dsr,
             },
         ],
         pools: vec![
@@ -181,7 +183,7 @@ fn full_config_resolves() {
         listeners: Vec::new(),
         l7: config.l7.clone(),
         vrrp: Vec::new(),
-        datapath: DatapathSettings { conn_table_size: DEFAULT_CONN_TABLE_SIZE },
+        datapath: DatapathSettings::default(),
     };
     assert_eq!(config, expected);
     assert_eq!(config.pool("dns"), Some(&expected.pools[1]));
@@ -1147,4 +1149,142 @@ interval = "3s"
     assert_eq!(position_of(&d, "weight").0, at("weight = -300"));
     assert_eq!(position_of(&d, "argument list").0, at("notify_master = []"));
     assert_eq!(position_of(&d, "unknown track kind").0, at("kind = \"ping\""));
+}
+
+const IPIP: &str = r#"interface = "eth0"
+[datapath]
+ipip_source_v4 = "198.18.7.0/24"
+ipip_source_v6 = "fd00:18:7::/112"
+[[vip]]
+name = "web"
+address = "198.18.6.1"
+port = 80
+protocol = "tcp"
+scheduler = "maglev"
+pool = "web"
+forwarding = "ipip"
+[[vip]]
+name = "web6"
+address = "fd00:18:6::1"
+port = 80
+protocol = "tcp"
+scheduler = "maglev"
+pool = "web6"
+forwarding = "ipip"
+[[pool]]
+name = "web"
+[[pool.backend]]
+address = "198.18.5.11"
+mac = "02:00:00:00:00:01"
+[[pool]]
+name = "web6"
+[[pool.backend]]
+address = "fd00:18:5::11"
+"#;
+
+#[test]
+fn ipip_vips_and_source_prefixes_resolve() {
+    let config = parse(IPIP, "test.toml").unwrap();
+    assert_eq!(config.vips[0].forwarding, Forwarding::Ipip);
+    assert_eq!(config.vips[1].forwarding, Forwarding::Ipip);
+    assert_eq!(config.datapath.ipip_source_v4, Some(("198.18.7.0".parse().unwrap(), 24)));
+    assert_eq!(config.datapath.ipip_source_v6, Some(("fd00:18:7::".parse().unwrap(), 112)));
+    let dsr = parse(&IPIP.replace("forwarding = \"ipip\"", "forwarding = \"dsr\""), "test.toml").unwrap();
+    assert_eq!(dsr.vips[0].forwarding, Forwarding::Dsr);
+    let default = parse(&IPIP.replace("forwarding = \"ipip\"", ""), "test.toml").unwrap();
+    assert_eq!(default.vips[1].forwarding, Forwarding::Dsr);
+}
+
+#[test]
+fn ipip_needs_a_source_prefix_of_the_vips_family() {
+    let text = IPIP.replace("ipip_source_v4 = \"198.18.7.0/24\"\n", "");
+    let d = errors(&text);
+    // Line 10 is the v4 VIP's `forwarding = "ipip"`, column of its value.
+    assert_eq!(position_of(&d, "needs `[datapath] ipip_source_v4`"), (11, 14));
+    assert_eq!(d.len(), 1, "{d:#?}");
+}
+
+#[test]
+fn ipip_backends_must_have_the_vips_family() {
+    let text = IPIP.replace("address = \"fd00:18:5::11\"", "address = \"198.18.5.12\"");
+    let d = errors(&text);
+    assert_eq!(position_of(&d, "encapsulates IPv6 in IPv6, but backend 198.18.5.12"), (20, 14));
+}
+
+#[test]
+fn ipip_source_prefixes_are_checked() {
+    for (bad, needle) in [
+        ("\"198.18.7.1/24\"", "host bits set"),
+        ("\"198.18.7.0/4\"", "prefix length 4 is out of range 8..=32"),
+        ("\"fd00::/112\"", "is not an IPv4 prefix"),
+        ("\"198.18.7.0\"", "is not a prefix like"),
+    ] {
+        let d = errors(&IPIP.replace("\"198.18.7.0/24\"", bad));
+        assert_eq!(position_of(&d, needle), (3, 18), "{bad}");
+    }
+    let d = errors(&IPIP.replace("\"fd00:18:7::/112\"", "\"fd00:18:7::/64\""));
+    assert_eq!(position_of(&d, "prefix length 64 is out of range 96..=128"), (4, 18));
+}
+
+const SYNC: &str = r#"
+[[vrrp]]
+name = "vi4"
+vrid = 51
+priority = 150
+addresses = ["198.18.1.1"]
+auth_key_file = "/etc/fulcrum/vrrp.key"
+[[vrrp]]
+name = "vi6"
+vrid = 52
+priority = 150
+addresses = ["fd00::1"]
+auth_key = "0123456789abcdef0123456789abcdef"
+[[vrrp]]
+name = "other"
+vrid = 53
+priority = 150
+addresses = ["198.18.1.3"]
+[[vrrp_sync_group]]
+name = "g"
+instances = ["vi4", "vi6"]
+"#;
+
+#[test]
+fn vrrp_sync_groups_and_hmac_keys_resolve() {
+    let config = parse(&with(SYNC), "test.toml").unwrap();
+    assert_eq!(config.vrrp[0].sync_group.as_deref(), Some("g"));
+    assert_eq!(config.vrrp[1].sync_group.as_deref(), Some("g"));
+    assert_eq!(config.vrrp[2].sync_group, None);
+    assert_eq!(
+        config.vrrp_sync_groups(),
+        vec![crate::VrrpSyncGroup { name: "g".into(), instances: vec!["vi4".into(), "vi6".into()] }]
+    );
+    assert_eq!(config.vrrp[0].auth_key, Some(crate::VrrpAuthKey::File("/etc/fulcrum/vrrp.key".into())));
+    assert_eq!(config.vrrp[2].auth_key, None);
+    // An inline key never shows in Debug output.
+    let shown = format!("{:?}", config.vrrp[1]);
+    assert!(shown.contains("Inline(..)") && !shown.contains("0123456789abcdef"), "{shown}");
+}
+
+#[test]
+fn vrrp_sync_groups_and_hmac_keys_are_checked() {
+    let bad = with(
+        &SYNC
+            .replace("instances = [\"vi4\", \"vi6\"]", "instances = [\"vi4\", \"nope\"]\n[[vrrp_sync_group]]\nname = \"h\"\ninstances = [\"vi4\", \"other\"]\n[[vrrp_sync_group]]\nname = \"h\"\ninstances = [\"vi6\"]")
+            .replace("0123456789abcdef0123456789abcdef", "short")
+            .replace("/etc/fulcrum/vrrp.key", "vrrp.key"),
+    );
+    let d = errors(&bad);
+    let at = |needle: &str| bad.lines().position(|l| l.contains(needle)).unwrap() + 1;
+    assert_eq!(position_of(&d, "\"nope\" is not defined"), (at("\"nope\""), 21));
+    assert_eq!(position_of(&d, "already in a sync group").0, at("[\"vi4\", \"other\"]"));
+    assert_eq!(position_of(&d, "duplicate vrrp sync group").0, bad.lines().collect::<Vec<_>>().iter().rposition(|l| *l == "name = \"h\"").unwrap() + 1);
+    assert_eq!(position_of(&d, "at least two").0, at("instances = [\"vi6\"]"));
+    assert_eq!(position_of(&d, "auth_key is 5 bytes").0, at("auth_key = \"short\""));
+    assert_eq!(position_of(&d, "absolute path").0, at("auth_key_file"));
+    assert!(d.iter().all(|x| !x.message.contains("short\"")), "the key is never quoted: {d:#?}");
+    assert_eq!(d.len(), 6, "{d:#?}");
+
+    let both = with(&SYNC.replace("auth_key_file = \"/etc/fulcrum/vrrp.key\"", "auth_key_file = \"/k\"\nauth_key = \"0123456789abcdef0123456789abcdef\""));
+    assert_eq!(position_of(&errors(&both), "exclusive").0, at("vrid = 51") + 4);
 }

@@ -55,7 +55,7 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
     let interface = Interface::lookup(&config.interface)?;
     let options = fulcrum_l4::LoadOptions { conn_table_size: config.datapath.conn_table_size };
     let mut datapath = Datapath::load_with(options).context("loading the XDP program (needs root)")?;
-    datapath.set_self_mac(interface.mac)?;
+    datapath.set_node(&fulcrum_l4::NodeSettings::for_interface(&interface, &config.datapath))?;
     let mode = datapath.attach(&interface.name)?;
     info!(interface = %interface.name, mac = %interface.mac, ?mode, "XDP program attached");
     let counters = datapath.counter_reader()?;
@@ -161,8 +161,15 @@ impl Control {
                     let arrived = Instant::now();
                     info!(instance = %change.instance, vrid = change.vrid, from = %change.from, to = %change.state, reason = ?change.reason, "VRRP state change");
                     self.vrrp.notify(&change);
+                    let (name, forwarding) = (change.instance.clone(), change.forwarding);
                     self.observed.vrrp_master.insert(change.instance, change.forwarding);
-                    self.submit(arrived);
+                    let generation = self.submit(arrived);
+                    if forwarding {
+                        // The new MASTER claims its addresses only once the
+                        // datapath forwards them (see `wait_for_forwarding`).
+                        let ready = self.vrrp.ready_signal(&name);
+                        self.writer.when_applied(generation, Box::new(ready));
+                    }
                 }
                 Some(result) = script_rx.recv() => {
                     self.vrrp.script_result(result);
@@ -217,14 +224,15 @@ impl Control {
 
     /// Hands the effective state to the datapath writer and the L7 proxy;
     /// `since` is when the observation behind it arrived.
-    fn submit(&mut self, since: Instant) {
+    fn submit(&mut self, since: Instant) -> u64 {
         let effective = fulcrum_state::effective(&self.config, &self.observed);
-        let plan = Plan::new(&effective, &fulcrum_l4::macs(&self.config, &self.observed.neighbours));
-        self.writer.submit(plan, since);
+        let plan = Plan::new(&effective, &self.config, &fulcrum_l4::macs(&self.config, &self.observed.neighbours));
+        let generation = self.writer.submit(plan, since);
         if let Some(l7) = &mut self.l7 {
             l7.publish(&self.config, &effective);
         }
         self.vrrp.track(&effective);
+        generation
     }
 
     fn concerns_a_backend(&self, change: NeighbourChange) -> bool {

@@ -13,7 +13,9 @@
 //!   effective state, the writer's status and the datapath's counters.
 //! - [`vrrp`]: runs the VRRP instances; their states become observations.
 //! - [`limits`]: process limits set at start (open files).
+//! - [`decap`]: `fulcrum decap`, the IPIP/IP6IP6 decapsulator for reals.
 pub mod control;
+pub mod decap;
 pub mod l7;
 pub mod limits;
 pub mod report;

@@ -33,6 +33,17 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// On a real behind `forwarding = "ipip"` VIPs: strip the outer IPIP /
+    /// IP6IP6 header of packets to these VIPs in XDP (needs root; runs
+    /// until SIGINT/SIGTERM, then detaches). The real holds the VIPs on `lo`.
+    Decap {
+        /// The interface the tunnelled packets arrive on.
+        #[arg(long)]
+        interface: String,
+        /// A VIP address to accept (repeat for more).
+        #[arg(long = "vip", required = true)]
+        vips: Vec<std::net::IpAddr>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -64,6 +75,7 @@ fn main() -> ExitCode {
                 );
                 Ok(())
             }
+            Cmd::Decap { interface, vips } => fulcrum::decap::run(&interface, &vips).await,
             Cmd::Stats { admin: address, json } => {
                 let report = fulcrum_api::fetch_stats(address).await?;
                 if json {

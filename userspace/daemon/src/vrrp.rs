@@ -7,10 +7,11 @@ use std::{collections::HashMap, process::Stdio, sync::mpsc as std_mpsc, time::Du
 
 use anyhow::{Context, Result};
 use fulcrum_api::VrrpStats;
-use fulcrum_config::{Config, TrackKind, VrrpConfig};
+use fulcrum_config::{Config, TrackKind, VrrpAuthKey, VrrpConfig};
 use fulcrum_state::Effective;
 use fulcrum_vrrp::{
-    shell::{self, Garp, Instance, InstanceConfig, StateChange, Vip},
+    auth::Key,
+    shell::{self, Garp, Instance, InstanceConfig, StateChange, SyncGroup, Vip},
     track::{effective_priority, Tracked},
     Centiseconds, Ipv4ChecksumMode, Reason, State, Version,
 };
@@ -54,9 +55,36 @@ impl Vrrp {
                 }
             })
             .context("starting the VRRP report thread")?;
+        // One shell group per [[vrrp_sync_group]]: its members' threads
+        // make each other follow directly, not through the control loop.
+        let groups: Vec<(String, Vec<String>, SyncGroup)> = config
+            .vrrp_sync_groups()
+            .into_iter()
+            .map(|g| {
+                let handle = SyncGroup::new(g.name.clone(), g.instances.len());
+                (g.name, g.instances, handle)
+            })
+            .collect();
         let mut instances = Vec::with_capacity(config.vrrp.len());
         for v in &config.vrrp {
-            let instance = shell::spawn(instance_config(v), tx.clone())
+            let cfg = instance_config(v).with_context(|| format!("VRRP instance {}", v.name))?;
+            let member = v.sync_group.as_ref().and_then(|name| {
+                let (_, members, handle) = groups.iter().find(|(n, _, _)| n == name)?;
+                Some((handle, members.iter().position(|m| *m == v.name)?))
+            });
+            // The shell sets up netlink on a runtime of its own, which may
+            // not start on a thread of the daemon's tokio runtime: spawn
+            // from a plain thread (the network namespace is the same).
+            let spawned = std::thread::scope(|scope| {
+                scope
+                    .spawn(|| match member {
+                        Some((group, index)) => shell::spawn_synced(cfg, tx.clone(), group, index),
+                        None => shell::spawn(cfg, tx.clone()),
+                    })
+                    .join()
+                    .expect("spawning a VRRP instance does not panic")
+            });
+            let instance = spawned
                 .with_context(|| format!("starting VRRP instance {} (VRID {} on {})", v.name, v.vrid, v.interface))?;
             tracing::info!(instance = %v.name, vrid = v.vrid, interface = %v.interface, priority = v.priority, "VRRP instance started");
             instances.push((v.clone(), instance));
@@ -113,6 +141,18 @@ impl Vrrp {
                 }
             }
             self.tracked[i] = now;
+        }
+    }
+
+    /// A callable that tells instance `name` the datapath now forwards
+    /// its addresses, so a new MASTER may claim and announce them; to run
+    /// once the writer has applied the state that forwards them.
+    pub fn ready_signal(&self, name: &str) -> impl FnOnce() + Send + 'static {
+        let signal = self.instances.iter().find(|(v, _)| v.name == name).map(|(_, i)| i.forwarding_ready_signal());
+        move || {
+            if let Some(signal) = signal {
+                signal();
+            }
         }
     }
 
@@ -183,6 +223,11 @@ impl Vrrp {
         }
     }
 }
+
+/// The longest a new MASTER waits for the datapath before claiming its
+/// addresses: far above an apply (milliseconds), far below any advert
+/// timeout that matters.
+const FORWARDING_WAIT: Duration = Duration::from_millis(200);
 
 /// How long a notify command may run before it is killed.
 const NOTIFY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -285,8 +330,24 @@ mod tests {
     }
 }
 
-fn instance_config(v: &VrrpConfig) -> InstanceConfig {
-    InstanceConfig {
+/// The shell's configuration of `v`; reads its HMAC key file, if any (the
+/// key is never logged: [`Key`]'s Debug shows its length only).
+fn instance_config(v: &VrrpConfig) -> Result<InstanceConfig> {
+    let hmac = match &v.auth_key {
+        None => None,
+        Some(VrrpAuthKey::File(path)) => {
+            let bytes = std::fs::read(path).with_context(|| format!("reading auth_key_file {}", path.display()))?;
+            Some(Key::from_file_contents(bytes).with_context(|| format!("auth_key_file {}", path.display()))?)
+        }
+        Some(VrrpAuthKey::Inline(key)) => {
+            tracing::warn!(instance = %v.name, "VRRP auth_key is inline in the configuration file; prefer auth_key_file (a file only root reads)");
+            Some(Key::new(key.as_bytes().to_vec()).context("auth_key")?)
+        }
+    };
+    if hmac.is_some() {
+        tracing::info!(instance = %v.name, "VRRP adverts carry fulcrum's non-standard HMAC-SHA256 trailer: only fulcrum peers with the same key are heard");
+    }
+    Ok(InstanceConfig {
         name: v.name.clone(),
         interface: v.interface.clone(),
         vrid: v.vrid,
@@ -301,5 +362,10 @@ fn instance_config(v: &VrrpConfig) -> InstanceConfig {
         unicast_peers: v.unicast_peers.clone(),
         v4_checksum: Ipv4ChecksumMode::default(),
         garp: Garp { repeat: 5, delay: Duration::from_millis(100) },
-    }
+        hmac,
+        // The control loop confirms once the datapath forwards the
+        // addresses (see `Vrrp::forwarding_ready`); a stuck loop cannot
+        // keep a MASTER from claiming them for longer than this.
+        wait_for_forwarding: Some(FORWARDING_WAIT),
+    })
 }

@@ -27,6 +27,9 @@ use aya::{
 };
 pub use fulcrum_common::{ConnEntry, ConnEvent, FlowKey};
 use fulcrum_common::{names, Counters, DatapathConfig, Mac, Reason, DEFAULT_CONN_TABLE_SIZE};
+
+mod decap;
+pub use decap::{Decap, DecapCounters};
 use thiserror::Error;
 
 pub use neighbours::{Interface, LinkError, NeighbourChange, Neighbours};
@@ -80,6 +83,68 @@ pub struct TestOutcome {
     pub frame: Vec<u8>,
     /// Kernel-measured time per run, averaged over `repeat` runs.
     pub duration: Duration,
+}
+
+/// The node-wide settings the datapath reads from `DATAPATH_CONFIG`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NodeSettings {
+    /// The attached interface's MAC: the source of every frame sent.
+    pub self_mac: Mac,
+    /// The attached interface's MTU in bytes: an IPIP packet's outer IP
+    /// packet must fit (inner + 20 bytes, IP6IP6 inner + 40), else the
+    /// client gets ICMP "fragmentation needed" / "packet too big".
+    pub mtu: u16,
+    /// IPIP outer source prefix (`[datapath] ipip_source_v4`).
+    pub ipip_source_v4: Option<(std::net::Ipv4Addr, u8)>,
+    /// IP6IP6 outer source prefix, length >= 96 (`ipip_source_v6`).
+    pub ipip_source_v6: Option<(std::net::Ipv6Addr, u8)>,
+}
+
+impl NodeSettings {
+    /// `mac`, the Ethernet MTU of 1500 bytes, no IPIP source prefixes.
+    pub fn new(mac: Mac) -> Self {
+        NodeSettings { self_mac: mac, mtu: 1500, ipip_source_v4: None, ipip_source_v6: None }
+    }
+
+    /// The settings for the attached `interface` and `[datapath]`.
+    pub fn for_interface(interface: &Interface, datapath: &fulcrum_config::DatapathSettings) -> Self {
+        NodeSettings {
+            self_mac: interface.mac,
+            mtu: u16::try_from(interface.mtu).unwrap_or(u16::MAX),
+            ipip_source_v4: datapath.ipip_source_v4,
+            ipip_source_v6: datapath.ipip_source_v6,
+        }
+    }
+
+    /// The map value: prefixes as raw network-order words and host masks
+    /// (see `DatapathConfig`).
+    pub fn to_config(&self) -> DatapathConfig {
+        let mask = |host_bits: u32| if host_bits >= 32 { 0 } else { u32::MAX << host_bits };
+        let (v4, v4_host) = match self.ipip_source_v4 {
+            Some((addr, len)) => {
+                let m = mask(32 - u32::from(len.min(32)));
+                ((u32::from(addr) & m).to_be(), (!m).to_be())
+            }
+            None => (0, 0),
+        };
+        let (v6, v6_host) = match self.ipip_source_v6 {
+            Some((addr, len)) => {
+                let m = mask(128 - u32::from(len.clamp(96, 128)));
+                let mut words = fulcrum_common::addr_words(addr.into());
+                words[3] = (u32::from_be(words[3]) & m).to_be();
+                (words, (!m).to_be())
+            }
+            None => ([0; 4], 0),
+        };
+        DatapathConfig {
+            self_mac: self.self_mac.0,
+            mtu: self.mtu,
+            ipip_src_v4: v4,
+            ipip_src_v4_host: v4_host,
+            ipip_src_v6: v6,
+            ipip_src_v6_host: v6_host,
+        }
+    }
 }
 
 /// What is fixed when the program loads: the sizes of its maps.
@@ -141,6 +206,7 @@ impl Datapath {
         let reals = typed(take(names::REALS)?, names::REALS)?;
         let vip_filter = typed(take(names::VIP_FILTER)?, names::VIP_FILTER)?;
         let vip_real_ok = typed(take(names::VIP_REAL_OK)?, names::VIP_REAL_OK)?;
+        let vip_addresses = typed(take(names::VIP_ADDRESSES)?, names::VIP_ADDRESSES)?;
         let conn_table = typed(take(names::CONN_TABLE)?, names::CONN_TABLE)?;
         let conn_stats = typed(take(names::CONN_STATS)?, names::CONN_STATS)?;
         let config = typed(take(names::DATAPATH_CONFIG)?, names::DATAPATH_CONFIG)?;
@@ -159,6 +225,7 @@ impl Datapath {
             reals,
             vip_filter,
             vip_real_ok,
+            vip_addresses,
             vip_stats,
             real_stats,
         };
@@ -169,13 +236,22 @@ impl Datapath {
         self.ebpf.program_mut(names::PROGRAM).expect("checked at load").try_into().expect("checked at load")
     }
 
-    /// Sets the source MAC of forwarded frames (the attached NIC's own).
+    /// Sets the source MAC of forwarded frames (the attached NIC's own),
+    /// with the other node settings at their [`NodeSettings::new`] values.
     ///
     /// # Errors
     /// The map update failed.
     pub fn set_self_mac(&mut self, mac: Mac) -> Result<(), DatapathError> {
-        let value = DatapathConfig { self_mac: mac.0, _pad: [0; 2] };
-        self.config.set(0, value, 0).map_err(|source| DatapathError::Map { map: names::DATAPATH_CONFIG, source })
+        self.set_node(&NodeSettings::new(mac))
+    }
+
+    /// Writes the node-wide settings (`DATAPATH_CONFIG`): own MAC, MTU and
+    /// the IPIP source prefixes.
+    ///
+    /// # Errors
+    /// The map update failed.
+    pub fn set_node(&mut self, node: &NodeSettings) -> Result<(), DatapathError> {
+        self.config.set(0, node.to_config(), 0).map_err(|source| DatapathError::Map { map: names::DATAPATH_CONFIG, source })
     }
 
     /// Attaches to `interface` in driver mode, else in generic mode (with a

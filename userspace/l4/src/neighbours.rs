@@ -40,6 +40,8 @@ pub struct Interface {
     pub name: String,
     pub index: u32,
     pub mac: Mac,
+    /// The largest IP packet it sends, in bytes (`/sys/class/net/IF/mtu`).
+    pub mtu: u32,
 }
 
 impl Interface {
@@ -55,7 +57,16 @@ impl Interface {
             name: name.into(),
             source: std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{path}: {text:?}")),
         })?;
-        Ok(Interface { name: name.into(), index, mac })
+        let mtu_path = format!("/sys/class/net/{name}/mtu");
+        let mtu = std::fs::read_to_string(&mtu_path)
+            .map_err(|source| LinkError::Mac { name: name.into(), source })?
+            .trim()
+            .parse()
+            .map_err(|_| LinkError::Mac {
+                name: name.into(),
+                source: std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{mtu_path}: not a number")),
+            })?;
+        Ok(Interface { name: name.into(), index, mac, mtu })
     }
 }
 

@@ -9,8 +9,8 @@ use std::{
     net::IpAddr,
 };
 
-use fulcrum_common::{Mac, VipKey, VIP_F_HASH_SRC_ONLY, VIP_F_STANDBY};
-use fulcrum_config::{Config, OnMarkedDown, Scheduler};
+use fulcrum_common::{Mac, VipKey, VIP_F_HASH_SRC_ONLY, VIP_F_IPIP, VIP_F_STANDBY};
+use fulcrum_config::{Config, Forwarding, OnMarkedDown, Scheduler};
 use fulcrum_state::{Effective, Exclusion};
 
 /// What the maps must hold.
@@ -47,10 +47,12 @@ pub struct PlanVip {
 }
 
 impl Plan {
-    /// The plan for `effective`, resolving MACs from `macs` (see [`macs`]).
-    /// An active member without a MAC is left out of its tables: L2 DSR
-    /// cannot address it.
-    pub fn new(effective: &Effective, macs: &HashMap<IpAddr, Mac>) -> Plan {
+    /// The plan for `effective`, resolving MACs from `macs` (see [`macs`])
+    /// and each VIP's forwarding (L2 DSR or IPIP) from `config`, the
+    /// configuration `effective` was computed from. An active member
+    /// without a MAC is left out of its tables: neither L2 DSR nor IPIP
+    /// can address it (for a routed IPIP real the MAC is its next hop's).
+    pub fn new(effective: &Effective, config: &Config, macs: &HashMap<IpAddr, Mac>) -> Plan {
         let reals = effective
             .pools
             .iter()
@@ -84,7 +86,11 @@ impl Plan {
                     flags: match vip.scheduler {
                         Scheduler::Maglev => 0,
                         Scheduler::IpHash => VIP_F_HASH_SRC_ONLY,
-                    } | if vip.forwarding { 0 } else { VIP_F_STANDBY },
+                    } | if vip.forwarding { 0 } else { VIP_F_STANDBY }
+                        | match config.vips.iter().find(|c| c.name == vip.name).map(|c| c.forwarding) {
+                            Some(Forwarding::Ipip) => VIP_F_IPIP,
+                            _ => 0,
+                        },
                     table_size: vip.table_size,
                     members,
                     established,
@@ -155,7 +161,7 @@ weight = 3
             (IpAddr::from([198, 18, 0, 11]), Mac([2, 0, 0, 0, 0, 0xee])),
         ]
         .into();
-        let plan = Plan::new(&effective(&config, &observed), &macs(&config, &neighbours));
+        let plan = Plan::new(&effective(&config, &observed), &config, &macs(&config, &neighbours));
         let vip = &plan.vips[0];
         assert_eq!(vip.flags, VIP_F_HASH_SRC_ONLY);
         assert_eq!(vip.members, vec![(IpAddr::from([198, 18, 0, 11]), 1), (IpAddr::from([198, 18, 0, 12]), 3)]);
@@ -163,6 +169,15 @@ weight = 3
         assert_eq!(plan.mac(IpAddr::from([198, 18, 0, 11])), Some(Mac([2, 0, 0, 0, 0, 0x11])));
         assert_eq!(plan.reals.len(), 3);
         assert_eq!(plan.mac(IpAddr::from([198, 18, 0, 13])), None);
+    }
+
+    #[test]
+    fn ipip_vips_get_their_flag() {
+        let text = CONFIG.replace("pool = \"web\"\nmaglev", "pool = \"web\"\nforwarding = \"ipip\"\nmaglev")
+            .replace("interface = \"eth0\"", "interface = \"eth0\"\n[datapath]\nipip_source_v4 = \"198.18.7.0/24\"");
+        let config = fulcrum_config::parse(&text, "test.toml").unwrap();
+        let plan = Plan::new(&effective(&config, &Observed::default()), &config, &HashMap::new());
+        assert_eq!(plan.vips[0].flags, VIP_F_HASH_SRC_ONLY | VIP_F_IPIP);
     }
 
     /// Established flows stay on every member but one down under `repick`.
@@ -177,7 +192,7 @@ weight = 3
                 observed.health.insert(probe_of(pool, b), Verdict { health, detail: String::new() });
             }
             let macs: HashMap<IpAddr, Mac> = pool.backends.iter().map(|b| (b.address, Mac([2, 0, 0, 0, 0, 1]))).collect();
-            let vip = &Plan::new(&effective(&config, &observed), &macs).vips[0];
+            let vip = &Plan::new(&effective(&config, &observed), &config, &macs).vips[0];
             // .13 is up; .11 up; .12 (weight 3) down.
             assert_eq!(vip.members, vec![(IpAddr::from([198, 18, 0, 11]), 1), (IpAddr::from([198, 18, 0, 13]), 1)]);
             assert_eq!(vip.established.contains(&IpAddr::from([198, 18, 0, 12])), want_12, "{policy}");

@@ -41,7 +41,7 @@ use std::{
 
 use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuValues, Array};
 use fulcrum_common::{
-    names, vip_filter_bit, vip_real_ok_bit, Counters, Mac, RealDef, VipKey, VipMeta, LOOKUP_TABLES_LEN,
+    addr_words, names, vip_filter_bit, VIP_F_STANDBY, vip_real_ok_bit, Counters, Mac, RealDef, VipKey, VipMeta, LOOKUP_TABLES_LEN,
     MAGLEV_MAX_TABLE_SIZE, MAX_REALS, MAX_VIPS, VIP_FILTER_WORDS, VIP_REAL_OK_WORDS,
 };
 
@@ -62,6 +62,7 @@ pub(crate) struct Maps {
     pub reals: Array<MapData, RealDef>,
     pub vip_filter: Array<MapData, u64>,
     pub vip_real_ok: Array<MapData, u64>,
+    pub vip_addresses: BpfHashMap<MapData, [u32; 4], u32>,
     pub vip_stats: PerCpuArray<MapData, Counters>,
     pub real_stats: PerCpuArray<MapData, Counters>,
 }
@@ -115,6 +116,8 @@ pub(crate) struct Tables {
     filter: [u64; VIP_FILTER_WORDS as usize],
     /// The `VIP_REAL_OK` words as written.
     ok: Vec<u64>,
+    /// The `VIP_ADDRESSES` keys as written.
+    addresses: BTreeSet<[u32; 4]>,
     /// Each real id's `RealDef::generation` as written; kept when the id
     /// is freed, so the next owner gets a higher one.
     generations: Vec<u32>,
@@ -127,6 +130,7 @@ impl Default for Tables {
             reals: HashMap::new(),
             filter: [0; VIP_FILTER_WORDS as usize],
             ok: vec![0; VIP_REAL_OK_WORDS as usize],
+            addresses: BTreeSet::new(),
             generations: vec![0; MAX_REALS as usize],
         }
     }
@@ -195,6 +199,7 @@ impl Tables {
                 self.write_real(maps, address, mac)?;
             }
         }
+        self.write_addresses(maps, plan)?;
         let keys: Vec<VipKey> = plan.vips.iter().map(|v| v.key).collect();
         self.write_filter(maps, &keys)?;
         Ok(counts)
@@ -254,6 +259,25 @@ impl Tables {
         Ok(())
     }
 
+    /// Makes `VIP_ADDRESSES` hold the address of every VIP this node
+    /// forwards (not standby): the addresses ICMP echo is answered for.
+    /// Runs while the filter admits old and new VIPs.
+    fn write_addresses(&mut self, maps: &mut Maps, plan: &Plan) -> Result<(), DatapathError> {
+        let want: BTreeSet<[u32; 4]> =
+            plan.vips.iter().filter(|v| v.flags & VIP_F_STANDBY == 0).map(|v| v.key.addr).collect();
+        for gone in self.addresses.difference(&want) {
+            match maps.vip_addresses.remove(gone) {
+                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(source) => return Err(DatapathError::Map { map: names::VIP_ADDRESSES, source }),
+            }
+        }
+        for new in want.difference(&self.addresses) {
+            maps.vip_addresses.insert(new, 0, 0).map_err(map_err(names::VIP_ADDRESSES))?;
+        }
+        self.addresses = want;
+        Ok(())
+    }
+
     /// Frees the ids of reals that left the plan and that no table in the
     /// maps names any more.
     fn free_reals(&mut self, plan: &Plan) {
@@ -284,7 +308,7 @@ impl Tables {
         let generation = self.generations[id as usize].wrapping_add(u32::from(new));
         if mac.is_some() || new {
             let mac = mac.map_or([0; 6], |m| m.0);
-            let def = RealDef { mac, _pad: [0; 2], generation, _pad2: 0 };
+            let def = RealDef { mac, _pad: [0; 2], generation, _pad2: 0, addr: addr_words(address) };
             maps.reals.set(id, def, 0).map_err(map_err(names::REALS))?;
             self.generations[id as usize] = generation;
         }

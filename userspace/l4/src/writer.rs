@@ -58,10 +58,14 @@ struct Pending {
     shutdown: bool,
 }
 
+/// Called once the maps hold a given generation (or a later one).
+type Waiter = (u64, Box<dyn FnOnce() + Send>);
+
 struct Shared {
     pending: Mutex<Pending>,
     wake: Condvar,
     status: Mutex<WriterStatus>,
+    waiters: Mutex<Vec<Waiter>>,
 }
 
 /// Owns the [`Datapath`] on its own thread; see the module doc.
@@ -81,6 +85,7 @@ impl Writer {
             pending: Mutex::new(Pending { plan: None, shutdown: false }),
             wake: Condvar::new(),
             status: Mutex::new(WriterStatus { applied: datapath.applied(), ..WriterStatus::default() }),
+            waiters: Mutex::new(Vec::new()),
         });
         let thread_shared = Arc::clone(&shared);
         let thread = std::thread::Builder::new()
@@ -104,6 +109,20 @@ impl Writer {
         lock(&self.shared.status).generation = self.generation;
         self.shared.wake.notify_one();
         self.generation
+    }
+
+    /// Runs `then` on the writer thread as soon as the maps hold
+    /// generation `generation` or a later one (at once if they already
+    /// do). For work that must follow the datapath, never precede it: a
+    /// new VRRP MASTER claims its addresses only once it forwards them.
+    pub fn when_applied(&self, generation: u64, then: Box<dyn FnOnce() + Send>) {
+        let mut waiters = lock(&self.shared.waiters);
+        if lock(&self.shared.status).applied_generation >= generation {
+            drop(waiters);
+            then();
+            return;
+        }
+        waiters.push((generation, then));
     }
 
     /// A copy of the writer's status.
@@ -184,6 +203,14 @@ fn run(mut datapath: Datapath, shared: &Shared) -> Datapath {
                 };
                 status.applied_generation = generation;
                 status.applies += 1;
+                let mut waiters = lock(&shared.waiters);
+                let (due, later): (Vec<Waiter>, Vec<Waiter>) =
+                    std::mem::take(&mut *waiters).into_iter().partition(|(g, _)| *g <= generation);
+                *waiters = later;
+                drop(waiters);
+                for (_, then) in due {
+                    then();
+                }
                 status.last = Some(report);
                 status.last_error = None;
                 if counts.vips_written > 0 {

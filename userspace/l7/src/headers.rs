@@ -82,21 +82,40 @@ pub fn add_forwarded(
     proto: &'static str,
     host: Option<&HeaderValue>,
 ) {
+    let client =
+        HeaderValue::from_str(&client.to_string()).expect("an IP address is a valid header value");
+    add_forwarded_value(headers, &client, proto, host);
+}
+
+/// [`add_forwarded`] with the client address already rendered as a header
+/// value (the proxy renders it once per client connection, so a request
+/// without an X-Forwarded-For of its own costs no allocation here).
+pub fn add_forwarded_value(
+    headers: &mut HeaderMap,
+    client: &HeaderValue,
+    proto: &'static str,
+    host: Option<&HeaderValue>,
+) {
     let xff = HeaderName::from_static("x-forwarded-for");
-    let mut chain = String::new();
-    for v in headers.get_all(&xff) {
-        if let Ok(s) = v.to_str() {
-            let s = s.trim();
-            if !s.is_empty() {
-                chain.push_str(s);
-                chain.push_str(", ");
+    if headers.contains_key(&xff) {
+        let mut chain = String::new();
+        for v in headers.get_all(&xff) {
+            if let Ok(s) = v.to_str() {
+                let s = s.trim();
+                if !s.is_empty() {
+                    chain.push_str(s);
+                    chain.push_str(", ");
+                }
             }
         }
-    }
-    chain.push_str(&client.to_string());
-    // `chain` is built from visible ASCII values and an address.
-    if let Ok(v) = HeaderValue::from_str(&chain) {
-        headers.insert(xff, v);
+        // `client` is an address: ASCII.
+        chain.push_str(client.to_str().unwrap_or(""));
+        // `chain` is built from visible ASCII values and an address.
+        if let Ok(v) = HeaderValue::from_str(&chain) {
+            headers.insert(xff, v);
+        }
+    } else {
+        headers.insert(xff, client.clone());
     }
     headers.insert(
         HeaderName::from_static("x-forwarded-proto"),

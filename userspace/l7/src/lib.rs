@@ -59,27 +59,39 @@
 //!
 //! hyper's `rt::Read`/`rt::Write` are readiness-style (`poll_read` into a
 //! borrowed buffer); io_uring needs the buffer to stay owned by the
-//! kernel operation until its completion. We use the maintained
-//! `cyper-core` 0.9 (`HyperStream`, from the compio project, matching
-//! compio 0.19), which sits on compio-io's `compat` layer:
+//! kernel operation until its completion. Our adapter (`io::Stream`, in
+//! place of cyper-core's `HyperStream` and the compio-io `compat` layer
+//! under it) works directly on compio's operations:
 //!
-//! - Reads: the stream owns an internal buffer (8 KiB, growing up to
-//!   compio-io's limit). `poll_read` serves hyper from what is buffered; if
-//!   empty it starts (or keeps polling) a boxed read future that *moves*
-//!   the buffer into a `recv` operation and gets it back with the
-//!   completion, then copies into hyper's slice. So hyper's borrowed
-//!   buffer is never handed to the kernel. Cost: one copy per read and one
-//!   `Box` per submitted read (cyper also zero-fills hyper's uninitialised
-//!   slice before the copy). To revisit for the performance targets
-//!   (a direct adapter that reads into hyper's buffer after moving it into
-//!   an owned `BytesMut` is possible).
-//! - Writes: `poll_write` copies into the stream's write buffer and
-//!   returns; `poll_flush` submits the owned buffer as a `send` and
-//!   completes when it is back. hyper flushes at the end of each message.
+//! - Reads: the stream owns a read buffer (`Vec<u8>`, 4 KiB on client
+//!   connections, 16 KiB to members). `poll_read` serves hyper from what is
+//!   buffered; if empty it submits a `Recv` that *moves* the buffer into the
+//!   operation and gets it back with the completion, then copies into
+//!   hyper's slice. So hyper's borrowed buffer is never handed to the
+//!   kernel. Cost: one copy per read. The slice is hyper's uninitialised
+//!   memory, written without zero-filling it first (cyper zero-fills 8 KiB
+//!   or more per read).
+//! - Writes: `poll_write_vectored` copies hyper's queued buffers (head and
+//!   body) into the stream's write buffer and returns; `poll_flush` (or
+//!   64 KiB buffered) submits the owned buffer as one `Send` and completes
+//!   when it is back, resubmitting the rest after a short send.
+//! - The operation futures (`compio::runtime::Submit`) live unboxed in the
+//!   stream: no allocation per read or write, no waker bookkeeping, no
+//!   `SendWrapper` thread check (connections never leave their worker).
 //! - hyper's executor and timer: http1 needs no executor (we spawn the
 //!   connection futures ourselves with `compio::runtime::spawn`); the
 //!   timer (`header_read_timeout`) is cyper's `CompioTimer` over
 //!   `compio::time::sleep`.
+//!
+//! ## io_uring setup
+//!
+//! Each worker's ring is created with `IORING_SETUP_SINGLE_ISSUER` and
+//! `IORING_SETUP_DEFER_TASKRUN` (Linux 6.1; on a kernel that refuses them,
+//! a plain ring): completions that the network stack produces on another
+//! CPU no longer interrupt the worker with an IPI to run their task work;
+//! the worker reaps them in a batch when it enters the ring to wait. This
+//! was the largest single gain in `cargo xtask bench l7` (see
+//! bench/RESULTS.md).
 //!
 //! ## Cancellation and timeouts
 //!
@@ -146,6 +158,7 @@ use std::{net::SocketAddr, time::Duration};
 
 pub mod balancer;
 pub mod headers;
+mod io;
 mod proxy;
 mod runtime;
 pub mod snapshot;

@@ -20,7 +20,6 @@ use std::{
 
 use bytes::Bytes;
 use compio::{net::TcpStream, runtime::JoinHandle};
-use cyper_core::HyperStream;
 use http::{header, HeaderValue, Request, Response, StatusCode, Uri};
 use hyper::{
     body::{Body, Frame, Incoming, SizeHint},
@@ -30,9 +29,14 @@ use hyper::{
 use crate::{
     balancer::{new_balancer, Balancer},
     headers,
-    snapshot::{MemberStats, SharedSnapshot, Snapshot},
+    snapshot::{HostMatch, MemberStats, SharedSnapshot, Snapshot},
     ProxyConfig,
 };
+
+/// Initial capacity of the owned read buffer of a connection to a
+/// member (see [`crate::io`]): responses can be large, and there are few
+/// such connections.
+const UPSTREAM_BUF: usize = 16 * 1024;
 
 /// Error type of the bodies the proxy produces.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -45,6 +49,8 @@ pub(crate) struct Worker {
     max_idle_per_member: usize,
     balancers: RefCell<Balancers>,
     idle: RefCell<HashMap<SocketAddr, Vec<Upstream>>>,
+    /// The Host value for each member address, rendered once.
+    host_values: RefCell<HashMap<SocketAddr, HeaderValue>>,
 }
 
 /// The balancers of the snapshot they were built for, one per pool.
@@ -74,6 +80,7 @@ impl Worker {
                 per_pool: Vec::new(),
             }),
             idle: RefCell::new(HashMap::new()),
+            host_values: RefCell::new(HashMap::new()),
         }
     }
 
@@ -131,9 +138,10 @@ impl Worker {
             .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timeout"))??;
         // Small requests and responses: do not wait for Nagle.
         stream.set_nodelay(true)?;
-        let (sender, conn) = hyper::client::conn::http1::handshake(HyperStream::new_plain(stream))
-            .await
-            .map_err(std::io::Error::other)?;
+        let (sender, conn) =
+            hyper::client::conn::http1::handshake(crate::io::Stream::new(stream, UPSTREAM_BUF))
+                .await
+                .map_err(std::io::Error::other)?;
         let task = compio::runtime::spawn(async move {
             // The connection ends when the member closes it, on an error,
             // or when `Upstream` is dropped (which cancels this task).
@@ -147,16 +155,27 @@ impl Worker {
 
     /// Handles one client request and never fails: every error becomes a
     /// response with the proper status.
+    /// `client_ip` is the client's address as a header value (rendered
+    /// once per connection, for X-Forwarded-For).
     pub(crate) async fn handle(
         self: Rc<Self>,
         req: Request<Incoming>,
         listener: SocketAddr,
-        client: SocketAddr,
+        client_ip: HeaderValue,
     ) -> Result<Response<ProxyBody>, Infallible> {
         let snap = self.snapshot.load_full();
-        let host = request_host(&req);
         let Some(routes) = snap.listener(listener) else {
             return Ok(local(StatusCode::NOT_FOUND));
+        };
+        // The Host is parsed (and lowercased) only if a route looks at it.
+        let host = if routes
+            .routes
+            .iter()
+            .any(|r| !matches!(r.host, HostMatch::Any))
+        {
+            request_host(&req)
+        } else {
+            None
         };
         let Some(route) = routes
             .routes
@@ -172,7 +191,14 @@ impl Worker {
         // Pick a member and get a connection; on a connect failure try
         // another member (the request has not left the proxy yet, so this
         // is safe for every method), until none is left.
-        let mut tried = vec![false; pool.members.len()];
+        let mut tried_small = [false; 32];
+        let mut tried_vec;
+        let tried: &mut [bool] = if pool.members.len() <= tried_small.len() {
+            &mut tried_small[..pool.members.len()]
+        } else {
+            tried_vec = vec![false; pool.members.len()];
+            &mut tried_vec
+        };
         let (idx, mut up) = loop {
             let Some(idx) = self.pick(&snap, route.pool, &|i| !tried[i]) else {
                 let status = if tried.iter().any(|&t| t) {
@@ -199,16 +225,15 @@ impl Worker {
         let (mut parts, body) = req.into_parts();
         let client_host = parts.headers.get(header::HOST).cloned();
         headers::remove_hop_by_hop(&mut parts.headers);
-        headers::add_forwarded(
-            &mut parts.headers,
-            client.ip(),
-            "http",
-            client_host.as_ref(),
-        );
+        headers::add_forwarded_value(&mut parts.headers, &client_ip, "http", client_host.as_ref());
         if !route.preserve_host || client_host.is_none() {
-            parts
-                .headers
-                .insert(header::HOST, member_host(member.address));
+            let v = self
+                .host_values
+                .borrow_mut()
+                .entry(member.address)
+                .or_insert_with(|| member_host(member.address))
+                .clone();
+            parts.headers.insert(header::HOST, v);
         }
         parts.uri = origin_form(&parts.uri);
         parts.version = http::Version::HTTP_11;

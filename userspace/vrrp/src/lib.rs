@@ -23,6 +23,12 @@
 //! keepalived, its notify scripts and operators use; doc comments quote RFC
 //! 9568 with its own words.
 //!
+//! - [`sync`]: sync groups (keepalived's `vrrp_sync_group`): which
+//!   instances must follow a sibling to Fault or out of Master, decided
+//!   from the members' states and fed to their machines as events.
+//! - [`auth`]: fulcrum's own, non-standard HMAC-SHA256 trailer with a
+//!   replay counter, between fulcrum nodes only (off by default).
+//!
 //! - [`shell`] (Linux only): the I/O around the core, one OS thread per
 //!   instance. The core modules above stay pure; the shell is the only
 //!   code that touches sockets, netlink or the clock.
@@ -40,12 +46,14 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod auth;
 pub mod checks;
 pub mod interval;
 pub mod machine;
 pub mod packet;
 #[cfg(target_os = "linux")]
 pub mod shell;
+pub mod sync;
 pub mod track;
 
 pub use checks::{check, Accepted, Discard, Expected, Heard, IpMeta, Warning};

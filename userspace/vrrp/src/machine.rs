@@ -18,6 +18,14 @@
 //! be Master and does not take part in the election until the fault
 //! clears. The shell aggregates fault sources and sends [`Event::Fault`] /
 //! [`Event::FaultCleared`].
+//!
+//! Sync groups (keepalived's `vrrp_sync_group`) stay outside the machine:
+//! [`crate::sync`] decides from the members' states and feeds each member
+//! two inputs, [`Event::SyncFault`] (a sibling is in Fault: follow it) and
+//! [`Event::SyncHold`] (a sibling is not ready to be Master: do not be
+//! Master). A held Master leaves as a faulted one does (priority-0
+//! advert); a held Backup whose Master_Down_Timer fires stays Backup and
+//! reports [`Machine::wants_master`], which is what releases the group.
 
 use std::fmt;
 use std::net::IpAddr;
@@ -135,6 +143,19 @@ pub enum Event {
     Fault,
     /// The fault cleared.
     FaultCleared,
+    /// Sync group: a sibling instance is in Fault (true) or none is any
+    /// more (false). A second fault source, kept apart from
+    /// [`Event::Fault`] so that the instance's own fault and its group's
+    /// clear independently (keepalived `vrrp_sync_fault`).
+    SyncFault(bool),
+    /// Sync group: some sibling is not ready to be Master (true), or every
+    /// sibling is (false). While held the machine is never Master: a
+    /// Master leaves with a priority-0 advert (keepalived
+    /// `vrrp_sync_backup`), and a Backup whose Master_Down_Timer fires
+    /// waits, wanting Master, until released (keepalived
+    /// `vrrp_sync_goto_master`: "Only sync to master if everyone wants to
+    /// i.e. prefer backup state to avoid thrashing").
+    SyncHold(bool),
 }
 
 /// Why a transition happened, for the log and notify scripts.
@@ -174,6 +195,9 @@ pub enum Reason {
     Fault,
     /// A FaultCleared event (keepalived).
     FaultCleared,
+    /// The instance's sync group made it follow a sibling: to Fault
+    /// ([`Event::SyncFault`]) or out of Master ([`Event::SyncHold`]).
+    SyncGroup,
 }
 
 /// One state change.
@@ -235,6 +259,13 @@ pub struct Machine {
     preempt_at: Option<Instant>,
     /// A fault is present (tracked even in Initialize).
     faulted: bool,
+    /// The sync group's fault input ([`Event::SyncFault`]).
+    sync_faulted: bool,
+    /// The sync group's hold input ([`Event::SyncHold`]).
+    held: bool,
+    /// Held in Backup with the Master_Down_Timer fired (or as the owner at
+    /// startup): the reason we would have become Master for.
+    pending: Option<Reason>,
 }
 
 impl Machine {
@@ -252,12 +283,22 @@ impl Machine {
             down_cause: DownCause::Silence,
             preempt_at: None,
             faulted: false,
+            sync_faulted: false,
+            held: false,
+            pending: None,
         })
     }
 
     /// The current state.
     pub fn state(&self) -> State {
         self.state
+    }
+
+    /// Whether this instance is, or would be, Master: in Master, or held in
+    /// Backup by its sync group after its Master_Down_Timer fired. What
+    /// [`crate::sync`] calls "ready".
+    pub fn wants_master(&self) -> bool {
+        self.state == State::Master || (self.state == State::Backup && self.pending.is_some())
     }
 
     /// The effective priority.
@@ -303,7 +344,7 @@ impl Machine {
         match event {
             Event::Startup => {
                 if self.state == State::Initialize {
-                    if self.faulted {
+                    if self.faulted || self.sync_faulted {
                         self.enter_fault(Reason::Fault, &mut out);
                     } else {
                         self.start(now, false, &mut out);
@@ -327,19 +368,41 @@ impl Machine {
                     p.clamp(1, 254)
                 };
             }
-            Event::Fault => {
-                if !self.faulted {
-                    self.faulted = true;
-                    if matches!(self.state, State::Backup | State::Master) {
-                        self.enter_fault(Reason::Fault, &mut out);
+            Event::Fault | Event::FaultCleared | Event::SyncFault(_) => {
+                let was = self.faulted || self.sync_faulted;
+                let reason = match event {
+                    Event::Fault => {
+                        self.faulted = true;
+                        Reason::Fault
                     }
+                    Event::FaultCleared => {
+                        self.faulted = false;
+                        Reason::FaultCleared
+                    }
+                    Event::SyncFault(on) => {
+                        self.sync_faulted = on;
+                        Reason::SyncGroup
+                    }
+                    _ => unreachable!("matched above"),
+                };
+                let is = self.faulted || self.sync_faulted;
+                if !was && is && matches!(self.state, State::Backup | State::Master) {
+                    self.enter_fault(reason, &mut out);
+                } else if was && !is && self.state == State::Fault {
+                    self.start(now, true, &mut out);
                 }
             }
-            Event::FaultCleared => {
-                if self.faulted {
-                    self.faulted = false;
-                    if self.state == State::Fault {
-                        self.start(now, true, &mut out);
+            Event::SyncHold(on) => {
+                if self.held != on {
+                    self.held = on;
+                    match self.state {
+                        State::Master if on => self.sync_leave_master(now, &mut out),
+                        State::Backup if !on => {
+                            if let Some(reason) = self.pending.take() {
+                                self.become_master(now, reason, &mut out);
+                            }
+                        }
+                        _ => {}
                     }
                 }
             }
@@ -356,7 +419,15 @@ impl Machine {
             } else {
                 Reason::StartupAsOwner
             };
-            self.become_master(now, reason, out);
+            if self.held {
+                // The owner waits for its sync group like any member whose
+                // timer fired.
+                self.timer = None;
+                self.pending = Some(reason);
+                self.transition(State::Backup, reason, out);
+            } else {
+                self.become_master(now, reason, out);
+            }
         } else {
             // "Set Active_Adver_Interval to Advertisement_Interval; Set the
             // Active_Down_Timer to Active_Down_Interval; Transition to the
@@ -392,6 +463,7 @@ impl Machine {
                 // to the {Initialize} state"
                 self.timer = None;
                 self.preempt_at = None;
+                self.pending = None;
                 self.transition(State::Initialize, Reason::Shutdown, out);
             }
         }
@@ -412,7 +484,14 @@ impl Machine {
                         Reason::Preempting { priority, source }
                     }
                 };
-                self.become_master(now, reason, out);
+                if self.held {
+                    // Sync group: wait for the siblings, wanting Master.
+                    // No timer: an accepted advert or the release decides.
+                    self.timer = None;
+                    self.pending = Some(reason);
+                } else {
+                    self.become_master(now, reason, out);
+                }
             }
             State::Master => {
                 // RFC 9568 6.4.3 "If the Adver_Timer fires, then: Send an
@@ -438,9 +517,12 @@ impl Machine {
     fn backup_advert(&mut self, heard: Heard, now: Instant) {
         if heard.priority == PRIORITY_STOP {
             // "If the Priority in the ADVERTISEMENT is 0, then: Set the
-            // Active_Down_Timer to Skew_Time"
-            self.timer = Some(now + self.skew_time());
-            self.down_cause = DownCause::Resigned;
+            // Active_Down_Timer to Skew_Time". Held and already wanting
+            // Master: nothing to wait for.
+            if self.pending.is_none() {
+                self.timer = Some(now + self.skew_time());
+                self.down_cause = DownCause::Resigned;
+            }
             return;
         }
         let lower = heard.priority < self.priority;
@@ -459,6 +541,8 @@ impl Machine {
             }
             self.timer = Some(now + self.master_down_interval());
             self.down_cause = DownCause::Silence;
+            // A Master is alive: a held instance no longer wants Master.
+            self.pending = None;
             // keepalived's preempt_delay: a lower-priority Master starts the
             // delay; hearing an equal or higher priority cancels it.
             if !lower {
@@ -543,7 +627,25 @@ impl Machine {
         out.push(Action::SetForwarding(true));
         self.timer = Some(now + self.cfg.advert_interval.as_duration());
         self.preempt_at = None;
+        self.pending = None;
         self.transition(State::Master, reason, out);
+    }
+
+    /// Master -> Backup because the sync group holds us (a sibling left
+    /// Master or is not ready). Leaves as on Shutdown, with a priority-0
+    /// advert, so the peer's instance takes over after its Skew_Time rather
+    /// than Master_Down_Interval (RFC 9568 6.4.2), and then waits as a
+    /// Backup with a fresh Master_Down_Timer.
+    fn sync_leave_master(&mut self, now: Instant, out: &mut Vec<Action>) {
+        out.push(self.advert(PRIORITY_STOP));
+        out.push(Action::ReleaseVips);
+        out.push(Action::SetForwarding(false));
+        self.master_adver_interval = self.cfg.advert_interval;
+        self.timer = Some(now + self.master_down_interval());
+        self.down_cause = DownCause::Silence;
+        self.preempt_at = None;
+        self.pending = None;
+        self.transition(State::Backup, Reason::SyncGroup, out);
     }
 
     /// To keepalived's Fault: a Master leaves as on Shutdown (priority 0
@@ -556,6 +658,7 @@ impl Machine {
         }
         self.timer = None;
         self.preempt_at = None;
+        self.pending = None;
         self.transition(State::Fault, reason, out);
     }
 

@@ -127,6 +127,8 @@ fn fulcrum_conf(version: Version, priority: u8, interval: Centiseconds, vip: IpA
         unicast_peers: Vec::new(),
         v4_checksum: Ipv4ChecksumMode::default(),
         garp: Garp::default(),
+        hmac: None,
+        wait_for_forwarding: None,
     }
 }
 

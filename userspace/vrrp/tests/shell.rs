@@ -40,6 +40,8 @@ fn config(name: &str, vip: IpAddr, priority: u8) -> InstanceConfig {
             repeat: 5,
             delay: Duration::from_millis(100),
         },
+        hmac: None,
+        wait_for_forwarding: None,
     }
 }
 
@@ -409,5 +411,92 @@ fn invalid_adverts_are_counted_and_change_nothing() -> Result<()> {
     assert_eq!((r1.state(), r2.state()), (State::Master, State::Backup));
     assert!(rx2.try_iter().all(|c| c.state != State::Master), "r2 never became Master");
     assert_eq!(lab.holders(vip), vec![1]);
+    Ok(())
+}
+
+/// Sync group on the wire (keepalived's vrrp_sync_group): r1 runs an IPv4
+/// and an IPv6 instance in one group and is Master for both; r2 runs both
+/// ungrouped, its IPv4 instance with a higher priority and its IPv6 one
+/// with a lower. r2's IPv4 instance wins, so r1's IPv6 instance follows
+/// it out of Master (priority-0 advert: r2 takes over after Skew_Time)
+/// and does not preempt back while its sibling hears a live Master.
+#[test]
+fn sync_group_follows_a_member_that_loses() -> Result<()> {
+    use fulcrum_vrrp::shell::{spawn_synced, SyncGroup};
+    let lab = VrrpLab::up(2)?;
+    let vip4 = IpAddr::V4(lab.vip4());
+    let vip6 = IpAddr::V6(lab.vip6());
+    let group = SyncGroup::new("g", 2);
+    let (tx4, rx14) = std::sync::mpsc::channel();
+    let (tx6, rx16) = std::sync::mpsc::channel();
+    let c14 = config("r1-v4", vip4, 100);
+    let c16 = InstanceConfig { vrid: 52, ..config("r1-v6", vip6, 200) };
+    let g = group.clone();
+    let r14 = fulcrum_lab::in_netns(&lab.router(1), move || spawn_synced(c14, tx4, &g, 0))??;
+    let g = group.clone();
+    let r16 = fulcrum_lab::in_netns(&lab.router(1), move || spawn_synced(c16, tx6, &g, 1))??;
+    wait_state(&rx14, State::Master, Duration::from_secs(3))?;
+    wait_state(&rx16, State::Master, Duration::from_secs(3))?;
+
+    let (r24, _rx24) = lab.spawn(2, config("r2-v4", vip4, 150))?;
+    let (r26, rx26) = lab.spawn(2, InstanceConfig { vrid: 52, ..config("r2-v6", vip6, 100) })?;
+    let b = wait_state(&rx14, State::Backup, master_down_interval_v3(150, INTERVAL) + Duration::from_secs(1))?;
+    assert!(matches!(b.reason, Reason::HigherPriority { priority: 150, .. }), "{b:?}");
+    let f = wait_state(&rx16, State::Backup, Duration::from_secs(1))?;
+    assert_eq!(f.reason, Reason::SyncGroup);
+    let m = wait_state(&rx26, State::Master, Duration::from_secs(1))?;
+    assert_eq!(m.reason, Reason::MasterResigned, "r1's IPv6 instance resigned with priority 0");
+    assert!(m.at - f.at <= skew_time_v3(100, INTERVAL) + SLACK, "took {:?}", m.at - f.at);
+    wait_for(Duration::from_secs(2), "both VIPs on r2 only", || {
+        lab.holders(vip4) == vec![2] && lab.holders(vip6) == vec![2]
+    })?;
+    // No thrashing: r1's IPv6 instance (200) outranks r2's (100) but stays
+    // Backup, for several Master_Down_Intervals.
+    std::thread::sleep(3 * master_down_interval_v3(200, INTERVAL));
+    assert_eq!((r14.state(), r16.state()), (State::Backup, State::Backup));
+    assert_eq!((r24.state(), r26.state()), (State::Master, State::Master));
+    assert!(rx16.try_iter().all(|c| c.state != State::Master));
+
+    // r2's IPv4 instance stops: r1's group takes both back.
+    r24.stop();
+    wait_state(&rx14, State::Master, Duration::from_secs(2))?;
+    wait_state(&rx16, State::Master, Duration::from_secs(2))?;
+    wait_state(&rx26, State::Backup, Duration::from_secs(2))?;
+    wait_for(Duration::from_secs(2), "both VIPs on r1 only", || {
+        lab.holders(vip4) == vec![1] && lab.holders(vip6) == vec![1]
+    })?;
+    Ok(())
+}
+
+/// fulcrum's HMAC trailer: r1 and r2 share a key and elect normally (r1
+/// Master, r2 Backup, graceful handover); r3 has another key and the
+/// highest priority, and is ignored: its adverts count as `hmac` discards
+/// and move nothing.
+#[test]
+fn hmac_peers_elect_and_a_wrong_key_is_ignored() -> Result<()> {
+    use fulcrum_vrrp::auth::Key;
+    let lab = VrrpLab::up(3)?;
+    let vip = IpAddr::V4(lab.vip4());
+    let good = Key::new(b"fulcrum-lab-shared-key-0123456789".to_vec())?;
+    let wrong = Key::new(b"fulcrum-lab-other-key-01234567890".to_vec())?;
+    let with_key = |name: &str, prio: u8, key: &Key| InstanceConfig { hmac: Some(key.clone()), ..config(name, vip, prio) };
+    let (r1, rx1) = lab.spawn(1, with_key("r1", 200, &good))?;
+    wait_state(&rx1, State::Master, Duration::from_secs(3))?;
+    let (r2, rx2) = lab.spawn(2, with_key("r2", 100, &good))?;
+    let (r3, _rx3) = lab.spawn(3, with_key("r3", 250, &wrong))?;
+    std::thread::sleep(3 * master_down_interval_v3(100, INTERVAL));
+    assert_eq!((r1.state(), r2.state()), (State::Master, State::Backup));
+    assert_eq!(r3.state(), State::Master, "r3 hears no authentic Master");
+    let (c1, c2) = (r1.counters(), r2.counters());
+    assert!(c2.adverts_accepted >= 5, "r2 hears r1: {c2:?}");
+    for (name, c) in [("r1", &c1), ("r2", &c2)] {
+        assert!(c.discards.get("hmac").copied().unwrap_or(0) >= 5, "{name} counts r3's adverts: {c:?}");
+        assert_eq!(c.discards.get("replay"), None, "{name}: {c:?}");
+    }
+    assert!(rx2.try_iter().all(|c| c.state != State::Master));
+    // An authentic handover still works.
+    r1.stop();
+    let m = wait_state(&rx2, State::Master, Duration::from_secs(2))?;
+    assert_eq!(m.reason, Reason::MasterResigned);
     Ok(())
 }

@@ -24,6 +24,18 @@
 //! [`Instance::kill`] stops as a crash would: nothing more is sent and the
 //! VIPs stay where they are.
 //!
+//! Sync groups: [`spawn_synced`] starts an instance as a member of a
+//! [`SyncGroup`]. Each member's thread publishes its status to the group
+//! (under a mutex, never held across I/O) after every event, and sends the
+//! siblings whose [`crate::sync::SyncInputs`] changed a command on their
+//! channels, so a sibling follows within one wake-up of its thread, with no
+//! detour through the daemon's control loop.
+//!
+//! HMAC: with [`InstanceConfig::hmac`] set, every advert carries the
+//! [`crate::auth`] trailer, and received adverts that pass the RFC checks
+//! must also carry a valid one with a fresh counter (else they count as
+//! `hmac` or `replay` discards).
+//!
 //! At start the instance removes its VIPs from the interface if they are
 //! there (left by a crashed predecessor): it starts as Backup (or as
 //! Master, if it is the address owner, and adds them again).
@@ -44,7 +56,9 @@ use std::time::{Duration, Instant};
 #[cfg(doc)]
 use crate::machine::{Action, Machine};
 use crate::machine::{Reason, State};
+use crate::auth::Key;
 use crate::packet::{Auth, Family, Ipv4ChecksumMode, Version};
+use crate::sync::{MemberStatus, SyncInputs};
 use crate::Centiseconds;
 
 pub use sockets::{GROUP_V4, GROUP_V6};
@@ -125,6 +139,18 @@ pub struct InstanceConfig {
     pub v4_checksum: Ipv4ChecksumMode,
     /// Gratuitous ARP / unsolicited NA repetition.
     pub garp: Garp,
+    /// fulcrum's non-standard HMAC-SHA256 trailer ([`crate::auth`]):
+    /// `Some` signs every advert and refuses adverts without a valid,
+    /// fresh trailer. Only between fulcrum nodes sharing the key; `None`
+    /// (the default) for RFC peers such as keepalived.
+    pub hmac: Option<Key>,
+    /// When set, a new MASTER reports its transition first and adds and
+    /// announces its addresses only once the owner confirms that it
+    /// forwards their traffic ([`Instance::forwarding_ready`]), or after
+    /// this long at most. Otherwise the node's own stack would own the
+    /// addresses before the datapath forwards them, and answer clients'
+    /// packets with resets in between. `None` announces at once.
+    pub wait_for_forwarding: Option<Duration>,
 }
 
 impl InstanceConfig {
@@ -221,7 +247,8 @@ pub struct Counters {
     pub adverts_accepted: u64,
     /// Discarded packets per reason: [`crate::Discard::kind`], plus
     /// `"unreadable"` (no IP header / control messages) and
-    /// `"unknown_peer"` (unicast mode, a source not among the peers).
+    /// `"unknown_peer"` (unicast mode, a source not among the peers),
+    /// `"hmac"` and `"replay"` ([`crate::auth::AuthError::kind`]).
     pub discards: BTreeMap<&'static str, u64>,
     /// State transitions.
     pub transitions: u64,
@@ -272,8 +299,92 @@ pub enum ShellError {
 #[derive(Debug, Clone, Copy)]
 enum Command {
     Stop { graceful: bool },
+    ForwardingReady,
     Priority(u8),
     Fault(bool),
+    Sync(SyncInputs),
+}
+
+/// A sync group shared by its members' threads (keepalived's
+/// `vrrp_sync_group`; the rules are [`crate::sync`]'s). Create one per
+/// group, then start each member with [`spawn_synced`].
+#[derive(Clone)]
+pub struct SyncGroup {
+    shared: Arc<Mutex<SyncShared>>,
+}
+
+struct SyncShared {
+    name: String,
+    group: crate::sync::SyncGroup,
+    /// Each member's command channel and wake-up socket, once spawned.
+    members: Vec<Option<(mpsc::Sender<Command>, UnixDatagram)>>,
+}
+
+impl SyncGroup {
+    /// A group named `name` (for logs) of `members` instances, indices
+    /// `0..members`. Until every member runs, the started ones are held in
+    /// Backup: a half-started group must not claim Master.
+    pub fn new(name: impl Into<String>, members: usize) -> SyncGroup {
+        SyncGroup {
+            shared: Arc::new(Mutex::new(SyncShared {
+                name: name.into(),
+                group: crate::sync::SyncGroup::new(members),
+                members: (0..members).map(|_| None).collect(),
+            })),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, SyncShared> {
+        self.shared.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records `member`'s status and tells every sibling whose inputs
+    /// changed. Returns `member`'s own inputs.
+    fn publish(&self, member: usize, status: MemberStatus) -> SyncInputs {
+        let mut s = self.lock();
+        let changed = s.group.update(member, status);
+        for (j, inputs) in changed {
+            if let Some((tx, wake)) = &s.members[j] {
+                if tx.send(Command::Sync(inputs)).is_ok() {
+                    let _ = wake.send(&[1]);
+                }
+            }
+        }
+        s.group.inputs(member)
+    }
+
+    fn name(&self) -> String {
+        self.lock().name.clone()
+    }
+}
+
+/// The runner's side of its group membership.
+pub(crate) struct Membership {
+    group: SyncGroup,
+    member: usize,
+    last: Option<MemberStatus>,
+}
+
+impl Membership {
+    /// Publishes `status` if it changed; returns the member's inputs then.
+    fn publish(&mut self, status: MemberStatus) -> Option<SyncInputs> {
+        if self.last == Some(status) {
+            return None;
+        }
+        self.last = Some(status);
+        Some(self.group.publish(self.member, status))
+    }
+
+    /// The instance stops. Gracefully: its siblings are held (a group is
+    /// Master only as a whole). Killed (a crash, for tests): nothing is
+    /// published, as a crashed process would publish nothing. Either way
+    /// its slot is free for a new instance.
+    fn leave(&mut self, graceful: bool) {
+        if graceful {
+            self.group.publish(self.member, MemberStatus::STOPPED);
+        }
+        self.group.lock().members[self.member] = None;
+    }
 }
 
 /// A running instance. Dropping it stops it gracefully, as [`Instance::stop`].
@@ -297,6 +408,38 @@ pub fn spawn(
     cfg: InstanceConfig,
     reports: mpsc::Sender<StateChange>,
 ) -> Result<Instance, ShellError> {
+    spawn_inner(cfg, reports, None)
+}
+
+/// [`spawn`], as member `member` of `group`. The instance starts held
+/// (Backup) until every member of the group runs and is ready.
+///
+/// # Errors
+/// As [`spawn`]; also a `member` out of the group's range or already
+/// started.
+pub fn spawn_synced(
+    cfg: InstanceConfig,
+    reports: mpsc::Sender<StateChange>,
+    group: &SyncGroup,
+    member: usize,
+) -> Result<Instance, ShellError> {
+    {
+        let s = group.lock();
+        if s.members.get(member).is_none_or(|m| m.is_some()) {
+            return Err(ShellError::Config(format!(
+                "instance {}: sync group {} has no free member slot {member}",
+                cfg.name, s.name
+            )));
+        }
+    }
+    spawn_inner(cfg, reports, Some((group.clone(), member)))
+}
+
+fn spawn_inner(
+    cfg: InstanceConfig,
+    reports: mpsc::Sender<StateChange>,
+    group: Option<(SyncGroup, usize)>,
+) -> Result<Instance, ShellError> {
     let name = cfg.name.clone();
     let (tx, rx) = mpsc::channel();
     let (wake, wake_rx) = UnixDatagram::pair().map_err(|source| ShellError::Io {
@@ -313,7 +456,34 @@ pub fn spawn(
             what: "creating the wake-up socket",
             source,
         })?;
-    let runner = runner::Runner::new(cfg, rx, wake_rx, reports)?;
+    let membership = match group {
+        Some((group, member)) => {
+            let wake2 = wake.try_clone().map_err(|source| ShellError::Io {
+                name: name.clone(),
+                what: "creating the wake-up socket",
+                source,
+            })?;
+            group.lock().members[member] = Some((tx.clone(), wake2));
+            tracing::info!(instance = %name, group = %group.name(), member, "VRRP instance joins its sync group");
+            Some(Membership {
+                group,
+                member,
+                last: None,
+            })
+        }
+        None => None,
+    };
+    let registered = membership.as_ref().map(|m| (m.group.clone(), m.member));
+    let runner = match runner::Runner::new(cfg, rx, wake_rx, reports, membership) {
+        Ok(r) => r,
+        Err(e) => {
+            // Free the slot: the group must not wait on a channel nobody reads.
+            if let Some((group, member)) = registered {
+                group.lock().members[member] = None;
+            }
+            return Err(e);
+        }
+    };
     let status = runner.status();
     let thread = std::thread::Builder::new()
         .name(format!("vrrp-{name}"))
@@ -364,6 +534,28 @@ impl Instance {
     /// [`crate::Event::PriorityChanged`].
     pub fn set_priority(&self, priority: u8) {
         self.send(Command::Priority(priority));
+    }
+
+    /// Confirms that the datapath now forwards the instance's addresses:
+    /// a new MASTER waiting on [`InstanceConfig::wait_for_forwarding`]
+    /// adds and announces them. Harmless at any other time.
+    pub fn forwarding_ready(&self) {
+        self.send(Command::ForwardingReady);
+    }
+
+    /// [`Instance::forwarding_ready`] as a callable that another thread
+    /// (the datapath writer, once it has applied) can run later; a no-op
+    /// if the instance is gone by then.
+    pub fn forwarding_ready_signal(&self) -> impl FnOnce() + Send + 'static {
+        let commands = self.commands.clone();
+        let wake = self.wake.try_clone().ok();
+        move || {
+            if commands.send(Command::ForwardingReady).is_ok() {
+                if let Some(wake) = wake {
+                    let _ = wake.send(&[1]);
+                }
+            }
+        }
     }
 
     /// Enters (`true`) or leaves keepalived's Fault state:

@@ -13,8 +13,11 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use super::netlink::{self, LinkInfo, Netlink};
 use super::sockets::{AdvertSocket, Announcer, GROUP_V4, GROUP_V6};
 use super::{
-    machine_config, Command, Counters, InstanceConfig, ShellError, StateChange, Status, LOG_EVERY,
+    machine_config, Command, Counters, InstanceConfig, Membership, ShellError, StateChange, Status,
+    LOG_EVERY,
 };
+use crate::auth::{self, Signer, Verifier};
+use crate::sync::MemberStatus;
 use crate::checks::{self, Expected, Warning};
 use crate::machine::{Action, Event, Machine, State, PRIORITY_OWNER};
 use crate::packet::{Addresses, Advertisement, Family};
@@ -79,7 +82,17 @@ pub(crate) struct Runner {
     counters: Counters,
     forwarding: bool,
     announcing: Option<Announcing>,
+    /// A new MASTER's addresses wait for the owner's forwarding
+    /// confirmation until this deadline (see `wait_for_forwarding`).
+    pending_announce: Option<Instant>,
     logs: RateLimit,
+    /// Sync group membership, if any.
+    sync: Option<Membership>,
+    /// The instance's own fault input (Command::Fault), for the group.
+    own_fault: bool,
+    /// HMAC trailer: signing and checking (InstanceConfig::hmac).
+    signer: Option<Signer>,
+    verifier: Option<Verifier>,
 }
 
 impl Runner {
@@ -89,6 +102,7 @@ impl Runner {
         commands: mpsc::Receiver<Command>,
         wake: UnixDatagram,
         reports: mpsc::Sender<StateChange>,
+        sync: Option<Membership>,
     ) -> Result<Runner, ShellError> {
         cfg.validate()?;
         let name = cfg.name.clone();
@@ -174,6 +188,16 @@ impl Runner {
             priority: cfg.priority,
             counters: Counters::default(),
         }));
+        // The epoch of the replay counter: wall-clock seconds now, so a
+        // restarted node's counters exceed its previous life's
+        // (crate::auth module docs). A clock before 1970 gives 0.
+        let signer = cfg.hmac.clone().map(|k| {
+            let secs = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            Signer::new(k, secs)
+        });
+        let verifier = cfg.hmac.clone().map(Verifier::new);
         Ok(Runner {
             cfg,
             machine,
@@ -192,7 +216,12 @@ impl Runner {
             counters: Counters::default(),
             forwarding: false,
             announcing: None,
+            pending_announce: None,
             logs: RateLimit::default(),
+            sync,
+            own_fault: false,
+            signer,
+            verifier,
         })
     }
 
@@ -207,6 +236,9 @@ impl Runner {
         );
         // Leftovers of a crashed predecessor: a Backup must not hold them.
         self.release_vips(false);
+        // A sync group member learns its inputs before starting, so it
+        // never claims Master while a sibling is not ready.
+        self.sync_publish();
         let actions = self.machine.handle(Event::Startup, Instant::now());
         self.apply(actions);
         let mut buf = vec![0u8; RECV_BUF];
@@ -215,13 +247,22 @@ impl Runner {
             if self.machine.next_deadline().is_some_and(|d| d <= now) {
                 let actions = self.machine.handle(Event::Timer, now);
                 self.apply(actions);
+                // A held member's timer fires without actions: it now
+                // wants Master, which its group must hear.
+                self.publish();
             }
             if self.announcing.as_ref().is_some_and(|a| a.next <= now) {
                 self.announce_round(now);
             }
+            if self.pending_announce.is_some_and(|d| d <= now) {
+                tracing::warn!(instance = %self.cfg.name, "forwarding not confirmed in time: adding and announcing the addresses anyway");
+                self.pending_announce = None;
+                self.announce_vips();
+            }
             let deadline = [
                 self.machine.next_deadline(),
                 self.announcing.as_ref().map(|a| a.next),
+                self.pending_announce,
             ]
             .into_iter()
             .flatten()
@@ -291,13 +332,53 @@ impl Runner {
         let now = Instant::now();
         let event = match c {
             Command::Priority(p) => Event::PriorityChanged(p),
-            Command::Fault(true) => Event::Fault,
-            Command::Fault(false) => Event::FaultCleared,
+            Command::Fault(true) => {
+                self.own_fault = true;
+                Event::Fault
+            }
+            Command::Fault(false) => {
+                self.own_fault = false;
+                Event::FaultCleared
+            }
+            Command::Sync(inputs) => {
+                self.sync_inputs(inputs, now);
+                self.publish();
+                return;
+            }
+            Command::ForwardingReady => {
+                if self.pending_announce.take().is_some() {
+                    self.announce_vips();
+                }
+                return;
+            }
             Command::Stop { .. } => return,
         };
         let actions = self.machine.handle(event, now);
         self.apply(actions);
         self.publish();
+    }
+
+    /// Feeds the group's inputs to the machine: fault first, so a member
+    /// that must follow a sibling to Fault never passes through Master.
+    fn sync_inputs(&mut self, inputs: crate::sync::SyncInputs, now: Instant) {
+        let mut actions = self.machine.handle(Event::SyncFault(inputs.fault), now);
+        actions.extend(self.machine.handle(Event::SyncHold(inputs.hold), now));
+        self.apply(actions);
+    }
+
+    /// Tells the sync group our status if it changed, and applies the
+    /// inputs it answers with (they depend on the siblings only, so this
+    /// does not recurse more than once).
+    fn sync_publish(&mut self) {
+        let status = MemberStatus {
+            state: self.machine.state(),
+            wants_master: self.machine.wants_master(),
+            own_fault: self.own_fault,
+        };
+        let Some(m) = self.sync.as_mut() else { return };
+        if let Some(inputs) = m.publish(status) {
+            self.sync_inputs(inputs, Instant::now());
+        }
     }
 
     fn stop(&mut self, graceful: bool) {
@@ -309,6 +390,9 @@ impl Runner {
             tracing::warn!(instance = %self.cfg.name, "VRRP instance killed: no priority-0 advert, VIPs left in place");
         }
         self.publish();
+        if let Some(m) = self.sync.as_mut() {
+            m.leave(graceful);
+        }
     }
 
     /// Drains the socket: several adverts may have queued while we were
@@ -332,8 +416,26 @@ impl Runner {
                 self.discard_other("unknown_peer", Some(r.meta.src), now);
                 continue;
             }
-            match checks::check(&self.expected, &r.meta, &buf[r.payload]) {
+            let payload = &buf[r.payload];
+            // With HMAC on, the trailer is cut off before the RFC checks
+            // and verified after them (other VRIDs stay silent discards).
+            let (message, trailer) = if self.verifier.is_some() {
+                auth::split(payload, crate::packet::Family::of(&r.meta.src))
+            } else {
+                (payload, None)
+            };
+            match checks::check(&self.expected, &r.meta, message) {
                 Ok(acc) => {
+                    if let Some(v) = self.verifier.as_mut() {
+                        if let Err(e) = v.check(r.meta.src, r.meta.dst, message, trailer) {
+                            let kind = e.kind();
+                            *self.counters.discards.entry(kind).or_default() += 1;
+                            if let Some(suppressed) = self.logs.allow(kind, now) {
+                                tracing::warn!(instance = %self.cfg.name, source = %r.meta.src, kind, suppressed, "VRRP advert discarded: {e}");
+                            }
+                            continue;
+                        }
+                    }
                     self.counters.adverts_accepted += 1;
                     for w in &acc.warnings {
                         let kind = match w {
@@ -376,8 +478,14 @@ impl Runner {
         for a in actions {
             match a {
                 Action::SendAdvert { priority, interval } => self.send_advert(priority, interval),
-                Action::AnnounceVips => self.announce_vips(),
-                Action::ReleaseVips => self.release_vips(true),
+                Action::AnnounceVips => match self.cfg.wait_for_forwarding {
+                    Some(bound) => self.pending_announce = Some(Instant::now() + bound),
+                    None => self.announce_vips(),
+                },
+                Action::ReleaseVips => {
+                    self.pending_announce = None;
+                    self.release_vips(true)
+                }
                 Action::SetForwarding(on) => self.forwarding = on,
                 Action::Notify(t) => {
                     self.counters.transitions += 1;
@@ -411,8 +519,14 @@ impl Runner {
         };
         for i in 0..self.destinations.len() {
             let dst = self.destinations[i];
+            let signer = self.signer.as_mut();
+            let source = self.source;
             let sent = advert
                 .encode(self.source, dst, self.cfg.v4_checksum)
+                .map(|bytes| match signer {
+                    Some(s) => s.sign(source, dst, bytes),
+                    None => bytes,
+                })
                 .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))
                 .and_then(|bytes| self.socket.send(&bytes, dst));
             match sent {
@@ -490,7 +604,8 @@ impl Runner {
         }
     }
 
-    fn publish(&self) {
+    fn publish(&mut self) {
+        self.sync_publish();
         let mut s = self.status.lock().unwrap_or_else(|e| e.into_inner());
         s.state = self.machine.state();
         s.priority = self.machine.priority();
