@@ -179,6 +179,8 @@ fn failover(lab: &mut Lab, root: &Path, fulcrum: &Path, daemon: &mut Proc, daemo
         return Ok(());
     }
     heading(7, "failover: a second balancer (lb2) joins; the lb's fulcrum stops under load");
+    lab.set_backend_health("real1", true)?;
+    println!("  real1's /health answers 200 again: both balancers see three backends");
     let config = root.join("lab/demo-lb2.toml");
     let log_path = root.join("target/fulcrum-demo-lb2.log");
     let log = fs::File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
