@@ -745,10 +745,18 @@ fn v6_with_extensions(protocol: Protocol, dport: u16, exts: &[(u8, u8, u8)]) -> 
     f
 }
 
+/// A table change: its name, the members as (real, weight), and the
+/// reals the configuration still lists.
+type TableChange = (&'static str, Vec<(u8, u32)>, Vec<u8>);
+
+/// An IPv6 extension header to build: (next-header kind, length in 8-byte
+/// units beyond the first, segments left for a routing header).
+type ExtHeader = (u8, u8, u8);
+
 #[test]
 fn ipv6_extension_headers_are_walked_to_the_tcp_or_udp_header() {
     let mut dp = loaded(&lab_state());
-    let forwarded: [(Protocol, u16, &[(u8, u8, u8)]); 4] = [
+    let forwarded: [(Protocol, u16, &[ExtHeader]); 4] = [
         (Protocol::Tcp, 80, &[(HOPOPTS, 0, 0)]),
         (Protocol::Udp, 53, &[(DSTOPTS, 1, 0)]),
         (Protocol::Tcp, 80, &[(HOPOPTS, 0, 0), (ROUTING, 2, 0), (DSTOPTS, 0, 0)]),
@@ -762,7 +770,7 @@ fn ipv6_extension_headers_are_walked_to_the_tcp_or_udp_header() {
     assert_eq!(vip_packets(&dp, "v6tcp"), 2);
     assert_eq!(vip_packets(&dp, "v6udp"), 2);
 
-    let passed: [(&[(u8, u8, u8)], Reason); 5] = [
+    let passed: [(&[ExtHeader], Reason); 5] = [
         // A fragment header behind a walked one is still a fragment.
         (&[(HOPOPTS, 0, 0), (FRAGMENT, 0, 0)], Reason::PassFragment),
         (&[(DSTOPTS, 0, 0), (ROUTING, 0, 0), (FRAGMENT, 0, 0)], Reason::PassFragment),
@@ -914,7 +922,8 @@ fn established_flows_keep_their_real_when_the_table_changes() {
     let flows = 30000..30300u16;
     let first = send_all(&mut dp, flows.clone());
     assert_eq!(first.values().collect::<std::collections::BTreeSet<_>>().len(), 3);
-    let changes: [(&str, Vec<(u8, u32)>, Vec<u8>); 3] = [
+    // (what changed, members as (real, weight), reals in the config)
+    let changes: [TableChange; 3] = [
         ("real 4 added", vec![(1, 1), (2, 1), (3, 1), (4, 1)], vec![1, 2, 3, 4]),
         ("real 1 re-weighted to 4", vec![(1, 4), (2, 1), (3, 1), (4, 1)], vec![1, 2, 3, 4]),
         ("real 2 drained", vec![(1, 4), (3, 1), (4, 1)], vec![1, 2, 3, 4]),

@@ -44,7 +44,7 @@ enum Daemon {
     /// Answers every request with [`report`].
     Answers,
     /// Answers every request with this.
-    AnswersWith(StatsReport),
+    AnswersWith(Box<StatsReport>),
     /// Has exited: the channel's receiver is dropped.
     Gone,
     /// Takes requests and never answers them.
@@ -71,7 +71,7 @@ impl Server {
         let daemon = match daemon {
             Daemon::Answers | Daemon::AnswersWith(_) => tokio::spawn(async move {
                 let answer = match daemon {
-                    Daemon::AnswersWith(answer) => answer,
+                    Daemon::AnswersWith(answer) => *answer,
                     _ => report(),
                 };
                 while let Some(AdminRequest::Stats(reply)) = rx.recv().await {
@@ -352,7 +352,7 @@ async fn a_client_that_stops_reading_its_answer_is_closed_after_idle_timeout() {
     let mut big = report();
     big.reasons = (0..400).map(|i| (format!("{i:05}{}", "x".repeat(64 * 1024)), i)).collect();
     let idle_timeout = Duration::from_millis(500);
-    let server = Server::start(Limits { idle_timeout, ..limits() }, Daemon::AnswersWith(big)).await;
+    let server = Server::start(Limits { idle_timeout, ..limits() }, Daemon::AnswersWith(Box::new(big))).await;
     let mut client = server.connect().await;
     let start = Instant::now();
     client.send(b"GET /stats HTTP/1.1\r\nhost: admin\r\n\r\n").await;

@@ -273,6 +273,46 @@ fn interface_up(name: &str) -> bool {
         .is_ok_and(|s| matches!(s.trim(), "up" | "unknown"))
 }
 
+/// The shell's configuration of `v`; reads its HMAC key file, if any (the
+/// key is never logged: [`Key`]'s Debug shows its length only).
+fn instance_config(v: &VrrpConfig) -> Result<InstanceConfig> {
+    let hmac = match &v.auth_key {
+        None => None,
+        Some(VrrpAuthKey::File(path)) => {
+            let bytes = std::fs::read(path).with_context(|| format!("reading auth_key_file {}", path.display()))?;
+            Some(Key::from_file_contents(bytes).with_context(|| format!("auth_key_file {}", path.display()))?)
+        }
+        Some(VrrpAuthKey::Inline(key)) => {
+            tracing::warn!(instance = %v.name, "VRRP auth_key is inline in the configuration file; prefer auth_key_file (a file only root reads)");
+            Some(Key::new(key.as_bytes().to_vec()).context("auth_key")?)
+        }
+    };
+    if hmac.is_some() {
+        tracing::info!(instance = %v.name, "VRRP adverts carry fulcrum's non-standard HMAC-SHA256 trailer: only fulcrum peers with the same key are heard");
+    }
+    Ok(InstanceConfig {
+        name: v.name.clone(),
+        interface: v.interface.clone(),
+        vrid: v.vrid,
+        version: if v.version == 2 { Version::V2 } else { Version::V3 },
+        priority: v.priority,
+        // Validated: whole centiseconds (v3) or seconds (v2), in range.
+        advert_interval: Centiseconds((v.advert_interval.as_millis() / 10) as u16),
+        preempt: v.preempt,
+        preempt_delay: v.preempt_delay,
+        password: v.password.as_ref().map(|p| p.as_bytes().to_vec()),
+        vips: v.addresses.iter().map(|&(address, prefix_len)| Vip { address, prefix_len }).collect(),
+        unicast_peers: v.unicast_peers.clone(),
+        v4_checksum: Ipv4ChecksumMode::default(),
+        garp: Garp { repeat: 5, delay: Duration::from_millis(100) },
+        hmac,
+        // The control loop confirms once the datapath forwards the
+        // addresses (see `Vrrp::forwarding_ready`); a stuck loop cannot
+        // keep a MASTER from claiming them for longer than this.
+        wait_for_forwarding: Some(FORWARDING_WAIT),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Instant;
@@ -328,44 +368,4 @@ mod tests {
             assert_eq!(results.lock().unwrap().pop(), Some(want));
         }
     }
-}
-
-/// The shell's configuration of `v`; reads its HMAC key file, if any (the
-/// key is never logged: [`Key`]'s Debug shows its length only).
-fn instance_config(v: &VrrpConfig) -> Result<InstanceConfig> {
-    let hmac = match &v.auth_key {
-        None => None,
-        Some(VrrpAuthKey::File(path)) => {
-            let bytes = std::fs::read(path).with_context(|| format!("reading auth_key_file {}", path.display()))?;
-            Some(Key::from_file_contents(bytes).with_context(|| format!("auth_key_file {}", path.display()))?)
-        }
-        Some(VrrpAuthKey::Inline(key)) => {
-            tracing::warn!(instance = %v.name, "VRRP auth_key is inline in the configuration file; prefer auth_key_file (a file only root reads)");
-            Some(Key::new(key.as_bytes().to_vec()).context("auth_key")?)
-        }
-    };
-    if hmac.is_some() {
-        tracing::info!(instance = %v.name, "VRRP adverts carry fulcrum's non-standard HMAC-SHA256 trailer: only fulcrum peers with the same key are heard");
-    }
-    Ok(InstanceConfig {
-        name: v.name.clone(),
-        interface: v.interface.clone(),
-        vrid: v.vrid,
-        version: if v.version == 2 { Version::V2 } else { Version::V3 },
-        priority: v.priority,
-        // Validated: whole centiseconds (v3) or seconds (v2), in range.
-        advert_interval: Centiseconds((v.advert_interval.as_millis() / 10) as u16),
-        preempt: v.preempt,
-        preempt_delay: v.preempt_delay,
-        password: v.password.as_ref().map(|p| p.as_bytes().to_vec()),
-        vips: v.addresses.iter().map(|&(address, prefix_len)| Vip { address, prefix_len }).collect(),
-        unicast_peers: v.unicast_peers.clone(),
-        v4_checksum: Ipv4ChecksumMode::default(),
-        garp: Garp { repeat: 5, delay: Duration::from_millis(100) },
-        hmac,
-        // The control loop confirms once the datapath forwards the
-        // addresses (see `Vrrp::forwarding_ready`); a stuck loop cannot
-        // keep a MASTER from claiming them for longer than this.
-        wait_for_forwarding: Some(FORWARDING_WAIT),
-    })
 }
