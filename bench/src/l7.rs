@@ -672,7 +672,7 @@ pub fn serve_proxy(listen: SocketAddr, backend: SocketAddr, polling: bool, max_i
             address: listen,
             routes: vec![Route { host: HostMatch::Any, path_prefix: "/".into(), pool: 0, preserve_host: false }],
         }],
-        pools: vec![Pool { name: "bench".into(), lbmethod: LbMethod::ByRequests, members: vec![Member::new(backend, 1)] }],
+        pools: vec![Pool::new("bench", LbMethod::ByRequests, vec![Member::new(backend, 1)])],
     });
     let mut cfg = ProxyConfig::new(vec![listen]);
     cfg.workers = 1;

@@ -11,10 +11,13 @@
 //! - `l7`: the L7 proxy against nginx and HAProxy (one worker each):
 //!   req/s, latency (closed loop and constant rate), memory per idle
 //!   connection (see [`l7`]).
+//! - `failover`: the VRRP failover gap the client sees, fulcrum against
+//!   keepalived in the lab with two lbs (see [`failover`]).
 //!
 //! Method (DESIGN.md, "How we measure"): figures are medians over rounds,
 //! results are appended to `bench/RESULTS.md` with the command and machine.
 mod control_plane;
+mod failover;
 mod l7;
 mod xdp;
 
@@ -99,6 +102,22 @@ enum Bench {
         #[arg(long)]
         record: Option<PathBuf>,
     },
+    /// VRRP failover gap as the client sees it, fulcrum vs keepalived, in
+    /// the lab with two lbs: SIGKILL and SIGTERM of the Master.
+    Failover {
+        /// Rounds per daemon, event and advert interval (interleaved).
+        #[arg(long, default_value_t = 7)]
+        rounds: usize,
+        /// Advert intervals in milliseconds (whole centiseconds).
+        #[arg(long, value_delimiter = ',', default_value = "1000,100")]
+        adverts: Vec<u64>,
+        /// The `fulcrum` binary (default: next to this one, or FULCRUM_BIN_DIR).
+        #[arg(long)]
+        fulcrum: Option<PathBuf>,
+        /// Append the results to this file (bench/RESULTS.md by xtask).
+        #[arg(long)]
+        record: Option<PathBuf>,
+    },
     /// (internal) fulcrum-l7 with one worker, started by `l7`.
     #[command(hide = true)]
     L7Proxy {
@@ -119,6 +138,9 @@ fn main() -> Result<()> {
         Bench::ControlPlane { vips, rounds, poll_ms, fulcrum, record } => control_plane::run(&vips, rounds, poll_ms, fulcrum, record),
         Bench::L7 { rounds, secs, connections, proxy_cpu, load_cpu, idle, rate, polling, record } => {
             l7::run(l7::Opts { rounds, secs, connections, proxy_cpu, load_cpu, idle, rate, polling, record })
+        }
+        Bench::Failover { rounds, adverts, fulcrum, record } => {
+            failover::run(failover::Opts { rounds, adverts_ms: adverts, fulcrum, record })
         }
         Bench::L7Proxy { listen, backend, polling, max_idle } => l7::serve_proxy(listen, backend, polling, max_idle),
     }

@@ -219,8 +219,9 @@ pub struct ConnEntry {
 }
 
 /// A UDP entry's `last_seen_ns` is rewritten only when it is older than
-/// this (2^30 ns, about 1.07 s): the idle timeout is whole seconds, and a
-/// write per packet would dirty a shared cache line on every packet.
+/// this (2^30 ns, about 1.07 s), or than a quarter of the VIP's idle
+/// timeout if that is shorter: a write per packet would dirty a shared
+/// cache line on every packet, and a busy flow must never look idle.
 pub const CONN_TOUCH_NS: u64 = 1 << 30;
 
 /// What the connection table did for a VIP packet: the index of

@@ -85,6 +85,9 @@ pub const VIP4_NET: &str = "198.18.1.0/24";
 pub const VIP6_NET: &str = "fd00:18:1::/64";
 /// The client's address on the lab segment.
 pub const CLIENT4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 10);
+/// The UDP port every real's backend answers on (`--udp-port`), with its
+/// name followed by the datagram's payload, on each of its addresses.
+pub const UDP_ECHO_PORT: u16 = 53;
 /// The reals' names, in address order (real1 = .11, real2 = .12, ...).
 pub const REALS: [&str; 3] = ["real1", "real2", "real3"];
 
@@ -199,10 +202,10 @@ impl Lab {
     /// Builds the topology (module docs) in namespaces named `{prefix}-sw`,
     /// `{prefix}-client`, `{prefix}-lb`, `{prefix}-real1..3`, and starts
     /// `backend` (a `fulcrum-backend`) in every real, listening on port 80
-    /// of all addresses. Returns once every backend accepts connections.
-    /// Fails if any of these namespaces already exists (a leftover: remove
-    /// it with [`Lab::down_by_prefix`]); on failure, what was created is
-    /// removed again.
+    /// of all addresses (and UDP on [`UDP_ECHO_PORT`]). Returns once every
+    /// backend accepts connections. Fails if any of these namespaces
+    /// already exists (a leftover: remove it with [`Lab::down_by_prefix`]);
+    /// on failure, what was created is removed again.
     pub fn up_with_backend(prefix: &str, backend: &Path) -> Result<Lab> {
         Lab::build(prefix, backend, LabOptions::default())
     }
@@ -546,7 +549,8 @@ impl Lab {
         let log_path = self.run_dir.join(format!("{real}.log"));
         let log = fs::File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
         let mut cmd = self.command(real, backend);
-        cmd.args(["--name", real, "--listen", "0.0.0.0:80", "--listen", "[::]:80", "--health-file"])
+        cmd.args(["--name", real, "--listen", "0.0.0.0:80", "--listen", "[::]:80"])
+            .args(["--udp-port", &UDP_ECHO_PORT.to_string(), "--health-file"])
             .arg(self.health_file(real))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)

@@ -411,7 +411,8 @@ fn select_real(vip: &VipMeta, flow: &Flow, bytes: u64) -> Option<(u32, &'static 
 /// the id still belongs to the address the entry was written for (same
 /// generation), the real still serves the VIP (its `VIP_REAL_OK` bit),
 /// and a UDP flow has not been idle past the VIP's timeout. Refreshes a
-/// UDP entry's last-seen time at most every `CONN_TOUCH_NS`.
+/// UDP entry's last-seen time at most every `CONN_TOUCH_NS`, and at least
+/// four times per timeout.
 #[inline(always)]
 fn established(vip: &VipMeta, flow: &Flow, entry: *mut ConnEntry) -> Result<(u32, &'static RealDef), ConnEvent> {
     // SAFETY: a pointer into the LRU map's element, valid for this RCU
@@ -428,10 +429,14 @@ fn established(vip: &VipMeta, flow: &Flow, entry: *mut ConnEntry) -> Result<(u32
     if flow.vip.proto == IPPROTO_UDP {
         let now = now_ns();
         let idle = now.saturating_sub(last_seen_ns);
-        if idle > u64::from(vip.udp_idle_timeout_ms) * 1_000_000 {
+        let timeout_ns = u64::from(vip.udp_idle_timeout_ms) * 1_000_000;
+        if idle > timeout_ns {
             return Err(ConnEvent::Expired);
         }
-        if idle > CONN_TOUCH_NS {
+        // Often enough that a busy flow never looks idle: at least four
+        // refreshes per timeout, and no more than one per CONN_TOUCH_NS.
+        let touch_ns = if timeout_ns / 4 < CONN_TOUCH_NS { timeout_ns / 4 } else { CONN_TOUCH_NS };
+        if idle > touch_ns {
             // SAFETY: as above; an aligned 8-byte store into the element.
             unsafe { (*entry).last_seen_ns = now };
         }

@@ -11,14 +11,21 @@
 //!   process, possibly in another network namespace) flips the backend's
 //!   health without talking to it.
 //!
+//! With `--udp-port PORT` it also answers UDP on that port: every
+//! datagram gets one back carrying `"<name>\n"` followed by the datagram's
+//! payload. As named does, it binds one socket per address the host has at
+//! start (IPv6 link-local ones excepted) rather than a wildcard, so each
+//! answer leaves from the address its datagram was sent to: from the VIP
+//! held on `lo`, as L2 DSR needs.
+//!
 //! It exits with status 0 on SIGTERM or SIGINT.
 use std::convert::Infallible;
-use std::net::{SocketAddr, TcpListener as StdTcpListener};
+use std::net::{IpAddr, SocketAddr, TcpListener as StdTcpListener, UdpSocket};
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use bytes::Bytes;
 use clap::Parser;
 use http_body_util::Full;
@@ -47,6 +54,10 @@ struct Args {
     /// While this file exists, `/health` answers 503.
     #[arg(long)]
     health_file: PathBuf,
+    /// Also answer UDP on this port, on every address the host has at
+    /// start: each datagram with `"<name>\n"` and its own payload.
+    #[arg(long)]
+    udp_port: Option<u16>,
 }
 
 /// What every connection's service needs; shared read-only.
@@ -65,6 +76,21 @@ fn main() -> Result<()> {
         served_by: HeaderValue::from_str(&args.name).context("--name must be a valid header value")?,
         health_file: args.health_file,
     });
+    // Bound before the TCP listeners: whoever sees the HTTP port accept
+    // connections (the lab waits for that) may send datagrams too.
+    if let Some(port) = args.udp_port {
+        if args.name.len() > 1024 {
+            bail!("--name is too long to answer datagrams with");
+        }
+        for socket in bind_udp(port)? {
+            let addr = socket.local_addr()?;
+            let name = args.name.clone();
+            std::thread::Builder::new()
+                .name(format!("udp {addr}"))
+                .spawn(move || udp_echo(&socket, &name))
+                .context("starting a UDP thread")?;
+        }
+    }
     // One thread: three backends share two cores with the balancer and the
     // load generator, and a single thread easily saturates what wrk can send.
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
@@ -154,4 +180,59 @@ async fn respond(
     headers.insert("x-served-by", identity.served_by.clone());
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
     Ok(resp)
+}
+
+/// One UDP socket on `port` per address of the host's interfaces, IPv6
+/// link-local addresses excepted (they would need a scope).
+fn bind_udp(port: u16) -> Result<Vec<UdpSocket>> {
+    let mut addrs: Vec<IpAddr> = Vec::new();
+    for ifa in nix::ifaddrs::getifaddrs().context("getifaddrs")? {
+        let Some(addr) = ifa.address else { continue };
+        let ip = if let Some(v4) = addr.as_sockaddr_in() {
+            IpAddr::V4(v4.ip())
+        } else if let Some(v6) = addr.as_sockaddr_in6() {
+            if v6.ip().segments()[0] & 0xffc0 == 0xfe80 {
+                continue;
+            }
+            IpAddr::V6(v6.ip())
+        } else {
+            continue;
+        };
+        if !addrs.contains(&ip) {
+            addrs.push(ip);
+        }
+    }
+    if addrs.is_empty() {
+        bail!("--udp-port {port}: the host has no address to bind");
+    }
+    addrs
+        .into_iter()
+        .map(|ip| {
+            let addr = SocketAddr::new(ip, port);
+            UdpSocket::bind(addr).with_context(|| format!("bind udp {addr}"))
+        })
+        .collect()
+}
+
+/// Answers every datagram on `socket` with `"<name>\n"` and its payload.
+/// Runs until the process exits; errors are logged and the loop goes on
+/// (a client gone away is not the server's problem).
+fn udp_echo(socket: &UdpSocket, name: &str) {
+    let mut buf = vec![0u8; 65536];
+    let prefix = name.len() + 1;
+    buf[..name.len()].copy_from_slice(name.as_bytes());
+    buf[name.len()] = b'\n';
+    loop {
+        match socket.recv_from(&mut buf[prefix..]) {
+            Ok((len, peer)) => {
+                if let Err(e) = socket.send_to(&buf[..prefix + len], peer) {
+                    eprintln!("udp: send to {peer}: {e}");
+                }
+            }
+            Err(e) => {
+                eprintln!("udp: recv: {e}");
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+        }
+    }
 }

@@ -34,6 +34,12 @@
 //!
 //! [[pool]]
 //! name = "web"                  # unique
+//! lbmethod = "byrequests"       # L7 only: "byrequests" (default) | "bybusyness" |
+//!                               # "bytraffic" | "byip" | "p2c"
+//! stickysession = "ROUTEID"     # L7 only, optional: cookie (and URL parameter) naming
+//!                               # a backend's route; "JSESSIONID|jsessionid" = cookie|param
+//! nofailover = false            # with stickysession: 503 when the named backend cannot serve
+//! sticky_secure = false         # with stickysession: the cookie the proxy sets is Secure
 //! [pool.health_check]           # optional; default: a TCP connect check
 //! type = "http"                 # "tcp" (connect) | "http"
 //! method = "GET"                # http only; default GET
@@ -103,8 +109,16 @@
 //! instances = ["vi4", "vi6"]    # at least 2 [[vrrp]] names, each in one group
 //! ```
 //!
-//! A `[[pool]]` may set `lbmethod`, how the L7 proxy balances it; only
-//! `"byrequests"` (weighted round robin, the default) exists so far.
+//! A `[[pool]]` may set `lbmethod`, how the L7 proxy balances it, by
+//! Apache mod_proxy_balancer's names: `"byrequests"` (smooth weighted
+//! round robin, the default), `"bybusyness"` (least outstanding requests),
+//! `"bytraffic"` (least bytes per weight), `"byip"` (consistent hash of the
+//! client address) and `"p2c"` (power of two choices over a Peak-EWMA
+//! latency; not in Apache). `stickysession` (Apache `stickysession=`)
+//! makes its sessions sticky: the proxy sets the cookie `NAME=.route` and
+//! honours a `.route` suffix in that cookie or URL parameter; it needs at
+//! least one backend with a `route`, and routes unique within the pool.
+//! `nofailover` and `sticky_secure` need `stickysession`.
 //!
 //! Addresses that cannot name one host are rejected, for VIPs and backends
 //! alike: the unspecified addresses (`0.0.0.0`, `::`), multicast addresses,
@@ -166,8 +180,10 @@ pub const MAX_CONN_TABLE_SIZE: u32 = 1 << 26;
 /// pick, the same real unless the table changed meanwhile, so a short
 /// timeout costs little and frees the LRU for live flows sooner.
 pub const DEFAULT_UDP_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
-/// Shortest `udp_idle_timeout`: 1 s, the resolution of the datapath's
-/// last-seen time ([`fulcrum_common::CONN_TOUCH_NS`]).
+/// Shortest `udp_idle_timeout`: 1 s. The datapath refreshes a flow's
+/// last-seen time at least four times per timeout (see
+/// [`fulcrum_common::CONN_TOUCH_NS`]), so a flow expires between 3/4 of the
+/// timeout and the timeout after its last packet.
 pub const MIN_UDP_IDLE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Longest `udp_idle_timeout`: 1 h. Longer, and a flood of one-packet
 /// UDP flows holds LRU entries that live flows need.
@@ -629,12 +645,52 @@ pub struct RouteConfig {
 }
 
 /// How the L7 proxy picks a member of a pool for a request, by Apache
-/// mod_proxy_balancer's names.
+/// mod_proxy_balancer's names (`lbmethod=`). The algorithms are
+/// documented in `fulcrum_l7::balancer`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum LbMethod {
-    /// Weighted round robin over requests (smooth, as nginx does); weight
-    /// is Apache's loadfactor.
+    /// `byrequests`: weighted round robin over requests (smooth, as nginx
+    /// does); weight is Apache's loadfactor.
     ByRequests,
+    /// `bybusyness`: least outstanding requests; ties by weighted round
+    /// robin.
+    ByBusyness,
+    /// `bytraffic`: least bytes transferred per unit of weight.
+    ByTraffic,
+    /// `byip`: weighted rendezvous hash of the client's address, so a
+    /// backend leaving moves only its own clients.
+    ByIp,
+    /// `p2c`: power of two choices over outstanding requests and a
+    /// Peak-EWMA latency with a failure penalty (Finagle, linkerd).
+    P2c,
+}
+
+impl LbMethod {
+    /// Every method with its configuration name.
+    pub const ALL: [(&'static str, LbMethod); 5] = [
+        ("byrequests", LbMethod::ByRequests),
+        ("bybusyness", LbMethod::ByBusyness),
+        ("bytraffic", LbMethod::ByTraffic),
+        ("byip", LbMethod::ByIp),
+        ("p2c", LbMethod::P2c),
+    ];
+}
+
+/// Sticky sessions of a pool (Apache `stickysession=`, `nofailover=`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct StickyConfig {
+    /// The cookie that carries the route (`ROUTEID`, or `JSESSIONID` in
+    /// `JSESSIONID|jsessionid`); an HTTP token.
+    pub cookie: String,
+    /// The URL parameter that carries the route: the part after `|`, else
+    /// the cookie name, as in Apache.
+    pub param: String,
+    /// `nofailover = true`: answer 503 when the backend a request names
+    /// cannot serve it, instead of choosing another. Default false.
+    pub nofailover: bool,
+    /// `sticky_secure = true`: the cookie the proxy sets carries `Secure`.
+    /// Default false.
+    pub secure: bool,
 }
 
 impl Config {
@@ -743,6 +799,8 @@ pub struct PoolConfig {
     /// How the L7 proxy balances requests over the pool (L4 VIPs use their
     /// own scheduler); default `byrequests`.
     pub lbmethod: LbMethod,
+    /// Sticky sessions (L7), when `stickysession` is set.
+    pub sticky: Option<StickyConfig>,
     /// In file order, at least one; addresses unique within the pool.
     pub backends: Vec<BackendConfig>,
 }

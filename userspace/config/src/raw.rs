@@ -87,6 +87,9 @@ pub(super) struct RawVip {
 pub(super) struct RawPool {
     pub name: Spanned<String>,
     pub lbmethod: Option<Spanned<String>>,
+    pub stickysession: Option<Spanned<String>>,
+    pub nofailover: Option<Spanned<bool>>,
+    pub sticky_secure: Option<Spanned<bool>>,
     pub health_check: Option<RawHealthCheck>,
     #[serde(default)]
     pub backend: Vec<RawBackend>,

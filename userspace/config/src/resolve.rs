@@ -22,7 +22,7 @@ use super::{
     MIN_CONN_TABLE_SIZE, MIN_UDP_IDLE_TIMEOUT,
 };
 use super::{
-    L7Config, LbMethod, ListenerConfig, RouteConfig, TrackConfig, TrackKind, VrrpAuthKey, VrrpConfig, VrrpNotify, MAX_L7_WORKERS, MIN_VRRP_AUTH_KEY_LEN,
+    L7Config, LbMethod, ListenerConfig, StickyConfig, RouteConfig, TrackConfig, TrackKind, VrrpAuthKey, VrrpConfig, VrrpNotify, MAX_L7_WORKERS, MIN_VRRP_AUTH_KEY_LEN,
     AdminConfig, BackendConfig, CheckKind, Config, Diagnostic, HealthCheckConfig, PoolConfig,
     VipConfig, DEFAULT_ADMIN_LISTEN, DEFAULT_FALL, DEFAULT_INTERVAL, DEFAULT_MAGLEV_TABLE_SIZE,
     DEFAULT_RISE, DEFAULT_TIMEOUT, MAX_INTERVAL, MAX_RISE_FALL, MAX_WEIGHT, MIN_INTERVAL,
@@ -404,10 +404,12 @@ impl Checker<'_> {
                 }
             }
             let lbmethod = self.lbmethod(p.lbmethod.as_ref());
+            let sticky = self.sticky(p, &backends);
             out.push(PoolConfig {
                 name: p.name.get_ref().clone(),
                 health_check,
                 lbmethod,
+                sticky,
                 backends,
             });
         }
@@ -730,13 +732,59 @@ impl Checker<'_> {
 
     fn lbmethod(&mut self, value: Option<&Spanned<String>>) -> LbMethod {
         let Some(value) = value else { return LbMethod::ByRequests };
-        match value.get_ref().as_str() {
-            "byrequests" => LbMethod::ByRequests,
-            other => {
-                self.error(value.span(), format!("unknown lbmethod {other:?}: supported is \"byrequests\""));
-                LbMethod::ByRequests
+        if let Some((_, m)) = LbMethod::ALL.iter().find(|(name, _)| name == value.get_ref()) {
+            return *m;
+        }
+        let names: Vec<String> = LbMethod::ALL.iter().map(|(n, _)| format!("{n:?}")).collect();
+        self.error(
+            value.span(),
+            format!("unknown lbmethod {:?}: supported are {}", value.get_ref(), names.join(", ")),
+        );
+        LbMethod::ByRequests
+    }
+
+    /// `stickysession`, `nofailover` and `sticky_secure` of pool `p`,
+    /// whose backends resolved to `backends`.
+    fn sticky(&mut self, p: &RawPool, backends: &[BackendConfig]) -> Option<StickyConfig> {
+        let Some(value) = &p.stickysession else {
+            // The two flags mean nothing without it: say so rather than
+            // let an operator believe sessions are sticky.
+            for (flag, name) in [(&p.nofailover, "nofailover"), (&p.sticky_secure, "sticky_secure")] {
+                if let Some(f) = flag {
+                    self.error(f.span(), format!("{name} needs stickysession in this pool"));
+                }
+            }
+            return None;
+        };
+        let text = value.get_ref();
+        let (cookie, param) = text.split_once('|').unwrap_or((text, text));
+        // RFC 9110 token characters, as a cookie name (RFC 6265) must be.
+        let token = |s: &str| !s.is_empty() && s.bytes().all(|c| c.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`~".contains(&c));
+        if !token(cookie) || !token(param) {
+            self.error(
+                value.span(),
+                format!("invalid stickysession {text:?}: use NAME or COOKIE|param, names of letters, digits and !#$%&'*+-.^_`~"),
+            );
+        }
+        // Routes name backends: one name, one backend.
+        let mut seen: HashMap<&str, usize> = HashMap::new();
+        for (i, b) in backends.iter().enumerate() {
+            let Some(r) = b.route.as_deref() else { continue };
+            if let Some(first) = seen.insert(r, i) {
+                let span = p.backend[i].route.as_ref().map_or_else(|| value.span(), Spanned::span);
+                let line = self.line_of(&p.backend[first].route.as_ref().map_or_else(|| value.span(), Spanned::span));
+                self.error(span, format!("duplicate route {r:?} in this sticky pool (first at line {line})"));
             }
         }
+        if seen.is_empty() {
+            self.error(value.span(), "stickysession needs at least one backend with a route in this pool".to_owned());
+        }
+        Some(StickyConfig {
+            cookie: cookie.to_owned(),
+            param: param.to_owned(),
+            nofailover: p.nofailover.as_ref().is_some_and(|f| *f.get_ref()),
+            secure: p.sticky_secure.as_ref().is_some_and(|f| *f.get_ref()),
+        })
     }
 
     fn l7(&mut self, raw: Option<&RawL7>) -> L7Config {

@@ -143,6 +143,7 @@ fn full_config_resolves() {
                     fall: 5,
                 },
                 lbmethod: LbMethod::ByRequests,
+                sticky: None,
                 backends: vec![
                     BackendConfig {
                         address: IpAddr::from([198, 18, 0, 11]),
@@ -171,6 +172,7 @@ fn full_config_resolves() {
                     fall: 3,
                 },
                 lbmethod: LbMethod::ByRequests,
+                sticky: None,
                 backends: vec![BackendConfig {
                     address: "fd00::11".parse().unwrap(),
                     weight: 1,
@@ -993,6 +995,68 @@ fn l7_sections_are_checked_with_positions() {
     let no_routes = with(&format!("{L7}\n[[listener]]\nname = \"bare\"\naddress = \"198.18.0.2:8081\"\n"));
     let d = errors(&no_routes);
     assert_eq!(position_of(&d, "has no routes").0, no_routes.lines().position(|l| l.contains("\"bare\"")).unwrap() + 1);
+}
+
+#[test]
+fn every_lbmethod_resolves_by_its_apache_name() {
+    for (name, method) in LbMethod::ALL {
+        let config = parse(&with(&L7.replace("\"byrequests\"", &format!("{name:?}"))), "t").unwrap();
+        assert_eq!(config.pool("app").unwrap().lbmethod, method, "{name}");
+    }
+    let text = with(&L7.replace("\"byrequests\"", "\"leastconn\""));
+    let d = errors(&text);
+    let line = text.lines().position(|l| l.contains("leastconn")).unwrap() + 1;
+    // line:col of the value, and the message lists what is supported.
+    assert_eq!(position_of(&d, "unknown lbmethod \"leastconn\"").0, line);
+    assert_eq!(position_of(&d, "unknown lbmethod").1, "lbmethod = ".len() + 1);
+    assert!(d[0].message.contains("\"bybusyness\", \"bytraffic\", \"byip\", \"p2c\""), "{d:#?}");
+}
+
+#[test]
+fn sticky_sessions_resolve() {
+    let config = parse(&with(L7), "t").unwrap();
+    assert_eq!(config.pool("app").unwrap().sticky, None);
+    let sticky = |settings: &str| {
+        let text = with(&L7.replace("lbmethod = \"byrequests\"\n", &format!("lbmethod = \"byrequests\"\n{settings}")));
+        parse(&text, "t").unwrap().pool("app").unwrap().sticky.clone().unwrap()
+    };
+    assert_eq!(
+        sticky("stickysession = \"ROUTEID\"\n"),
+        StickyConfig { cookie: "ROUTEID".into(), param: "ROUTEID".into(), nofailover: false, secure: false }
+    );
+    assert_eq!(
+        sticky("stickysession = \"JSESSIONID|jsessionid\"\nnofailover = true\nsticky_secure = true\n"),
+        StickyConfig { cookie: "JSESSIONID".into(), param: "jsessionid".into(), nofailover: true, secure: true }
+    );
+}
+
+#[test]
+fn sticky_sessions_are_checked_with_positions() {
+    let at = |text: &str, needle: &str| text.lines().position(|l| l.contains(needle)).unwrap() + 1;
+    let settings = |s: &str| with(&L7.replace("lbmethod = \"byrequests\"\n", &format!("lbmethod = \"byrequests\"\n{s}")));
+    for bad in ["", "|x", "x|", "a b", "a|b|c", "a;b", "a=b"] {
+        let text = settings(&format!("stickysession = {bad:?}\n"));
+        let d = errors(&text);
+        assert_eq!(position_of(&d, "invalid stickysession").0, at(&text, "stickysession"), "{bad:?}");
+        assert_eq!(position_of(&d, "invalid stickysession").1, "stickysession = ".len() + 1);
+    }
+    // The flags need stickysession.
+    let text = settings("nofailover = true\nsticky_secure = false\n");
+    let d = errors(&text);
+    assert_eq!(position_of(&d, "nofailover needs stickysession").0, at(&text, "nofailover"));
+    assert_eq!(position_of(&d, "sticky_secure needs stickysession").0, at(&text, "sticky_secure"));
+    assert_eq!(d.len(), 2);
+    // Routes: at least one, and unique within the pool.
+    let text = settings("stickysession = \"ROUTEID\"\n").replace("route = \"real1\"\n", "");
+    let d = errors(&text);
+    assert_eq!(position_of(&d, "needs at least one backend with a route").0, at(&text, "stickysession"));
+    let text = settings("stickysession = \"ROUTEID\"\n").replacen("port = 8081\n", "port = 8081\nroute = \"real1\"\n", 2);
+    let text = text.replacen("route = \"real1\"\nroute = \"real1\"", "route = \"real1\"", 1);
+    let d = errors(&text);
+    let second = text.lines().enumerate().filter(|(_, l)| l.contains("route = \"real1\"")).nth(1).unwrap().0 + 1;
+    assert_eq!(position_of(&d, "duplicate route \"real1\"").0, second);
+    // Non-sticky pools may repeat routes (nothing reads them there).
+    parse(&text.replace("stickysession = \"ROUTEID\"\n", ""), "t").unwrap();
 }
 
 const UDP_POOL: &str = "

@@ -7,7 +7,7 @@ use std::{collections::HashMap, net::SocketAddr, sync::Arc};
 
 use anyhow::{Context, Result};
 use fulcrum_config::{Config, LbMethod};
-use fulcrum_l7::{HostMatch, ListenerRoutes, Member, MemberStats, Pool, Proxy, ProxyConfig, Route, SharedSnapshot, Snapshot};
+use fulcrum_l7::{HostMatch, ListenerRoutes, Member, MemberStats, Pool, Proxy, ProxyConfig, Route, SharedSnapshot, Snapshot, Sticky};
 use fulcrum_state::Effective;
 
 /// The running proxy and what it needs to publish snapshots.
@@ -64,6 +64,17 @@ impl L7 {
     }
 }
 
+/// The proxy's method for the configured one (the same names).
+fn lbmethod(m: LbMethod) -> fulcrum_l7::LbMethod {
+    match m {
+        LbMethod::ByRequests => fulcrum_l7::LbMethod::ByRequests,
+        LbMethod::ByBusyness => fulcrum_l7::LbMethod::ByBusyness,
+        LbMethod::ByTraffic => fulcrum_l7::LbMethod::ByTraffic,
+        LbMethod::ByIp => fulcrum_l7::LbMethod::ByIp,
+        LbMethod::P2c => fulcrum_l7::LbMethod::P2c,
+    }
+}
+
 fn listen_addresses(config: &Config) -> Vec<SocketAddr> {
     config.listeners.iter().map(|l| l.address).collect()
 }
@@ -79,9 +90,13 @@ fn snapshot(config: &Config, effective: &Effective, stats: &mut HashMap<(String,
         .iter()
         .map(|pool| Pool {
             name: pool.name.clone(),
-            lbmethod: match config.pool(&pool.name).map(|p| p.lbmethod) {
-                Some(LbMethod::ByRequests) | None => fulcrum_l7::LbMethod::ByRequests,
-            },
+            lbmethod: config.pool(&pool.name).map_or(fulcrum_l7::LbMethod::ByRequests, |p| lbmethod(p.lbmethod)),
+            sticky: config.pool(&pool.name).and_then(|p| p.sticky.as_ref()).map(|s| Sticky {
+                cookie: s.cookie.clone(),
+                param: s.param.clone(),
+                nofailover: s.nofailover,
+                secure: s.secure,
+            }),
             members: pool
                 .members
                 .iter()
@@ -142,6 +157,9 @@ pool = "web"
 preserve_host = true
 [[pool]]
 name = "web"
+lbmethod = "p2c"
+stickysession = "JSESSIONID|jsessionid"
+nofailover = true
 [[pool.backend]]
 address = "198.18.0.11"
 port = 80
@@ -173,6 +191,15 @@ address = "198.18.0.13"
         assert_eq!(routes[0].host, HostMatch::Exact("api.example.com".into()));
         assert_eq!(snap.pools[routes[0].pool].name, "api");
         assert_eq!((routes[1].path_prefix.as_str(), routes[1].preserve_host), ("/static/", true));
+        assert_eq!(snap.pools[0].lbmethod, fulcrum_l7::LbMethod::P2c);
+        assert_eq!(
+            snap.pools[0].sticky,
+            Some(Sticky { cookie: "JSESSIONID".into(), param: "jsessionid".into(), nofailover: true, secure: false })
+        );
+        assert_eq!((snap.pools[1].lbmethod, snap.pools[1].sticky.as_ref()), (fulcrum_l7::LbMethod::ByRequests, None));
+        for (name, m) in LbMethod::ALL {
+            assert_eq!(lbmethod(m).as_str(), name);
+        }
         let members = &snap.pools[0].members;
         assert_eq!(members[0].address, "198.18.0.11:80".parse().unwrap());
         assert_eq!((members[0].usable, members[0].route.as_str()), (true, "r1"));

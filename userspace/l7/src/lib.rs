@@ -115,8 +115,9 @@
 //! One snapshot load per request (`load_full`, an `Arc` kept until the
 //! request ends, so a swap never affects requests in flight); the
 //! listener's routes in order (Host exact or `*.suffix`, then path
-//! prefix): no route gives 404. The worker's balancer for the pool picks a
-//! usable member (none: 503). A connection comes from the worker's idle
+//! prefix): no route gives 404. In a sticky pool the member the request
+//! names is used if it is usable (see Sticky sessions); otherwise the
+//! worker's balancer for the pool picks a usable member (none: 503). A connection comes from the worker's idle
 //! pool for that member (checked open and ready; a closed one is dropped
 //! and costs nothing since nothing was sent) or is opened within
 //! [`ProxyConfig::connect_timeout`]. A connect failure counts a failure
@@ -137,15 +138,48 @@
 //! ## Balancing
 //!
 //! [`Balancer`] is a small pure trait (pick among members that a
-//! predicate allows). `byrequests` is nginx's smooth weighted round
-//! robin. Each worker keeps its own balancer per pool of the current
-//! snapshot (no shared state, no lock); the state restarts with a new
-//! snapshot.
+//! predicate allows, given the client's address). Each worker keeps its
+//! own balancer per pool of the current snapshot (no shared state, no
+//! lock); scheduling state restarts with a new snapshot. The live inputs
+//! (`outstanding`, bytes, the `p2c` latency) are the members'
+//! [`MemberStats`] atomics, shared by all workers, so `bybusyness` and
+//! `p2c` see the load every worker puts on a member. The methods, their
+//! formulas and sources are in [`balancer`]: `byrequests` (nginx's smooth
+//! weighted round robin), `bybusyness`, `bytraffic` (Apache's), `byip`
+//! (weighted rendezvous hashing) and `p2c` (Mitzenmacher's two choices
+//! over Finagle's Peak-EWMA load). The proxy measures latency (request
+//! sent to response head) only in `p2c` pools, so the others pay no clock
+//! reads.
+//!
+//! ## Sticky sessions
+//!
+//! A pool with [`Pool::sticky`] (Apache `stickysession=`) reads a route
+//! from the request: the URL parameter ([`Sticky::param`], `;name=v` in
+//! the path or `name=v` in the query) first, then the cookie
+//! ([`Sticky::cookie`]), as mod_proxy_balancer's `find_session_route`
+//! does; the route is what follows the value's first `.`
+//! (`ROUTEID=.r1`, `JSESSIONID=abc.r1`). The member with that
+//! [`Member::route`] takes the request when it is usable, even at weight
+//! 0 (draining stops new sessions, not existing ones). When the route is
+//! unknown, the member unusable, or its connect fails, the request goes
+//! to the balancer like a new session, unless [`Sticky::nofailover`]: then
+//! 503, as Apache's `nofailover=On` (which also covers an unknown route).
+//!
+//! The proxy sets `COOKIE=session.route; Path=/; HttpOnly` (plus `Secure`
+//! with [`Sticky::secure`]) on a response whenever the member that served
+//! it has a route and the request did not name that route: a new session,
+//! a failover (re-stamp), or an unknown route. The session id in front of
+//! the dot is kept from the request, so `JSESSIONID=abc.r1` failing over
+//! becomes `abc.r2` (what a replicated Tomcat cluster expects). If the
+//! response already sets a cookie of that name, the application's wins
+//! and nothing is added. Apache itself sets no cookie (operators add one
+//! with mod_headers and `BALANCER_ROUTE_CHANGED`); fulcrum does it built
+//! in, like HAProxy's `cookie ... insert`. Members without a route are
+//! never named and get no cookie.
 //!
 //! ## Not yet (rest of issue 10)
 //!
-//! Config file and daemon wiring, `bybusyness`/`bytraffic`/`byip`/`p2c`,
-//! sticky sessions, member status flags, lbset, spares and standbys,
+//! Member status flags, lbset, spares and standbys,
 //! passive health and slow start, retry of idempotent requests on a reset,
 //! ProxyPassReverse, `Forwarded` (RFC 7239), the full set of timeouts and
 //! limits with their statuses, request hygiene beyond hyper's parser,
@@ -163,12 +197,12 @@ mod proxy;
 mod runtime;
 pub mod snapshot;
 
-pub use balancer::{Balancer, ByRequests};
+pub use balancer::{Balancer, ByBusyness, ByIp, ByRequests, ByTraffic, P2c};
 pub use proxy::{BoxError, ProxyBody};
 pub use runtime::{choose_driver, probe_io_uring, DriverChoice, DriverKind, Proxy, StartError};
 pub use snapshot::{
     shared, HostMatch, LbMethod, ListenerRoutes, Member, MemberStats, Pool, Route, SharedSnapshot,
-    Snapshot,
+    Snapshot, Sticky,
 };
 
 /// How the proxy runs: sockets, threads, driver, timeouts. Fixed for the

@@ -10,12 +10,12 @@ use std::{
     collections::HashMap,
     convert::Infallible,
     future::poll_fn,
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
     pin::Pin,
     rc::Rc,
     sync::{atomic::Ordering, Arc},
     task::{Context, Poll},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use bytes::Bytes;
@@ -29,7 +29,10 @@ use hyper::{
 use crate::{
     balancer::{new_balancer, Balancer},
     headers,
-    snapshot::{HostMatch, MemberStats, SharedSnapshot, Snapshot},
+    snapshot::{
+        clock_ms, HostMatch, LbMethod, MemberStats, SharedSnapshot, Snapshot, Sticky,
+        FAILURE_PENALTY_US,
+    },
     ProxyConfig,
 };
 
@@ -48,6 +51,8 @@ pub(crate) struct Worker {
     response_timeout: Duration,
     max_idle_per_member: usize,
     balancers: RefCell<Balancers>,
+    /// Seeds this worker's `p2c` generators (distinct per worker).
+    seed: u64,
     idle: RefCell<HashMap<SocketAddr, Vec<Upstream>>>,
     /// The Host value for each member address, rendered once.
     host_values: RefCell<HashMap<SocketAddr, HeaderValue>>,
@@ -79,6 +84,16 @@ impl Worker {
                 snapshot: None,
                 per_pool: Vec::new(),
             }),
+            seed: {
+                // Distinct per worker and per process: a counter and the
+                // time. Only `p2c` draws from it; no secret is needed.
+                static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+                let n = NEXT.fetch_add(1, Ordering::Relaxed);
+                let t = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos() as u64);
+                n.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ t
+            },
             idle: RefCell::new(HashMap::new()),
             host_values: RefCell::new(HashMap::new()),
         }
@@ -90,6 +105,7 @@ impl Worker {
         &self,
         snap: &Arc<Snapshot>,
         pool: usize,
+        client: IpAddr,
         eligible: &dyn Fn(usize) -> bool,
     ) -> Option<usize> {
         let mut b = self.balancers.borrow_mut();
@@ -97,11 +113,12 @@ impl Worker {
             b.per_pool = snap
                 .pools
                 .iter()
-                .map(|p| new_balancer(p.lbmethod, p.members.len()))
+                .enumerate()
+                .map(|(i, p)| new_balancer(p.lbmethod, p.members.len(), self.seed ^ i as u64))
                 .collect();
             b.snapshot = Some(snap.clone());
         }
-        b.per_pool[pool].pick(&snap.pools[pool].members, eligible)
+        b.per_pool[pool].pick(&snap.pools[pool].members, client, eligible)
     }
 
     /// Takes an idle connection to `addr` that is still open, newest first
@@ -155,12 +172,14 @@ impl Worker {
 
     /// Handles one client request and never fails: every error becomes a
     /// response with the proper status.
-    /// `client_ip` is the client's address as a header value (rendered
-    /// once per connection, for X-Forwarded-For).
+    /// `client` is the client's address (what `byip` hashes) and
+    /// `client_ip` the same as a header value (rendered once per
+    /// connection, for X-Forwarded-For).
     pub(crate) async fn handle(
         self: Rc<Self>,
         req: Request<Incoming>,
         listener: SocketAddr,
+        client: IpAddr,
         client_ip: HeaderValue,
     ) -> Result<Response<ProxyBody>, Infallible> {
         let snap = self.snapshot.load_full();
@@ -188,6 +207,13 @@ impl Worker {
             return Ok(local(StatusCode::SERVICE_UNAVAILABLE));
         };
 
+        // The member the request names through its sticky session, if the
+        // pool has them and the request carries a route.
+        let sticky = pool.sticky.as_ref();
+        let named = sticky.and_then(|s| session_route(&req, s));
+        let named_idx = named.as_ref().and_then(|n| pool.member_by_route(&n.route));
+        let p2c = pool.lbmethod == LbMethod::P2c;
+
         // Pick a member and get a connection; on a connect failure try
         // another member (the request has not left the proxy yet, so this
         // is safe for every method), until none is left.
@@ -200,7 +226,19 @@ impl Worker {
             &mut tried_vec
         };
         let (idx, mut up) = loop {
-            let Some(idx) = self.pick(&snap, route.pool, &|i| !tried[i]) else {
+            // A named member is honoured while it is usable, whatever its
+            // weight: weight 0 drains a member of *new* sessions only
+            // (Apache's Draining), its existing sessions stay.
+            let choice = match named_idx {
+                Some(i) if !tried[i] && pool.members[i].usable => Some(i),
+                // Apache: a route that cannot be honoured (unknown, member
+                // unusable or failing) with nofailover is 503.
+                _ if named.is_some() && sticky.is_some_and(|s| s.nofailover) => {
+                    return Ok(local(StatusCode::SERVICE_UNAVAILABLE));
+                }
+                _ => self.pick(&snap, route.pool, client, &|i| !tried[i]),
+            };
+            let Some(idx) = choice else {
                 let status = if tried.iter().any(|&t| t) {
                     StatusCode::BAD_GATEWAY
                 } else {
@@ -213,6 +251,9 @@ impl Worker {
                 Ok(up) => break (idx, up),
                 Err(e) => {
                     MemberStats::add(&member.stats.failures, 1);
+                    if p2c {
+                        member.stats.observe_latency(FAILURE_PENALTY_US, clock_ms());
+                    }
                     tracing::warn!(pool = %pool.name, member = %member.address, error = %e, "connect failed; trying another member");
                     tried[idx] = true;
                 }
@@ -220,6 +261,16 @@ impl Worker {
         };
         let member = &pool.members[idx];
         let stats = member.stats.clone();
+        // The cookie to set on the response: the pool is sticky, the
+        // member has a route, and the request did not already name it
+        // (new session, unknown route, or failover from another member).
+        let stamp = sticky.and_then(|s| {
+            let n = named.as_ref();
+            if member.route.is_empty() || n.is_some_and(|n| n.route == member.route) {
+                return None;
+            }
+            set_cookie_value(s, n.map_or("", |n| n.session.as_str()), &member.route)
+        });
 
         // Rewrite the request for the member.
         let (mut parts, body) = req.into_parts();
@@ -248,8 +299,18 @@ impl Worker {
 
         MemberStats::add(&stats.requests, 1);
         let outstanding = Outstanding::new(stats.clone());
+        // Only p2c reads latency: other methods skip the clock reads.
+        let started = p2c.then(Instant::now);
         let sent =
             compio::time::timeout(self.response_timeout, up.sender.send_request(up_req)).await;
+        if let Some(t) = started {
+            // Time to the response head, in microseconds; a failure or a
+            // 5xx counts as at least the penalty (see `P2c`).
+            let us = u32::try_from(t.elapsed().as_micros()).unwrap_or(u32::MAX);
+            let ok = matches!(&sent, Ok(Ok(r)) if !r.status().is_server_error());
+            let sample = if ok { us } else { us.max(FAILURE_PENALTY_US) };
+            stats.observe_latency(sample, clock_ms());
+        }
         let resp = match sent {
             Err(_) => {
                 // Dropping `up` cancels its connection task: the late
@@ -271,6 +332,13 @@ impl Worker {
         let (mut parts, body) = resp.into_parts();
         let reusable = !headers::wants_close(&parts.headers);
         headers::remove_hop_by_hop(&mut parts.headers);
+        if let (Some(s), Some(v)) = (sticky, stamp) {
+            // The application's own cookie of that name wins (it may
+            // carry the route already, as Tomcat's jvmRoute does).
+            if !sets_cookie(&parts.headers, &s.cookie) {
+                parts.headers.append(header::SET_COOKIE, v);
+            }
+        }
         let relay = Relay {
             body: Counted {
                 inner: body,
@@ -283,6 +351,7 @@ impl Worker {
                 None
             },
             _outstanding: outstanding,
+            p2c,
         };
         let mut resp = Response::from_parts(parts, ProxyBody::Relay(relay));
         if let ProxyBody::Relay(r) = resp.body_mut() {
@@ -357,6 +426,105 @@ fn origin_form(uri: &Uri) -> Uri {
         Some(pq) if pq.as_str().starts_with('/') => Uri::from(pq.clone()),
         _ => Uri::from_static("/"),
     }
+}
+
+/// The route a request names for a sticky pool, and the session id in
+/// front of it (`abc` in `JSESSIONID=abc.r1`; empty for `ROUTEID=.r1`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Named {
+    session: String,
+    route: String,
+}
+
+/// Splits a sticky value at its first `.` as mod_proxy_balancer does:
+/// no dot or nothing after it names no route.
+fn split_route(value: &str) -> Option<Named> {
+    let (session, route) = value.split_once('.')?;
+    (!route.is_empty()).then(|| Named {
+        session: session.to_owned(),
+        route: route.to_owned(),
+    })
+}
+
+/// The route named by the request: the URL parameter first (a path
+/// parameter `;param=value` or a query parameter), then the cookie, in
+/// mod_proxy_balancer's order (`find_session_route`: `get_path_param`,
+/// then `get_cookie_param`).
+fn session_route<B>(req: &Request<B>, s: &Sticky) -> Option<Named> {
+    url_param(req.uri(), &s.param)
+        .and_then(split_route)
+        .or_else(|| request_cookie(req.headers(), &s.cookie).and_then(split_route))
+}
+
+/// The value of `;name=` in the path or `name=` in the query, up to the
+/// next `;`, `&`, `/` or `?`.
+fn url_param<'u>(uri: &'u Uri, name: &str) -> Option<&'u str> {
+    let value_after = |text: &'u str, at: usize| {
+        let v = &text[at + name.len() + 1..];
+        let end = v.find([';', '&', '/', '?']).unwrap_or(v.len());
+        &v[..end]
+    };
+    let path = uri.path();
+    let mut from = 0;
+    while let Some(pos) = path[from..].find(';').map(|p| p + from) {
+        let rest = &path[pos + 1..];
+        if rest.starts_with(name) && rest[name.len()..].starts_with('=') {
+            return Some(value_after(path, pos + 1));
+        }
+        from = pos + 1;
+    }
+    let query = uri.query()?;
+    let mut at = 0;
+    for part in query.split(['&', ';']) {
+        if part.starts_with(name) && part[name.len()..].starts_with('=') {
+            return Some(value_after(query, at));
+        }
+        at += part.len() + 1;
+    }
+    None
+}
+
+/// The value of cookie `name` in the request's Cookie fields (RFC 6265
+/// section 4.2: `name=value` pairs separated by `; `), without the
+/// optional double quotes.
+fn request_cookie<'h>(headers: &'h http::HeaderMap, name: &str) -> Option<&'h str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|pair| {
+            let (n, v) = pair.trim().split_once('=')?;
+            (n.trim() == name).then(|| v.trim().trim_matches('"'))
+        })
+}
+
+/// Whether the response already sets cookie `name`.
+fn sets_cookie(headers: &http::HeaderMap, name: &str) -> bool {
+    headers
+        .get_all(header::SET_COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.split_once('=').is_some_and(|(n, _)| n.trim() == name))
+}
+
+/// `COOKIE=session.route; Path=/; HttpOnly[; Secure]`. The session id
+/// part is kept from the request (so `JSESSIONID=abc.r1` failing over to
+/// `r2` becomes `abc.r2`, which a cluster with session replication
+/// accepts); it is dropped if it is not a valid cookie value.
+fn set_cookie_value(s: &Sticky, session: &str, route: &str) -> Option<HeaderValue> {
+    let valid = |c: u8| c.is_ascii_graphic() && !b"\",;".contains(&c);
+    let session = if session.bytes().all(valid) {
+        session
+    } else {
+        ""
+    };
+    let secure = if s.secure { "; Secure" } else { "" };
+    HeaderValue::from_str(&format!(
+        "{}={session}.{route}; Path=/; HttpOnly{secure}",
+        s.cookie
+    ))
+    .ok()
 }
 
 /// A response generated by the proxy itself (errors).
@@ -437,6 +605,8 @@ pub struct Relay {
     body: Counted<Incoming>,
     conn: Option<(Rc<Worker>, SocketAddr, Upstream)>,
     _outstanding: Outstanding,
+    /// Record a broken body as a latency penalty (`p2c` pools).
+    p2c: bool,
 }
 
 impl Relay {
@@ -476,6 +646,9 @@ impl Body for ProxyBody {
                         // framing is unknown, never reuse it.
                         r.conn = None;
                         MemberStats::add(&r.body.stats.failures, 1);
+                        if r.p2c {
+                            r.body.stats.observe_latency(FAILURE_PENALTY_US, clock_ms());
+                        }
                     }
                     Poll::Pending => {}
                 }
@@ -512,6 +685,83 @@ mod tests {
         );
         assert_eq!(member_host("[::1]:80".parse().unwrap()), "[::1]");
         assert_eq!(member_host("[::1]:81".parse().unwrap()), "[::1]:81");
+    }
+
+    fn req(uri: &str, cookie: Option<&str>) -> Request<()> {
+        let mut b = Request::get(uri);
+        if let Some(c) = cookie {
+            b = b.header(header::COOKIE, c);
+        }
+        b.body(()).unwrap()
+    }
+
+    #[test]
+    fn session_routes_from_url_and_cookie() {
+        let rid = Sticky::parse("ROUTEID").unwrap();
+        let js = Sticky::parse("JSESSIONID|jsessionid").unwrap();
+        let named = |r: &Request<()>, s: &Sticky| session_route(r, s).map(|n| (n.session, n.route));
+        let n = |a: &str, b: &str| Some((a.to_owned(), b.to_owned()));
+        assert_eq!(
+            named(&req("/", Some("a=1; ROUTEID=.r1; b=2")), &rid),
+            n("", "r1")
+        );
+        assert_eq!(named(&req("/", Some("ROUTEID=\".r1\"")), &rid), n("", "r1"));
+        assert_eq!(named(&req("/", Some("ROUTEIDX=.r1")), &rid), None);
+        assert_eq!(named(&req("/", Some("ROUTEID=r1")), &rid), None); // no dot
+        assert_eq!(named(&req("/", Some("ROUTEID=x.")), &rid), None);
+        assert_eq!(
+            named(&req("/", Some("JSESSIONID=abc.r2")), &js),
+            n("abc", "r2")
+        );
+        assert_eq!(
+            named(&req("/app;jsessionid=abc.r3", None), &js),
+            n("abc", "r3")
+        );
+        assert_eq!(
+            named(&req("/app;jsessionid=abc.r3/x?y=1", None), &js),
+            n("abc", "r3")
+        );
+        assert_eq!(
+            named(&req("/app?x=1&jsessionid=abc.r4&z=2", None), &js),
+            n("abc", "r4")
+        );
+        assert_eq!(named(&req("/app?xjsessionid=abc.r4", None), &js), None);
+        assert_eq!(named(&req("/app;jsessionidx=abc.r4", None), &js), None);
+        // The URL parameter comes first, as in mod_proxy_balancer.
+        assert_eq!(
+            named(&req("/;jsessionid=a.r5", Some("JSESSIONID=b.r6")), &js),
+            n("a", "r5")
+        );
+        // The cookie name is the first part only; the URL parameter the second.
+        assert_eq!(named(&req("/;JSESSIONID=a.r5", None), &js), None);
+        assert_eq!(named(&req("/;ROUTEID=.r7", None), &rid), n("", "r7"));
+    }
+
+    #[test]
+    fn cookie_stamp() {
+        let mut s = Sticky::parse("ROUTEID").unwrap();
+        assert_eq!(
+            set_cookie_value(&s, "", "r1").unwrap(),
+            "ROUTEID=.r1; Path=/; HttpOnly"
+        );
+        s.secure = true;
+        assert_eq!(
+            set_cookie_value(&s, "abc", "r2").unwrap(),
+            "ROUTEID=abc.r2; Path=/; HttpOnly; Secure"
+        );
+        s.secure = false;
+        assert_eq!(
+            set_cookie_value(&s, "a,b", "r2").unwrap(),
+            "ROUTEID=.r2; Path=/; HttpOnly"
+        );
+        let mut h = http::HeaderMap::new();
+        h.append(header::SET_COOKIE, HeaderValue::from_static("other=1"));
+        assert!(!sets_cookie(&h, "ROUTEID"));
+        h.append(
+            header::SET_COOKIE,
+            HeaderValue::from_static("ROUTEID=x.r1; Path=/"),
+        );
+        assert!(sets_cookie(&h, "ROUTEID"));
     }
 
     #[test]

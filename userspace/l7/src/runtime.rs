@@ -445,7 +445,9 @@ async fn serve(
     let client_ip = http::HeaderValue::from_str(&peer.ip().to_string())
         .expect("an IP address is a valid header value");
     let svc = hyper::service::service_fn(move |req| {
-        worker.clone().handle(req, listener, client_ip.clone())
+        worker
+            .clone()
+            .handle(req, listener, peer.ip(), client_ip.clone())
     });
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(CompioTimer)

@@ -149,12 +149,23 @@ impl HostMatch {
     }
 }
 
-/// Balancing method of a pool, with Apache's `lbmethod` names.
+/// Balancing method of a pool, with Apache's `lbmethod` names (and
+/// `p2c`, which Apache does not have). See [`crate::balancer`] for each
+/// algorithm and its source.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum LbMethod {
     /// Smooth weighted round robin (nginx's algorithm), weight = loadfactor.
     #[default]
     ByRequests,
+    /// Least outstanding requests; ties by smooth weighted round robin.
+    ByBusyness,
+    /// Least bytes transferred (sent + received) per unit of weight.
+    ByTraffic,
+    /// Weighted rendezvous (HRW) hash of the client's IP address.
+    ByIp,
+    /// Power of two choices over outstanding requests and a Peak-EWMA
+    /// latency with a failure penalty.
+    P2c,
 }
 
 impl LbMethod {
@@ -162,7 +173,57 @@ impl LbMethod {
     pub fn as_str(self) -> &'static str {
         match self {
             LbMethod::ByRequests => "byrequests",
+            LbMethod::ByBusyness => "bybusyness",
+            LbMethod::ByTraffic => "bytraffic",
+            LbMethod::ByIp => "byip",
+            LbMethod::P2c => "p2c",
         }
+    }
+}
+
+/// Sticky sessions of a pool (Apache `stickysession=`, `nofailover=`).
+///
+/// A request names a member by its [`Member::route`]: the part after the
+/// first `.` of the value of the URL parameter [`Sticky::param`] (a path
+/// parameter `;name=value` or a query parameter `name=value`), else of the
+/// cookie [`Sticky::cookie`]. So `ROUTEID=.r1` and `JSESSIONID=abc.r1`
+/// both name route `r1`, as in mod_proxy_balancer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sticky {
+    /// The cookie that carries the route; the proxy also sets it (see
+    /// [`crate::balancer`] and the crate docs for when).
+    pub cookie: String,
+    /// The URL parameter that carries the route (Apache: the part after
+    /// `|` in `stickysession=JSESSIONID|jsessionid`; the cookie name when
+    /// only one name is given).
+    pub param: String,
+    /// Apache `nofailover=On`: when the named member cannot take the
+    /// request, answer 503 instead of choosing another member.
+    pub nofailover: bool,
+    /// Add `Secure` to the cookie the proxy sets.
+    pub secure: bool,
+}
+
+impl Sticky {
+    /// Parses Apache's `stickysession` value: `NAME` (cookie and URL
+    /// parameter both called `NAME`) or `COOKIE|param`. Returns `None`
+    /// when a name is empty or is not an HTTP token.
+    pub fn parse(stickysession: &str) -> Option<Sticky> {
+        let (cookie, param) = stickysession
+            .split_once('|')
+            .unwrap_or((stickysession, stickysession));
+        let token = |s: &str| {
+            !s.is_empty()
+                && s.bytes().all(|c| {
+                    c.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&c) && c != b'|'
+                })
+        };
+        (token(cookie) && token(param)).then(|| Sticky {
+            cookie: cookie.to_owned(),
+            param: param.to_owned(),
+            nofailover: false,
+            secure: false,
+        })
     }
 }
 
@@ -175,6 +236,29 @@ pub struct Pool {
     pub lbmethod: LbMethod,
     /// In configuration order; balancer state is indexed by position.
     pub members: Vec<Member>,
+    /// Sticky sessions, if the pool has them.
+    pub sticky: Option<Sticky>,
+}
+
+impl Pool {
+    /// A pool without sticky sessions.
+    pub fn new(name: impl Into<String>, lbmethod: LbMethod, members: Vec<Member>) -> Pool {
+        Pool {
+            name: name.into(),
+            lbmethod,
+            members,
+            sticky: None,
+        }
+    }
+
+    /// The index of the member whose route is `route` (never a member
+    /// without a route).
+    pub fn member_by_route(&self, route: &str) -> Option<usize> {
+        if route.is_empty() {
+            return None;
+        }
+        self.members.iter().position(|m| m.route == route)
+    }
 }
 
 /// One backend of a pool.
@@ -187,7 +271,9 @@ pub struct Member {
     /// Whether the member may take new requests (healthy and not disabled,
     /// as the control plane decided). An unusable member gets nothing.
     pub usable: bool,
-    /// Apache `route`: the member's name in sticky cookies (used later).
+    /// Apache `route`: the member's name in sticky cookies and URL
+    /// parameters. Empty: the member is never named by a sticky session
+    /// (and the proxy sets no cookie for it).
     pub route: String,
     /// Counters the proxy writes and the control plane reads.
     pub stats: Arc<MemberStats>,
@@ -214,7 +300,7 @@ pub struct MemberStats {
     /// Requests sent to the member (after a connection was obtained).
     pub requests: AtomicU64,
     /// Requests currently sent and not finished (response body not yet
-    /// fully relayed or failed). The future `bybusyness` and `p2c` read it.
+    /// fully relayed or failed). `bybusyness` and `p2c` read it.
     pub outstanding: AtomicU64,
     /// Request body bytes sent to the member (body only, not headers).
     pub bytes_sent: AtomicU64,
@@ -225,9 +311,76 @@ pub struct MemberStats {
     pub failures: AtomicU64,
     /// Responses whose head arrived, by class: index 0 for 1xx .. 4 for 5xx.
     pub responses: [AtomicU64; 5],
+    /// The Peak-EWMA latency estimate that `p2c` reads, packed into one
+    /// word so that workers update it with one compare-and-swap: the high
+    /// 32 bits are the estimate in microseconds, the low 32 bits the time
+    /// of the last update in milliseconds since [`clock_ms`]'s epoch
+    /// (wrapping after 49 days; only differences are used). 0: no sample
+    /// yet. Written only for pools balanced with `p2c`. Read it with
+    /// [`MemberStats::latency_us`].
+    pub latency: AtomicU64,
 }
 
+/// Milliseconds since a process-wide monotonic epoch (the first call),
+/// truncated to 32 bits: the clock of [`MemberStats::latency`].
+pub fn clock_ms() -> u32 {
+    static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    EPOCH
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_millis() as u32
+}
+
+/// Time constant of the Peak-EWMA decay, in milliseconds: linkerd's and
+/// Finagle's default decay time of 10 s. A sample `dt` after the previous
+/// one keeps `exp(-dt / tau)` of the old estimate.
+pub const EWMA_TAU_MS: f64 = 10_000.0;
+
+/// The latency, in microseconds, that `p2c` records for a failed
+/// exchange (connect failure, timeout, broken exchange) or a 5xx response
+/// when it came faster: 1 s. Through the "peak" rule it lifts the estimate
+/// at once, so a member answering 5xx in 1 ms does not look fast; it then
+/// decays with [`EWMA_TAU_MS`] as good responses arrive.
+pub const FAILURE_PENALTY_US: u32 = 1_000_000;
+
 impl MemberStats {
+    /// Records one latency sample of `sample_us` microseconds at `now_ms`
+    /// ([`clock_ms`]) into the Peak-EWMA estimate, as Finagle's
+    /// `PeakEwma` and linkerd's (tower's) `PeakEwma` do: a sample above the
+    /// current estimate replaces it (react to a slowdown at once); a lower
+    /// one is averaged in with weight `1 - exp(-dt / tau)`, `dt` the time
+    /// since the previous update, so the estimate falls at the pace of
+    /// time, not of request rate.
+    pub fn observe_latency(&self, sample_us: u32, now_ms: u32) {
+        let sample_us = sample_us.max(1); // 0 means "no sample"
+        let _ = self
+            .latency
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |old| {
+                let (est, at) = ((old >> 32) as u32, old as u32);
+                let new = if old == 0 || sample_us >= est {
+                    sample_us
+                } else {
+                    let w = (-(f64::from(now_ms.wrapping_sub(at)) / EWMA_TAU_MS)).exp();
+                    (f64::from(est) * w + f64::from(sample_us) * (1.0 - w)).round() as u32
+                };
+                Some((u64::from(new.max(1)) << 32) | u64::from(now_ms))
+            });
+    }
+
+    /// The latency estimate in microseconds as of `now_ms`, decayed toward
+    /// zero for the time since its last update (Finagle decays the cost
+    /// on read the same way, so that a member that was slow long ago is
+    /// tried again). `None` before the first sample.
+    pub fn latency_us(&self, now_ms: u32) -> Option<f64> {
+        let v = self.latency.load(Ordering::Relaxed);
+        if v == 0 {
+            return None;
+        }
+        let (est, at) = ((v >> 32) as u32, v as u32);
+        let w = (-(f64::from(now_ms.wrapping_sub(at)) / EWMA_TAU_MS)).exp();
+        Some(f64::from(est) * w)
+    }
+
     pub(crate) fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Ordering::Relaxed);
     }
@@ -271,5 +424,44 @@ mod tests {
             pools: vec![],
         };
         assert!(s.validate().is_err());
+    }
+
+    #[test]
+    fn sticky_parse_follows_apache() {
+        let s = Sticky::parse("ROUTEID").unwrap();
+        assert_eq!(
+            (s.cookie.as_str(), s.param.as_str()),
+            ("ROUTEID", "ROUTEID")
+        );
+        let s = Sticky::parse("JSESSIONID|jsessionid").unwrap();
+        assert_eq!(
+            (s.cookie.as_str(), s.param.as_str()),
+            ("JSESSIONID", "jsessionid")
+        );
+        for bad in ["", "|x", "x|", "a b", "a|b|c", "a;b", "a=b"] {
+            assert_eq!(Sticky::parse(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn peak_ewma_takes_peaks_and_decays_with_time() {
+        let s = MemberStats::default();
+        assert_eq!(s.latency_us(0), None);
+        s.observe_latency(1_000, 0);
+        assert_eq!(s.latency_us(0), Some(1_000.0));
+        // A peak replaces the estimate at once.
+        s.observe_latency(50_000, 10);
+        assert_eq!(s.latency_us(10), Some(50_000.0));
+        // A lower sample one tau later keeps exp(-1) of the old estimate.
+        s.observe_latency(1_000, 10 + EWMA_TAU_MS as u32);
+        let e = s.latency_us(10 + EWMA_TAU_MS as u32).unwrap();
+        let want = 50_000.0 * (-1f64).exp() + 1_000.0 * (1.0 - (-1f64).exp());
+        assert!((e - want).abs() < 1.0, "{e} vs {want}");
+        // Samples in quick succession barely move it down.
+        s.observe_latency(1, 11 + EWMA_TAU_MS as u32);
+        assert!(s.latency_us(11 + EWMA_TAU_MS as u32).unwrap() > 0.99 * want);
+        // Unobserved, it decays on read.
+        let later = s.latency_us(11 + 3 * EWMA_TAU_MS as u32).unwrap();
+        assert!(later < want * 0.14 && later > want * 0.13, "{later}");
     }
 }

@@ -57,6 +57,8 @@ struct Backend {
     /// TCP connections accepted.
     conns: Arc<AtomicUsize>,
     seen: Arc<Mutex<Vec<Seen>>>,
+    /// When set, every answer is a 500 (a member failing fast).
+    fail: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Backend {
@@ -70,6 +72,7 @@ impl Backend {
             hits: Arc::default(),
             conns: Arc::default(),
             seen: Arc::default(),
+            fail: Arc::default(),
         };
         let bb = b.clone();
         tokio_rt().spawn(async move {
@@ -105,7 +108,16 @@ impl Backend {
         if let Some(ms) = path.strip_prefix("/sleep/") {
             tokio::time::sleep(Duration::from_millis(ms.parse().unwrap())).await;
         }
-        let resp = Response::builder()
+        let mut resp = Response::builder();
+        if self.fail.load(Ordering::SeqCst) {
+            resp = resp.status(500);
+        }
+        if path == "/login" {
+            // An application session cookie carrying the route, as
+            // Tomcat's jvmRoute does.
+            resp = resp.header("set-cookie", format!("JSESSIONID=s1.{}; Path=/", self.name));
+        }
+        let resp = resp
             .header("x-backend", self.name)
             .header("connection", "x-hop")
             .header("x-hop", "must not reach the client")
@@ -170,6 +182,14 @@ fn parse(buf: &[u8]) -> Reply {
     }
 }
 
+/// GET `path` with extra header lines (each ending in CRLF).
+fn get_with(addr: SocketAddr, path: &str, extra: &str) -> Reply {
+    send_raw(
+        addr,
+        &format!("GET {path} HTTP/1.1\r\nHost: x\r\n{extra}Connection: close\r\n\r\n"),
+    )
+}
+
 fn get(addr: SocketAddr, host: &str, path: &str) -> Reply {
     send_raw(
         addr,
@@ -189,11 +209,11 @@ fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
 // ------------------------------------------------------------------- setup
 
 fn pool(name: &str, members: &[(SocketAddr, u32)]) -> Pool {
-    Pool {
-        name: name.into(),
-        lbmethod: LbMethod::ByRequests,
-        members: members.iter().map(|&(a, w)| Member::new(a, w)).collect(),
-    }
+    Pool::new(
+        name,
+        LbMethod::ByRequests,
+        members.iter().map(|&(a, w)| Member::new(a, w)).collect(),
+    )
 }
 
 fn route(host: &str, prefix: &str, pool: usize) -> Route {
@@ -291,6 +311,14 @@ both_drivers!(
     malformed_request_gets_400_and_service_continues,
     keep_alive_reuses_upstream_connections,
     request_bodies_are_forwarded,
+    bybusyness_avoids_busy_members,
+    bytraffic_evens_bytes_per_weight,
+    byip_keeps_a_client_on_one_member,
+    p2c_avoids_a_member_failing_fast,
+    sticky_cookie_is_inserted_and_honoured,
+    sticky_app_cookie_and_url_parameter,
+    sticky_failover_restamps_the_cookie,
+    sticky_nofailover_gives_503,
 );
 
 // --------------------------------------------------------------- scenarios
@@ -657,4 +685,342 @@ fn io_uring_probe_and_auto_choice_agree() {
     };
     assert_eq!(proxy.driver(), expected);
     proxy.shutdown();
+}
+
+// ------------------------------------------------- balancing methods, sticky
+
+fn method_pool(method: LbMethod, members: &[(SocketAddr, u32)]) -> Pool {
+    let mut p = pool("p", members);
+    p.lbmethod = method;
+    p
+}
+
+fn bybusyness_avoids_busy_members(driver: DriverChoice) {
+    let (a, b) = (Backend::start("a"), Backend::start("b"));
+    let h = Harness::start(
+        driver,
+        1,
+        vec![method_pool(
+            LbMethod::ByBusyness,
+            &[(a.addr, 1), (b.addr, 1)],
+        )],
+        vec![route("*", "/", 0)],
+    );
+    // Idle members alternate (ties by round robin).
+    for _ in 0..4 {
+        assert_eq!(get(h.addr, "x", "/").status, 200);
+    }
+    assert_eq!((a.hits(), b.hits()), (2, 2));
+    // Two slow requests in flight: the first goes to a (the round robin's
+    // turn), the second to the idle b.
+    let slow: Vec<_> = (0..2)
+        .map(|_| {
+            let addr = h.addr;
+            let t = thread::spawn(move || get(addr, "x", "/sleep/400").body);
+            // Let the proxy send it before the next one arrives.
+            thread::sleep(Duration::from_millis(100));
+            t
+        })
+        .collect();
+    let busy: Vec<u64> = (0..2)
+        .map(|i| MemberStats::get(&h.member(0, i).stats.outstanding))
+        .collect();
+    assert_eq!(busy, vec![1, 1]);
+    // Make a busier: a third slow request goes to a (round robin among
+    // the tied), then quick requests go to b only while a has more.
+    let addr = h.addr;
+    let third = thread::spawn(move || get(addr, "x", "/sleep/400").body);
+    wait_for("third request in flight", || {
+        (0..2)
+            .map(|i| MemberStats::get(&h.member(0, i).stats.outstanding))
+            .sum::<u64>()
+            == 3
+    });
+    let busier = if MemberStats::get(&h.member(0, 0).stats.outstanding) == 2 {
+        0
+    } else {
+        1
+    };
+    let idler = ["a", "b"][1 - busier];
+    for _ in 0..5 {
+        assert_eq!(get(h.addr, "x", "/").body, idler);
+    }
+    let mut bodies: Vec<String> = slow.into_iter().map(|t| t.join().unwrap()).collect();
+    bodies.push(third.join().unwrap());
+    bodies.sort();
+    assert_eq!(
+        bodies.iter().filter(|b| *b == "a").count() + bodies.iter().filter(|b| *b == "b").count(),
+        3
+    );
+    h.proxy.shutdown();
+}
+
+fn bytraffic_evens_bytes_per_weight(driver: DriverChoice) {
+    let (a, b) = (Backend::start("a"), Backend::start("b"));
+    let h = Harness::start(
+        driver,
+        1,
+        vec![method_pool(
+            LbMethod::ByTraffic,
+            &[(a.addr, 1), (b.addr, 3)],
+        )],
+        vec![route("*", "/", 0)],
+    );
+    // Each response body is one byte: bytes per weight even out at 1:3.
+    for _ in 0..40 {
+        assert_eq!(get(h.addr, "x", "/").status, 200);
+    }
+    assert_eq!((a.hits(), b.hits()), (10, 30));
+    // A large request body to b counts against it: a catches up first.
+    let body = "x".repeat(60);
+    let r = send_raw(
+        h.addr,
+        &format!(
+            "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 60\r\nConnection: close\r\n\r\n{body}"
+        ),
+    );
+    let big = r.body.clone();
+    let before = (a.hits(), b.hits());
+    for _ in 0..10 {
+        get(h.addr, "x", "/");
+    }
+    let (da, db) = (a.hits() - before.0, b.hits() - before.1);
+    if big == "b" {
+        assert_eq!((da, db), (10, 0));
+    } else {
+        // 60 + 1 bytes on a (weight 1) outweighs 10 more bytes on b.
+        assert_eq!((da, db), (0, 10));
+    }
+    h.proxy.shutdown();
+}
+
+fn byip_keeps_a_client_on_one_member(driver: DriverChoice) {
+    let (a, b, c) = (
+        Backend::start("a"),
+        Backend::start("b"),
+        Backend::start("c"),
+    );
+    let names = ["a", "b", "c"];
+    let p = method_pool(LbMethod::ByIp, &[(a.addr, 1), (b.addr, 1), (c.addr, 1)]);
+    let client: std::net::IpAddr = "127.0.0.1".parse().unwrap();
+    // The member the hash gives this client, and its second choice.
+    let mut order: Vec<usize> = (0..3).collect();
+    order.sort_by(|&x, &y| {
+        ByIp::score(&p.members[y], client).total_cmp(&ByIp::score(&p.members[x], client))
+    });
+    let h = Harness::start(driver, 2, vec![p.clone()], vec![route("*", "/", 0)]);
+    for _ in 0..10 {
+        assert_eq!(get(h.addr, "x", "/").body, names[order[0]]);
+    }
+    // Its member leaves: the client moves to its second choice, and comes
+    // back when the member does.
+    let mut gone = p.clone();
+    gone.members[order[0]].usable = false;
+    h.set(vec![gone], vec![route("*", "/", 0)]);
+    for _ in 0..5 {
+        assert_eq!(get(h.addr, "x", "/").body, names[order[1]]);
+    }
+    h.set(vec![p], vec![route("*", "/", 0)]);
+    assert_eq!(get(h.addr, "x", "/").body, names[order[0]]);
+    h.proxy.shutdown();
+}
+
+fn p2c_avoids_a_member_failing_fast(driver: DriverChoice) {
+    let (a, b) = (Backend::start("a"), Backend::start("b"));
+    a.fail.store(true, Ordering::SeqCst);
+    let h = Harness::start(
+        driver,
+        1,
+        vec![method_pool(LbMethod::P2c, &[(a.addr, 1), (b.addr, 1)])],
+        vec![route("*", "/", 0)],
+    );
+    let mut statuses = Vec::new();
+    for _ in 0..50 {
+        statuses.push(get(h.addr, "x", "/").status);
+    }
+    // a answers 500 at once, but its first 500 records the 1 s penalty:
+    // after at most one probe each, b (about 1 ms) wins every draw.
+    assert!(a.hits() <= 2, "a={} b={}", a.hits(), b.hits());
+    assert_eq!(statuses.iter().filter(|&&s| s == 500).count(), a.hits());
+    let la = h
+        .member(0, 0)
+        .stats
+        .latency_us(fulcrum_l7::snapshot::clock_ms())
+        .unwrap();
+    let lb = h
+        .member(0, 1)
+        .stats
+        .latency_us(fulcrum_l7::snapshot::clock_ms())
+        .unwrap();
+    assert!(la > 900_000.0 && lb < 200_000.0, "a {la} us, b {lb} us");
+    h.proxy.shutdown();
+}
+
+fn sticky_pool(name: &str, stickysession: &str, backends: &[&Backend]) -> Pool {
+    let mut p = pool(
+        name,
+        &backends.iter().map(|b| (b.addr, 1)).collect::<Vec<_>>(),
+    );
+    for (m, b) in p.members.iter_mut().zip(backends) {
+        m.route = b.name.to_string();
+    }
+    p.sticky = Some(Sticky::parse(stickysession).unwrap());
+    p
+}
+
+fn sticky_cookie_is_inserted_and_honoured(driver: DriverChoice) {
+    let (a, b, c) = (
+        Backend::start("a"),
+        Backend::start("b"),
+        Backend::start("c"),
+    );
+    let p = sticky_pool("p", "ROUTEID", &[&a, &b, &c]);
+    let h = Harness::start(driver, 2, vec![p.clone()], vec![route("*", "/", 0)]);
+    // A new client gets the cookie of the member that served it.
+    let r = get(h.addr, "x", "/");
+    let served = r.body.clone();
+    assert_eq!(
+        r.headers["set-cookie"],
+        format!("ROUTEID=.{served}; Path=/; HttpOnly")
+    );
+    // Later requests with it stay there, without a new cookie.
+    for _ in 0..10 {
+        let r = get_with(
+            h.addr,
+            "/",
+            &format!("Cookie: other=1; ROUTEID=.{served}\r\n"),
+        );
+        assert_eq!(r.body, served);
+        assert!(!r.headers.contains_key("set-cookie"));
+    }
+    // The backend sees the client's cookie unchanged.
+    let seen = [&a, &b, &c]
+        .iter()
+        .find(|x| x.name == served)
+        .unwrap()
+        .seen
+        .lock()
+        .unwrap()
+        .pop()
+        .unwrap();
+    assert_eq!(
+        seen.headers["cookie"],
+        format!("other=1; ROUTEID=.{served}")
+    );
+    // sticky_secure adds Secure.
+    let mut secure = p;
+    secure.sticky.as_mut().unwrap().secure = true;
+    h.set(vec![secure], vec![route("*", "/", 0)]);
+    let r = get(h.addr, "x", "/");
+    assert_eq!(
+        r.headers["set-cookie"],
+        format!("ROUTEID=.{}; Path=/; HttpOnly; Secure", r.body)
+    );
+    // An unknown route is balanced as usual and re-stamped.
+    let r = get_with(h.addr, "/", "Cookie: ROUTEID=.zz\r\n");
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.headers["set-cookie"],
+        format!("ROUTEID=.{}; Path=/; HttpOnly; Secure", r.body)
+    );
+    h.proxy.shutdown();
+}
+
+fn sticky_app_cookie_and_url_parameter(driver: DriverChoice) {
+    let (a, b, c) = (
+        Backend::start("a"),
+        Backend::start("b"),
+        Backend::start("c"),
+    );
+    let h = Harness::start(
+        driver,
+        1,
+        vec![sticky_pool("p", "JSESSIONID|jsessionid", &[&a, &b, &c])],
+        vec![route("*", "/", 0)],
+    );
+    for _ in 0..3 {
+        let r = get_with(h.addr, "/", "Cookie: JSESSIONID=abc.b\r\n");
+        assert_eq!(r.body, "b");
+        assert!(!r.headers.contains_key("set-cookie"));
+        assert_eq!(get(h.addr, "x", "/app;jsessionid=abc.c").body, "c");
+        assert_eq!(get(h.addr, "x", "/app?q=1&jsessionid=abc.a").body, "a");
+    }
+    // The URL parameter wins over the cookie, as in Apache.
+    assert_eq!(
+        get_with(h.addr, "/;jsessionid=x.a", "Cookie: JSESSIONID=abc.c\r\n").body,
+        "a"
+    );
+    // The path parameter reaches the member unchanged.
+    assert_eq!(c.seen.lock().unwrap()[0].path, "/app;jsessionid=abc.c");
+    // The application's own session cookie is left alone (not doubled).
+    let r = get(h.addr, "x", "/login");
+    assert_eq!(
+        r.headers["set-cookie"],
+        format!("JSESSIONID=s1.{}; Path=/", r.body)
+    );
+    h.proxy.shutdown();
+}
+
+fn sticky_failover_restamps_the_cookie(driver: DriverChoice) {
+    let (a, b) = (Backend::start("a"), Backend::start("b"));
+    let mut p = sticky_pool("p", "JSESSIONID|jsessionid", &[&a, &b]);
+    p.members[0].usable = false;
+    let h = Harness::start(driver, 1, vec![p.clone()], vec![route("*", "/", 0)]);
+    // a is down: b serves, and the cookie now names b, session id kept.
+    let r = get_with(h.addr, "/", "Cookie: JSESSIONID=abc.a\r\n");
+    assert_eq!(r.body, "b");
+    assert_eq!(
+        r.headers["set-cookie"],
+        "JSESSIONID=abc.b; Path=/; HttpOnly"
+    );
+    // A member that refuses connections: likewise, after the retry.
+    let mut dead = p.clone();
+    dead.members[0].usable = true;
+    dead.members[0].address = dead_addr();
+    h.set(vec![dead], vec![route("*", "/", 0)]);
+    let r = get_with(h.addr, "/", "Cookie: JSESSIONID=abc.a\r\n");
+    assert_eq!((r.status, r.body.as_str()), (200, "b"));
+    assert_eq!(
+        r.headers["set-cookie"],
+        "JSESSIONID=abc.b; Path=/; HttpOnly"
+    );
+    // Draining (weight 0): no new sessions, but its own sessions stay.
+    let mut drain = p;
+    drain.members[0].usable = true;
+    drain.members[0].weight = 0;
+    h.set(vec![drain], vec![route("*", "/", 0)]);
+    let r = get_with(h.addr, "/", "Cookie: JSESSIONID=abc.a\r\n");
+    assert_eq!(r.body, "a");
+    assert!(!r.headers.contains_key("set-cookie"));
+    for _ in 0..4 {
+        assert_eq!(get(h.addr, "x", "/").body, "b");
+    }
+    h.proxy.shutdown();
+}
+
+fn sticky_nofailover_gives_503(driver: DriverChoice) {
+    let (a, b) = (Backend::start("a"), Backend::start("b"));
+    let mut p = sticky_pool("p", "ROUTEID", &[&a, &b]);
+    p.sticky.as_mut().unwrap().nofailover = true;
+    let h = Harness::start(driver, 1, vec![p.clone()], vec![route("*", "/", 0)]);
+    assert_eq!(get_with(h.addr, "/", "Cookie: ROUTEID=.a\r\n").body, "a");
+    // Unusable member: 503, nothing sent anywhere.
+    let mut down = p.clone();
+    down.members[0].usable = false;
+    h.set(vec![down], vec![route("*", "/", 0)]);
+    let hits = (a.hits(), b.hits());
+    assert_eq!(get_with(h.addr, "/", "Cookie: ROUTEID=.a\r\n").status, 503);
+    // Refusing connections: 503 as well, no retry elsewhere.
+    let mut dead = p.clone();
+    dead.members[0].address = dead_addr();
+    h.set(vec![dead], vec![route("*", "/", 0)]);
+    assert_eq!(get_with(h.addr, "/", "Cookie: ROUTEID=.a\r\n").status, 503);
+    // A route no member has (Apache: 503 too).
+    assert_eq!(get_with(h.addr, "/", "Cookie: ROUTEID=.zz\r\n").status, 503);
+    assert_eq!((a.hits(), b.hits()), hits);
+    // Without a route, a request is balanced as usual and stamped.
+    let r = get(h.addr, "x", "/");
+    assert_eq!((r.status, r.body.as_str()), (200, "b"));
+    assert_eq!(r.headers["set-cookie"], "ROUTEID=.b; Path=/; HttpOnly");
+    h.proxy.shutdown();
 }
