@@ -6,7 +6,7 @@ use std::net::IpAddr;
 
 use aya::{
     maps::{HashMap as BpfHashMap, MapData, PerCpuArray},
-    programs::{xdp::XdpLinkId, TestRun, TestRunOptions, Xdp, XdpMode},
+    programs::{xdp::XdpLinkId, TestRun, TestRunOptions, Xdp},
     Ebpf,
 };
 use fulcrum_common::{addr_words, names, Counters, DecapReason};
@@ -63,13 +63,7 @@ impl Decap {
     /// # Errors
     /// Neither mode could attach.
     pub fn attach(&mut self, interface: &str) -> Result<AttachMode, DatapathError> {
-        let (link, mode) = match self.program().attach(interface, XdpMode::Driver) {
-            Ok(link) => (link, AttachMode::Driver),
-            Err(err) => {
-                tracing::warn!(%interface, error = %err, "driver-mode XDP refused; falling back to generic (skb) mode");
-                (self.program().attach(interface, XdpMode::Skb)?, AttachMode::Generic)
-            }
-        };
+        let (link, mode) = crate::attach_xdp(self.program(), interface)?;
         self.link = Some(link);
         Ok(mode)
     }

@@ -260,13 +260,7 @@ impl Datapath {
     /// # Errors
     /// Neither mode could attach (no such interface, another program).
     pub fn attach(&mut self, interface: &str) -> Result<AttachMode, DatapathError> {
-        let (link, mode) = match self.program().attach(interface, XdpMode::Driver) {
-            Ok(link) => (link, AttachMode::Driver),
-            Err(err) => {
-                tracing::warn!(%interface, error = %err, "driver-mode XDP refused; falling back to generic (skb) mode, expect stack-speed forwarding");
-                (self.program().attach(interface, XdpMode::Skb)?, AttachMode::Generic)
-            }
-        };
+        let (link, mode) = attach_xdp(self.program(), interface)?;
         self.link = Some(link);
         Ok(mode)
     }
@@ -406,6 +400,18 @@ pub fn monotonic_ns() -> u64 {
         now
     };
     now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
+}
+
+/// Attaches `program` to `interface` in driver mode, else in generic mode
+/// with a warning: generic XDP runs after the skb is built, at stack speed.
+pub(crate) fn attach_xdp(program: &mut Xdp, interface: &str) -> Result<(XdpLinkId, AttachMode), DatapathError> {
+    match program.attach(interface, XdpMode::Driver) {
+        Ok(link) => Ok((link, AttachMode::Driver)),
+        Err(err) => {
+            tracing::warn!(%interface, error = %err, "driver-mode XDP refused; falling back to generic (skb) mode, expect stack-speed forwarding");
+            Ok((program.attach(interface, XdpMode::Skb)?, AttachMode::Generic))
+        }
+    }
 }
 
 fn typed<T>(map: Map, name: &'static str) -> Result<T, DatapathError>
