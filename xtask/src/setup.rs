@@ -19,8 +19,11 @@ use crate::build::{output, status};
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Debian packages the lab, demo, tests and benches use: `ip`, `ethtool`,
 /// `sysctl`, `wrk`, keepalived as the VRRP peer of the interoperability
-/// tests, and nginx and HAProxy as the peers of `cargo xtask bench l7`.
-const DEBIAN_PACKAGES: &[&str] = &["iproute2", "ethtool", "procps", "wrk", "keepalived", "nginx", "haproxy"];
+/// tests, bpftool (a failover test detaches the XDP link behind the
+/// daemon's back), and nginx and HAProxy as the peers of
+/// `cargo xtask bench l7`.
+const DEBIAN_PACKAGES: &[&str] =
+    &["iproute2", "ethtool", "procps", "wrk", "keepalived", "bpftool", "nginx", "haproxy"];
 
 pub fn run() -> Result<()> {
     nightly_rust_src()?;

@@ -51,6 +51,14 @@ pub struct VrrpStats {
     pub state: String,
     /// The effective priority now (tracking may lower the configured one).
     pub priority: u8,
+    /// The priority in the configuration, before tracking.
+    #[serde(default)]
+    pub configured_priority: u8,
+    /// The current Master's primary address: this node's own while
+    /// MASTER, else the source of the last accepted advert from the
+    /// Master; `None` before any.
+    #[serde(default)]
+    pub master_address: Option<String>,
     /// The addresses it owns while MASTER, `a.b.c.d/len`.
     pub addresses: Vec<String>,
     /// Advertisements this node sent.
@@ -340,8 +348,8 @@ pub fn render(report: &StatsReport) -> String {
         let discarded: u64 = v.discards.values().sum();
         let _ = writeln!(
             out,
-            "VRRP {} vrid={} on {} {} priority={} addresses={} adverts sent={} received={} discarded={}",
-            v.name, v.vrid, v.interface, v.state, v.priority, v.addresses.join(","), v.adverts_sent, v.adverts_accepted, discarded
+            "VRRP {} vrid={} on {} {} priority={} (configured {}) master={} addresses={} adverts sent={} received={} discarded={}",
+            v.name, v.vrid, v.interface, v.state, v.priority, v.configured_priority, v.master_address.as_deref().unwrap_or("-"), v.addresses.join(","), v.adverts_sent, v.adverts_accepted, discarded
         );
     }
     for listener in &report.listeners {

@@ -93,13 +93,15 @@
 //! notify_master = ["/usr/local/bin/notify", "master"]  # argv, never a shell string;
 //!                               # also notify_backup, notify_fault, notify_stop
 //! [[vrrp.track]]                # keepalived's track_* with weight
-//! kind = "pool"                 # "pool" | "interface" | "script"
+//! kind = "pool"                 # "pool" | "interface" | "script" | "xdp" | "l7"
 //! pool = "web"                  # pool: at least min_up members take traffic
 //! min_up = 2                    # default 1
 //! weight = -60                  # -254..=254: negative counts while failing,
 //!                               # positive while holding, 0 (default) = FAULT on failure
 //! # interface = "eth0"          # interface: operstate up
 //! # command = ["/usr/local/bin/check"], interval = "2s", timeout = "1s"   # script
+//! # xdp: fulcrum's XDP program is still attached to `interface` (no fields)
+//! # l7: every [[listener]] accepts a connection (no fields; needs listeners)
 //! # auth_key_file = "/etc/fulcrum/vrrp.key"  # NON-STANDARD HMAC-SHA256 trailer,
 //! #                             # fulcrum-to-fulcrum only; off by default; or
 //! #                             # auth_key = "..." inline (warned at start)
@@ -522,6 +524,15 @@ pub enum TrackKind {
         /// default 1 s.
         timeout: Duration,
     },
+    /// fulcrum's XDP program is still attached to `interface`: the
+    /// top-level `interface`, where the daemon attaches it (`kind = "xdp"`).
+    Xdp {
+        /// The top-level interface.
+        interface: String,
+    },
+    /// Every L7 listener (`[[listener]]`) accepts a TCP connection
+    /// (`kind = "l7"`); needs at least one listener.
+    L7,
 }
 
 impl Config {

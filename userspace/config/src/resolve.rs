@@ -48,7 +48,7 @@ pub(super) fn resolve(raw: RawConfig, text: &str) -> Result<Config, Vec<Diagnost
     let pools = c.pools(&raw.pool, &raw.vip);
     let listeners = c.listeners(&raw.listener, &raw.pool);
     let l7 = c.l7(raw.l7.as_ref());
-    let mut vrrp = c.vrrps(&raw.vrrp, &interface, &raw.pool);
+    let mut vrrp = c.vrrps(&raw.vrrp, &interface, &raw.pool, !raw.listener.is_empty());
     c.vrrp_sync_groups(&raw.vrrp_sync_group, &raw.vrrp, &mut vrrp);
     let datapath = c.datapath(raw.datapath.as_ref());
     c.check_ipip(&raw.vip, &raw.pool, raw.datapath.as_ref(), &datapath);
@@ -511,6 +511,8 @@ impl Checker<'_> {
         t: &RawTrack,
         pools: &[RawPool],
         command: impl Fn(&mut Self, &Option<Spanned<Vec<String>>>) -> Option<Vec<String>>,
+        xdp_interface: &str,
+        has_listeners: bool,
     ) -> Option<TrackConfig> {
         let weight = t.weight.as_ref().map_or(Some(0), |w| self.int_in(w, -254..=254, "weight"));
         let missing = |c: &mut Self, field: &str| {
@@ -539,15 +541,23 @@ impl Checker<'_> {
                 let timeout = self.duration(t.timeout.as_ref(), Duration::from_secs(1), Duration::from_millis(10)..=interval, "timeout")?;
                 TrackKind::Script { command, interval, timeout }
             }
+            "xdp" => TrackKind::Xdp { interface: xdp_interface.to_owned() },
+            "l7" => {
+                if !has_listeners {
+                    self.error(t.kind.span(), "an \"l7\" track needs at least one [[listener]]".to_owned());
+                    return None;
+                }
+                TrackKind::L7
+            }
             other => {
-                self.error(t.kind.span(), format!("unknown track kind {other:?}: \"pool\", \"interface\" or \"script\""));
+                self.error(t.kind.span(), format!("unknown track kind {other:?}: \"pool\", \"interface\", \"script\", \"xdp\" or \"l7\""));
                 return None;
             }
         };
         Some(TrackConfig { kind, weight: weight? })
     }
 
-    fn vrrps(&mut self, raw: &[RawVrrp], default_interface: &str, pools: &[RawPool]) -> Vec<VrrpConfig> {
+    fn vrrps(&mut self, raw: &[RawVrrp], default_interface: &str, pools: &[RawPool], has_listeners: bool) -> Vec<VrrpConfig> {
         let mut names = HashMap::new();
         let mut routers: HashMap<(String, u8, bool), Range<usize>> = HashMap::new();
         let mut owners: HashMap<IpAddr, Range<usize>> = HashMap::new();
@@ -649,7 +659,7 @@ impl Checker<'_> {
                 fault: command(self, &v.notify_fault),
                 stop: command(self, &v.notify_stop),
             };
-            let track = v.track.iter().filter_map(|t| self.track(t, pools, command)).collect();
+            let track = v.track.iter().filter_map(|t| self.track(t, pools, command, default_interface, has_listeners)).collect();
             let auth_key = self.vrrp_auth_key(v);
             out.push(VrrpConfig {
                 auth_key,

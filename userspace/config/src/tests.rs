@@ -1215,6 +1215,38 @@ interval = "3s"
     assert_eq!(position_of(&d, "unknown track kind").0, at("kind = \"ping\""));
 }
 
+/// Issue 11 item 3: "XDP program attached" and "L7 listeners up" as
+/// tracked conditions.
+#[test]
+fn vrrp_xdp_and_l7_tracks_resolve() {
+    let vrrp = r#"
+[[vrrp]]
+name = "vi4"
+vrid = 51
+priority = 150
+addresses = ["198.18.1.1"]
+[[vrrp.track]]
+kind = "xdp"
+weight = -100
+[[vrrp.track]]
+kind = "l7"
+"#;
+    let listener = "\n[[listener]]\nname = \"www\"\naddress = \"198.18.0.2:8080\"\n[[listener.route]]\npath = \"/\"\npool = \"web\"\n";
+    let pool = "\n[[pool]]\nname = \"web\"\n[[pool.backend]]\naddress = \"198.18.0.11\"\n";
+    let text = with(&format!("{WEB_VIP}{pool}{listener}{vrrp}"));
+    let config = parse(&text, "test.toml").unwrap();
+    let v = &config.vrrp[0];
+    // The XDP program is where the daemon attaches it: the top-level interface.
+    assert_eq!(v.track[0], TrackConfig { kind: TrackKind::Xdp { interface: "eth0".into() }, weight: -100 });
+    assert_eq!(v.track[1], TrackConfig { kind: TrackKind::L7, weight: 0 });
+
+    // No listener to check: refused where the track says "l7".
+    let bad = with(&format!("{WEB_VIP}{pool}{vrrp}"));
+    let d = errors(&bad);
+    let at = bad.lines().position(|l| l.contains("kind = \"l7\"")).unwrap() + 1;
+    assert_eq!(position_of(&d, "needs at least one [[listener]]").0, at);
+}
+
 const IPIP: &str = r#"interface = "eth0"
 [datapath]
 ipip_source_v4 = "198.18.7.0/24"

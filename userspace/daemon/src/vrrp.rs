@@ -3,7 +3,7 @@
 //! delay an advertisement), reporting state changes that become
 //! observations: a VIP owned by an instance is forwarded only while that
 //! instance is MASTER here.
-use std::{collections::HashMap, process::Stdio, sync::mpsc as std_mpsc, time::Duration};
+use std::{collections::HashMap, future::Future, net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr}, process::Stdio, sync::mpsc as std_mpsc, time::Duration};
 
 use anyhow::{Context, Result};
 use fulcrum_api::VrrpStats;
@@ -22,12 +22,20 @@ pub struct Vrrp {
     instances: Vec<(VrrpConfig, Instance)>,
     /// What tracking last made of each instance's priority.
     tracked: Vec<Tracked>,
-    /// Script results by (instance, track) index; a script counts as
-    /// failing until its first run reports, so a node never claims MASTER
-    /// on an unchecked condition.
+    /// Results of the conditions checked off the control loop (scripts,
+    /// `xdp`, `l7`) by (instance, track) index; each counts as failing
+    /// until its first check reports, so a node never claims MASTER on an
+    /// unchecked condition.
     scripts: HashMap<(usize, usize), bool>,
-    /// The script runners; dropping them stops them.
+    /// The script and probe runners; dropping them stops them.
     runners: Vec<tokio::task::JoinHandle<()>>,
+    /// The L7 listeners' addresses, for `l7` tracks (changing them needs
+    /// a restart, so they are fixed for the daemon's life).
+    listeners: Vec<SocketAddr>,
+    /// The XDP program the daemon attached (it attaches before VRRP
+    /// starts), as the interface reported it then: an `xdp` track fails
+    /// when the interface has no program or another one.
+    xdp_program: Option<u32>,
 }
 
 /// A tracked script's result: instance index, track index, whether it
@@ -90,17 +98,49 @@ impl Vrrp {
             instances.push((v.clone(), instance));
         }
         let tracked = instances.iter().map(|(v, _)| Tracked::Priority(v.priority)).collect();
-        Ok(Vrrp { instances, tracked, scripts: HashMap::new(), runners: Vec::new() })
+        let tracks_xdp = config.vrrp.iter().flat_map(|v| &v.track).any(|t| matches!(t.kind, TrackKind::Xdp { .. }));
+        let xdp_program = if tracks_xdp {
+            // Blocking netlink: from a plain thread, not the runtime's.
+            let interface = config.interface.clone();
+            let id = std::thread::spawn(move || shell::xdp_program_id(&interface))
+                .join()
+                .expect("an rtnetlink request does not panic")
+                .with_context(|| format!("reading the XDP program of {}", config.interface))?;
+            tracing::info!(interface = %config.interface, program = ?id, "VRRP tracks this XDP program");
+            id
+        } else {
+            None
+        };
+        let listeners = config.listeners.iter().map(|l| l.address).collect();
+        Ok(Vrrp { instances, tracked, scripts: HashMap::new(), runners: Vec::new(), listeners, xdp_program })
     }
 
-    /// Starts one task per tracked script, reporting on `results`. Call
-    /// from inside the tokio runtime.
+    /// Starts one task per tracked script, and per `xdp` or `l7` track,
+    /// reporting on `results`: their checks block (a process, a netlink
+    /// request, a connect), so they run off the control loop, which only
+    /// reads their last results in [`Vrrp::track`]. Call from inside the
+    /// tokio runtime.
     pub fn start_scripts(&mut self, results: mpsc::UnboundedSender<ScriptResult>) {
         for (i, (v, _)) in self.instances.iter().enumerate() {
             for (j, track) in v.track.iter().enumerate() {
-                if let TrackKind::Script { command, interval, timeout } = &track.kind {
-                    let (command, interval, timeout, results) = (command.clone(), *interval, *timeout, results.clone());
-                    self.runners.push(tokio::spawn(run_script(command, interval, timeout, move |ok| results.send((i, j, ok)).is_ok())));
+                let results = results.clone();
+                let report = move |ok| results.send((i, j, ok)).is_ok();
+                match &track.kind {
+                    TrackKind::Script { command, interval, timeout } => {
+                        let (command, interval, timeout) = (command.clone(), *interval, *timeout);
+                        self.runners.push(tokio::spawn(run_script(command, interval, timeout, report)));
+                    }
+                    TrackKind::Xdp { interface } => {
+                        let (interface, expected) = (interface.clone(), self.xdp_program);
+                        let check = move || xdp_attached(interface.clone(), expected);
+                        self.runners.push(tokio::spawn(run_probe(PROBE_EVERY, check, report)));
+                    }
+                    TrackKind::L7 => {
+                        let listeners = self.listeners.clone();
+                        let check = move || listeners_accept(listeners.clone());
+                        self.runners.push(tokio::spawn(run_probe(PROBE_EVERY, check, report)));
+                    }
+                    TrackKind::Pool { .. } | TrackKind::Interface { .. } => {}
                 }
             }
         }
@@ -122,7 +162,9 @@ impl Vrrp {
                         effective.pool(pool).map_or(0, |p| p.active().count()) >= *min_up as usize
                     }
                     TrackKind::Interface { name } => interface_up(name),
-                    TrackKind::Script { .. } => self.scripts.get(&(i, j)).copied().unwrap_or(false),
+                    TrackKind::Script { .. } | TrackKind::Xdp { .. } | TrackKind::L7 => {
+                        self.scripts.get(&(i, j)).copied().unwrap_or(false)
+                    }
                 };
                 (t.weight, holds)
             });
@@ -202,6 +244,8 @@ impl Vrrp {
                     interface: v.interface.clone(),
                     state: instance.state().to_string(),
                     priority: instance.priority(),
+                    configured_priority: v.priority,
+                    master_address: instance.master_address().map(|a| a.to_string()),
                     addresses: v.addresses.iter().map(|(a, p)| format!("{a}/{p}")).collect(),
                     adverts_sent: counters.adverts_sent,
                     adverts_accepted: counters.adverts_accepted,
@@ -263,6 +307,73 @@ async fn run_script(command: Vec<String>, interval: Duration, timeout: Duration,
         if !report(ok) {
             return;
         }
+    }
+}
+
+/// How often `xdp` and `l7` tracks are checked.
+const PROBE_EVERY: Duration = Duration::from_millis(500);
+
+/// How long an `l7` track's connect to a listener may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// Runs `check` every `interval` and reports each outcome until `report`
+/// returns false.
+async fn run_probe<F, Fut>(interval: Duration, mut check: F, report: impl Fn(bool) -> bool)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let mut ticks = tokio::time::interval(interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        if !report(check().await) {
+            return;
+        }
+    }
+}
+
+/// Whether `interface` has an XDP program attached (rtnetlink's IFLA_XDP),
+/// and it is `expected` when that is known: someone's `ip link set dev
+/// eth0 xdp off` (or a program of theirs in its place) fails the track.
+async fn xdp_attached(interface: String, expected: Option<u32>) -> bool {
+    let id = tokio::task::spawn_blocking(move || shell::xdp_program_id(&interface)).await;
+    match id {
+        Ok(Ok(Some(id))) => expected.is_none_or(|e| e == id),
+        _ => false,
+    }
+}
+
+/// Whether every L7 listener accepts a TCP connection (closed at once;
+/// the proxy sees an empty connection). An unspecified listener address
+/// is tried on the loopback address of its family.
+async fn listeners_accept(listeners: Vec<SocketAddr>) -> bool {
+    if listeners.is_empty() {
+        return false;
+    }
+    for address in listeners {
+        let target = connect_address(address);
+        match tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(target)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(err)) => {
+                tracing::debug!(listener = %address, error = %err, "VRRP l7 track: listener refuses");
+                return false;
+            }
+            Err(_) => {
+                tracing::debug!(listener = %address, "VRRP l7 track: listener does not accept in time");
+                return false;
+            }
+        }
+    }
+    true
+}
+
+/// Where to connect to reach a listener bound to `address`.
+fn connect_address(address: SocketAddr) -> SocketAddr {
+    match address.ip() {
+        IpAddr::V4(a) if a.is_unspecified() => SocketAddr::new(Ipv4Addr::LOCALHOST.into(), address.port()),
+        IpAddr::V6(a) if a.is_unspecified() => SocketAddr::new(Ipv6Addr::LOCALHOST.into(), address.port()),
+        _ => address,
     }
 }
 
@@ -346,6 +457,30 @@ mod tests {
         // The argument arrives as one word, never interpreted.
         assert_eq!(std::fs::read_to_string(&out).unwrap(), "arg; rm -rf / vi4 51 MASTER\n");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn l7_track_needs_every_listener_to_accept() {
+        let a = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let a_addr = a.local_addr().unwrap();
+        // Bound, not listening: its port refuses connections, and stays
+        // ours (a closed port could be taken by a parallel test).
+        let closed = tokio::net::TcpSocket::new_v4().unwrap();
+        closed.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let closed_addr = closed.local_addr().unwrap();
+        // An unspecified address is tried on loopback.
+        let a_any = SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), a_addr.port());
+        assert_eq!(connect_address(a_any), a_addr);
+        assert!(listeners_accept(vec![a_any, a_addr]).await);
+        assert!(!listeners_accept(vec![a_addr, closed_addr]).await);
+        assert!(!listeners_accept(Vec::new()).await);
+    }
+
+    #[tokio::test]
+    async fn xdp_track_fails_without_a_program() {
+        // Loopback has no XDP program here; an unknown interface fails too.
+        assert!(!xdp_attached("lo".into(), None).await);
+        assert!(!xdp_attached("fulcrum-no-such-if".into(), None).await);
     }
 
     #[tokio::test]

@@ -266,6 +266,10 @@ pub struct Machine {
     /// Held in Backup with the Master_Down_Timer fired (or as the owner at
     /// startup): the reason we would have become Master for.
     pending: Option<Reason>,
+    /// The source of the last accepted advert from the current Master
+    /// (outside Master); `None` before any, and again after this node was
+    /// Master itself until it hears one.
+    last_master: Option<IpAddr>,
 }
 
 impl Machine {
@@ -286,6 +290,7 @@ impl Machine {
             sync_faulted: false,
             held: false,
             pending: None,
+            last_master: None,
         })
     }
 
@@ -299,6 +304,17 @@ impl Machine {
     /// [`crate::sync`] calls "ready".
     pub fn wants_master(&self) -> bool {
         self.state == State::Master || (self.state == State::Backup && self.pending.is_some())
+    }
+
+    /// The current Master's primary address as far as this node knows:
+    /// its own primary address while Master, else the source of the last
+    /// accepted advert from the Master (a Backup hears only Masters), or
+    /// `None` before any (and after leaving Master until one is heard).
+    pub fn master_address(&self) -> Option<IpAddr> {
+        match self.state {
+            State::Master => Some(self.cfg.primary_address),
+            _ => self.last_master,
+        }
     }
 
     /// The effective priority.
@@ -515,6 +531,10 @@ impl Machine {
     /// RFC 9568 6.4.2 / RFC 3768 6.4.2 "If an ADVERTISEMENT is received".
     /// Accepting or discarding an advert is silent: no actions.
     fn backup_advert(&mut self, heard: Heard, now: Instant) {
+        // Only a Master advertises: whatever we do with it (even a
+        // priority-0 resignation, or a lower priority we will preempt),
+        // its sender is the Master now.
+        self.last_master = Some(heard.source);
         if heard.priority == PRIORITY_STOP {
             // "If the Priority in the ADVERTISEMENT is 0, then: Set the
             // Active_Down_Timer to Skew_Time". Held and already wanting
@@ -594,6 +614,7 @@ impl Machine {
             self.preempt_at = None;
             out.push(Action::ReleaseVips);
             out.push(Action::SetForwarding(false));
+            self.last_master = Some(heard.source);
             let reason = if higher {
                 Reason::HigherPriority {
                     priority: heard.priority,
@@ -628,6 +649,8 @@ impl Machine {
         self.timer = Some(now + self.cfg.advert_interval.as_duration());
         self.preempt_at = None;
         self.pending = None;
+        // Whoever was Master before is not any more.
+        self.last_master = None;
         self.transition(State::Master, reason, out);
     }
 

@@ -619,3 +619,36 @@ fn early_timer_is_harmless() {
     assert_eq!(r.take(), vec![]);
     assert_eq!(r.deadline_ms(), Some(3600));
 }
+
+/// Issue 11 item 7, the master address in stats. RFC 9568 6.4.2: a Backup
+/// hears adverts from the {Active} Router only, so the source of the last
+/// one accepted is the Master's primary address (6.4.3's tie-break uses
+/// the same "primary IPvX Address of the sender"); 6.4.3: in {Active}
+/// state, this router is the one.
+#[test]
+fn master_address_follows_the_election() {
+    let mut r = Replay::new(config(100));
+    assert_eq!(r.m.master_address(), None);
+    r.at(0, Event::Startup);
+    // Backup, nothing heard yet.
+    assert_eq!(r.m.master_address(), None);
+    r.at(1000, heard(200, HIGHER_ADDR));
+    assert_eq!(r.m.master_address(), Some(HIGHER_ADDR));
+    // A resigning Master (priority 0) is still the Master until Skew_Time.
+    r.at(2000, heard(0, HIGHER_ADDR));
+    assert_eq!(r.m.master_address(), Some(HIGHER_ADDR));
+    // Its Skew_Time passes: we are Master, and the address is ours.
+    r.advance(3000);
+    assert_eq!(r.m.state(), State::Master);
+    assert_eq!(r.m.master_address(), Some(ME));
+    // A higher priority takes over: its source is the Master now.
+    r.at(3500, heard(200, LOWER_ADDR));
+    assert_eq!(r.m.state(), State::Backup);
+    assert_eq!(r.m.master_address(), Some(LOWER_ADDR));
+    // Leaving for Fault keeps the last Master heard; a Master going to
+    // Fault knows no other Master.
+    let (mut r, t) = master(100);
+    r.at(t + 100, Event::Fault);
+    assert_eq!(r.m.state(), State::Fault);
+    assert_eq!(r.m.master_address(), None);
+}

@@ -263,6 +263,8 @@ pub struct Counters {
 struct Status {
     state: State,
     priority: u8,
+    /// [`crate::Machine::master_address`].
+    master_address: Option<IpAddr>,
     counters: Counters,
 }
 
@@ -502,6 +504,21 @@ fn spawn_inner(
     })
 }
 
+/// The id of the XDP program attached to `interface` (rtnetlink's
+/// IFLA_XDP attributes), `None` if none is: for tracking that the
+/// daemon's program is still there (issue 11, "Tracking").
+///
+/// Blocking: it runs one request on a current-thread runtime of its own,
+/// so call it from a plain thread or `spawn_blocking`, never from inside
+/// an async task. The answer is about the calling thread's network
+/// namespace.
+///
+/// # Errors
+/// No such interface, or netlink failed.
+pub fn xdp_program_id(interface: &str) -> io::Result<Option<u32>> {
+    Ok(netlink::Netlink::open()?.link(interface)?.xdp_prog_id)
+}
+
 impl Instance {
     /// The instance's name.
     pub fn name(&self) -> &str {
@@ -519,6 +536,16 @@ impl Instance {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .priority
+    }
+
+    /// The current Master's primary address as this instance knows it:
+    /// its own while Master, else the source of the last accepted advert
+    /// from the Master; `None` before any ([`crate::Machine::master_address`]).
+    pub fn master_address(&self) -> Option<IpAddr> {
+        self.status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .master_address
     }
 
     /// A snapshot of the counters.

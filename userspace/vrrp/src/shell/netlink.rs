@@ -13,7 +13,7 @@ use futures_util::TryStreamExt;
 use rtnetlink::packet_route::address::{
     AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage, AddressScope,
 };
-use rtnetlink::packet_route::link::LinkAttribute;
+use rtnetlink::packet_route::link::{LinkAttribute, LinkXdp};
 use rtnetlink::packet_route::AddressFamily;
 
 use super::Vip;
@@ -23,6 +23,9 @@ use super::Vip;
 pub(crate) struct LinkInfo {
     pub index: u32,
     pub mac: [u8; 6],
+    /// The XDP program attached to the interface (IFLA_XDP_PROG_ID, or
+    /// the per-mode ids), if any.
+    pub xdp_prog_id: Option<u32>,
 }
 
 /// One address on the interface, as the kernel reports it.
@@ -82,16 +85,30 @@ impl Netlink {
                     io::Error::new(io::ErrorKind::NotFound, format!("no interface {name}"))
                 })?;
             let mut mac = [0u8; 6];
+            let mut xdp_prog_id = None;
             for a in &msg.attributes {
-                if let LinkAttribute::Address(m) = a {
-                    if m.len() == 6 {
-                        mac.copy_from_slice(m);
+                match a {
+                    LinkAttribute::Address(m) if m.len() == 6 => mac.copy_from_slice(m),
+                    LinkAttribute::Xdp(xdp) => {
+                        for x in xdp {
+                            if let LinkXdp::ProgId(id)
+                            | LinkXdp::DrvProgId(id)
+                            | LinkXdp::SkbProgId(id)
+                            | LinkXdp::HwProgId(id) = x
+                            {
+                                if *id != 0 {
+                                    xdp_prog_id = xdp_prog_id.or(Some(*id));
+                                }
+                            }
+                        }
                     }
+                    _ => {}
                 }
             }
             Ok(LinkInfo {
                 index: msg.header.index,
                 mac,
+                xdp_prog_id,
             })
         })
     }

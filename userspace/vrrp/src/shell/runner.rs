@@ -186,6 +186,7 @@ impl Runner {
         let status = Arc::new(Mutex::new(Status {
             state: State::Initialize,
             priority: cfg.priority,
+            master_address: None,
             counters: Counters::default(),
         }));
         // The epoch of the replay counter: wall-clock seconds now, so a
@@ -609,6 +610,7 @@ impl Runner {
         let mut s = self.status.lock().unwrap_or_else(|e| e.into_inner());
         s.state = self.machine.state();
         s.priority = self.machine.priority();
+        s.master_address = self.machine.master_address();
         s.counters.clone_from(&self.counters);
     }
 }
