@@ -90,6 +90,9 @@
 //! interface = "eth0"            # default: the top-level interface
 //! unicast_peers = ["198.18.0.3"]  # optional, else multicast 224.0.0.18 / ff02::12
 //! addresses = ["198.18.1.1/32"] # one family; each address in one instance
+//! virtual_mac = false           # default false (keepalived's default): VIPs on the
+//!                               # interface, its own MAC; true: RFC 9568 virtual MAC
+//!                               # 00:00:5e:00:01:VRID (IPv6 :02:) on a macvlan vrrp.VRID
 //! notify_master = ["/usr/local/bin/notify", "master"]  # argv, never a shell string;
 //!                               # also notify_backup, notify_fault, notify_stop
 //! [[vrrp.track]]                # keepalived's track_* with weight
@@ -434,6 +437,14 @@ pub struct VrrpConfig {
     /// The `[[vrrp_sync_group]]` this instance belongs to, if any: its
     /// members fail over together (keepalived's `vrrp_sync_group`).
     pub sync_group: Option<String>,
+    /// Use the RFC 9568 virtual router MAC (section 7.3:
+    /// 00:00:5e:00:01:VRID for IPv4, 00:00:5e:00:02:VRID for IPv6) on a
+    /// macvlan of `interface` (`vrrp.VRID` / `vrrp6.VRID`), up only while
+    /// MASTER, holding the addresses. Default false, keepalived's default
+    /// (no `use_vmac`): the addresses go on `interface` and clients learn
+    /// each Master's own MAC. See fulcrum-vrrp's
+    /// `shell::InstanceConfig::virtual_mac`.
+    pub virtual_mac: bool,
 }
 
 /// Shortest HMAC key accepted, bytes: SHA-256's output length (RFC 2104

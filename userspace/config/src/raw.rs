@@ -151,6 +151,7 @@ pub(super) struct RawVrrp {
     pub track: Vec<RawTrack>,
     pub auth_key_file: Option<Spanned<String>>,
     pub auth_key: Option<Spanned<String>>,
+    pub virtual_mac: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -1140,6 +1140,28 @@ fn vrrp_instances_resolve() {
     assert_eq!(config.vrrp_owning(IpAddr::from([198, 18, 1, 9])), None);
 }
 
+/// `virtual_mac` is off unless asked for (keepalived's default), and must
+/// be a boolean.
+#[test]
+fn vrrp_virtual_mac_defaults_off() {
+    let config = parse(&with(VRRP), "test.toml").unwrap();
+    assert!(!config.vrrp[0].virtual_mac && !config.vrrp[1].virtual_mac);
+    let on = VRRP.replace("addresses = [\"198.18.1.3\"]", "addresses = [\"198.18.1.3\"]\nvirtual_mac = true");
+    let config = parse(&with(&on), "test.toml").unwrap();
+    assert!(!config.vrrp[0].virtual_mac && config.vrrp[1].virtual_mac);
+    let bad = VRRP.replace("addresses = [\"198.18.1.3\"]", "addresses = [\"198.18.1.3\"]\nvirtual_mac = \"yes\"");
+    assert!(!errors(&with(&bad)).is_empty());
+    // Not for the address of an L4 VIP: XDP balances frames to the
+    // interface's own MAC only.
+    let with_vip = format!(
+        "{WEB_VIP}\n[[pool]]\nname = \"web\"\n[[pool.backend]]\naddress = \"198.18.0.11\"\n{}",
+        VRRP.replace("addresses = [\"198.18.1.1\", \"198.18.1.2/24\"]", "addresses = [\"198.18.1.1\", \"198.18.1.2/24\"]\nvirtual_mac = true")
+    );
+    let text = with(&with_vip);
+    let d = errors(&text);
+    assert_eq!(position_of(&d, "virtual_mac = true but owns").0, text.lines().position(|l| l.contains("name = \"vi4\"")).unwrap() + 1);
+}
+
 #[test]
 fn vrrp_sections_are_checked_with_positions() {
     let bad = VRRP

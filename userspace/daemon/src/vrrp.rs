@@ -421,6 +421,7 @@ fn instance_config(v: &VrrpConfig) -> Result<InstanceConfig> {
         // addresses (see `Vrrp::forwarding_ready`); a stuck loop cannot
         // keep a MASTER from claiming them for longer than this.
         wait_for_forwarding: Some(FORWARDING_WAIT),
+        virtual_mac: v.virtual_mac,
     })
 }
 

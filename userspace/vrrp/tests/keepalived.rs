@@ -129,6 +129,7 @@ fn fulcrum_conf(version: Version, priority: u8, interval: Centiseconds, vip: IpA
         garp: Garp::default(),
         hmac: None,
         wait_for_forwarding: None,
+        virtual_mac: false,
     }
 }
 

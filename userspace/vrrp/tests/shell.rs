@@ -42,6 +42,7 @@ fn config(name: &str, vip: IpAddr, priority: u8) -> InstanceConfig {
         },
         hmac: None,
         wait_for_forwarding: None,
+        virtual_mac: false,
     }
 }
 
@@ -498,5 +499,77 @@ fn hmac_peers_elect_and_a_wrong_key_is_ignored() -> Result<()> {
     r1.stop();
     let m = wait_state(&rx2, State::Master, Duration::from_secs(2))?;
     assert_eq!(m.reason, Reason::MasterResigned);
+    Ok(())
+}
+
+/// `ip -n NS -o link show DEV`, or `None` if there is no such device.
+fn link_line(ns: &str, dev: &str) -> Option<String> {
+    common::ip(&["-n", ns, "-o", "link", "show", "dev", dev]).ok()
+}
+
+/// Whether `addr` is on device `dev` in `ns`.
+fn addr_on(ns: &str, dev: &str, addr: IpAddr) -> bool {
+    common::ip(&["-n", ns, "-o", "addr", "show", "dev", dev])
+        .map(|out| {
+            out.split_whitespace()
+                .any(|w| w.split('/').next() == Some(&addr.to_string()))
+        })
+        .unwrap_or(false)
+}
+
+/// `virtual_mac = true`: the Master's VIP sits on the macvlan `vrrp.51`
+/// and resolves, at the observer, to the virtual router MAC
+/// 00:00:5e:00:01:33 (RFC 9568 section 7.3, VRID 51 = 0x33); after a
+/// failover it still resolves to that MAC, now answered by the other
+/// router, whose frames from that MAC the switch has learnt on its port
+/// (gratuitous ARPs and adverts from the virtual MAC, sections 6.4.2,
+/// 7.3). A Backup's macvlan is down; a graceful stop deletes it.
+#[test]
+fn ipv4_virtual_mac_follows_the_master() -> Result<()> {
+    const VMAC: &str = "00:00:5e:00:01:33";
+    let lab = VrrpLab::up(2)?;
+    let vip = IpAddr::V4(lab.vip4());
+    let vcfg = |name: &str, prio: u8| InstanceConfig { virtual_mac: true, ..config(name, vip, prio) };
+    let (r1, rx1) = lab.spawn(1, vcfg("r1", 200))?;
+    wait_state(&rx1, State::Master, Duration::from_secs(3))?;
+    let (r2, rx2) = lab.spawn(2, vcfg("r2", 100))?;
+    wait_for(Duration::from_secs(1), "r2 in Backup", || r2.state() == State::Backup)?;
+    let (ns1, ns2) = (lab.router(1), lab.router(2));
+    assert!(addr_on(&ns1, "vrrp.51", vip), "the VIP is on r1's macvlan");
+    assert!(lab.holders(vip).is_empty(), "and on no eth0");
+    let l1 = link_line(&ns1, "vrrp.51").expect("r1 has vrrp.51");
+    assert!(l1.contains(VMAC) && l1.contains(",UP"), "r1's macvlan: {l1}");
+    let l2 = link_line(&ns2, "vrrp.51").expect("r2 has vrrp.51");
+    assert!(l2.contains(VMAC) && !l2.contains(",UP"), "a Backup's macvlan is down: {l2}");
+    assert!(lab.observer_reaches(vip), "the observer reaches the VIP on r1");
+    assert_eq!(lab.observer_neighbour(vip).as_deref(), Some(VMAC));
+    // Past the ARP locktime (1 s).
+    std::thread::sleep(Duration::from_millis(1000));
+    while rx2.try_recv().is_ok() {}
+
+    r1.stop();
+    wait_state(&rx2, State::Master, Duration::from_secs(2))?;
+    assert!(link_line(&ns1, "vrrp.51").is_none(), "a graceful stop deletes the macvlan");
+    wait_for(Duration::from_secs(1), "the VIP on r2's macvlan", || addr_on(&ns2, "vrrp.51", vip))?;
+    // The switch learnt the virtual MAC on r2's port (p1): r2 sends from it.
+    wait_for(Duration::from_secs(2), "the virtual MAC learnt on r2's port", || {
+        common::ip(&["-n", &lab.ns("sw"), "-o", "link", "show", "p1"]).is_ok()
+            && std::process::Command::new("bridge")
+                .args(["-n", &lab.ns("sw"), "fdb", "show", "br", "br0"])
+                .output()
+                .map(|o| {
+                    String::from_utf8_lossy(&o.stdout)
+                        .lines()
+                        .any(|l| l.starts_with(VMAC) && l.contains("dev p1 "))
+                })
+                .unwrap_or(false)
+    })?;
+    assert!(lab.observer_reaches(vip), "the observer reaches the VIP on r2");
+    assert_eq!(lab.observer_neighbour(vip).as_deref(), Some(VMAC), "same MAC after failover");
+    // Its adverts leave through the macvlan without error.
+    let c = r2.counters();
+    assert!(c.adverts_sent > 0 && c.send_errors == 0 && c.netlink_errors == 0, "{c:?}");
+    r2.stop();
+    assert!(link_line(&ns2, "vrrp.51").is_none(), "r2's macvlan deleted at stop");
     Ok(())
 }

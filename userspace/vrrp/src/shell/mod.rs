@@ -151,6 +151,45 @@ pub struct InstanceConfig {
     /// addresses before the datapath forwards them, and answer clients'
     /// packets with resets in between. `None` announces at once.
     pub wait_for_forwarding: Option<Duration>,
+    /// Use the virtual router MAC (RFC 9568 section 7.3:
+    /// 00:00:5e:00:01:VRID for IPv4, 00:00:5e:00:02:VRID for IPv6) through
+    /// a macvlan. Off by default, which is keepalived's default (no
+    /// `use_vmac`): the VIPs go on [`InstanceConfig::interface`] and
+    /// answer with its own MAC, so clients' neighbour entries change at
+    /// every failover (the new Master's gratuitous ARPs / NAs update
+    /// them).
+    ///
+    /// On: at start the shell creates a macvlan named
+    /// [`InstanceConfig::vmac_name`] (`vrrp.VRID`, or `vrrp6.VRID` for
+    /// IPv6) in mode private on the interface, with the virtual MAC,
+    /// replacing a leftover of that name. It is up only while Master:
+    /// brought up before the first advert or address of a Master, and
+    /// down again once the VIPs are released, so a Backup never emits a
+    /// frame from the shared MAC (which would move the switches' entry
+    /// for it). The VIPs are added to the macvlan instead of the
+    /// interface; the gratuitous ARPs / unsolicited NAs are sent from
+    /// the virtual MAC, NAs with the Router flag set (RFC 9568 sections
+    /// 6.4.2, 7.2); IPv4 adverts are sent through the macvlan, so from
+    /// the virtual MAC (section 7.3). IPv6 adverts still leave from the
+    /// interface's own MAC: their source must be a link-local address of
+    /// the sending device, and the macvlan's is not the interface's (a
+    /// known gap). For IPv4 the shell sets the interface's `arp_ignore`
+    /// to 1 and `arp_announce` to 2, so that the interface neither
+    /// answers ARP for the VIPs nor names a VIP as the sender of its own
+    /// ARP requests (replies to clients leave through the interface),
+    /// either of which would tie a VIP to the interface's own MAC in the
+    /// clients' caches. A
+    /// graceful stop deletes the macvlan; a crash leaves it (and the next
+    /// start replaces it). Adverts are still received on the interface.
+    ///
+    /// XDP: a program attached to the interface (the parent) runs on the
+    /// parent's receive path, before the macvlan's rx handler hands
+    /// frames to the macvlan, so it sees frames addressed to the virtual
+    /// MAC as well as to the parent's own, and what it passes reaches the
+    /// macvlan (and the VIPs on it). This follows from where the kernel
+    /// runs XDP (driver / generic XDP before `rx_handler`); it was not
+    /// checked in the lab.
+    pub virtual_mac: bool,
 }
 
 impl InstanceConfig {
@@ -159,6 +198,23 @@ impl InstanceConfig {
         self.vips
             .first()
             .map_or(Family::V4, |v| Family::of(&v.address))
+    }
+
+    /// The virtual router MAC of RFC 9568 section 7.3:
+    /// 00:00:5e:00:01:VRID (IPv4) or 00:00:5e:00:02:VRID (IPv6).
+    pub fn vmac(&self) -> [u8; 6] {
+        let f = if self.family() == Family::V4 { 1 } else { 2 };
+        [0x00, 0x00, 0x5e, 0x00, f, self.vrid]
+    }
+
+    /// The name of the macvlan that carries the virtual MAC
+    /// ([`InstanceConfig::virtual_mac`]): `vrrp.VRID` for IPv4,
+    /// `vrrp6.VRID` for IPv6 (one instance per family may share a VRID).
+    pub fn vmac_name(&self) -> String {
+        match self.family() {
+            Family::V4 => format!("vrrp.{}", self.vrid),
+            Family::V6 => format!("vrrp6.{}", self.vrid),
+        }
     }
 
     /// The VRRPv2 authentication this configuration implies.

@@ -14,7 +14,9 @@ use rtnetlink::packet_route::address::{
     AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage, AddressScope,
 };
 use rtnetlink::packet_route::link::{LinkAttribute, LinkXdp};
+use rtnetlink::packet_route::link::MacVlanMode;
 use rtnetlink::packet_route::AddressFamily;
+use rtnetlink::{LinkMacVlan, LinkUnspec};
 
 use super::Vip;
 
@@ -215,6 +217,43 @@ impl Netlink {
                     Ok(false)
                 }
                 Err(e) => Err(e),
+            }
+        })
+    }
+}
+
+impl Netlink {
+    /// Creates macvlan `name` (mode private, MAC `mac`, down) on parent
+    /// `parent`, replacing a leftover of the same name (a crashed
+    /// predecessor's). Returns its index.
+    pub fn macvlan_create(&self, name: &str, parent: u32, mac: [u8; 6]) -> io::Result<u32> {
+        if let Ok(old) = self.link(name) {
+            self.link_del(old.index)?;
+        }
+        self.rt.block_on(async {
+            let msg = LinkMacVlan::new(name, parent, MacVlanMode::Private)
+                .address(mac.to_vec())
+                .build();
+            self.handle.link().add(msg).execute().await.map_err(nl_err)
+        })?;
+        Ok(self.link(name)?.index)
+    }
+
+    /// Sets link `index` up or down.
+    pub fn link_set_up(&self, index: u32, up: bool) -> io::Result<()> {
+        self.rt.block_on(async {
+            let b = LinkUnspec::new_with_index(index);
+            let msg = if up { b.up() } else { b.down() }.build();
+            self.handle.link().set(msg).execute().await.map_err(nl_err)
+        })
+    }
+
+    /// Deletes link `index`; already gone is success.
+    pub fn link_del(&self, index: u32) -> io::Result<()> {
+        self.rt.block_on(async {
+            match self.handle.link().del(index).execute().await.map_err(nl_err) {
+                Err(e) if e.raw_os_error() == Some(libc::ENODEV) => Ok(()),
+                r => r,
             }
         })
     }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
-use super::netlink::{self, LinkInfo, Netlink};
+use super::netlink::{self, Netlink};
 use super::sockets::{AdvertSocket, Announcer, GROUP_V4, GROUP_V6};
 use super::{
     machine_config, Command, Counters, InstanceConfig, Membership, ShellError, StateChange, Status,
@@ -63,6 +63,20 @@ impl RateLimit {
     }
 }
 
+/// The macvlan of InstanceConfig::virtual_mac.
+struct Vmac {
+    index: u32,
+    up: bool,
+    /// IPv4 adverts go out through the macvlan (from the virtual MAC).
+    tx: Option<AdvertSocket>,
+}
+
+/// Writes a sysctl of the calling thread's network namespace (/proc/sys
+/// resolves `net` at open time by the opener's namespace).
+fn write_sysctl(path: &str, value: &str) -> std::io::Result<()> {
+    std::fs::write(format!("/proc/sys/{path}"), value)
+}
+
 pub(crate) struct Runner {
     cfg: InstanceConfig,
     machine: Machine,
@@ -71,7 +85,6 @@ pub(crate) struct Runner {
     socket: AdvertSocket,
     announcer: Announcer,
     netlink: Netlink,
-    link: LinkInfo,
     /// Our advert source: primary IPv4 address or IPv6 link-local.
     source: IpAddr,
     destinations: Vec<IpAddr>,
@@ -90,6 +103,10 @@ pub(crate) struct Runner {
     sync: Option<Membership>,
     /// The instance's own fault input (Command::Fault), for the group.
     own_fault: bool,
+    /// The virtual-MAC macvlan, if configured.
+    vmac: Option<Vmac>,
+    /// Where the VIPs go: the macvlan's index, or the interface's.
+    vip_index: u32,
     /// HMAC trailer: signing and checking (InstanceConfig::hmac).
     signer: Option<Signer>,
     verifier: Option<Verifier>,
@@ -181,8 +198,48 @@ impl Runner {
         };
         let socket = AdvertSocket::open(&cfg.interface, link.index, source, multicast)
             .map_err(io("opening the VRRP raw socket"))?;
-        let announcer =
-            Announcer::open(link.index, link.mac).map_err(io("opening the packet socket"))?;
+        let (vmac, announcer) = if cfg.virtual_mac {
+            let name_v = cfg.vmac_name();
+            let index = netlink
+                .macvlan_create(&name_v, link.index, cfg.vmac())
+                .map_err(io("creating the virtual MAC's macvlan"))?;
+            let rest = (|| -> Result<(Vmac, Announcer), ShellError> {
+                if family == Family::V4 {
+                    // The parent must not tie the VIPs (on the macvlan)
+                    // to its own MAC: it answers no ARP for them, and its
+                    // own ARP requests (for the replies to clients, which
+                    // leave through it) name its own address as sender,
+                    // not a VIP.
+                    let conf = format!("net/ipv4/conf/{}", cfg.interface);
+                    write_sysctl(&format!("{conf}/arp_ignore"), "1")
+                        .map_err(io("setting arp_ignore on the interface"))?;
+                    write_sysctl(&format!("{conf}/arp_announce"), "2")
+                        .map_err(io("setting arp_announce on the interface"))?;
+                }
+                let tx = match source {
+                    IpAddr::V4(_) => Some(
+                        AdvertSocket::open(&name_v, index, source, false)
+                            .map_err(io("opening the macvlan's VRRP socket"))?,
+                    ),
+                    IpAddr::V6(_) => None,
+                };
+                let announcer = Announcer::open(index, cfg.vmac(), true)
+                    .map_err(io("opening the packet socket"))?;
+                Ok((Vmac { index, up: false, tx }, announcer))
+            })();
+            match rest {
+                Ok((v, a)) => (Some(v), a),
+                Err(e) => {
+                    let _ = netlink.link_del(index);
+                    return Err(e);
+                }
+            }
+        } else {
+            let a = Announcer::open(link.index, link.mac, false)
+                .map_err(io("opening the packet socket"))?;
+            (None, a)
+        };
+        let vip_index = vmac.as_ref().map_or(link.index, |v| v.index);
         let status = Arc::new(Mutex::new(Status {
             state: State::Initialize,
             priority: cfg.priority,
@@ -207,7 +264,6 @@ impl Runner {
             socket,
             announcer,
             netlink,
-            link,
             source,
             destinations,
             commands,
@@ -221,6 +277,8 @@ impl Runner {
             logs: RateLimit::default(),
             sync,
             own_fault: false,
+            vmac,
+            vip_index,
             signer,
             verifier,
         })
@@ -394,6 +452,14 @@ impl Runner {
         if let Some(m) = self.sync.as_mut() {
             m.leave(graceful);
         }
+        if graceful {
+            if let Some(v) = self.vmac.take() {
+                drop(v.tx);
+                if let Err(e) = self.netlink.link_del(v.index) {
+                    tracing::error!(instance = %self.cfg.name, error = %e, "deleting the virtual MAC's macvlan failed");
+                }
+            }
+        }
     }
 
     /// Drains the socket: several adverts may have queued while we were
@@ -509,7 +575,23 @@ impl Runner {
         self.publish();
     }
 
+    /// Brings the macvlan up (a Master's adverts and addresses need it).
+    fn vmac_up(&mut self, up: bool) {
+        let Some(v) = self.vmac.as_mut() else { return };
+        if v.up == up {
+            return;
+        }
+        match self.netlink.link_set_up(v.index, up) {
+            Ok(()) => v.up = up,
+            Err(e) => {
+                self.counters.netlink_errors += 1;
+                tracing::error!(instance = %self.cfg.name, up, error = %e, "setting the virtual MAC's macvlan up/down failed");
+            }
+        }
+    }
+
     fn send_advert(&mut self, priority: u8, interval: crate::Centiseconds) {
+        self.vmac_up(true);
         let advert = Advertisement {
             version: self.cfg.version,
             vrid: self.cfg.vrid,
@@ -529,7 +611,12 @@ impl Runner {
                     None => bytes,
                 })
                 .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))
-                .and_then(|bytes| self.socket.send(&bytes, dst));
+                .and_then(|bytes| {
+                    match self.vmac.as_ref().and_then(|v| v.tx.as_ref()) {
+                        Some(tx) => tx.send(&bytes, dst),
+                        None => self.socket.send(&bytes, dst),
+                    }
+                });
             match sent {
                 Ok(()) => self.counters.adverts_sent += 1,
                 Err(e) => {
@@ -543,8 +630,9 @@ impl Runner {
     }
 
     fn announce_vips(&mut self) {
+        self.vmac_up(true);
         for v in &self.cfg.vips {
-            if let Err(e) = self.netlink.add(self.link.index, v) {
+            if let Err(e) = self.netlink.add(self.vip_index, v) {
                 self.counters.netlink_errors += 1;
                 tracing::error!(instance = %self.cfg.name, vip = %v.address, error = %e, "adding the VIP failed");
             }
@@ -592,7 +680,7 @@ impl Runner {
     fn release_vips(&mut self, log: bool) {
         self.announcing = None;
         for v in &self.cfg.vips {
-            match self.netlink.del(self.link.index, v) {
+            match self.netlink.del(self.vip_index, v) {
                 Ok(true) if !log => {
                     tracing::info!(instance = %self.cfg.name, vip = %v.address, "removed a VIP left on the interface")
                 }
@@ -603,6 +691,8 @@ impl Runner {
                 }
             }
         }
+        // Only a Master shows the shared MAC.
+        self.vmac_up(false);
     }
 
     fn publish(&mut self) {

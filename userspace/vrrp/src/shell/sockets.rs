@@ -66,7 +66,14 @@ impl AdvertSocket {
                 s.set_ttl_v4(255)?;
                 s.set_multicast_ttl_v4(255)?;
                 s.set_multicast_loop_v4(false)?;
-                s.set_multicast_if_v4(&src4)?;
+                // By address: EINVAL when `src` is not on the bound
+                // device (a virtual-MAC macvlan sending from the parent's
+                // address). Harmless: IP_PKTINFO sets the interface of
+                // every packet sent.
+                match s.set_multicast_if_v4(&src4) {
+                    Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {}
+                    r => r?,
+                }
                 if multicast {
                     s.join_multicast_v4_n(&GROUP_V4, &InterfaceIndexOrAddress::Index(ifindex))?;
                 }
@@ -245,13 +252,20 @@ pub(crate) struct Announcer {
     sock: Socket,
     ifindex: u32,
     mac: [u8; 6],
+    /// Set the Router flag in NAs (a virtual MAC's announcements).
+    router: bool,
 }
 
 impl Announcer {
-    pub fn open(ifindex: u32, mac: [u8; 6]) -> io::Result<Announcer> {
+    pub fn open(ifindex: u32, mac: [u8; 6], router: bool) -> io::Result<Announcer> {
         let sock = Socket::new(Domain::PACKET, Type::DGRAM, Some(Protocol::from(0)))?;
         sock.set_nonblocking(true)?;
-        Ok(Announcer { sock, ifindex, mac })
+        Ok(Announcer {
+            sock,
+            ifindex,
+            mac,
+            router,
+        })
     }
 
     /// One gratuitous ARP for `vip`, to the broadcast address.
@@ -263,7 +277,7 @@ impl Announcer {
 
     /// One unsolicited NA for `vip` from link-local `src`, to ff02::1.
     pub fn na(&self, src: Ipv6Addr, vip: Ipv6Addr) -> io::Result<()> {
-        let frame = frames::unsolicited_na(self.mac, src, vip, false);
+        let frame = frames::unsolicited_na(self.mac, src, vip, self.router);
         let to = packet_addr(self.ifindex, frames::ETH_P_IPV6, frames::ALL_NODES_MAC);
         self.sock.send_to(&frame, &to).map(drop)
     }
