@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use common::{wait_for, wait_state, VrrpLab};
 use fulcrum_vrrp::interval::{master_down_interval_v3, skew_time_v3};
-use fulcrum_vrrp::shell::{Garp, InstanceConfig, Vip};
+use fulcrum_vrrp::shell::{Garp, Instance, InstanceConfig, StateChange, Vip};
 use fulcrum_vrrp::{Centiseconds, Ipv4ChecksumMode, Reason, State, Version};
 
 /// 20 cs: short enough for quick tests, long enough that two busy cores
@@ -571,5 +571,105 @@ fn ipv4_virtual_mac_follows_the_master() -> Result<()> {
     assert!(c.adverts_sent > 0 && c.send_errors == 0 && c.netlink_errors == 0, "{c:?}");
     r2.stop();
     assert!(link_line(&ns2, "vrrp.51").is_none(), "r2's macvlan deleted at stop");
+    Ok(())
+}
+
+/// 100 ms adverts for the preemption tests (issue 11), to keep their
+/// windows of several Master_Down_Intervals short.
+const FAST: Centiseconds = Centiseconds(10);
+
+/// r1 (150) Master, r2 (100) Backup, then r1 stops gracefully and r2
+/// takes over: the "old Master gone" half of issue 11's scenario. Returns
+/// r2 and its reports, drained.
+fn old_master_gone(
+    lab: &VrrpLab,
+    vip: IpAddr,
+    r1: InstanceConfig,
+) -> Result<(Instance, std::sync::mpsc::Receiver<StateChange>)> {
+    let (r1, rx1) = lab.spawn(1, r1)?;
+    wait_state(&rx1, State::Master, Duration::from_secs(3))?;
+    let (r2, rx2) = lab.spawn(2, InstanceConfig { advert_interval: FAST, ..config("r2", vip, 100) })?;
+    wait_for(Duration::from_secs(1), "r2 in Backup", || r2.state() == State::Backup)?;
+    wait_for(Duration::from_secs(1), "the VIP on r1 only", || lab.holders(vip) == vec![1])?;
+    r1.stop();
+    let m = wait_state(&rx2, State::Master, Duration::from_secs(2))?;
+    assert_eq!(m.reason, Reason::MasterResigned);
+    wait_for(Duration::from_secs(1), "the VIP on r2 only", || lab.holders(vip) == vec![2])?;
+    while rx2.try_recv().is_ok() {}
+    Ok((r2, rx2))
+}
+
+/// Preempt_Mode False (keepalived's `nopreempt`, RFC 9568 section 6.4.2:
+/// "If Preempt_Mode is False ... Reset the Active_Down_Timer"): the old
+/// Master (150) comes back while r2 (100) is Master and stays Backup for
+/// five Master_Down_Intervals; r2 keeps Master and the VIP throughout.
+#[test]
+fn preempt_off_the_returning_higher_priority_router_stays_backup() -> Result<()> {
+    let lab = VrrpLab::up(2)?;
+    let vip = IpAddr::V4(lab.vip4());
+    let r1_cfg = || InstanceConfig { advert_interval: FAST, preempt: false, ..config("r1", vip, 150) };
+    let (r2, rx2) = old_master_gone(&lab, vip, r1_cfg())?;
+
+    let (r1, rx1) = lab.spawn(1, r1_cfg())?;
+    wait_for(Duration::from_secs(1), "the returning r1 in Backup", || r1.state() == State::Backup)?;
+    let window = 5 * master_down_interval_v3(150, FAST);
+    let end = Instant::now() + window;
+    while Instant::now() < end {
+        assert_eq!((r1.state(), r2.state()), (State::Backup, State::Master));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!((r1.state(), r2.state()), (State::Backup, State::Master));
+    assert_eq!(lab.holders(vip), vec![2], "the VIP stays on r2");
+    assert!(rx1.try_iter().all(|c| c.state != State::Master), "r1 never became Master");
+    assert!(rx2.try_iter().all(|c| c.state == State::Master), "r2 never left Master");
+    assert!(r1.counters().adverts_accepted >= 10, "r1 hears r2: {:?}", r1.counters());
+    eprintln!("preempt off: r1 Backup for {window:?}");
+    Ok(())
+}
+
+/// keepalived's `preempt_delay` on the wire: the old Master (150, preempt
+/// on, 1 s delay) comes back while r2 (100) is Master. As the core
+/// implements it (machine.rs, `Config::preempt_delay`), the first
+/// lower-priority advert r1 hears, within one advert interval of its
+/// start, opens the delay; until it passes r1 accepts r2's adverts (each
+/// resets its Master_Down_Timer); the first advert after it is discarded,
+/// so the timer set by the last accepted one, which came before the delay
+/// ended, fires and r1 preempts. Hence r1 becomes Master after
+///   start + delay                           (lower: at least
+///     delay - Advert_Interval + Master_Down_Interval after the first advert)
+/// and before
+///   start + Advert_Interval + delay + Master_Down_Interval,
+/// which the test allows as delay + Master_Down_Interval + 300 ms (one
+/// 100 ms interval for the first advert, 200 ms of scheduling). With a
+/// delay of ten intervals, r2's tenth advert lands at the delay's end, so
+/// runs show two modes: about 1.34 s (it is discarded) and 1.43 s (it is
+/// accepted), against the 1.64 s bound.
+#[test]
+fn preempt_delay_is_honoured_over_the_wire() -> Result<()> {
+    let lab = VrrpLab::up(2)?;
+    let vip = IpAddr::V4(lab.vip4());
+    let delay = Duration::from_secs(1);
+    let r1_cfg = || InstanceConfig { advert_interval: FAST, preempt_delay: delay, ..config("r1", vip, 150) };
+    let (r2, rx2) = old_master_gone(&lab, vip, r1_cfg())?;
+
+    let start = Instant::now();
+    let (r1, rx1) = lab.spawn(1, r1_cfg())?;
+    std::thread::sleep((start + delay - Duration::from_millis(200)).saturating_duration_since(Instant::now()));
+    assert_eq!((r1.state(), r2.state()), (State::Backup, State::Master), "at delay - 200 ms");
+    assert_eq!(lab.holders(vip), vec![2]);
+    let m = wait_state(&rx1, State::Master, Duration::from_secs(3))?;
+    let gap = m.at - start;
+    let mdi = master_down_interval_v3(150, FAST);
+    let bound = delay + mdi + Duration::from_millis(300);
+    assert!(
+        matches!(m.reason, Reason::Preempting { priority: 100, source } if source == IpAddr::V4(lab.addr4(2))),
+        "{m:?}"
+    );
+    assert!(gap >= delay, "r1 preempted after {gap:?}, before the {delay:?} delay");
+    assert!(gap <= bound, "r1 preempted after {gap:?}, allowed {bound:?}");
+    let b = wait_state(&rx2, State::Backup, Duration::from_secs(1))?;
+    assert!(matches!(b.reason, Reason::HigherPriority { priority: 150, .. }), "{b:?}");
+    wait_for(Duration::from_secs(1), "the VIP on r1 only", || lab.holders(vip) == vec![1])?;
+    eprintln!("preempt delay: r1 Master {gap:?} after its return (delay {delay:?}, bound {bound:?})");
     Ok(())
 }
