@@ -203,14 +203,6 @@ fn run(mut datapath: Datapath, shared: &Shared) -> Datapath {
                 };
                 status.applied_generation = generation;
                 status.applies += 1;
-                let mut waiters = lock(&shared.waiters);
-                let (due, later): (Vec<Waiter>, Vec<Waiter>) =
-                    std::mem::take(&mut *waiters).into_iter().partition(|(g, _)| *g <= generation);
-                *waiters = later;
-                drop(waiters);
-                for (_, then) in due {
-                    then();
-                }
                 status.last = Some(report);
                 status.last_error = None;
                 if counts.vips_written > 0 {
@@ -229,6 +221,19 @@ fn run(mut datapath: Datapath, shared: &Shared) -> Datapath {
                 failed = Some((generation, plan, since));
                 retry = (retry * 2).min(RETRY_MAX);
             }
+        }
+        // `when_applied` takes the waiters' lock, then the status lock: take
+        // them the other way round here and the two threads could deadlock.
+        let applied = status.applied_generation;
+        drop(status);
+        let due: Vec<Waiter> = {
+            let mut waiters = lock(&shared.waiters);
+            let (due, later) = std::mem::take(&mut *waiters).into_iter().partition(|(g, _)| *g <= applied);
+            *waiters = later;
+            due
+        };
+        for (_, then) in due {
+            then();
         }
     }
 }
