@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use fulcrum_api::StatsReport as Stats;
-use fulcrum_lab::{bin_path, host4, in_netns, Lab, Proc, LB4, REALS, VIP4, VIP6};
+use fulcrum_lab::{bin_path, host4, in_netns, Lab, Proc, LB4, REALS, VIP4, VIP6, web_pool_toml};
 
 /// Health-check timing of the test config: short, so that the tests wait
 /// seconds, not tens of seconds.
@@ -50,30 +50,14 @@ protocol = "tcp"
 scheduler = "maglev"
 pool = "web"
 
-[[pool]]
-name = "web"
-
-[pool.health_check]
-type = "http"
-method = "GET"
-path = "/health"
-expect_status = 200
-interval = "{interval}ms"
-timeout = "400ms"
-rise = {RISE}
-fall = {FALL}
-{backends}
+{pool}
 [[listener]]
 name = "www"
 address = "{L7}"
 [[listener.route]]
 pool = "web"
 "#,
-        interval = INTERVAL.as_millis(),
-        backends = REALS
-            .iter()
-            .map(|r| format!("\n[[pool.backend]]\naddress = \"{}\"\nweight = 1\n", host4(r).unwrap()))
-            .collect::<String>(),
+        pool = web_pool_toml(INTERVAL, RISE, FALL),
     )
 }
 

@@ -34,7 +34,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use fulcrum_lab::{bin_path, host4, in_netns, Lab, LabOptions, Proc, REALS, VIP4};
+use fulcrum_lab::{bin_path, host4, in_netns, Lab, LabOptions, Proc, REALS, VIP4, web_pool_toml};
 
 /// VRRP timing of the test config (VRRPv3, centiseconds on the wire).
 const ADVERT: Duration = Duration::from_millis(100);
@@ -116,10 +116,6 @@ const TRACK_WEIGHT: u8 = 60;
 
 /// The configuration both nodes share, without VRRP.
 fn base_toml() -> String {
-    let backends: String = REALS
-        .iter()
-        .map(|r| format!("\n[[pool.backend]]\naddress = \"{}\"\nweight = 1\n", host4(r).unwrap()))
-        .collect();
     format!(
         r#"interface = "eth0"
 
@@ -134,20 +130,8 @@ protocol = "tcp"
 scheduler = "maglev"
 pool = "web"
 
-[[pool]]
-name = "web"
-
-[pool.health_check]
-type = "http"
-method = "GET"
-path = "/health"
-expect_status = 200
-interval = "{interval}ms"
-timeout = "400ms"
-rise = 2
-fall = 2
-{backends}"#,
-        interval = INTERVAL.as_millis(),
+{pool}"#,
+        pool = web_pool_toml(INTERVAL, 2, 2),
     )
 }
 

@@ -52,7 +52,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
-use fulcrum_lab::{bin_path, host4, in_netns, interrupt, Lab, LabOptions, Proc, LB4, REALS, VIP4};
+use fulcrum_lab::{bin_path, host4, in_netns, interrupt, Lab, LabOptions, Proc, LB4, VIP4, web_pool_toml};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
@@ -432,8 +432,6 @@ impl Bench {
 }
 
 fn fulcrum_toml(priority: u8, advert: Duration) -> String {
-    let backends: String =
-        REALS.iter().map(|r| format!("\n[[pool.backend]]\naddress = \"{}\"\nweight = 1\n", host4(r).unwrap())).collect();
     format!(
         r#"interface = "eth0"
 
@@ -448,19 +446,7 @@ protocol = "tcp"
 scheduler = "maglev"
 pool = "web"
 
-[[pool]]
-name = "web"
-
-[pool.health_check]
-type = "http"
-method = "GET"
-path = "/health"
-expect_status = 200
-interval = "500ms"
-timeout = "400ms"
-rise = 2
-fall = 2
-{backends}
+{pool}
 [[vrrp]]
 name = "vi4"
 vrid = {VRID}
@@ -471,6 +457,7 @@ preempt = true
 addresses = ["{VIP4}/32"]
 "#,
         advert = advert.as_millis(),
+        pool = web_pool_toml(Duration::from_millis(500), 2, 2),
     )
 }
 

@@ -105,6 +105,19 @@ const RUN_ROOT: &str = "/run/fulcrum-lab";
 /// How long a backend may take to start listening.
 const BACKEND_START: Duration = Duration::from_secs(5);
 
+/// The `[[pool]]` section named `web` of a fulcrum configuration over the
+/// lab's three reals (weight 1 each), with an HTTP check of `/health` on
+/// port 80 every `interval` (timeout 400 ms), `rise` and `fall`: the pool
+/// the lab's tests, benches and demo configurations balance.
+pub fn web_pool_toml(interval: Duration, rise: u32, fall: u32) -> String {
+    let backends: String =
+        REALS.iter().map(|r| format!("\n[[pool.backend]]\naddress = \"{}\"\nweight = 1\n", host4(r).expect("a lab real"))).collect();
+    format!(
+        "[[pool]]\nname = \"web\"\n\n[pool.health_check]\ntype = \"http\"\nmethod = \"GET\"\npath = \"/health\"\nexpect_status = 200\ninterval = \"{}ms\"\ntimeout = \"400ms\"\nrise = {rise}\nfall = {fall}\n{backends}",
+        interval.as_millis()
+    )
+}
+
 /// The IPv4 address of a lab host (`"client"`, `"lb"`, `"real1"`...).
 pub fn host4(host: &str) -> Option<Ipv4Addr> {
     HOSTS.iter().find(|(h, _)| *h == host).map(|(_, n)| Ipv4Addr::new(198, 18, 0, *n))
