@@ -1450,3 +1450,37 @@ fn decap_strips_the_outer_header_of_vip_packets_only() {
     options[14] = 0x46;
     assert_eq!(decap_run(&mut decap, &options, DecapReason::PassMalformed), options);
 }
+
+/// A burst of plans becomes few applies: plans submitted while an apply
+/// runs replace each other, and the last one is what the maps hold.
+#[test]
+fn the_writer_coalesces_a_burst_into_few_applies() {
+    use std::time::{Duration, Instant};
+    let mut writer = fulcrum_l4::Writer::spawn(Datapath::load().unwrap()).unwrap();
+    const BURST: u64 = 50;
+    let mut last = 0;
+    for i in 0..BURST {
+        // Alternate the member sets so every apply really rebuilds 16
+        // tables of 251 slots: each takes far longer than one submit.
+        let mut plan = many_vips(16);
+        if i % 2 == 1 {
+            for v in &mut plan.vips {
+                v.members.retain(|&(a, _)| a != real(2).0);
+            }
+        }
+        last = writer.submit(plan, Instant::now());
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        let status = writer.status();
+        if status.applied_generation == last {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "{status:?}");
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    assert!(status.applies < BURST / 2, "{} applies for {BURST} plans", status.applies);
+    // The last plan (odd index: real 2 left out) is what the maps hold.
+    assert!(status.applied.vips["vip0"].slots.iter().all(|&(a, _)| a != real(2).0));
+    drop(writer.shutdown());
+}

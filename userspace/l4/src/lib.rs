@@ -190,10 +190,16 @@ impl Datapath {
     /// As [`Datapath::load`]; also the kernel refusing the connection
     /// table's memory.
     pub fn load_with(options: LoadOptions) -> Result<Self, DatapathError> {
-        if XDP_OBJECT.is_empty() {
+        Self::load_object(XDP_OBJECT, options)
+    }
+
+    /// Loads `object`: the embedded one, or in tests the stub a build
+    /// without the eBPF toolchain embeds (empty).
+    fn load_object(object: &[u8], options: LoadOptions) -> Result<Self, DatapathError> {
+        if object.is_empty() {
             return Err(DatapathError::NoObject);
         }
-        let mut ebpf = EbpfLoader::new().map_max_entries(names::CONN_TABLE, options.conn_table_size).load(XDP_OBJECT)?;
+        let mut ebpf = EbpfLoader::new().map_max_entries(names::CONN_TABLE, options.conn_table_size).load(object)?;
         let program: &mut Xdp =
             ebpf.program_mut(names::PROGRAM).ok_or(DatapathError::MissingMap(names::PROGRAM))?.try_into()?;
         program.load()?;
@@ -439,3 +445,18 @@ fn sum(map: &PerCpuArray<MapData, Counters>, index: u32) -> Counters {
         })
         .unwrap_or_default()
 }
+
+#[cfg(test)]
+mod stub_tests {
+    use super::*;
+
+    /// A build without the eBPF toolchain embeds an empty object: loading
+    /// it says so and what to do, instead of an ELF parse error.
+    #[test]
+    fn the_empty_stub_is_refused_with_a_clear_error() {
+        let err = Datapath::load_object(&[], LoadOptions::default()).err().expect("an empty object must be refused");
+        assert!(matches!(err, DatapathError::NoObject));
+        assert!(err.to_string().contains("cargo xtask setup"), "{err}");
+    }
+}
+
