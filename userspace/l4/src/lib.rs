@@ -10,8 +10,10 @@
 //! - [`plan`]: effective state -> what the maps must hold (pure).
 //! - [`maglev`]: the lookup table builder (pure).
 //! - `tables`: writes a plan into the maps (mmap'd tables, atomic flips).
+//! - `attach`: attaching by netlink, so the program outlives a crashed daemon.
 //! - [`writer`]: the thread that applies plans, coalescing bursts.
 //! - [`neighbours`]: the interface and its neighbour table, by subscription.
+mod attach;
 pub mod maglev;
 pub mod neighbours;
 pub mod plan;
@@ -22,7 +24,7 @@ use std::time::Duration;
 
 use aya::{
     maps::{HashMap as BpfHashMap, Map, MapData, PerCpuArray},
-    programs::{xdp::XdpLinkId, TestRun, TestRunOptions, Xdp, XdpMode},
+    programs::{TestRun, TestRunOptions, Xdp},
     Ebpf, EbpfLoader,
 };
 pub use fulcrum_common::{ConnEntry, ConnEvent, FlowKey};
@@ -53,6 +55,10 @@ pub enum DatapathError {
     Load(#[from] aya::EbpfError),
     #[error("XDP program: {0}")]
     Program(#[from] aya::programs::ProgramError),
+    #[error("attaching XDP to {0}: {1}")]
+    Attach(String, std::io::Error),
+    #[error("detaching XDP: {0}")]
+    Detach(std::io::Error),
     #[error("map {map}: {source}")]
     Map { map: &'static str, source: aya::maps::MapError },
     #[error("map {0} is missing from the XDP object")]
@@ -164,7 +170,7 @@ impl Default for LoadOptions {
 /// The loaded program and its maps.
 pub struct Datapath {
     ebpf: Ebpf,
-    link: Option<XdpLinkId>,
+    attachment: Option<attach::Attachment>,
     config: aya::maps::Array<MapData, DatapathConfig>,
     /// `CONN_TABLE` (an LRU hash; aya reads both kinds as a hash map).
     conn_table: BpfHashMap<MapData, FlowKey, ConnEntry>,
@@ -235,7 +241,7 @@ impl Datapath {
             vip_stats,
             real_stats,
         };
-        Ok(Datapath { ebpf, link: None, config, conn_table, maps, tables: tables::Tables::default(), counters })
+        Ok(Datapath { ebpf, attachment: None, config, conn_table, maps, tables: tables::Tables::default(), counters })
     }
 
     fn program(&mut self) -> &mut Xdp {
@@ -261,23 +267,29 @@ impl Datapath {
     }
 
     /// Attaches to `interface` in driver mode, else in generic mode (with a
-    /// warning: generic XDP runs after the skb is built, far slower).
+    /// warning: generic XDP runs after the skb is built, far slower),
+    /// replacing a program a crashed predecessor left there. The program
+    /// stays attached if the process dies without [`Datapath::detach`]
+    /// (or a drop) running: see the `attach` module for why.
     ///
     /// # Errors
-    /// Neither mode could attach (no such interface, another program).
+    /// Neither mode could attach (no such interface, a program attached
+    /// through a BPF link by another tool).
     pub fn attach(&mut self, interface: &str) -> Result<AttachMode, DatapathError> {
-        let (link, mode) = attach_xdp(self.program(), interface)?;
-        self.link = Some(link);
+        let attachment = attach_xdp(self.program(), interface)?;
+        let mode = attachment.mode();
+        self.attachment = Some(attachment);
         Ok(mode)
     }
 
-    /// Detaches from the interface, if attached. Also done on drop.
+    /// Detaches from the interface, if attached and still ours. Also done
+    /// on drop.
     ///
     /// # Errors
     /// The kernel refused to detach.
     pub fn detach(&mut self) -> Result<(), DatapathError> {
-        if let Some(link) = self.link.take() {
-            self.program().detach(link)?;
+        if let Some(attachment) = self.attachment.take() {
+            detach_xdp(self.program(), attachment)?;
         }
         Ok(())
     }
@@ -408,16 +420,20 @@ pub fn monotonic_ns() -> u64 {
     now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
 }
 
-/// Attaches `program` to `interface` in driver mode, else in generic mode
-/// with a warning: generic XDP runs after the skb is built, at stack speed.
-pub(crate) fn attach_xdp(program: &mut Xdp, interface: &str) -> Result<(XdpLinkId, AttachMode), DatapathError> {
-    match program.attach(interface, XdpMode::Driver) {
-        Ok(link) => Ok((link, AttachMode::Driver)),
-        Err(err) => {
-            tracing::warn!(%interface, error = %err, "driver-mode XDP refused; falling back to generic (skb) mode, expect stack-speed forwarding");
-            Ok((program.attach(interface, XdpMode::Skb)?, AttachMode::Generic))
-        }
-    }
+/// Attaches `program` to `interface` by netlink (see [`attach`]).
+pub(crate) fn attach_xdp(program: &mut Xdp, interface: &str) -> Result<attach::Attachment, DatapathError> {
+    use std::os::fd::{AsFd, AsRawFd};
+    let ifindex = nix::net::if_::if_nametoindex(interface)
+        .map_err(|e| DatapathError::Attach(interface.to_string(), std::io::Error::from(e)))?;
+    let fd = program.fd()?.as_fd().as_raw_fd();
+    attach::Attachment::attach(fd, ifindex, interface).map_err(|e| DatapathError::Attach(interface.to_string(), e))
+}
+
+/// Detaches `program`, if it is still the one `attachment` put there.
+pub(crate) fn detach_xdp(program: &mut Xdp, attachment: attach::Attachment) -> Result<(), DatapathError> {
+    use std::os::fd::{AsFd, AsRawFd};
+    let fd = program.fd()?.as_fd().as_raw_fd();
+    attachment.detach(fd).map_err(DatapathError::Detach)
 }
 
 fn typed<T>(map: Map, name: &'static str) -> Result<T, DatapathError>
