@@ -35,7 +35,7 @@ pub use decap::{Decap, DecapCounters};
 use thiserror::Error;
 
 pub use neighbours::{Interface, LinkError, NeighbourChange, Neighbours};
-pub use plan::{macs, Plan, PlanVip};
+pub use plan::{macs, Plan, PlanVip, VirtualMacs};
 pub use tables::{Applied, VipTable, WriteCounts, SLOT_REUSE_DELAY};
 pub use writer::{ApplyReport, Writer, WriterStatus};
 
@@ -104,21 +104,32 @@ pub struct NodeSettings {
     pub ipip_source_v4: Option<(std::net::Ipv4Addr, u8)>,
     /// IP6IP6 outer source prefix, length >= 96 (`ipip_source_v6`).
     pub ipip_source_v6: Option<(std::net::Ipv6Addr, u8)>,
+    /// The VRRP virtual router MACs frames may arrive on besides
+    /// `self_mac` (instances with `virtual_mac = true` on this interface).
+    pub virtual_macs: VirtualMacs,
 }
 
 impl NodeSettings {
     /// `mac`, the Ethernet MTU of 1500 bytes, no IPIP source prefixes.
     pub fn new(mac: Mac) -> Self {
-        NodeSettings { self_mac: mac, mtu: 1500, ipip_source_v4: None, ipip_source_v6: None }
+        NodeSettings {
+            self_mac: mac,
+            mtu: 1500,
+            ipip_source_v4: None,
+            ipip_source_v6: None,
+            virtual_macs: VirtualMacs::default(),
+        }
     }
 
-    /// The settings for the attached `interface` and `[datapath]`.
-    pub fn for_interface(interface: &Interface, datapath: &fulcrum_config::DatapathSettings) -> Self {
+    /// The settings for the attached `interface` from `config`: its
+    /// `[datapath]` section and its VRRP instances' virtual MACs.
+    pub fn for_interface(interface: &Interface, config: &fulcrum_config::Config) -> Self {
         NodeSettings {
             self_mac: interface.mac,
             mtu: u16::try_from(interface.mtu).unwrap_or(u16::MAX),
-            ipip_source_v4: datapath.ipip_source_v4,
-            ipip_source_v6: datapath.ipip_source_v6,
+            ipip_source_v4: config.datapath.ipip_source_v4,
+            ipip_source_v6: config.datapath.ipip_source_v6,
+            virtual_macs: VirtualMacs::of(config, &interface.name),
         }
     }
 
@@ -149,6 +160,9 @@ impl NodeSettings {
             ipip_src_v4_host: v4_host,
             ipip_src_v6: v6,
             ipip_src_v6_host: v6_host,
+            _pad: 0,
+            virtual_mac_v4: self.virtual_macs.v4,
+            virtual_mac_v6: self.virtual_macs.v6,
         }
     }
 }
