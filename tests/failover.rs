@@ -821,3 +821,58 @@ fn tracked_xdp_program_hands_over() {
     p.wait_vi4("lb2", "MASTER", PRIORITY_LB2, Duration::from_secs(2)).unwrap();
     assert!(!p.holds_vip("lb") && p.holds_vip("lb2"), "the VIP did not move to lb2");
 }
+
+/// [`config_toml`] with the RFC 9568 virtual router MAC.
+fn vmac_toml(priority: u8) -> String {
+    config_toml(priority) + "virtual_mac = true\n"
+}
+
+/// `virtual_mac = true` on the instance that owns an L4 VIP (issue 11):
+/// the client's neighbour entry for the VIP names 00:00:5e:00:01:33 (VRID
+/// 51) and keeps naming it across a failover, lb's XDP program and then
+/// lb2's balance the frames sent to that MAC, and a keep-alive connection
+/// opened through lb goes on through lb2 without a failed request.
+#[test]
+fn virtual_mac_vip_keeps_the_clients_neighbour_and_flows_across_a_failover() {
+    const VMAC: &str = "00:00:5e:00:01:33";
+    let mut p = Pair::up_with(vmac_toml);
+    p.start("lb");
+    p.wait_reals_up("lb", Duration::from_secs(10)).unwrap();
+    p.wait_state("lb", "MASTER", Duration::from_secs(5)).unwrap();
+    p.start("lb2");
+    p.wait_reals_up("lb2", Duration::from_secs(10)).unwrap();
+    p.wait_state("lb2", "BACKUP", Duration::from_secs(5)).unwrap();
+    assert!(p.lab.exec("lb", &["ip", "-o", "addr", "show", "dev", "vrrp.51"]).unwrap().contains(&VIP4.to_string()));
+
+    let lb_before = p.stats("lb");
+    let served = batch(&p.lab, 30);
+    let lb_after = p.stats("lb");
+    assert_eq!(served.len(), REALS.len(), "every real serves through the virtual MAC: {served:?}");
+    assert!(lb_after.reason("tx") - lb_before.reason("tx") >= 3 * 30, "lb's XDP forwarded the batch");
+    assert_eq!(p.client_vip_neighbour().as_deref(), Some(VMAC), "the client resolves the VIP to the virtual MAC");
+
+    let prober = Prober::start(&p.lab);
+    let flow = Flow::start(&p.lab);
+    std::thread::sleep(Duration::from_millis(500));
+    let lb2_before = p.stats("lb2");
+    let t_stop = Instant::now();
+    p.node("lb").daemon.as_mut().unwrap().terminate().unwrap();
+    p.wait_state("lb2", "MASTER", skew_time(PRIORITY_LB2) + SLACK + STATS_SLACK).unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    let t_end = Instant::now();
+    let (gap, failed_probes) = prober.gap(t_stop - Duration::from_millis(200), t_end);
+    let (requests, bad) = flow.report(t_stop, t_end);
+    println!(
+        "virtual MAC, graceful stop: client gap {} (failed probes: {failed_probes:?}), keep-alive: {requests} requests, {} failed",
+        ms(gap),
+        bad.len()
+    );
+    assert!(bad.is_empty(), "the keep-alive connection failed across the failover: {bad:?}");
+    assert!(requests > 20, "the keep-alive connection made only {requests} requests");
+    assert!(prober.all_good_since(t_end - Duration::from_millis(500)), "probes fail after the failover");
+    assert_eq!(p.client_vip_neighbour().as_deref(), Some(VMAC), "the client's entry still names the virtual MAC");
+    let lb2_after = p.stats("lb2");
+    assert!(lb2_after.reason("tx") > lb2_before.reason("tx"), "lb2's XDP forwards after the takeover");
+    drop(flow);
+    drop(prober);
+}
