@@ -46,6 +46,11 @@ enum Bench {
         /// CPU to pin to.
         #[arg(long, default_value_t = 1)]
         cpu: usize,
+        /// Connection-table size in flows (default: the daemon's). The SYN
+        /// rows write `repeat` x `rounds` new flows each: a table larger
+        /// than twice that never evicts.
+        #[arg(long)]
+        conn_table_size: Option<u32>,
         /// Append the results to this file (bench/RESULTS.md by xtask).
         #[arg(long)]
         record: Option<PathBuf>,
@@ -134,7 +139,7 @@ enum Bench {
 
 fn main() -> Result<()> {
     match Cli::parse().bench {
-        Bench::Xdp { repeat, rounds, cpu, record } => xdp::run(repeat, rounds, cpu, record),
+        Bench::Xdp { repeat, rounds, cpu, conn_table_size, record } => xdp::run(repeat, rounds, cpu, conn_table_size, record),
         Bench::ControlPlane { vips, rounds, poll_ms, fulcrum, record } => control_plane::run(&vips, rounds, poll_ms, fulcrum, record),
         Bench::L7 { rounds, secs, connections, proxy_cpu, load_cpu, idle, rate, polling, record } => {
             l7::run(l7::Opts { rounds, secs, connections, proxy_cpu, load_cpu, idle, rate, polling, record })

@@ -365,6 +365,16 @@ impl Datapath {
         &self.counters
     }
 
+    /// The loaded program's descriptor, for a program array that
+    /// tail-calls it (the restoring harness of `cargo xtask bench xdp`).
+    ///
+    /// # Errors
+    /// aya's, if the program were not loaded (it always is after `load`).
+    pub fn program_fd(&self) -> Result<&aya::programs::ProgramFd, DatapathError> {
+        let program: &Xdp = self.ebpf.program(names::PROGRAM).expect("checked at load").try_into()?;
+        Ok(program.fd()?)
+    }
+
     /// Runs the program once (or `repeat` times) on `frame` through
     /// `BPF_PROG_TEST_RUN`, without attaching it anywhere.
     ///
