@@ -10,6 +10,7 @@
 //! datapath never swaps bytes; user space converts once when it writes a map.
 #![no_std]
 
+pub mod failover;
 pub mod hash;
 mod mac;
 
