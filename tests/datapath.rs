@@ -65,6 +65,7 @@ fn vip(name: &str, address: IpAddr, port: u16, protocol: Protocol, flags: u32, b
         members,
         established,
         udp_idle_timeout_ms: UDP_IDLE_MS,
+        vlan: 0,
     }
 }
 
@@ -221,18 +222,71 @@ fn ip_hash_keeps_a_client_on_one_backend() {
     }
 }
 
+/// `frame` with a tag (TPID, TCI) inserted after the Ethernet addresses.
+fn tagged(frame: &[u8], tpid: u16, tci: u16) -> Vec<u8> {
+    let mut f = frame[..12].to_vec();
+    f.extend_from_slice(&tpid.to_be_bytes());
+    f.extend_from_slice(&tci.to_be_bytes());
+    f.extend_from_slice(&frame[12..]);
+    f
+}
+
+/// `lab_state` with every IPv4 VIP (all of VIP4's ports) on VLAN 42; the
+/// IPv6 VIPs stay untagged.
+fn vlan42_state() -> Plan {
+    let mut plan = lab_state();
+    for v in plan.vips.iter_mut().filter(|v| v.key.addr == addr_words(VIP4.into())) {
+        v.vlan = 42;
+    }
+    plan
+}
+
 #[test]
-fn vlan_tagged_vip_packets_keep_their_tag() {
-    let mut dp = loaded(&lab_state());
-    let mut f = Vec::new();
-    PacketBuilder::ethernet2(CLIENT_MAC, SELF_MAC.0)
-        .single_vlan(etherparse::VlanId::try_new(42).unwrap())
-        .ipv4(CLIENT4.octets(), VIP4.octets(), 64)
-        .tcp(5555, 80, 1, 65535)
-        .write(&mut f, b"x")
-        .unwrap();
+fn a_vip_on_a_vlan_takes_frames_of_that_vlan_only_and_they_keep_their_tag() {
+    let mut dp = loaded(&vlan42_state());
+    // VID 42 (with priority bits 5, which are no part of the id): forwarded, tag untouched.
+    let f = tagged(&tcp4(CLIENT4, VIP4, 5555, 80), 0x8100, 5 << 13 | 42);
     let want = rewritten(&f, expected_mac(&[1, 2, 3], v4_hash(CLIENT4, 5555, 80)));
     assert_eq!(run(&mut dp, &f, XDP_TX, Reason::Tx), want);
+    assert_eq!(want[12..16], [0x81, 0x00, 0xa0, 42]);
+    // Another VLAN, untagged, or priority-tagged (VID 0): not this VIP's.
+    for f in [
+        tagged(&tcp4(CLIENT4, VIP4, 5555, 80), 0x8100, 43),
+        tcp4(CLIENT4, VIP4, 5555, 80),
+        tagged(&udp4(CLIENT4, VIP4, 5555, 53), 0x8100, 3 << 13),
+    ] {
+        assert_eq!(run(&mut dp, &f, XDP_PASS, Reason::PassVlanMismatch), f);
+    }
+    // An untagged VIP takes untagged and priority-tagged frames, no VLAN's.
+    let f = tagged(&udp6(CLIENT6, VIP6, 5555, 53), 0x8100, 3 << 13);
+    let want = rewritten(&f, expected_mac(&[1, 2, 3], v6_hash(CLIENT6, 5555, 53)));
+    assert_eq!(run(&mut dp, &f, XDP_TX, Reason::Tx), want);
+    let f = tagged(&udp6(CLIENT6, VIP6, 5555, 53), 0x8100, 42);
+    assert_eq!(run(&mut dp, &f, XDP_PASS, Reason::PassVlanMismatch), f);
+    assert_eq!(vip_packets(&dp, "v4tcp") + vip_packets(&dp, "v4udp") + vip_packets(&dp, "v6udp"), 2);
+    // Echo requests to a VIP address: answered on its VLAN, tag kept.
+    let out = run(&mut dp, &tagged(&echo4(VIP4), 0x8100, 42), XDP_TX, Reason::IcmpEchoReply);
+    assert_eq!(out[12..16], [0x81, 0x00, 0, 42]);
+    assert_eq!(out[18 + 20], 0, "echo reply");
+    let f = echo4(VIP4);
+    assert_eq!(run(&mut dp, &f, XDP_PASS, Reason::PassVlanMismatch), f);
+    let f = tagged(&echo6(VIP6), 0x8100, 42);
+    assert_eq!(run(&mut dp, &f, XDP_PASS, Reason::PassVlanMismatch), f);
+}
+
+#[test]
+fn stacked_vlan_tags_are_passed() {
+    let mut dp = loaded(&vlan42_state());
+    let inner = tagged(&tcp4(CLIENT4, VIP4, 5555, 80), 0x8100, 42);
+    for f in [
+        tagged(&inner, 0x88a8, 42), // 802.1ad S-tag over the C-tag
+        tagged(&inner, 0x8100, 42), // two 802.1Q tags
+        tagged(&tagged(&tcp4(CLIENT4, VIP4, 5555, 80), 0x88a8, 42), 0x8100, 42), // C-tag over S-tag
+        tagged(&tcp4(CLIENT4, VIP4, 5555, 80), 0x88a8, 42), // a lone S-tag
+    ] {
+        assert_eq!(run(&mut dp, &f, XDP_PASS, Reason::PassQinQ), f);
+    }
+    assert_eq!(reason(&dp, Reason::Tx), 0);
 }
 
 #[test]
@@ -1206,6 +1260,7 @@ fn ipip_vip(name: &str, address: IpAddr, reals: &[IpAddr]) -> PlanVip {
         established: members.iter().map(|&(a, _)| a).collect(),
         members,
         udp_idle_timeout_ms: UDP_IDLE_MS,
+        vlan: 0,
     }
 }
 
@@ -1345,9 +1400,18 @@ fn ipv6_vip_packets_are_encapsulated_in_ip6ip6_to_the_maglev_real() {
     }
 }
 
+/// `loaded_ipip` with the IPv4 VIP on VLAN 200 (0xc8).
+fn loaded_ipip_vlan200() -> Datapath {
+    let mut plan = ipip_state();
+    for v in plan.vips.iter_mut().filter(|v| v.key.addr == addr_words(VIP4.into())) {
+        v.vlan = 200;
+    }
+    loaded_with_node(&plan, &ipip_node())
+}
+
 #[test]
 fn a_vlan_tag_is_kept_outside_the_outer_header() {
-    let mut dp = loaded_ipip();
+    let mut dp = loaded_ipip_vlan200();
     let plain = tcp4(CLIENT4, VIP4, 40000, 80);
     let mut input = plain[..12].to_vec();
     input.extend_from_slice(&[0x81, 0x00, 0x00, 0xc8]);
@@ -1512,7 +1576,7 @@ fn decap_strips_the_outer_header_of_vip_packets_only() {
     let mut tagged = plain[..12].to_vec();
     tagged.extend_from_slice(&[0x81, 0x00, 0x00, 0xc8]);
     tagged.extend_from_slice(&plain[12..]);
-    let tunnelled = run(&mut dp, &tagged, XDP_TX, Reason::Tx);
+    let tunnelled = run(&mut loaded_ipip_vlan200(), &tagged, XDP_TX, Reason::Tx);
     let out = decap_run(&mut decap, &tunnelled, DecapReason::Decapsulated);
     assert_eq!(out[12..], tagged[12..]);
 
@@ -1566,4 +1630,44 @@ fn the_writer_coalesces_a_burst_into_few_applies() {
     // The last plan (odd index: real 2 left out) is what the maps hold.
     assert!(status.applied.vips["vip0"].slots.iter().all(|&(a, _)| a != real(2).0));
     drop(writer.shutdown());
+}
+
+/// Removes the namespace it names when dropped, on every exit path.
+struct TempNetns(String);
+
+impl Drop for TempNetns {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+/// Attaching turns the interface's receive VLAN offload off, so tags
+/// reach the program in the frame; detaching turns it back on.
+#[test]
+fn attach_turns_receive_vlan_offload_off_and_detach_restores_it() {
+    let ns = TempNetns(format!("fdp-vlan-{}", std::process::id()));
+    let ip = |args: &[&str]| {
+        let status = std::process::Command::new("ip").args(args).status().unwrap();
+        assert!(status.success(), "ip {args:?}");
+    };
+    ip(&["netns", "add", &ns.0]);
+    ip(&["-n", &ns.0, "link", "add", "bal0", "type", "veth", "peer", "name", "bal1"]);
+    ip(&["-n", &ns.0, "link", "set", "bal0", "up"]);
+    ip(&["-n", &ns.0, "link", "set", "bal1", "up"]);
+    fulcrum_lab::in_netns(&ns.0, || {
+        use fulcrum_l4::ethtool::rx_vlan_offload;
+        assert!(rx_vlan_offload("bal0").unwrap(), "veth starts with receive VLAN offload on");
+        let mut dp = loaded(&lab_state());
+        dp.attach("bal0").unwrap();
+        assert!(!rx_vlan_offload("bal0").unwrap(), "off while attached");
+        dp.detach().unwrap();
+        assert!(rx_vlan_offload("bal0").unwrap(), "restored at detach");
+        // Already off: left off, and not turned on at detach.
+        fulcrum_l4::ethtool::set_rx_vlan_offload("bal0", false).unwrap();
+        dp.attach("bal0").unwrap();
+        drop(dp);
+        assert!(!rx_vlan_offload("bal0").unwrap());
+        assert!(rx_vlan_offload("nonexistent0").is_err());
+    })
+    .unwrap();
 }

@@ -80,6 +80,7 @@ pub fn run(repeat: u32, rounds: usize, cpu: usize, record: Option<PathBuf>) -> R
         members: reals.iter().map(|&a| (a, 1)).collect(),
         established: reals.clone(),
         udp_idle_timeout_ms: 30_000,
+        vlan: 0,
     };
     let plan = Plan {
         vips: vec![bench_vip("bench", 80, IPPROTO_TCP), bench_vip("bench-udp", 53, IPPROTO_UDP)],

@@ -157,7 +157,10 @@ pub struct VipMeta {
     /// connection-table entry and take a fresh pick. TCP entries have no
     /// idle time: they live until the LRU evicts them.
     pub udp_idle_timeout_ms: u32,
-    pub _pad: u32,
+    /// The IEEE 802.1Q VLAN id (1..=4094) the VIP is reached on, or 0:
+    /// untagged (or priority-tagged, VID 0) frames only. A frame on
+    /// another VLAN is `Reason::PassVlanMismatch`.
+    pub vlan: u32,
 }
 
 impl VipMeta {
@@ -380,11 +383,18 @@ pub enum Reason {
     /// `XDP_DROP`: the driver gave no headroom for the outer header
     /// (`bpf_xdp_adjust_head` failed).
     DropNoHeadroom = 14,
+    /// `XDP_PASS`: stacked VLAN tags (IEEE 802.1ad QinQ: an outer
+    /// EtherType 0x88a8, or an 802.1Q tag followed by another tag). Not
+    /// balanced: no VIP is configured on a stacked VLAN.
+    PassQinQ = 15,
+    /// `XDP_PASS`: to a VIP, but on another VLAN than the VIP's `vlan`
+    /// (or tagged, for an untagged VIP; or untagged, for a tagged one).
+    PassVlanMismatch = 16,
 }
 
 impl Reason {
     /// Number of reasons: the length of `REASON_STATS`.
-    pub const COUNT: u32 = 15;
+    pub const COUNT: u32 = 17;
     /// Every reason, in index order.
     pub const ALL: [Reason; Self::COUNT as usize] = [
         Reason::Tx,
@@ -402,6 +412,8 @@ impl Reason {
         Reason::IcmpTooBig,
         Reason::DropTooBig,
         Reason::DropNoHeadroom,
+        Reason::PassQinQ,
+        Reason::PassVlanMismatch,
     ];
 
     /// Short stable name, used in stats output.
@@ -422,6 +434,8 @@ impl Reason {
             Reason::IcmpTooBig => "tx_icmp_too_big",
             Reason::DropTooBig => "drop_too_big",
             Reason::DropNoHeadroom => "drop_no_headroom",
+            Reason::PassQinQ => "pass_qinq",
+            Reason::PassVlanMismatch => "pass_vlan_mismatch",
         }
     }
 }

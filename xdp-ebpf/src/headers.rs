@@ -9,6 +9,10 @@ use aya_ebpf::programs::XdpContext;
 pub const ETH_P_IP: u16 = 0x0800;
 pub const ETH_P_IPV6: u16 = 0x86dd;
 pub const ETH_P_8021Q: u16 = 0x8100;
+/// IEEE 802.1ad service tag (the outer tag of QinQ).
+pub const ETH_P_8021AD: u16 = 0x88a8;
+/// The VLAN id bits of an 802.1Q tag's TCI (host order).
+pub const VLAN_VID_MASK: u16 = 0x0fff;
 /// IPv6 extension headers (RFC 8200 section 4) the parser walks past:
 /// Hop-by-Hop Options, Routing, Destination Options. All three share the
 /// generic layout of [`Ipv6ExtHdr`].

@@ -58,6 +58,9 @@ struct Flow {
     syn: bool,
     /// Whether an 802.1Q tag sits between the Ethernet and IP headers.
     vlan: bool,
+    /// Its VLAN id; 0 when untagged or priority-tagged (VID 0, IEEE
+    /// 802.1Q: no VLAN), compared with `VipMeta::vlan`.
+    vid: u16,
     /// Offset of the IP header in the frame: 14, or 18 with a tag.
     l3: usize,
     /// Length of the IP packet in bytes, its header included (IPv4 total
@@ -92,6 +95,9 @@ fn balance(ctx: &XdpContext, bytes: u64) -> (u32, Reason) {
     let Some(vip) = lookup_vip(&flow.vip) else {
         return (XDP_PASS, Reason::PassNotVip);
     };
+    if u32::from(flow.vid) != vip.vlan {
+        return (XDP_PASS, Reason::PassVlanMismatch);
+    }
     if vip.flags & VIP_F_STANDBY != 0 {
         return (XDP_PASS, Reason::PassNotMaster);
     }
@@ -123,8 +129,11 @@ fn balance(ctx: &XdpContext, bytes: u64) -> (u32, Reason) {
 /// to our MAC, else left to the kernel like any other ICMP.
 #[inline(always)]
 fn answer_echo(ctx: &XdpContext, echo: &Echo) -> (u32, Reason) {
-    if !is_vip_address(&echo.dst) {
+    let Some(vlan) = vip_address_vlan(&echo.dst) else {
         return (XDP_PASS, Reason::PassNotVip);
+    };
+    if u32::from(echo.vid) != vlan {
+        return (XDP_PASS, Reason::PassVlanMismatch);
     }
     let Some(to_us) = addressed_to_us(ctx, echo.is_v6) else {
         return (XDP_PASS, Reason::PassNotForUs);
@@ -140,15 +149,25 @@ fn parse(ctx: &XdpContext) -> Result<Packet, Reason> {
     let mut offset = core::mem::size_of::<EthHdr>();
     // SAFETY: ptr_at checked the header lies inside the frame.
     let mut ether_type = unsafe { (*eth).ether_type };
+    if ether_type == ETH_P_8021AD.to_be() {
+        return Err(Reason::PassQinQ);
+    }
     let vlan = ether_type == ETH_P_8021Q.to_be();
+    let mut vid = 0;
     if vlan {
         let tag: *const VlanHdr = ptr_at(ctx, offset).ok_or(Reason::PassTruncated)?;
-        ether_type = unsafe { (*tag).ether_type };
+        // SAFETY: bounds checked by ptr_at.
+        let tci;
+        (tci, ether_type) = unsafe { ((*tag).tci, (*tag).ether_type) };
+        if ether_type == ETH_P_8021Q.to_be() || ether_type == ETH_P_8021AD.to_be() {
+            return Err(Reason::PassQinQ);
+        }
+        vid = u16::from_be(tci) & VLAN_VID_MASK;
         offset += core::mem::size_of::<VlanHdr>();
     }
     match u16::from_be(ether_type) {
-        ETH_P_IP => parse_ipv4(ctx, offset, vlan),
-        ETH_P_IPV6 => parse_ipv6(ctx, offset, vlan),
+        ETH_P_IP => parse_ipv4(ctx, offset, vlan, vid),
+        ETH_P_IPV6 => parse_ipv6(ctx, offset, vlan, vid),
         _ => Err(Reason::PassNotIp),
     }
 }
@@ -162,7 +181,7 @@ fn parse(ctx: &XdpContext) -> Result<Packet, Reason> {
 /// total length is allowed. The header checksum is not verified: L2 DSR
 /// is not an IP hop, and the real verifies it.
 #[inline(always)]
-fn parse_ipv4(ctx: &XdpContext, offset: usize, vlan: bool) -> Result<Packet, Reason> {
+fn parse_ipv4(ctx: &XdpContext, offset: usize, vlan: bool, vid: u16) -> Result<Packet, Reason> {
     let ip: *const Ipv4Hdr = ptr_at(ctx, offset).ok_or(Reason::PassTruncated)?;
     // SAFETY: bounds checked by ptr_at.
     let (version_ihl, tot_len, frag_off, proto, saddr, daddr) = unsafe {
@@ -189,7 +208,7 @@ fn parse_ipv4(ctx: &XdpContext, offset: usize, vlan: bool) -> Result<Packet, Rea
         if header_len != IPV4_HDR_LEN || !is_echo_request(ctx, offset + IPV4_HDR_LEN, end, ICMP_ECHO_REQUEST) {
             return Err(Reason::PassNotL4);
         }
-        return Ok(Packet::Echo(Echo { dst, l3: offset, is_v6: false }));
+        return Ok(Packet::Echo(Echo { dst, l3: offset, is_v6: false, vid }));
     }
     let (ports, dport, syn) = parse_ports(ctx, offset + header_len, end, proto)?;
     Ok(Packet::Flow(Flow {
@@ -199,6 +218,7 @@ fn parse_ipv4(ctx: &XdpContext, offset: usize, vlan: bool) -> Result<Packet, Rea
         is_v6: false,
         syn,
         vlan,
+        vid,
         l3: offset,
         ip_len: end - offset,
         df: u16::from_be(frag_off) & IP_DF != 0,
@@ -222,7 +242,7 @@ fn is_echo_request(ctx: &XdpContext, offset: usize, end: usize, kind: u8) -> boo
 /// otherwise match the IPv4 VIP stored under the same key. TCP or UDP
 /// may follow extension headers (see `skip_extension_headers`).
 #[inline(always)]
-fn parse_ipv6(ctx: &XdpContext, offset: usize, vlan: bool) -> Result<Packet, Reason> {
+fn parse_ipv6(ctx: &XdpContext, offset: usize, vlan: bool, vid: u16) -> Result<Packet, Reason> {
     let ip: *const Ipv6Hdr = ptr_at(ctx, offset).ok_or(Reason::PassTruncated)?;
     // SAFETY: bounds checked by ptr_at.
     let (vtc_flow, payload_len, next_hdr, saddr, daddr) =
@@ -243,7 +263,7 @@ fn parse_ipv6(ctx: &XdpContext, offset: usize, vlan: bool) -> Result<Packet, Rea
         if !is_echo_request(ctx, start, end, ICMPV6_ECHO_REQUEST) {
             return Err(Reason::PassNotL4);
         }
-        return Ok(Packet::Echo(Echo { dst: daddr, l3: offset, is_v6: true }));
+        return Ok(Packet::Echo(Echo { dst: daddr, l3: offset, is_v6: true, vid }));
     }
     let (proto, l4_offset) = skip_extension_headers(ctx, next_hdr, start, end)?;
     let (ports, dport, syn) = parse_ports(ctx, l4_offset, end, proto)?;
@@ -254,6 +274,7 @@ fn parse_ipv6(ctx: &XdpContext, offset: usize, vlan: bool) -> Result<Packet, Rea
         is_v6: true,
         syn,
         vlan,
+        vid,
         l3: offset,
         ip_len: end - offset,
         df: false,
@@ -339,17 +360,18 @@ fn lookup_vip(key: &VipKey) -> Option<VipMeta> {
     unsafe { VIPS.get(key).copied() }
 }
 
-/// Whether `addr` is the address of a VIP this node forwards: for ICMP,
-/// which has no port to complete a `VipKey`. The same filter first.
+/// The VLAN id (0: untagged) of the VIPs at `addr`, if it is the address
+/// of a VIP this node forwards: for ICMP, which has no port to complete
+/// a `VipKey`. The same filter first.
 #[inline(always)]
-fn is_vip_address(addr: &[u32; 4]) -> bool {
+fn vip_address_vlan(addr: &[u32; 4]) -> Option<u32> {
     let bit = vip_filter_bit(addr);
-    match VIP_FILTER.get(bit / 64) {
-        Some(word) if *word & (1u64 << (bit % 64)) != 0 => {}
-        _ => return false,
+    let word = VIP_FILTER.get(bit / 64)?;
+    if *word & (1u64 << (bit % 64)) == 0 {
+        return None;
     }
-    // SAFETY: only presence is read.
-    unsafe { VIP_ADDRESSES.get(addr).is_some() }
+    // SAFETY: the value is copied out at once (see `lookup_vip`).
+    unsafe { VIP_ADDRESSES.get(addr).copied() }
 }
 
 /// A frame addressed to this node, and how to answer it.

@@ -12,6 +12,7 @@
 //! - `tables`: writes a plan into the maps (mmap'd tables, atomic flips).
 //! - [`writer`]: the thread that applies plans, coalescing bursts.
 //! - [`neighbours`]: the interface and its neighbour table, by subscription.
+//! - [`ethtool`]: receive VLAN offload, off while the program is attached.
 pub mod maglev;
 pub mod neighbours;
 pub mod plan;
@@ -29,6 +30,7 @@ pub use fulcrum_common::{ConnEntry, ConnEvent, FlowKey};
 use fulcrum_common::{names, Counters, DatapathConfig, Mac, Reason, DEFAULT_CONN_TABLE_SIZE};
 
 mod decap;
+pub mod ethtool;
 pub use decap::{Decap, DecapCounters};
 use thiserror::Error;
 
@@ -179,6 +181,8 @@ impl Default for LoadOptions {
 pub struct Datapath {
     ebpf: Ebpf,
     link: Option<XdpLinkId>,
+    /// The interface whose receive VLAN offload `attach` turned off.
+    rx_vlan_restore: Option<String>,
     config: aya::maps::Array<MapData, DatapathConfig>,
     /// `CONN_TABLE` (an LRU hash; aya reads both kinds as a hash map).
     conn_table: BpfHashMap<MapData, FlowKey, ConnEntry>,
@@ -249,7 +253,7 @@ impl Datapath {
             vip_stats,
             real_stats,
         };
-        Ok(Datapath { ebpf, link: None, config, conn_table, maps, tables: tables::Tables::default(), counters })
+        Ok(Datapath { ebpf, link: None, rx_vlan_restore: None, config, conn_table, maps, tables: tables::Tables::default(), counters })
     }
 
     fn program(&mut self) -> &mut Xdp {
@@ -277,15 +281,40 @@ impl Datapath {
     /// Attaches to `interface` in driver mode, else in generic mode (with a
     /// warning: generic XDP runs after the skb is built, far slower).
     ///
+    /// First turns the interface's receive VLAN offload off (logged, and
+    /// turned back on at detach), so 802.1Q tags stay in the frame where
+    /// the program reads them (see the `ethtool` module). If the driver
+    /// keeps it on, an error is logged and the program attaches anyway:
+    /// it then sees tagged frames as untagged.
+    ///
     /// # Errors
     /// Neither mode could attach (no such interface, another program).
     pub fn attach(&mut self, interface: &str) -> Result<AttachMode, DatapathError> {
-        let (link, mode) = attach_xdp(self.program(), interface)?;
-        self.link = Some(link);
-        Ok(mode)
+        match ethtool::rx_vlan_offload(interface) {
+            Ok(false) => {}
+            Ok(true) => match ethtool::set_rx_vlan_offload(interface, false) {
+                Ok(()) => {
+                    tracing::info!(%interface, "receive VLAN offload turned off (ethtool -K {interface} rxvlan off) so XDP sees 802.1Q tags; turned back on at detach");
+                    self.rx_vlan_restore = Some(interface.to_owned());
+                }
+                Err(err) => tracing::error!(%interface, error = %err, "cannot turn receive VLAN offload off: XDP sees tagged frames untagged, so VIP VLANs are not enforced"),
+            },
+            Err(err) => tracing::warn!(%interface, error = %err, "cannot read the receive VLAN offload setting"),
+        }
+        match attach_xdp(self.program(), interface) {
+            Ok((link, mode)) => {
+                self.link = Some(link);
+                Ok(mode)
+            }
+            Err(err) => {
+                self.restore_rx_vlan();
+                Err(err)
+            }
+        }
     }
 
-    /// Detaches from the interface, if attached. Also done on drop.
+    /// Detaches from the interface, if attached, and turns receive VLAN
+    /// offload back on if `attach` turned it off. Also done on drop.
     ///
     /// # Errors
     /// The kernel refused to detach.
@@ -293,7 +322,16 @@ impl Datapath {
         if let Some(link) = self.link.take() {
             self.program().detach(link)?;
         }
+        self.restore_rx_vlan();
         Ok(())
+    }
+
+    fn restore_rx_vlan(&mut self) {
+        if let Some(interface) = self.rx_vlan_restore.take() {
+            if let Err(err) = ethtool::set_rx_vlan_offload(&interface, true) {
+                tracing::warn!(%interface, error = %err, "turning receive VLAN offload back on");
+            }
+        }
     }
 
     /// Makes the maps hold what `plan` says, writing only what changed.
