@@ -867,7 +867,9 @@ fn v6_with_extensions(protocol: Protocol, dport: u16, exts: &[(u8, u8, u8)]) -> 
         if kind == ROUTING {
             h[2] = 4; // segment routing header (RFC 8754)
             h[3] = segments_left;
-        } else if kind != FRAGMENT {
+        } else if kind == FRAGMENT {
+            h[3] = segments_left; // the low byte of offset and M: 1 = more fragments
+        } else {
             h[2] = 1; // PadN over the rest of the header
             h[3] = (len - 4) as u8;
         }
@@ -884,7 +886,8 @@ fn v6_with_extensions(protocol: Protocol, dport: u16, exts: &[(u8, u8, u8)]) -> 
 type TableChange = (&'static str, Vec<(u8, u32)>, Vec<u8>);
 
 /// An IPv6 extension header to build: (next-header kind, length in 8-byte
-/// units beyond the first, segments left for a routing header).
+/// units beyond the first, segments left for a routing header or the low
+/// byte of the offset and M flag for a fragment header).
 type ExtHeader = (u8, u8, u8);
 
 #[test]
@@ -906,8 +909,8 @@ fn ipv6_extension_headers_are_walked_to_the_tcp_or_udp_header() {
 
     let passed: [(&[ExtHeader], Reason); 5] = [
         // A fragment header behind a walked one is still a fragment.
-        (&[(HOPOPTS, 0, 0), (FRAGMENT, 0, 0)], Reason::PassFragment),
-        (&[(DSTOPTS, 0, 0), (ROUTING, 0, 0), (FRAGMENT, 0, 0)], Reason::PassFragment),
+        (&[(HOPOPTS, 0, 0), (FRAGMENT, 0, 1)], Reason::PassFragment),
+        (&[(DSTOPTS, 0, 0), (ROUTING, 0, 0), (FRAGMENT, 0, 1)], Reason::PassFragment),
         // Segments left: the VIP is an intermediate hop, not the destination.
         (&[(ROUTING, 2, 1)], Reason::PassNotL4),
         (&[(HOPOPTS, 0, 0), (ROUTING, 2, 1)], Reason::PassNotL4),
@@ -929,6 +932,48 @@ fn ipv6_extension_headers_are_walked_to_the_tcp_or_udp_header() {
     set_u16(&mut f, 18, 8 + 4);
     assert_eq!(run(&mut dp, &f, XDP_PASS, Reason::PassTruncated), f);
     assert_eq!(vip_packets(&dp, "v6tcp"), 2);
+}
+
+/// Fragments are passed to the kernel, Katran's policy (see the README):
+/// a later fragment has no ports, so neither its VIP (address, port,
+/// protocol) nor its flow's real can be known without reassembly.
+#[test]
+fn fragments_of_vip_packets_are_passed_and_atomic_fragments_forwarded() {
+    let mut dp = loaded(&lab_state());
+    // IPv4: first fragment (MF, offset 0; ports present), a middle one
+    // (MF, offset 185 x 8 bytes), the last (offset only); TCP and UDP.
+    for f in [tcp4(CLIENT4, VIP4, 40000, 80), udp4(CLIENT4, VIP4, 40000, 53)] {
+        for flags_offset in [0x2000u16, 0x2000 | 185, 185] {
+            let mut frag = f.clone();
+            set_u16(&mut frag, 20, flags_offset);
+            assert_eq!(run(&mut dp, &frag, XDP_PASS, Reason::PassFragment), frag, "{flags_offset:#x}");
+        }
+    }
+    // IPv6 Fragment header (RFC 8200 section 4.5): first (offset 0, M),
+    // middle (offset 185, M), last (offset 185); 185 << 3 = 0x5c8.
+    for (protocol, dport) in [(Protocol::Tcp, 80), (Protocol::Udp, 53)] {
+        for offset_m in [0x0001u16, 0x05c9, 0x05c8] {
+            let mut f = v6_with_extensions(protocol, dport, &[(FRAGMENT, 0, 0)]);
+            set_u16(&mut f, 54 + 2, offset_m);
+            assert_eq!(run(&mut dp, &f, XDP_PASS, Reason::PassFragment), f, "{offset_m:#x}");
+        }
+    }
+    assert_eq!(["v4tcp", "v4udp", "v6tcp", "v6udp"].iter().map(|v| vip_packets(&dp, v)).sum::<u64>(), 0);
+    assert_eq!(conn(&dp, ConnEvent::Miss) + conn(&dp, ConnEvent::Syn), 0, "no connection-table entry");
+    // An atomic fragment (offset 0, M clear; RFC 6946) is a whole packet:
+    // balanced by its 5-tuple, its bytes untouched.
+    for (protocol, dport, exts) in
+        [(Protocol::Tcp, 80, &[(FRAGMENT, 0, 0)][..]), (Protocol::Udp, 53, &[(DSTOPTS, 0, 0), (FRAGMENT, 0, 0)][..])]
+    {
+        let f = v6_with_extensions(protocol, dport, exts);
+        let want = rewritten(&f, expected_mac(&[1, 2, 3], v6_hash(CLIENT6, 40000, dport)));
+        assert_eq!(run(&mut dp, &f, XDP_TX, Reason::Tx), want, "{exts:?}");
+    }
+    // A fragment header cut off by the payload length.
+    let mut f = v6_with_extensions(Protocol::Tcp, 80, &[(FRAGMENT, 0, 0)]);
+    f.truncate(54 + 4);
+    set_u16(&mut f, 18, 4);
+    assert_eq!(run(&mut dp, &f, XDP_PASS, Reason::PassTruncated), f);
 }
 
 #[test]

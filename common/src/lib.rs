@@ -342,7 +342,10 @@ pub enum Reason {
     /// of the frame, or an L4 header past the end of the IP packet (the
     /// kernel counts such frames as `InTruncatedPkts` and drops them).
     PassTruncated = 2,
-    /// `XDP_PASS`: an IP fragment; it carries no (or not all) ports to hash.
+    /// `XDP_PASS`: an IP fragment, first or later: a later one carries no
+    /// ports, so neither its VIP nor its flow's real can be known without
+    /// reassembly (Katran passes them too). An IPv6 atomic fragment
+    /// (offset 0, M clear; RFC 6946) is a whole packet, and balanced.
     PassFragment = 3,
     /// `XDP_PASS`: no TCP or UDP header to read: another protocol (ICMP,
     /// ...), more IPv6 extension headers than the datapath walks, or a

@@ -128,6 +128,21 @@ pub struct Ipv6ExtHdr {
     pub rest: [u8; 4],
 }
 
+/// The IPv6 Fragment header (RFC 8200 section 4.5).
+#[repr(C)]
+pub struct Ipv6FragHdr {
+    pub next_hdr: u8,
+    pub reserved: u8,
+    /// Fragment offset (13 bits, 8-byte units), 2 reserved bits, M flag.
+    pub offset_m: u16,
+    pub id: u32,
+}
+
+/// The fragment offset and M ("more fragments") bits of
+/// [`Ipv6FragHdr::offset_m`], host order: both zero in an atomic fragment
+/// (RFC 8200 section 4.5, RFC 6946), a whole packet.
+pub const IPV6_FRAG_OFFSET_M: u16 = 0xfff9;
+
 pub const IPV4_HDR_LEN: usize = 20;
 pub const IPV6_HDR_LEN: usize = 40;
 

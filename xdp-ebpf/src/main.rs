@@ -285,9 +285,12 @@ fn parse_ipv6(ctx: &XdpContext, offset: usize, vlan: bool, vid: u16) -> Result<P
 /// Options headers, each within the payload that ends at `end`; returns
 /// the next header's protocol and offset. Their options are not
 /// interpreted: the real receives the packet unchanged. A fragment header
-/// is `PassFragment`; a Routing header with segments left means the VIP is
-/// an intermediate hop, not the destination, so `PassNotL4`; so is a chain
-/// longer than the bound (the caller finds no TCP or UDP after it).
+/// is `PassFragment`, unless it is an atomic fragment (offset 0, M clear:
+/// the whole packet, which RFC 6946 says to process in isolation), which
+/// is walked past like the others; a Routing header with segments left
+/// means the VIP is an intermediate hop, not the destination, so
+/// `PassNotL4`; so is a chain longer than the bound (the caller finds no
+/// TCP or UDP after it).
 #[inline(always)]
 fn skip_extension_headers(
     ctx: &XdpContext,
@@ -309,7 +312,13 @@ fn skip_extension_headers(
         offset += (len as usize + 1) * 8;
     }
     if next_hdr == IPPROTO_FRAGMENT {
-        return Err(Reason::PassFragment);
+        let frag: *const Ipv6FragHdr = ptr_within(ctx, offset, end).ok_or(Reason::PassTruncated)?;
+        // SAFETY: bounds checked by ptr_within.
+        let (next, offset_m) = unsafe { ((*frag).next_hdr, (*frag).offset_m) };
+        if u16::from_be(offset_m) & IPV6_FRAG_OFFSET_M != 0 {
+            return Err(Reason::PassFragment);
+        }
+        return Ok((next, offset + core::mem::size_of::<Ipv6FragHdr>()));
     }
     Ok((next_hdr, offset))
 }
