@@ -1454,6 +1454,33 @@ fn loaded_ipip_vlan200() -> Datapath {
     loaded_with_node(&plan, &ipip_node())
 }
 
+/// IPIP is the VIP's own delivery to its real, not a router hop (RFC 2003
+/// section 3.1 decrements the inner TTL only when encapsulating "as part
+/// of forwarding"): the outer header gets a fresh TTL / hop limit of 64
+/// and a correct checksum; the inner packet, TTL 0 or 1 and bad checksums
+/// included, is carried unchanged for the real to judge.
+#[test]
+fn ipip_carries_inner_ttl_0_or_1_and_bad_checksums_unchanged_under_a_fresh_outer_header() {
+    let mut dp = loaded_ipip();
+    for ttl in [0u8, 1] {
+        let mut input = tcp4(CLIENT4, VIP4, 40000, 80);
+        input[22] = ttl;
+        input[24] ^= 0xff; // the inner IPv4 header checksum now wrong
+        input[14 + 20 + 16] ^= 0xff; // and the TCP checksum
+        let out = run(&mut dp, &input, XDP_TX, Reason::Tx);
+        assert_eq!(out[14 + 8], 64, "outer TTL");
+        assert_eq!(inet_checksum(&out[14..34], 0), 0, "outer header checksum");
+        assert_eq!(out[34..], input[14..], "inner packet as sent, TTL {ttl}");
+
+        let mut input = tcp6(CLIENT6, VIP6, 40000, 80);
+        input[21] = ttl;
+        input[54 + 16] ^= 0xff; // TCP checksum
+        let out = run(&mut dp, &input, XDP_TX, Reason::Tx);
+        assert_eq!(out[14 + 7], 64, "outer hop limit");
+        assert_eq!(out[54..], input[14..], "inner packet as sent, hop limit {ttl}");
+    }
+}
+
 #[test]
 fn a_vlan_tag_is_kept_outside_the_outer_header() {
     let mut dp = loaded_ipip_vlan200();
