@@ -1743,3 +1743,141 @@ fn attach_turns_receive_vlan_offload_off_and_detach_restores_it() {
     })
     .unwrap();
 }
+
+// ---- ICMP too-big about a VIP flow ------------------------------------------
+
+/// A router on the path between a real and the client.
+const ROUTER4: Ipv4Addr = Ipv4Addr::new(198, 18, 9, 1);
+const ROUTER6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x18, 9, 0, 0, 0, 0, 1);
+
+/// An ICMP "fragmentation needed" (type 3 code 4, next-hop MTU 1400) from
+/// the router to `dst`, quoting `quoted` (IP header and following bytes).
+fn frag_needed4(dst: Ipv4Addr, kind: u8, code: u8, quoted: &[u8]) -> Vec<u8> {
+    let mut icmp = vec![kind, code, 0, 0, 0, 0, 0x05, 0x78];
+    icmp.extend_from_slice(quoted);
+    let check = inet_checksum(&icmp, 0);
+    icmp[2..4].copy_from_slice(&check.to_be_bytes());
+    let mut ip = vec![0x45, 0, 0, 0, 0, 0, 0, 0, 64, 1, 0, 0];
+    ip.extend_from_slice(&ROUTER4.octets());
+    ip.extend_from_slice(&dst.octets());
+    let total = (ip.len() + icmp.len()) as u16;
+    ip[2..4].copy_from_slice(&total.to_be_bytes());
+    let check = inet_checksum(&ip, 0);
+    ip[10..12].copy_from_slice(&check.to_be_bytes());
+    let mut f = SELF_MAC.0.to_vec();
+    f.extend_from_slice(&CLIENT_MAC);
+    f.extend_from_slice(&[0x08, 0x00]);
+    f.extend_from_slice(&ip);
+    f.extend_from_slice(&icmp);
+    f
+}
+
+/// An ICMPv6 "packet too big" (type 2, MTU 1400) from the router to `dst`.
+fn too_big6(dst: Ipv6Addr, quoted: &[u8]) -> Vec<u8> {
+    let mut icmp = vec![2, 0, 0, 0, 0, 0, 0x05, 0x78];
+    icmp.extend_from_slice(quoted);
+    let check = inet_checksum(&icmp, pseudo6(&ROUTER6.octets(), &dst.octets(), icmp.len()));
+    icmp[2..4].copy_from_slice(&check.to_be_bytes());
+    let mut f = SELF_MAC.0.to_vec();
+    f.extend_from_slice(&CLIENT_MAC);
+    f.extend_from_slice(&[0x86, 0xdd, 0x60, 0, 0, 0]);
+    f.extend_from_slice(&(icmp.len() as u16).to_be_bytes());
+    f.extend_from_slice(&[58, 64]);
+    f.extend_from_slice(&ROUTER6.octets());
+    f.extend_from_slice(&dst.octets());
+    f.extend_from_slice(&icmp);
+    f
+}
+
+/// The quote of a packet the VIP sent to the client: its IP header and
+/// the first 8 bytes after it (RFC 792's minimum).
+fn quote(answer: &[u8], ip_header: usize) -> Vec<u8> {
+    answer[14..14 + ip_header + 8].to_vec()
+}
+
+#[test]
+fn icmp_too_big_about_a_vip_flow_goes_to_the_real_of_that_flow() {
+    let mut dp = loaded(&lab_state());
+    // No connection-table entry: the Maglev pick the flow would get.
+    for sport in [40000u16, 40001, 40002] {
+        let f = frag_needed4(VIP4, 3, 4, &quote(&tcp4(VIP4, CLIENT4, 80, sport), 20));
+        let want = rewritten(&f, expected_mac(&[1, 2, 3], v4_hash(CLIENT4, sport, 80)));
+        assert_eq!(run(&mut dp, &f, XDP_TX, Reason::IcmpTooBigForwarded), want, "sport {sport}");
+        assert!(dp.conn_entry(&key4(sport, 80, IPPROTO_TCP)).is_none(), "nothing written");
+        let f = frag_needed4(VIP4, 3, 4, &quote(&udp4(VIP4, CLIENT4, 53, sport), 20));
+        let want = rewritten(&f, expected_mac(&[1, 2, 3], v4_hash(CLIENT4, sport, 53)));
+        assert_eq!(run(&mut dp, &f, XDP_TX, Reason::IcmpTooBigForwarded), want);
+        let f = too_big6(VIP6, &quote(&tcp6(VIP6, CLIENT6, 80, sport), 40));
+        let want = rewritten(&f, expected_mac(&[1, 2, 3], v6_hash(CLIENT6, sport, 80)));
+        assert_eq!(run(&mut dp, &f, XDP_TX, Reason::IcmpTooBigForwarded), want);
+    }
+    assert_eq!(vip_packets(&dp, "v4tcp"), 3);
+    assert_eq!(vip_packets(&dp, "v6tcp"), 3);
+
+    // With an entry naming another real than the pick: that real.
+    let mut gens = BTreeMap::new();
+    for (sport, to) in send_all(&mut dp, 20000..20100) {
+        gens.insert(to, dp.conn_entry(&key4(sport, 80, IPPROTO_TCP)).unwrap().real_gen);
+    }
+    let sport = 40000;
+    let pick = maglev_pick(&[(1, 1), (2, 1), (3, 1)], v4_hash(CLIENT4, sport, 80));
+    let other = if pick == 1 { 2 } else { 1 };
+    let other_id = dp.applied().reals[&real(other).0].0;
+    let entry = ConnEntry { real_id: other_id, real_gen: gens[&other], last_seen_ns: 0 };
+    dp.set_conn_entry(&key4(sport, 80, IPPROTO_TCP), entry).unwrap();
+    let hits = conn(&dp, ConnEvent::Hit);
+    let f = frag_needed4(VIP4, 3, 4, &quote(&tcp4(VIP4, CLIENT4, 80, sport), 20));
+    assert_eq!(sent_to(&run(&mut dp, &f, XDP_TX, Reason::IcmpTooBigForwarded)), other);
+    assert_eq!(conn(&dp, ConnEvent::Hit), hits, "ICMP errors are not flow packets");
+    assert_eq!(dp.conn_entry(&key4(sport, 80, IPPROTO_TCP)), Some(entry), "the entry is left as it was");
+}
+
+#[test]
+fn other_icmp_errors_are_left_to_the_kernel() {
+    let mut dp = loaded(&lab_state());
+    let answer = tcp4(VIP4, CLIENT4, 80, 40000);
+    let mut wrong_proto = quote(&answer, 20);
+    wrong_proto[9] = 1;
+    let passed = [
+        // Host unreachable, not "fragmentation needed".
+        (frag_needed4(VIP4, 3, 1, &quote(&answer, 20)), Reason::PassNotL4),
+        // The quote is no packet the VIP sent: from the client, or ICMP.
+        (frag_needed4(VIP4, 3, 4, &quote(&tcp4(CLIENT4, VIP4, 40000, 80), 20)), Reason::PassNotL4),
+        (frag_needed4(VIP4, 3, 4, &wrong_proto), Reason::PassNotL4),
+        // Cut before the ports.
+        (frag_needed4(VIP4, 3, 4, &answer[14..14 + 20 + 2]), Reason::PassNotL4),
+        // From the VIP's address but another port: no VIP.
+        (frag_needed4(VIP4, 3, 4, &quote(&tcp4(VIP4, CLIENT4, 81, 40000), 20)), Reason::PassNotVip),
+        // To an address that is no VIP.
+        (frag_needed4(CLIENT4, 3, 4, &quote(&tcp4(CLIENT4, ROUTER4, 80, 40000), 20)), Reason::PassNotVip),
+        (too_big6(VIP6, &quote(&tcp6(CLIENT6, VIP6, 40000, 80), 40)), Reason::PassNotL4),
+    ];
+    for (f, why) in passed {
+        assert_eq!(run(&mut dp, &f, XDP_PASS, why), f, "{why:?}");
+    }
+    // On a VIP with no backend: dropped like its flow's packets.
+    let f = frag_needed4(VIP4, 3, 4, &quote(&tcp4(VIP4, CLIENT4, 8080, 40000), 20));
+    run(&mut dp, &f, XDP_DROP, Reason::DropNoBackend);
+    assert_eq!(reason(&dp, Reason::IcmpTooBigForwarded), 0);
+}
+
+#[test]
+fn icmp_too_big_about_an_ipip_vip_flow_is_encapsulated_like_the_flow() {
+    let mut dp = loaded_ipip();
+    let sport = 40000;
+    let flow = run(&mut dp, &tcp4(CLIENT4, VIP4, sport, 80), XDP_TX, Reason::Tx);
+    let input = frag_needed4(VIP4, 3, 4, &quote(&tcp4(VIP4, CLIENT4, 80, sport), 20));
+    let out = run(&mut dp, &input, XDP_TX, Reason::IcmpTooBigForwarded);
+    assert_eq!(out[0..14], flow[0..14], "to the flow's next hop, from our MAC");
+    assert_eq!(out[14 + 9], 4, "IPIP");
+    assert_eq!(out[14 + 12..14 + 20], flow[14 + 12..14 + 20], "the flow's outer source and real");
+    assert_eq!(inet_checksum(&out[14..34], 0), 0);
+    assert_eq!(out[34..], input[14..], "the ICMP packet whole inside");
+
+    let flow = run(&mut dp, &tcp6(CLIENT6, VIP6, sport, 80), XDP_TX, Reason::Tx);
+    let input = too_big6(VIP6, &quote(&tcp6(VIP6, CLIENT6, 80, sport), 40));
+    let out = run(&mut dp, &input, XDP_TX, Reason::IcmpTooBigForwarded);
+    assert_eq!(out[14 + 6], 41, "IP6IP6");
+    assert_eq!(out[14 + 8..14 + 40], flow[14 + 8..14 + 40], "the flow's outer source and real");
+    assert_eq!(out[54..], input[14..]);
+}

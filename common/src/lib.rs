@@ -393,11 +393,17 @@ pub enum Reason {
     /// `XDP_PASS`: to a VIP, but on another VLAN than the VIP's `vlan`
     /// (or tagged, for an untagged VIP; or untagged, for a tagged one).
     PassVlanMismatch = 16,
+    /// `XDP_TX`: an ICMP "fragmentation needed" (type 3 code 4) or ICMPv6
+    /// "packet too big" to a VIP address, quoting a packet the VIP sent
+    /// to a client (a router on the real's path to the client could not
+    /// forward the real's answer), forwarded to the real that owns that
+    /// flow, so the real's stack lowers its path MTU (Katran does this).
+    IcmpTooBigForwarded = 17,
 }
 
 impl Reason {
     /// Number of reasons: the length of `REASON_STATS`.
-    pub const COUNT: u32 = 17;
+    pub const COUNT: u32 = 18;
     /// Every reason, in index order.
     pub const ALL: [Reason; Self::COUNT as usize] = [
         Reason::Tx,
@@ -417,6 +423,7 @@ impl Reason {
         Reason::DropNoHeadroom,
         Reason::PassQinQ,
         Reason::PassVlanMismatch,
+        Reason::IcmpTooBigForwarded,
     ];
 
     /// Short stable name, used in stats output.
@@ -439,6 +446,7 @@ impl Reason {
             Reason::DropNoHeadroom => "drop_no_headroom",
             Reason::PassQinQ => "pass_qinq",
             Reason::PassVlanMismatch => "pass_vlan_mismatch",
+            Reason::IcmpTooBigForwarded => "tx_icmp_too_big_forwarded",
         }
     }
 }
