@@ -416,8 +416,10 @@ fn a_removed_vip_passes_and_its_id_is_reused_with_zeroed_counters() {
     dp.apply(&state).unwrap();
     assert_eq!(dp.applied().vips["new"].vip_id, id);
     assert_eq!(vip_packets(&dp, "new"), 0);
+    assert_eq!(vip_conn(&dp, "new", ConnEvent::Miss), 0, "the old VIP's miss is not the new one's");
     run(&mut dp, &tcp4(CLIENT4, VIP4, 3333, 8443), XDP_TX, Reason::Tx);
     assert_eq!(vip_packets(&dp, "new"), 1);
+    assert_eq!(vip_conn(&dp, "new", ConnEvent::Miss), 1);
 }
 
 #[test]
@@ -1022,6 +1024,45 @@ fn key4(sport: u16, dport: u16, proto: u8) -> FlowKey {
 
 fn conn(dp: &Datapath, e: ConnEvent) -> u64 {
     dp.counters().conn_events().into_iter().find(|(x, _)| *x == e).unwrap().1.packets
+}
+
+/// The connection-table event counter of one VIP.
+fn vip_conn(dp: &Datapath, name: &str, e: ConnEvent) -> u64 {
+    let id = dp.applied().vips[name].vip_id;
+    dp.counters().vip_conn_events(id).into_iter().find(|(x, _)| *x == e).unwrap().1.packets
+}
+
+#[test]
+fn connection_table_events_are_counted_per_vip_beside_the_totals() {
+    let mut dp = loaded(&lab_state());
+    // v4tcp: 3 SYNs, 3 misses (other flows), 2 hits on the SYNs' entries.
+    for sport in 100..103 {
+        run(&mut dp, &syn4(sport), XDP_TX, Reason::Tx);
+        run(&mut dp, &tcp4(CLIENT4, VIP4, sport + 1000, 80), XDP_TX, Reason::Tx);
+    }
+    for sport in 100..102 {
+        run(&mut dp, &tcp4(CLIENT4, VIP4, sport, 80), XDP_TX, Reason::Tx);
+    }
+    // v6udp: 1 miss, then 4 hits.
+    for _ in 0..5 {
+        run(&mut dp, &udp6(CLIENT6, VIP6, 5353, 53), XDP_TX, Reason::Tx);
+    }
+    let want = [
+        ("v4tcp", [(ConnEvent::Syn, 3), (ConnEvent::Miss, 3), (ConnEvent::Hit, 2)]),
+        ("v6udp", [(ConnEvent::Syn, 0), (ConnEvent::Miss, 1), (ConnEvent::Hit, 4)]),
+    ];
+    for (name, events) in want {
+        for (e, n) in events {
+            assert_eq!(vip_conn(&dp, name, e), n, "{name} {e:?}");
+        }
+        assert_eq!(vip_conn(&dp, name, ConnEvent::Stale) + vip_conn(&dp, name, ConnEvent::Expired), 0);
+    }
+    for name in ["v4udp", "v6tcp", "sticky", "empty"] {
+        assert!(ConnEvent::ALL.iter().all(|&e| vip_conn(&dp, name, e) == 0), "{name}");
+    }
+    for e in ConnEvent::ALL {
+        assert_eq!(conn(&dp, e), vip_conn(&dp, "v4tcp", e) + vip_conn(&dp, "v6udp", e), "{e:?}: the totals are the sum");
+    }
 }
 
 /// Which of reals 1..=9 a forwarded frame went to, by its destination MAC.

@@ -42,6 +42,7 @@ pub mod names {
     pub const VIP_FILTER: &str = "VIP_FILTER";
     pub const CONN_TABLE: &str = "CONN_TABLE";
     pub const CONN_STATS: &str = "CONN_STATS";
+    pub const VIP_CONN_STATS: &str = "VIP_CONN_STATS";
     pub const VIP_REAL_OK: &str = "VIP_REAL_OK";
     pub const VIP_ADDRESSES: &str = "VIP_ADDRESSES";
     /// The decapsulation program (`fulcrum-xdp-decap`, its own object) and its maps.
@@ -252,6 +253,12 @@ pub enum ConnEvent {
 impl ConnEvent {
     /// Number of events: the length of `CONN_STATS`.
     pub const COUNT: u32 = 6;
+
+    /// The `VIP_CONN_STATS` entry of this event for VIP id `vip_id`.
+    #[inline(always)]
+    pub const fn vip_index(self, vip_id: u32) -> u32 {
+        vip_id * Self::COUNT + self as u32
+    }
     /// Every event, in index order.
     pub const ALL: [ConnEvent; Self::COUNT as usize] =
         [ConnEvent::Hit, ConnEvent::Miss, ConnEvent::Syn, ConnEvent::Stale, ConnEvent::Expired, ConnEvent::WriteFailed];

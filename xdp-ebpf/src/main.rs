@@ -533,7 +533,7 @@ fn select_real(vip: &VipMeta, flow: &Flow, bytes: u64) -> Option<(u32, &'static 
             None => ConnEvent::Miss,
             Some(entry) => match established(vip, flow, entry) {
                 Ok(found) => {
-                    count(&CONN_STATS, ConnEvent::Hit as u32, bytes);
+                    count_conn(vip, ConnEvent::Hit, bytes);
                     return Some(found);
                 }
                 Err(event) => event,
@@ -550,8 +550,15 @@ fn select_real(vip: &VipMeta, flow: &Flow, bytes: u64) -> Option<(u32, &'static 
         Ok(()) => event,
         Err(_) => ConnEvent::WriteFailed,
     };
-    count(&CONN_STATS, event as u32, bytes);
+    count_conn(vip, event, bytes);
     Some((real_id, real))
+}
+
+/// Counts a connection-table event node-wide and for the VIP.
+#[inline(always)]
+fn count_conn(vip: &VipMeta, event: ConnEvent, bytes: u64) {
+    count(&CONN_STATS, event as u32, bytes);
+    count(&VIP_CONN_STATS, event.vip_index(vip.vip_id), bytes);
 }
 
 /// The entry's real, if established flows of this VIP may still use it

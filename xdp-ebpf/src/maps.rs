@@ -80,6 +80,11 @@ pub static REASON_STATS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(R
 #[map]
 pub static CONN_STATS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(ConnEvent::COUNT, 0);
 
+/// The same per VIP: entry `ConnEvent::vip_index(vip_id)`. Zeroed by user
+/// space when it gives a VIP id to a new VIP, as `VIP_STATS`.
+#[map]
+pub static VIP_CONN_STATS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(MAX_VIPS * ConnEvent::COUNT, 0);
+
 /// Adds one frame of `bytes` to entry `index` of a per-CPU counter map.
 #[inline(always)]
 pub fn count(map: &PerCpuArray<Counters>, index: u32, bytes: u64) {

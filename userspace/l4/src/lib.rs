@@ -236,12 +236,14 @@ impl Datapath {
         let config = typed(take(names::DATAPATH_CONFIG)?, names::DATAPATH_CONFIG)?;
         let vip_stats: PerCpuArray<MapData, Counters> = typed(take(names::VIP_STATS)?, names::VIP_STATS)?;
         let real_stats: PerCpuArray<MapData, Counters> = typed(take(names::REAL_STATS)?, names::REAL_STATS)?;
+        let vip_conn_stats: PerCpuArray<MapData, Counters> = typed(take(names::VIP_CONN_STATS)?, names::VIP_CONN_STATS)?;
         let reason_stats = typed(take(names::REASON_STATS)?, names::REASON_STATS)?;
         let counters = CounterReader {
             vip_stats: reopen(&vip_stats, names::VIP_STATS)?,
             real_stats: reopen(&real_stats, names::REAL_STATS)?,
             reason_stats,
             conn_stats,
+            vip_conn_stats: reopen(&vip_conn_stats, names::VIP_CONN_STATS)?,
         };
         let maps = tables::Maps {
             lookup_tables: tables::TableMemory::map(&lookup_tables)?,
@@ -251,6 +253,7 @@ impl Datapath {
             vip_real_ok,
             vip_addresses,
             vip_stats,
+            vip_conn_stats,
             real_stats,
         };
         Ok(Datapath { ebpf, link: None, rx_vlan_restore: None, config, conn_table, maps, tables: tables::Tables::default(), counters })
@@ -362,6 +365,7 @@ impl Datapath {
             real_stats: reopen(&self.counters.real_stats, names::REAL_STATS)?,
             reason_stats: reopen(&self.counters.reason_stats, names::REASON_STATS)?,
             conn_stats: reopen(&self.counters.conn_stats, names::CONN_STATS)?,
+            vip_conn_stats: reopen(&self.counters.vip_conn_stats, names::VIP_CONN_STATS)?,
         })
     }
 
@@ -423,6 +427,7 @@ pub struct CounterReader {
     real_stats: PerCpuArray<MapData, Counters>,
     reason_stats: PerCpuArray<MapData, Counters>,
     conn_stats: PerCpuArray<MapData, Counters>,
+    vip_conn_stats: PerCpuArray<MapData, Counters>,
 }
 
 impl CounterReader {
@@ -445,6 +450,12 @@ impl CounterReader {
     /// `ConnEvent::ALL` order.
     pub fn conn_events(&self) -> Vec<(ConnEvent, Counters)> {
         ConnEvent::ALL.iter().map(|&e| (e, sum(&self.conn_stats, e as u32))).collect()
+    }
+
+    /// [`CounterReader::conn_events`] of VIP id `vip_id` alone, since the
+    /// id was given to its VIP.
+    pub fn vip_conn_events(&self, vip_id: u32) -> Vec<(ConnEvent, Counters)> {
+        ConnEvent::ALL.iter().map(|&e| (e, sum(&self.vip_conn_stats, e.vip_index(vip_id)))).collect()
     }
 }
 

@@ -41,6 +41,7 @@ use std::{
 
 use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuValues, Array};
 use fulcrum_common::{
+    ConnEvent,
     addr_words, names, vip_filter_bit, VIP_F_STANDBY, vip_real_ok_bit, Counters, Mac, RealDef, VipKey, VipMeta, LOOKUP_TABLES_LEN,
     MAGLEV_MAX_TABLE_SIZE, MAX_REALS, MAX_VIPS, VIP_FILTER_WORDS, VIP_REAL_OK_WORDS,
 };
@@ -64,6 +65,7 @@ pub(crate) struct Maps {
     pub vip_real_ok: Array<MapData, u64>,
     pub vip_addresses: BpfHashMap<MapData, [u32; 4], u32>,
     pub vip_stats: PerCpuArray<MapData, Counters>,
+    pub vip_conn_stats: PerCpuArray<MapData, Counters>,
     pub real_stats: PerCpuArray<MapData, Counters>,
 }
 
@@ -384,6 +386,9 @@ impl Tables {
                 let id = lowest_free(&used, MAX_VIPS)
                     .ok_or_else(|| DatapathError::Limit(format!("more than {MAX_VIPS} VIPs")))?;
                 zero(&mut maps.vip_stats, id, names::VIP_STATS)?;
+                for event in ConnEvent::ALL {
+                    zero(&mut maps.vip_conn_stats, event.vip_index(id), names::VIP_CONN_STATS)?;
+                }
                 VipMeta { vip_id: id, ..VipMeta::default() }
             }
         };
