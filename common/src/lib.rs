@@ -217,7 +217,7 @@ pub struct ConnEntry {
     pub real_id: u32,
     /// `RealDef::generation` of `real_id` when the entry was written.
     pub real_gen: u32,
-    /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC, nanoseconds) of the flow's last
+    /// `bpf_ktime_get_coarse_ns` (CLOCK_MONOTONIC_COARSE, nanoseconds) of the flow's last
     /// packet, refreshed at most every [`CONN_TOUCH_NS`]; read only for UDP.
     pub last_seen_ns: u64,
 }

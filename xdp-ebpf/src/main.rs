@@ -32,7 +32,7 @@ mod maps;
 
 use aya_ebpf::{
     bindings::xdp_action::{XDP_DROP, XDP_PASS, XDP_TX},
-    helpers::bpf_ktime_get_ns,
+    helpers::bpf_ktime_get_coarse_ns,
     macros::xdp,
     programs::XdpContext,
 };
@@ -619,11 +619,15 @@ fn flow_owner(vip: &VipMeta, flow: &Flow) -> Option<(u32, &'static RealDef)> {
     Some((real_id, REALS.get(real_id)?))
 }
 
-/// CLOCK_MONOTONIC in nanoseconds, as user space reads it too.
+/// CLOCK_MONOTONIC_COARSE in nanoseconds (`fulcrum_l4::monotonic_ns` in
+/// user space): the time of the last timer tick, read from the
+/// timekeeper without a clocksource read (`rdtsc`), which
+/// `bpf_ktime_get_ns` pays on every call. A tick (1 to 10 ms) of error is
+/// nothing against UDP idle timeouts of a second or more.
 #[inline(always)]
 fn now_ns() -> u64 {
     // SAFETY: a helper without arguments or preconditions.
-    unsafe { bpf_ktime_get_ns() }
+    unsafe { bpf_ktime_get_coarse_ns() }
 }
 
 /// The real id at `hash % M` of the VIP's live table, or `None` if the VIP

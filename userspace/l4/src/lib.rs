@@ -459,13 +459,13 @@ impl CounterReader {
     }
 }
 
-/// CLOCK_MONOTONIC in nanoseconds: the clock of `bpf_ktime_get_ns`, and
-/// so of [`ConnEntry::last_seen_ns`].
+/// CLOCK_MONOTONIC_COARSE in nanoseconds: the clock of
+/// `bpf_ktime_get_coarse_ns`, and so of [`ConnEntry::last_seen_ns`].
 pub fn monotonic_ns() -> u64 {
     // SAFETY: clock_gettime writes one timespec into the value we own.
     let now = unsafe {
         let mut now: libc::timespec = std::mem::zeroed();
-        libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now);
+        libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut now);
         now
     };
     now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
