@@ -193,6 +193,7 @@ use std::{net::SocketAddr, time::Duration};
 pub mod balancer;
 pub mod headers;
 mod io;
+pub mod members;
 mod proxy;
 mod runtime;
 pub mod snapshot;

@@ -29,6 +29,7 @@ use hyper::{
 use crate::{
     balancer::{new_balancer, Balancer},
     headers,
+    members::Outcome,
     snapshot::{
         clock_ms, HostMatch, LbMethod, MemberStats, SharedSnapshot, Snapshot, Sticky,
         FAILURE_PENALTY_US,
@@ -230,7 +231,7 @@ impl Worker {
             // weight: weight 0 drains a member of *new* sessions only
             // (Apache's Draining), its existing sessions stay.
             let choice = match named_idx {
-                Some(i) if !tried[i] && pool.members[i].usable => Some(i),
+                Some(i) if !tried[i] && pool.members[i].takes_sessions() => Some(i),
                 // Apache: a route that cannot be honoured (unknown, member
                 // unusable or failing) with nofailover is 503.
                 _ if named.is_some() && sticky.is_some_and(|s| s.nofailover) => {
@@ -251,6 +252,7 @@ impl Worker {
                 Ok(up) => break (idx, up),
                 Err(e) => {
                     MemberStats::add(&member.stats.failures, 1);
+                    pool.observe(idx, Outcome::ConnectFailed);
                     if p2c {
                         member.stats.observe_latency(FAILURE_PENALTY_US, clock_ms());
                     }
@@ -316,11 +318,13 @@ impl Worker {
                 // Dropping `up` cancels its connection task: the late
                 // response, if any, is discarded with the connection.
                 MemberStats::add(&stats.failures, 1);
+                pool.observe(idx, Outcome::Timeout);
                 tracing::warn!(pool = %pool.name, member = %member.address, "response timeout");
                 return Ok(local(StatusCode::GATEWAY_TIMEOUT));
             }
             Ok(Err(e)) => {
                 MemberStats::add(&stats.failures, 1);
+                pool.observe(idx, Outcome::Broken);
                 tracing::warn!(pool = %pool.name, member = %member.address, error = %e, "upstream error");
                 return Ok(local(StatusCode::BAD_GATEWAY));
             }
@@ -328,6 +332,7 @@ impl Worker {
         };
         let class = (resp.status().as_u16() / 100).clamp(1, 5) as usize - 1;
         MemberStats::add(&stats.responses[class], 1);
+        pool.observe(idx, Outcome::Status(resp.status().as_u16()));
 
         let (mut parts, body) = resp.into_parts();
         let reusable = !headers::wants_close(&parts.headers);
