@@ -153,9 +153,25 @@ fn member(addr: SocketAddr, route: &str, lbset: u8, role: Role) -> Member {
 }
 
 struct Harness {
-    proxy: Proxy,
+    proxy: Option<Proxy>,
     snap: SharedSnapshot,
     addr: SocketAddr,
+}
+
+impl Drop for Harness {
+    /// Stops the workers at the end of a test. While a failed assertion
+    /// unwinds, the proxy is leaked instead: stopping it wakes a worker
+    /// through compio's remote waker, which aborts the process when called
+    /// during a panic, and that would hide the assertion's message.
+    fn drop(&mut self) {
+        if let Some(p) = self.proxy.take() {
+            if std::thread::panicking() {
+                std::mem::forget(p);
+            } else {
+                p.shutdown();
+            }
+        }
+    }
 }
 
 impl Harness {
@@ -168,7 +184,7 @@ impl Harness {
         cfg.response_timeout = Duration::from_millis(500);
         let proxy = Proxy::start(cfg, snap.clone()).expect("proxy starts");
         let addr = proxy.local_addrs()[0];
-        let h = Harness { proxy, snap, addr };
+        let h = Harness { proxy: Some(proxy), snap, addr };
         h.set(pool);
         h
     }
@@ -272,7 +288,6 @@ fn hot_spares_replace_failed_members_and_standbys_come_last(driver: DriverChoice
     let got = serve(hs.addr, 10);
     assert_eq!(count(&got, "a") + count(&got, "b"), 10);
     assert_eq!((r1.hits(), r2.hits(), h.hits()), before);
-    hs.proxy.shutdown();
 }
 
 fn lowest_lbset_serves_and_the_next_takes_over(driver: DriverChoice) {
@@ -298,7 +313,6 @@ fn lowest_lbset_serves_and_the_next_takes_over(driver: DriverChoice) {
     assert_eq!(count(&serve(hs.addr, 10), "c"), 10);
     hs.set(pool);
     assert_eq!(count(&serve(hs.addr, 10), "a"), 10);
-    hs.proxy.shutdown();
 }
 
 fn draining_keeps_sticky_sessions_disabled_does_not(driver: DriverChoice) {
@@ -329,7 +343,6 @@ fn draining_keeps_sticky_sessions_disabled_does_not(driver: DriverChoice) {
     let r = get(hs.addr, "Cookie: ROUTEID=.a\r\n");
     assert_eq!((r.status, r.body.as_str()), (200, "b"));
     assert_eq!(r.set_cookie.as_deref(), Some("ROUTEID=.b; Path=/; HttpOnly"));
-    hs.proxy.shutdown();
 }
 
 fn failonstatus_puts_a_member_in_error_until_retry(driver: DriverChoice) {
@@ -367,7 +380,6 @@ fn failonstatus_puts_a_member_in_error_until_retry(driver: DriverChoice) {
     wait_for("the retry interval to end", || !stats.passive.in_error_now());
     let got = serve(hs.addr, 10);
     assert_eq!(count(&got, "a"), 5, "{got:?}");
-    hs.proxy.shutdown();
 }
 
 fn connect_failures_put_a_member_in_error_and_a_spare_takes_the_retry(driver: DriverChoice) {
@@ -405,7 +417,6 @@ fn connect_failures_put_a_member_in_error_and_a_spare_takes_the_retry(driver: Dr
     let d = &hs.pool().members[0];
     assert_eq!(MemberStats::get(&d.stats.failures), 1);
     assert!(d.stats.passive.in_error_now());
-    hs.proxy.shutdown();
 }
 
 fn slow_start_ramps_a_member_back_in(driver: DriverChoice) {
@@ -439,5 +450,4 @@ fn slow_start_ramps_a_member_back_in(driver: DriverChoice) {
     hs.set(plain);
     let got = serve(hs.addr, 10);
     assert_eq!(count(&got, "b"), 5, "{got:?}");
-    hs.proxy.shutdown();
 }
