@@ -38,8 +38,8 @@
 //! as failures, a response timeout with [`PassiveConfig::failontimeout`],
 //! a response status listed in [`PassiveConfig::failonstatus`]. When
 //! [`PassiveConfig::error_limit`] failures fall within
-//! [`PassiveConfig::error_window`], the member is In error for
-//! [`PassiveConfig::retry`] (Apache `retry=`, HAProxy `observe layer7`
+//! [`PassiveConfig::error_window_ms`], the member is In error for
+//! [`PassiveConfig::retry_ms`] (Apache `retry=`, HAProxy `observe layer7`
 //! with `error-limit`), then takes traffic again (with slow start, if the
 //! pool has it). This is the L7 proxy's own judgement: `E` does not take
 //! the member out of L4 VIPs, which follow the active checks only (a
