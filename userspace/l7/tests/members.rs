@@ -12,7 +12,7 @@ use std::{
     io::{Read, Write},
     net::{SocketAddr, TcpStream},
     sync::{
-        atomic::{AtomicU16, AtomicUsize, Ordering},
+        atomic::{AtomicU16, AtomicU64, AtomicUsize, Ordering},
         Arc, OnceLock,
     },
     thread,
@@ -38,13 +38,15 @@ fn tokio_rt() -> &'static tokio::runtime::Runtime {
     })
 }
 
-/// A backend answering its name with a settable status (200 at first).
+/// A backend answering its name with a settable status (200 at first)
+/// after a settable delay (none at first).
 #[derive(Clone)]
 struct Backend {
     name: &'static str,
     addr: SocketAddr,
     hits: Arc<AtomicUsize>,
     status: Arc<AtomicU16>,
+    delay_ms: Arc<AtomicU64>,
 }
 
 impl Backend {
@@ -57,6 +59,7 @@ impl Backend {
             addr: listener.local_addr().unwrap(),
             hits: Arc::default(),
             status: Arc::new(AtomicU16::new(200)),
+            delay_ms: Arc::default(),
         };
         let bb = b.clone();
         tokio_rt().spawn(async move {
@@ -75,6 +78,10 @@ impl Backend {
 
     async fn answer(self, _req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
         self.hits.fetch_add(1, Ordering::SeqCst);
+        let delay = self.delay_ms.load(Ordering::SeqCst);
+        if delay > 0 {
+            tokio::time::sleep(Duration::from_millis(delay)).await;
+        }
         Ok(Response::builder()
             .status(self.status.load(Ordering::SeqCst))
             .body(Full::new(Bytes::from(self.name)))
@@ -239,6 +246,7 @@ both_drivers!(
     lowest_lbset_serves_and_the_next_takes_over,
     draining_keeps_sticky_sessions_disabled_does_not,
     failonstatus_puts_a_member_in_error_until_retry,
+    failontimeout_puts_a_slow_member_in_error,
     connect_failures_put_a_member_in_error_and_a_spare_takes_the_retry,
     slow_start_ramps_a_member_back_in,
 );
@@ -450,4 +458,37 @@ fn slow_start_ramps_a_member_back_in(driver: DriverChoice) {
     hs.set(plain);
     let got = serve(hs.addr, 10);
     assert_eq!(count(&got, "b"), 5, "{got:?}");
+}
+
+fn failontimeout_puts_a_slow_member_in_error(driver: DriverChoice) {
+    let [a, b] = ["a", "b"].map(Backend::start);
+    let mut pool = Pool::new(
+        "p",
+        LbMethod::ByRequests,
+        vec![member(a.addr, "a", 0, Role::Active), member(b.addr, "b", 0, Role::Active)],
+    );
+    let passive = PassiveConfig {
+        failonstatus: vec![],
+        failontimeout: true,
+        error_limit: 1,
+        error_window_ms: 10_000,
+        retry_ms: 60_000,
+    };
+    pool.passive = Some(PassiveConfig { failontimeout: false, ..passive.clone() });
+    let hs = Harness::start(driver, pool.clone());
+    // a answers after the proxy's 500 ms response timeout: 504.
+    a.delay_ms.store(2_000, Ordering::SeqCst);
+    let statuses: Vec<u16> = (0..2).map(|_| get(hs.addr, "").status).collect();
+    assert_eq!(statuses, [504, 200]);
+    // Without failontimeout a timeout is not a failure: a is tried again.
+    assert!(!hs.pool().members[0].stats.passive.in_error_now());
+    assert_eq!(get(hs.addr, "").status, 504);
+    // With it, one timeout puts a In error; b takes everything.
+    pool.passive = Some(passive);
+    hs.set(pool);
+    let mut statuses: Vec<u16> = (0..2).map(|_| get(hs.addr, "").status).collect();
+    statuses.sort_unstable();
+    assert_eq!(statuses, [200, 504]);
+    assert!(hs.pool().members[0].stats.passive.in_error_now());
+    assert_eq!(count(&serve(hs.addr, 6), "b"), 6);
 }
