@@ -49,22 +49,6 @@ pub(super) fn resolve(raw: RawConfig, text: &str) -> Result<Config, Vec<Diagnost
     let listeners = c.listeners(&raw.listener, &raw.pool);
     let l7 = c.l7(raw.l7.as_ref());
     let mut vrrp = c.vrrps(&raw.vrrp, &interface, &raw.pool, !raw.listener.is_empty());
-    // fulcrum's XDP program balances only frames addressed to the
-    // interface's own MAC: with a VRRP virtual MAC, clients would send a
-    // VIP's frames to the virtual MAC and the VIP would not be balanced.
-    for (v, r) in vrrp.iter().zip(&raw.vrrp) {
-        if v.virtual_mac {
-            if let Some(vip) = vips.iter().find(|vip| v.addresses.iter().any(|&(a, _)| a.to_canonical() == vip.address.to_canonical())) {
-                c.error(
-                    r.name.span(),
-                    format!(
-                        "vrrp instance {:?} has virtual_mac = true but owns the address of [[vip]] {:?}: the XDP datapath balances only frames to the interface's own MAC, so a VIP needs virtual_mac = false",
-                        v.name, vip.name
-                    ),
-                );
-            }
-        }
-    }
     c.vrrp_sync_groups(&raw.vrrp_sync_group, &raw.vrrp, &mut vrrp);
     let datapath = c.datapath(raw.datapath.as_ref());
     c.check_ipip(&raw.vip, &raw.pool, raw.datapath.as_ref(), &datapath);
