@@ -421,6 +421,7 @@ impl Worker {
             },
             _outstanding: outstanding,
             p2c,
+            passive: pool.passive.is_some().then(|| (snap.clone(), route.pool, idx)),
         };
         if close_after {
             parts
@@ -681,6 +682,9 @@ pub struct Relay {
     _outstanding: Outstanding,
     /// Record a broken body as a latency penalty (`p2c` pools).
     p2c: bool,
+    /// Where to report a broken body to passive health (pools with it):
+    /// the request's snapshot, pool index, member index.
+    passive: Option<(Arc<Snapshot>, usize, usize)>,
 }
 
 impl Relay {
@@ -757,6 +761,9 @@ impl Body for ProxyBody {
                         MemberStats::add(&r.body.stats.failures, 1);
                         if r.p2c {
                             r.body.stats.observe_latency(FAILURE_PENALTY_US, clock_ms());
+                        }
+                        if let Some((snap, pool, member)) = &r.passive {
+                            snap.pools[*pool].observe(*member, Outcome::Broken);
                         }
                     }
                     Poll::Pending => {}

@@ -93,6 +93,25 @@ impl Backend {
     }
 }
 
+/// A member that promises 100 body bytes, sends 5 and closes: every
+/// response breaks midway. Serves connections until the process ends.
+fn truncating_backend() -> (SocketAddr, Arc<AtomicUsize>) {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let hits = Arc::new(AtomicUsize::new(0));
+    let h = hits.clone();
+    thread::spawn(move || {
+        for mut s in l.incoming().flatten() {
+            h.fetch_add(1, Ordering::SeqCst);
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf);
+            let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nshort");
+        }
+    });
+    (addr, hits)
+}
+
 /// An address where nothing listens (a port just released).
 fn dead_addr() -> SocketAddr {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -247,6 +266,7 @@ both_drivers!(
     draining_keeps_sticky_sessions_disabled_does_not,
     failonstatus_puts_a_member_in_error_until_retry,
     failontimeout_puts_a_slow_member_in_error,
+    a_response_body_broken_midway_counts_as_a_failure,
     connect_failures_put_a_member_in_error_and_a_spare_takes_the_retry,
     slow_start_ramps_a_member_back_in,
 );
@@ -491,4 +511,46 @@ fn failontimeout_puts_a_slow_member_in_error(driver: DriverChoice) {
     assert_eq!(statuses, [200, 504]);
     assert!(hs.pool().members[0].stats.passive.in_error_now());
     assert_eq!(count(&serve(hs.addr, 6), "b"), 6);
+}
+
+fn a_response_body_broken_midway_counts_as_a_failure(driver: DriverChoice) {
+    let b = Backend::start("b");
+    let (broken, broken_hits) = truncating_backend();
+    let mut pool = Pool::new(
+        "p",
+        LbMethod::ByRequests,
+        vec![member(broken, "x", 0, Role::Active), member(b.addr, "b", 0, Role::Active)],
+    );
+    pool.passive = Some(PassiveConfig {
+        failonstatus: vec![],
+        failontimeout: false,
+        error_limit: 2,
+        error_window_ms: 10_000,
+        retry_ms: 60_000,
+    });
+    let hs = Harness::start(driver, pool);
+    // The client sees the truncated responses as broken connections; the
+    // proxy counts each as a failure of the member, and after two of
+    // them (its error_limit) the member is In error.
+    let stats = hs.pool().members[0].stats.clone();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    for tries in 0.. {
+        if stats.passive.in_error_now() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline && tries < 100,
+            "never In error: {} hits",
+            broken_hits.load(Ordering::SeqCst)
+        );
+        let mut s = TcpStream::connect(hs.addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+        let mut buf = Vec::new();
+        let _ = s.read_to_end(&mut buf);
+    }
+    assert_eq!(broken_hits.load(Ordering::SeqCst), 2);
+    let before = broken_hits.load(Ordering::SeqCst);
+    assert_eq!(count(&serve(hs.addr, 6), "b"), 6);
+    assert_eq!(broken_hits.load(Ordering::SeqCst), before);
 }
