@@ -313,4 +313,35 @@ lbset = 1
             ]
         );
     }
+
+    #[test]
+    fn passive_errors_and_comebacks_survive_snapshots() {
+        let text = "interface = \"eth0\"\n[[listener]]\nname = \"www\"\naddress = \"127.0.0.1:8080\"\n[[listener.route]]\npool = \"web\"\n[[pool]]\nname = \"web\"\nretry = \"60s\"\nslow_start = \"20s\"\n[[pool.backend]]\naddress = \"198.18.0.11\"\nport = 80\n";
+        let config = fulcrum_config::parse(text, "t").unwrap();
+        let web = &config.pools[0];
+        let verdict = |health| {
+            let mut o = Observed::default();
+            o.health.insert(probe_of(web, &web.backends[0]), Verdict { health, detail: String::new() });
+            o
+        };
+        let mut stats = HashMap::new();
+        let shared = fulcrum_l7::shared(Snapshot::default());
+        let publish = |stats: &mut HashMap<_, _>, health| {
+            fulcrum_l7::members::publish(&shared, snapshot_of(&config, &effective(&config, &verdict(health)), stats));
+            shared.load().pools[0].clone()
+        };
+        // Up from the start: no slow start.
+        let pool = publish(&mut stats, Health::Up);
+        let now = fulcrum_l7::snapshot::clock_ms64();
+        assert_eq!(fulcrum_l7::members::effective_weight(&pool.members[0], now), fulcrum_l7::members::WEIGHT_SCALE);
+        // The proxy puts it In error; a new snapshot (any change) keeps that.
+        assert!(pool.observe(0, fulcrum_l7::members::Outcome::ConnectFailed));
+        let pool = publish(&mut stats, Health::Up);
+        assert!(pool.members[0].stats.passive.in_error_now());
+        // Down by its checks, then up again: it ramps from its first step.
+        publish(&mut stats, Health::Down);
+        let pool = publish(&mut stats, Health::Up);
+        let now = fulcrum_l7::snapshot::clock_ms64();
+        assert!(fulcrum_l7::members::effective_weight(&pool.members[0], now) < fulcrum_l7::members::WEIGHT_SCALE);
+    }
 }
