@@ -34,8 +34,8 @@
 //! # Passive health
 //!
 //! With [`Pool::passive`] set, the proxy reports each exchange's outcome
-//! ([`Pool::observe`]): connect failures and broken exchanges always count
-//! as failures, a response timeout with [`PassiveConfig::failontimeout`],
+//! ([`Pool::observe`]): connect failures and broken exchanges (including a
+//! response body cut short) always count as failures, a response timeout with [`PassiveConfig::failontimeout`],
 //! a response status listed in [`PassiveConfig::failonstatus`]. When
 //! [`PassiveConfig::error_limit`] failures fall within
 //! [`PassiveConfig::error_window_ms`], the member is In error for
