@@ -136,6 +136,15 @@ pub struct L7MemberStats {
     pub bytes_received: u64,
     /// Responses by class: 1xx, 2xx, 3xx, 4xx, 5xx.
     pub responses: [u64; 5],
+    /// In error (Apache `E`) by the proxy's passive health checks now.
+    #[serde(default)]
+    pub in_error: bool,
+    /// Milliseconds of In error left (0 when not In error).
+    #[serde(default)]
+    pub error_remaining_ms: u64,
+    /// Times passive health put the member In error since start.
+    #[serde(default)]
+    pub times_in_error: u64,
 }
 
 /// One VIP as the datapath holds it.
@@ -224,6 +233,14 @@ pub struct BackendStats {
     /// The L7 proxy's counters, when the proxy runs.
     #[serde(default)]
     pub l7: Option<L7MemberStats>,
+    /// Apache status flags set (configured or at run time): letters of
+    /// `D` disabled, `S` stopped, `N` draining, `H` hot standby, `R` hot
+    /// spare; empty for none. `E` (In error) is in [`L7MemberStats`].
+    #[serde(default)]
+    pub status: String,
+    /// Apache `lbset`.
+    #[serde(default)]
+    pub lbset: u8,
 }
 
 /// The control plane's own figures. A "generation" is one effective state

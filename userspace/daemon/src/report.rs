@@ -100,6 +100,8 @@ pub fn stats(
                         bytes: counts.bytes,
                         port: m.port,
                         l7: l7.and_then(|l7| l7.member_stats(&pool.name, SocketAddr::new(m.address, m.port))).map(l7_member),
+                        status: m.status.letters(),
+                        lbset: m.lbset,
                     }
                 })
                 .collect(),
@@ -154,5 +156,8 @@ fn l7_member(stats: &MemberStats) -> L7MemberStats {
         bytes_sent: get(&stats.bytes_sent),
         bytes_received: get(&stats.bytes_received),
         responses: std::array::from_fn(|i| get(&stats.responses[i])),
+        in_error: stats.passive.in_error_now(),
+        error_remaining_ms: stats.passive.error_remaining_ms(fulcrum_l7::snapshot::clock_ms64()),
+        times_in_error: stats.passive.times_in_error(),
     }
 }

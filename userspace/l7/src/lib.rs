@@ -177,10 +177,16 @@
 //! in, like HAProxy's `cookie ... insert`. Members without a route are
 //! never named and get no cookie.
 //!
+//! ## Members and failover
+//!
+//! Draining, `lbset`, hot spares and standbys, passive health (In error
+//! for `retry`), slow start and the choice of a member for a retry are in
+//! [`members`]; every balancer is wrapped in that rule by
+//! [`balancer::new_balancer`].
+//!
 //! ## Not yet (rest of issue 10)
 //!
-//! Member status flags, lbset, spares and standbys,
-//! passive health and slow start, retry of idempotent requests on a reset,
+//! Retry of idempotent requests on a reset,
 //! ProxyPassReverse, `Forwarded` (RFC 7239), the full set of timeouts and
 //! limits with their statuses, request hygiene beyond hyper's parser,
 //! WebSocket, `Expect: 100-continue` checks, access log, graceful drain,
@@ -194,6 +200,7 @@ pub mod balancer;
 pub mod headers;
 mod io;
 pub mod limits;
+pub mod members;
 mod proxy;
 mod runtime;
 pub mod snapshot;

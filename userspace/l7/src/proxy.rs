@@ -30,6 +30,7 @@ use crate::{
     balancer::{new_balancer, Balancer},
     headers,
     limits::{self, BodyFault, ConnClock, GuardedBody, LogLimiter, ProxyStats, Violation},
+    members::Outcome,
     snapshot::{
         clock_ms, HostMatch, LbMethod, MemberStats, SharedSnapshot, Snapshot, Sticky,
         FAILURE_PENALTY_US,
@@ -283,7 +284,7 @@ impl Worker {
             // weight: weight 0 drains a member of *new* sessions only
             // (Apache's Draining), its existing sessions stay.
             let choice = match named_idx {
-                Some(i) if !tried[i] && pool.members[i].usable => Some(i),
+                Some(i) if !tried[i] && pool.members[i].takes_sessions() => Some(i),
                 // Apache: a route that cannot be honoured (unknown, member
                 // unusable or failing) with nofailover is 503.
                 _ if named.is_some() && sticky.is_some_and(|s| s.nofailover) => {
@@ -304,6 +305,7 @@ impl Worker {
                 Ok(up) => break (idx, up),
                 Err(e) => {
                     MemberStats::add(&member.stats.failures, 1);
+                    pool.observe(idx, Outcome::ConnectFailed);
                     if p2c {
                         member.stats.observe_latency(FAILURE_PENALTY_US, clock_ms());
                     }
@@ -377,6 +379,7 @@ impl Worker {
                 // Dropping `up` cancels its connection task: the late
                 // response, if any, is discarded with the connection.
                 MemberStats::add(&stats.failures, 1);
+                pool.observe(idx, Outcome::Timeout);
                 return Ok(self.refuse(Violation::GatewayTimeout, peer, &format_args!("pool {}: member {}: response timeout", pool.name, member.address)));
             }
             Ok(Err(e)) => {
@@ -386,12 +389,14 @@ impl Worker {
                     return Ok(self.refuse(v, peer, &"request body refused while forwarding"));
                 }
                 MemberStats::add(&stats.failures, 1);
+                pool.observe(idx, Outcome::Broken);
                 return Ok(self.refuse(Violation::BadGateway, peer, &format_args!("pool {}: member {}: upstream error: {e}", pool.name, member.address)));
             }
             Ok(Ok(resp)) => resp,
         };
         let class = (resp.status().as_u16() / 100).clamp(1, 5) as usize - 1;
         MemberStats::add(&stats.responses[class], 1);
+        pool.observe(idx, Outcome::Status(resp.status().as_u16()));
 
         let (mut parts, body) = resp.into_parts();
         let reusable = !headers::wants_close(&parts.headers);
@@ -416,6 +421,7 @@ impl Worker {
             },
             _outstanding: outstanding,
             p2c,
+            passive: pool.passive.is_some().then(|| (snap.clone(), route.pool, idx)),
         };
         if close_after {
             parts
@@ -676,6 +682,9 @@ pub struct Relay {
     _outstanding: Outstanding,
     /// Record a broken body as a latency penalty (`p2c` pools).
     p2c: bool,
+    /// Where to report a broken body to passive health (pools with it):
+    /// the request's snapshot, pool index, member index.
+    passive: Option<(Arc<Snapshot>, usize, usize)>,
 }
 
 impl Relay {
@@ -752,6 +761,9 @@ impl Body for ProxyBody {
                         MemberStats::add(&r.body.stats.failures, 1);
                         if r.p2c {
                             r.body.stats.observe_latency(FAILURE_PENALTY_US, clock_ms());
+                        }
+                        if let Some((snap, pool, member)) = &r.passive {
+                            snap.pools[*pool].observe(*member, Outcome::Broken);
                         }
                     }
                     Poll::Pending => {}
