@@ -21,7 +21,12 @@
 //! Measurements:
 //! 1. closed loop: `wrk -t1 -c<connections> -d<secs>` with keep-alive,
 //!    per round A B C (D) in turn; req/s and wrk's latency percentiles
-//!    (p50/p99/p99.9 from a Lua `done` hook); medians over rounds;
+//!    (p50/p99/p99.9 from a Lua `done` hook); medians over rounds. Beside
+//!    them the proxy's CPU time per request: utime+stime (`/proc/PID/stat`)
+//!    of the proxy process and its child processes (nginx's workers under
+//!    its master) over the wrk run, divided by the requests wrk counted.
+//!    On a shared machine req/s moves with the neighbours' load; CPU per
+//!    request much less, so it is the figure to compare between runs;
 //! 2. constant rate: this crate's hdrhistogram client at a fixed rate
 //!    (default 60% of the slowest proxy's median), latency counted from
 //!    each request's scheduled send time when the connection was still
@@ -277,6 +282,50 @@ struct WrkRun {
     p99: f64,
     p999: f64,
     errors: u64,
+    /// Requests wrk completed in the run.
+    requests: u64,
+    /// The proxy's CPU time (user + system) per completed request, µs;
+    /// `None` for the direct row (no proxy measured).
+    cpu_us: Option<f64>,
+}
+
+/// Clock ticks per second of `/proc/PID/stat` times (`USER_HZ`).
+fn clock_ticks() -> f64 {
+    use nix::unistd::{sysconf, SysconfVar};
+    // Linux's USER_HZ is 100 wherever sysconf would fail.
+    sysconf(SysconfVar::CLK_TCK).ok().flatten().map_or(100.0, |t| t as f64)
+}
+
+/// utime + stime of one process (all its threads), in clock ticks
+/// (proc(5), fields 14 and 15 of `/proc/PID/stat`).
+fn stat_ticks(pid: u32) -> Option<(u64, u32)> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses: the
+    // fields after it start behind the last ')'.
+    let rest = &s[s.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // rest starts at field 3 (state): ppid is field 4, utime 14, stime 15.
+    let ppid = f.get(1)?.parse().ok()?;
+    let ticks = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    Some((ticks, ppid))
+}
+
+/// CPU seconds (user + system) used so far by process `pid` and its
+/// direct children (nginx's master and its workers; fulcrum's and
+/// HAProxy's workers are threads of the one process).
+fn cpu_secs(pid: u32) -> f64 {
+    let mut ticks = stat_ticks(pid).map_or(0, |(t, _)| t);
+    if let Ok(dir) = std::fs::read_dir("/proc") {
+        for e in dir.flatten() {
+            let Some(child) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
+            if let Some((t, ppid)) = stat_ticks(child) {
+                if ppid == pid {
+                    ticks += t;
+                }
+            }
+        }
+    }
+    ticks as f64 / clock_ticks()
 }
 
 const WRK_LUA: &str = r#"
@@ -287,11 +336,14 @@ done = function(summary, latency, requests)
 end
 "#;
 
-fn wrk(dir: &Path, cpu: usize, addr: SocketAddr, conns: u32, secs: u64) -> Result<WrkRun> {
+/// One wrk run against `addr`; with `proxy` (a pid), that process's CPU
+/// time per request over the run.
+fn wrk(dir: &Path, cpu: usize, addr: SocketAddr, conns: u32, secs: u64, proxy: Option<u32>) -> Result<WrkRun> {
     let script = dir.join("report.lua");
     if !script.exists() {
         std::fs::write(&script, WRK_LUA)?;
     }
+    let cpu_before = proxy.map(cpu_secs);
     let mut child = Command::new("taskset")
         .args(["-c", &cpu.to_string(), "wrk", "-t1"])
         .arg(format!("-c{conns}"))
@@ -316,6 +368,7 @@ fn wrk(dir: &Path, cpu: usize, addr: SocketAddr, conns: u32, secs: u64) -> Resul
         thread::sleep(Duration::from_millis(50));
     }
     let out = child.wait_with_output()?;
+    let cpu_used = proxy.zip(cpu_before).map(|(pid, before)| cpu_secs(pid) - before);
     let text = String::from_utf8_lossy(&out.stdout);
     let mut r = WrkRun::default();
     for line in text.lines() {
@@ -329,11 +382,19 @@ fn wrk(dir: &Path, cpu: usize, addr: SocketAddr, conns: u32, secs: u64) -> Resul
             }
             Some(&"BENCH_ERR") => r.errors = f[1].parse()?,
             Some(&"Non-2xx") => r.errors += f.last().unwrap_or(&"0").parse::<u64>().unwrap_or(0),
+            // "  1234567 requests in 5.00s, 123.45MB read"
+            Some(n) if f.get(1) == Some(&"requests") && f.get(2) == Some(&"in") => r.requests = n.parse()?,
             _ => {}
         }
     }
     if r.rps == 0.0 {
         bail!("wrk against {addr}: no result\n{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    }
+    if let Some(used) = cpu_used {
+        if r.requests == 0 {
+            bail!("wrk against {addr}: no request count\n{text}");
+        }
+        r.cpu_us = Some(used * 1e6 / r.requests as f64);
     }
     Ok(r)
 }
@@ -553,7 +614,8 @@ pub fn run(o: Opts) -> Result<()> {
 
     // 1. Closed loop, interleaved.
     let mut procs: Vec<Proc> = KINDS.iter().map(|&k| setup.start(k)).collect::<Result<_>>()?;
-    let (runs, summary) = closed_loop(&setup, &o, "")?;
+    let pids: Vec<u32> = procs.iter().map(Proc::pid).collect();
+    let (runs, summary) = closed_loop(&setup, &o, "", &pids)?;
     // 2. Constant rate.
     let slowest = summary[..KINDS.len()].iter().map(|r| r.rps).fold(f64::INFINITY, f64::min);
     let rate = o.rate.unwrap_or(((slowest * 0.6) / 1000.0).floor().max(1.0) as u64 * 1000);
@@ -580,7 +642,8 @@ pub fn run(o: Opts) -> Result<()> {
     let two = if o.two_workers {
         let setup2 = Setup { proxy_cpus: format!("{},{}", o.proxy_cpu, o.load_cpu), workers: 2, ..setup };
         let procs: Vec<Proc> = KINDS.iter().map(|&k| setup2.start(k)).collect::<Result<_>>()?;
-        let (runs2, summary2) = closed_loop(&setup2, &o, "two workers ")?;
+        let pids: Vec<u32> = procs.iter().map(Proc::pid).collect();
+        let (runs2, summary2) = closed_loop(&setup2, &o, "two workers ", &pids)?;
         drop(procs);
         Some((runs2, summary2))
     } else {
@@ -589,9 +652,7 @@ pub fn run(o: Opts) -> Result<()> {
     drop(backend);
 
     // Report.
-    let fi = 0;
-    let ni = 1;
-    let hi = 2;
+    let (fi, hi) = (0, 2);
     let mut r = String::new();
     writeln!(r, "\n## l7 — {}\n", crate::now())?;
     writeln!(
@@ -609,40 +670,10 @@ pub fn run(o: Opts) -> Result<()> {
         versions,
         crate::machine()
     )?;
-    writeln!(r, "| closed loop (wrk) | req/s | p50 ms | p99 ms | p99.9 ms | errors |")?;
-    writeln!(r, "|---|---:|---:|---:|---:|---:|")?;
-    for (i, s) in summary.iter().enumerate() {
-        let name = KINDS.get(i).map_or("backend direct (no proxy)", |k| k.name());
-        writeln!(r, "| {name} | {:.0} | {:.3} | {:.3} | {:.3} | {} |", s.rps, s.p50, s.p99, s.p999, s.errors)?;
-    }
-    let (f, n, h) = (&summary[fi], &summary[ni], &summary[hi]);
-    writeln!(
-        r,
-        "\nfulcrum/HAProxy req/s {:.2}x (target >= 1.0), fulcrum/nginx {:.2}x (target >= 1.2); \
-         p99 fulcrum/HAProxy {:.2}x, fulcrum/nginx {:.2}x (target <= 1.0).\n",
-        f.rps / h.rps,
-        f.rps / n.rps,
-        f.p99 / h.p99,
-        f.p99 / n.p99
-    )?;
-    writeln!(r, "Per round req/s: {}\n", per_round(&runs))?;
+    closed_loop_table(&mut r, "closed loop (wrk)", &summary, &runs, "", true)?;
     if let Some((runs2, summary2)) = &two {
-        writeln!(r, "| closed loop, two workers on CPUs {},{} | req/s | p50 ms | p99 ms | p99.9 ms | errors |", o.proxy_cpu, o.load_cpu)?;
-        writeln!(r, "|---|---:|---:|---:|---:|---:|")?;
-        for (i, s) in summary2.iter().enumerate() {
-            let name = KINDS.get(i).map_or("backend direct (no proxy)", |k| k.name());
-            writeln!(r, "| {name} | {:.0} | {:.3} | {:.3} | {:.3} | {} |", s.rps, s.p50, s.p99, s.p999, s.errors)?;
-        }
-        let (f, n, h) = (&summary2[fi], &summary2[ni], &summary2[hi]);
-        writeln!(
-            r,
-            "\nTwo workers: fulcrum/HAProxy req/s {:.2}x, fulcrum/nginx {:.2}x; p99 fulcrum/HAProxy {:.2}x, fulcrum/nginx {:.2}x.\n",
-            f.rps / h.rps,
-            f.rps / n.rps,
-            f.p99 / h.p99,
-            f.p99 / n.p99
-        )?;
-        writeln!(r, "Per round req/s: {}\n", per_round(runs2))?;
+        let title = format!("closed loop, two workers on CPUs {},{}", o.proxy_cpu, o.load_cpu);
+        closed_loop_table(&mut r, &title, summary2, runs2, "Two workers: ", false)?;
     }
     writeln!(r, "| constant rate {rate} req/s, {} conns, CO-corrected (hdrhistogram) | p50 ms | p99 ms | p99.9 ms | max ms | requests | errors |", o.connections)?;
     writeln!(r, "|---|---:|---:|---:|---:|---:|---:|")?;
@@ -665,19 +696,28 @@ pub fn run(o: Opts) -> Result<()> {
 /// The closed loop for `setup`'s proxies (already started): warm-up, then
 /// `o.rounds` interleaved rounds of each proxy and the backend direct.
 /// Returns every run per row and the rows' medians (errors summed).
-fn closed_loop(setup: &Setup, o: &Opts, label: &str) -> Result<(Vec<Vec<WrkRun>>, Vec<WrkRun>)> {
+/// `pids` are the proxies' processes, in `KINDS` order.
+fn closed_loop(setup: &Setup, o: &Opts, label: &str, pids: &[u32]) -> Result<(Vec<Vec<WrkRun>>, Vec<WrkRun>)> {
     for &k in &KINDS {
         // Warm-up: upstream connections, allocator, caches.
-        wrk(&setup.dir, o.load_cpu, setup.addr(k), o.connections, 1)?;
+        wrk(&setup.dir, o.load_cpu, setup.addr(k), o.connections, 1, None)?;
     }
     let mut runs: Vec<Vec<WrkRun>> = vec![Vec::new(); KINDS.len() + 1];
     for round in 0..o.rounds {
         for (i, &k) in KINDS.iter().enumerate() {
-            let r = wrk(&setup.dir, o.load_cpu, setup.addr(k), o.connections, o.secs)?;
-            eprintln!("l7: {label}round {} {}: {:.0} req/s p50 {:.3} ms p99 {:.3} ms", round + 1, k.name(), r.rps, r.p50, r.p99);
+            let r = wrk(&setup.dir, o.load_cpu, setup.addr(k), o.connections, o.secs, Some(pids[i]))?;
+            eprintln!(
+                "l7: {label}round {} {}: {:.0} req/s p50 {:.3} ms p99 {:.3} ms, {:.2} µs CPU/request",
+                round + 1,
+                k.name(),
+                r.rps,
+                r.p50,
+                r.p99,
+                r.cpu_us.unwrap_or(f64::NAN)
+            );
             runs[i].push(r);
         }
-        let r = wrk(&setup.dir, o.load_cpu, setup.backend, o.connections, o.secs)?;
+        let r = wrk(&setup.dir, o.load_cpu, setup.backend, o.connections, o.secs, None)?;
         eprintln!("l7: {label}round {} direct: {:.0} req/s", round + 1, r.rps);
         runs[KINDS.len()].push(r);
     }
@@ -685,7 +725,16 @@ fn closed_loop(setup: &Setup, o: &Opts, label: &str) -> Result<(Vec<Vec<WrkRun>>
         .iter()
         .map(|rs| {
             let f = |g: fn(&WrkRun) -> f64| med(&rs.iter().map(g).collect::<Vec<_>>());
-            WrkRun { rps: f(|r| r.rps), p50: f(|r| r.p50), p99: f(|r| r.p99), p999: f(|r| r.p999), errors: rs.iter().map(|r| r.errors).sum() }
+            let cpu: Vec<f64> = rs.iter().filter_map(|r| r.cpu_us).collect();
+            WrkRun {
+                rps: f(|r| r.rps),
+                p50: f(|r| r.p50),
+                p99: f(|r| r.p99),
+                p999: f(|r| r.p999),
+                errors: rs.iter().map(|r| r.errors).sum(),
+                requests: rs.iter().map(|r| r.requests).sum(),
+                cpu_us: (!cpu.is_empty()).then(|| med(&cpu)),
+            }
         })
         .collect();
     Ok((runs, summary))
@@ -699,6 +748,46 @@ fn per_round(runs: &[Vec<WrkRun>]) -> String {
         .map(|(i, k)| format!("{} {}", k.name(), runs[i].iter().map(|x| format!("{:.0}", x.rps)).collect::<Vec<_>>().join(" ")))
         .collect::<Vec<_>>()
         .join("; ")
+}
+
+/// `name c1 c2 ...; name ...`: every round's CPU µs per request per proxy.
+fn per_round_cpu(runs: &[Vec<WrkRun>]) -> String {
+    KINDS
+        .iter()
+        .enumerate()
+        .map(|(i, k)| format!("{} {}", k.name(), runs[i].iter().map(|x| format!("{:.2}", x.cpu_us.unwrap_or(f64::NAN))).collect::<Vec<_>>().join(" ")))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// One closed-loop table: a row per proxy and the direct row, then the
+/// ratio line and the per-round figures.
+fn closed_loop_table(r: &mut String, title: &str, summary: &[WrkRun], runs: &[Vec<WrkRun>], ratio_label: &str, targets: bool) -> Result<()> {
+    writeln!(r, "| {title} | req/s | CPU µs/request | p50 ms | p99 ms | p99.9 ms | errors |")?;
+    writeln!(r, "|---|---:|---:|---:|---:|---:|---:|")?;
+    for (i, s) in summary.iter().enumerate() {
+        let name = KINDS.get(i).map_or("backend direct (no proxy)", |k| k.name());
+        let cpu = s.cpu_us.map_or("—".to_string(), |c| format!("{c:.2}"));
+        writeln!(r, "| {name} | {:.0} | {cpu} | {:.3} | {:.3} | {:.3} | {} |", s.rps, s.p50, s.p99, s.p999, s.errors)?;
+    }
+    let (f, n, h) = (&summary[0], &summary[1], &summary[2]);
+    let cpu_ratio = |a: &WrkRun, b: &WrkRun| a.cpu_us.zip(b.cpu_us).map_or(f64::NAN, |(a, b)| a / b);
+    let (t1, t2, t3) = if targets { (" (target >= 1.0)", " (target >= 1.2)", " (target <= 1.0)") } else { ("", "", "") };
+    writeln!(
+        r,
+        "\n{ratio_label}fulcrum/HAProxy req/s {:.2}x{t1}, fulcrum/nginx {:.2}x{t2}; \
+         p99 fulcrum/HAProxy {:.2}x, fulcrum/nginx {:.2}x{t3}; \
+         CPU per request fulcrum/HAProxy {:.2}x, fulcrum/nginx {:.2}x (lower is better).\n",
+        f.rps / h.rps,
+        f.rps / n.rps,
+        f.p99 / h.p99,
+        f.p99 / n.p99,
+        cpu_ratio(f, h),
+        cpu_ratio(f, n)
+    )?;
+    writeln!(r, "Per round req/s: {}\n", per_round(runs))?;
+    writeln!(r, "Per round CPU µs/request: {}\n", per_round_cpu(runs))?;
+    Ok(())
 }
 
 fn versions() -> String {
