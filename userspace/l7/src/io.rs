@@ -260,3 +260,119 @@ impl hyper::rt::Write for Stream {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        future::poll_fn,
+        io::Read,
+        net::TcpListener as StdListener,
+        sync::mpsc,
+        thread,
+        time::{Duration, Instant},
+    };
+
+    use compio::driver::{DriverType, ProactorBuilder};
+    use hyper::rt::Write as _;
+
+    use super::*;
+
+    /// A runtime on `driver` as the workers build it, or `None` (said on
+    /// stderr) where the kernel refuses io_uring, unless
+    /// `FULCRUM_REQUIRE_IO_URING=1`.
+    fn runtime(driver: DriverType) -> Option<compio::runtime::Runtime> {
+        let mut proactor = ProactorBuilder::new();
+        proactor.driver_type(driver);
+        if driver == DriverType::IoUring {
+            proactor.single_issuer(true).defer_taskrun(true);
+        }
+        match compio::runtime::RuntimeBuilder::new().with_proactor(proactor).build() {
+            Ok(rt) if rt.driver_type() == driver => Some(rt),
+            r => {
+                let why = r.err().map_or("fell back to another driver".to_string(), |e| e.to_string());
+                if std::env::var("FULCRUM_REQUIRE_IO_URING").is_ok_and(|v| v == "1") {
+                    panic!("{driver:?} unavailable: {why}");
+                }
+                eprintln!("SKIPPED: {driver:?} unavailable here ({why})");
+                None
+            }
+        }
+    }
+
+    /// A byte pattern that shows loss and reordering.
+    fn pattern(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i % 251) as u8).collect()
+    }
+
+    /// A reader thread on the accepted end of a loopback connection: waits
+    /// for `go`, reads to EOF (bounded by 10 s), returns what it read.
+    fn reader(listener: StdListener, go: mpsc::Receiver<()>) -> thread::JoinHandle<Vec<u8>> {
+        thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            go.recv().unwrap();
+            let mut got = Vec::new();
+            s.read_to_end(&mut got).unwrap();
+            got
+        })
+    }
+
+    /// Waits (polling the runtime's timer) until the reader thread ends.
+    async fn join(h: &thread::JoinHandle<Vec<u8>>) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while !h.is_finished() {
+            assert!(Instant::now() < deadline, "the reader did not finish");
+            compio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Many writes (short and past the high-water mark) and flushes in a
+    /// row, then shutdown: every byte arrives, in order, and the peer sees
+    /// EOF.
+    fn flushes_then_shutdown(driver: DriverType) {
+        let Some(rt) = runtime(driver) else { return };
+        let listener = StdListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (go, wait) = mpsc::channel();
+        let h = reader(listener, wait);
+        let data = pattern(3 * 1024 * 1024 + 17);
+        rt.block_on(async {
+            let mut s = Stream::new(TcpStream::connect(addr).await.unwrap(), CLIENT_BUF);
+            go.send(()).unwrap();
+            let mut sent = 0;
+            // Alternately small writes each flushed, and 100 KB written in
+            // one go (past WRITE_HIGH_WATER: sends while writing) and
+            // flushed only with the next small one.
+            let mut rest = &data[..];
+            for i in 0.. {
+                if rest.is_empty() {
+                    break;
+                }
+                let (chunk, tail) = rest.split_at(rest.len().min(if i % 2 == 0 { 7 * 1024 + 3 } else { 100_003 }));
+                rest = tail;
+                let mut off = 0;
+                while off < chunk.len() {
+                    off += poll_fn(|cx| Pin::new(&mut s).poll_write(cx, &chunk[off..])).await.unwrap();
+                }
+                if i % 2 == 0 {
+                    poll_fn(|cx| Pin::new(&mut s).poll_flush(cx)).await.unwrap();
+                }
+                sent += chunk.len();
+            }
+            assert_eq!(sent, data.len());
+            poll_fn(|cx| Pin::new(&mut s).poll_shutdown(cx)).await.unwrap();
+            join(&h).await;
+        });
+        assert!(h.join().unwrap() == data, "bytes lost or reordered");
+    }
+
+    #[test]
+    fn flushes_then_shutdown_io_uring() {
+        flushes_then_shutdown(DriverType::IoUring);
+    }
+
+    #[test]
+    fn flushes_then_shutdown_polling() {
+        flushes_then_shutdown(DriverType::Poll);
+    }
+}
