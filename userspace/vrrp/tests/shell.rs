@@ -66,6 +66,7 @@ fn ipv4_election_and_graceful_handover() -> Result<()> {
     assert_eq!(r1.state(), State::Master);
     assert_eq!(r2.state(), State::Backup);
     assert_eq!(lab.holders(vip), vec![1], "VIP on the Master only");
+    assert_eq!(scheduling_policy("vrrp-r1"), Some(SCHED_RR), "instance threads run in real time");
     while rx2.try_recv().is_ok() {}
 
     let stop = Instant::now();
@@ -500,6 +501,23 @@ fn hmac_peers_elect_and_a_wrong_key_is_ignored() -> Result<()> {
     let m = wait_state(&rx2, State::Master, Duration::from_secs(2))?;
     assert_eq!(m.reason, Reason::MasterResigned);
     Ok(())
+}
+
+/// `SCHED_RR` in `/proc/.../stat`.
+const SCHED_RR: u32 = 2;
+
+/// The scheduling policy (field 41 of `/proc/self/task/TID/stat`) of this
+/// process's thread named `name`, if there is one.
+fn scheduling_policy(name: &str) -> Option<u32> {
+    std::fs::read_dir("/proc/self/task").ok()?.flatten().find_map(|task| {
+        let comm = std::fs::read_to_string(task.path().join("comm")).ok()?;
+        if comm.trim() != name {
+            return None;
+        }
+        let stat = std::fs::read_to_string(task.path().join("stat")).ok()?;
+        // Fields after the `)` that ends comm start at field 3.
+        stat.rsplit_once(')')?.1.split_whitespace().nth(41 - 3)?.parse().ok()
+    })
 }
 
 /// `ip -n NS -o link show DEV`, or `None` if there is no such device.
