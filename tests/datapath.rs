@@ -1453,6 +1453,11 @@ fn ipv4_vip_packets_are_encapsulated_in_ipip_to_the_maglev_real() {
         let IpAddr::V4(real) = maglev_real(&reals, hash) else { unreachable!() };
         assert_eq!(outer[16..20], real.octets());
         assert_eq!(out[34..], input[14..], "inner packet untouched");
+        // The flow's next packet takes the short established path (its
+        // entry now holds the VIP's facts): the same bytes.
+        let hits = conn(&dp, ConnEvent::Hit);
+        assert_eq!(run(&mut dp, &input, XDP_TX, Reason::Tx), out, "established, sport {sport}");
+        assert_eq!(conn(&dp, ConnEvent::Hit), hits + 1);
     }
     assert!(sources.len() > 1, "flows get different outer sources: {sources:?}");
 }
