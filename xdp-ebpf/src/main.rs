@@ -104,8 +104,8 @@ fn balance(ctx: &XdpContext, bytes: u64) -> (u32, Reason) {
         return (XDP_PASS, Reason::PassNotVip);
     }
     let (vip, to_us, real_id, real) = match established_flow(ctx, &flow, bytes) {
-        Some(found) => found,
-        None => match full_path(ctx, &flow, bytes) {
+        Ok(found) => found,
+        Err(looked) => match full_path(ctx, &flow, bytes, looked) {
             Ok(found) => found,
             Err(done) => return done,
         },
@@ -116,16 +116,20 @@ fn balance(ctx: &XdpContext, bytes: u64) -> (u32, Reason) {
 /// A packet of an established flow whose connection-table entry holds
 /// current VIP facts (`ConnEntry::vip_gen` equal to `VIP_GEN[vip_id]`):
 /// everything `full_path` would find, without the `VIPS` hash lookup
-/// (about 40 ns here). `None` when any check fails, and the full path
-/// decides, counts and refreshes the entry: a SYN or an ICMP error, no
-/// entry, facts of an older generation (the VIP changed or left), another
-/// VLAN, a standby VIP, not our MAC, a stale real, an idle UDP flow.
+/// (about 40 ns here). When any check fails, the full path decides,
+/// counts and refreshes the entry, handed what was looked up so the
+/// table is searched once: a SYN or an ICMP error, no entry, facts of an
+/// older generation (the VIP changed or left), another VLAN, a standby
+/// VIP, not our MAC, a stale real, an idle UDP flow.
 #[inline(always)]
-fn established_flow(ctx: &XdpContext, flow: &Flow, bytes: u64) -> Option<(VipMeta, ToUs, u32, &'static RealDef)> {
+fn established_flow(ctx: &XdpContext, flow: &Flow, bytes: u64) -> Result<(VipMeta, ToUs, u32, &'static RealDef), Looked> {
     if flow.syn || flow.icmp_error {
-        return None;
+        return Err(Looked::Not);
     }
-    let entry = CONN_TABLE.get_ptr_mut(&flow_key(flow))?;
+    let Some(entry) = CONN_TABLE.get_ptr_mut(&flow_key(flow)) else {
+        return Err(Looked::Entry(None));
+    };
+    let fallback = Looked::Entry(Some(entry));
     // SAFETY: a pointer into the LRU element, valid for this RCU read
     // section. `refresh_vip_facts` stores the generation after the facts,
     // so a matching generation vouches for facts at least that new.
@@ -134,22 +138,36 @@ fn established_flow(ctx: &XdpContext, flow: &Flow, bytes: u64) -> Option<(VipMet
         (gen, (*entry).vip_id, (*entry).vip_vlan, (*entry).vip_flags, (*entry).udp_idle_timeout_ms)
     };
     let vip_id = u32::from(vip_id);
-    if gen == 0 || *VIP_GEN.get(vip_id)? != gen || vlan != flow.vid || flags & VIP_F_STANDBY != 0 {
-        return None;
+    let current = VIP_GEN.get(vip_id).is_some_and(|&now| now == gen);
+    if gen == 0 || !current || vlan != flow.vid || flags & VIP_F_STANDBY != 0 {
+        return Err(fallback);
     }
-    let to_us = addressed_to_us(ctx, flow.is_v6)?;
+    let Some(to_us) = addressed_to_us(ctx, flow.is_v6) else {
+        return Err(fallback);
+    };
     let vip = VipMeta { vip_id, flags, table_size: 0, table_slot: 0, udp_idle_timeout_ms, vlan: u32::from(vlan), gen, _pad: 0 };
-    let (real_id, real) = established(&vip, flow, entry).ok()?;
+    let Ok((real_id, real)) = established(&vip, flow, entry) else {
+        return Err(fallback);
+    };
     count(&VIP_STATS, vip_id, bytes);
     count_conn(&vip, ConnEvent::Hit, bytes);
-    Some((vip, to_us, real_id, real))
+    Ok((vip, to_us, real_id, real))
+}
+
+/// What `established_flow` found in the connection table, for the full path.
+enum Looked {
+    /// Nothing looked up: a SYN (always a fresh pick) or an ICMP error.
+    Not,
+    /// The flow's entry, if it has one (a pointer into the LRU element,
+    /// valid for this run).
+    Entry(Option<*mut ConnEntry>),
 }
 
 /// The VIP, this node's view of the frame and the real, through the
 /// `VIPS` lookup and the connection table's rules (`select_real`); or
 /// the action for a packet that is not forwarded.
 #[inline(always)]
-fn full_path(ctx: &XdpContext, flow: &Flow, bytes: u64) -> Result<(VipMeta, ToUs, u32, &'static RealDef), (u32, Reason)> {
+fn full_path(ctx: &XdpContext, flow: &Flow, bytes: u64, looked: Looked) -> Result<(VipMeta, ToUs, u32, &'static RealDef), (u32, Reason)> {
     let Some(vip) = lookup_vip(&flow.vip) else {
         return Err((XDP_PASS, Reason::PassNotVip));
     };
@@ -165,7 +183,7 @@ fn full_path(ctx: &XdpContext, flow: &Flow, bytes: u64) -> Result<(VipMeta, ToUs
     count(&VIP_STATS, vip.vip_id, bytes);
     // No log line here: a per-packet record would let any sender flood
     // the log ring; the DropNoBackend counter says it instead.
-    let selected = if flow.icmp_error { flow_owner(&vip, flow) } else { select_real(&vip, flow, bytes) };
+    let selected = if flow.icmp_error { flow_owner(&vip, flow) } else { select_real(&vip, flow, bytes, looked) };
     let Some((real_id, real)) = selected else {
         return Err((XDP_DROP, Reason::DropNoBackend));
     };
@@ -584,14 +602,19 @@ fn addressed_to_us(ctx: &XdpContext, is_v6: bool) -> Option<ToUs> {
 /// packet without an entry (evicted, or a flow another node started
 /// before this one took over the VIP) also takes the Maglev pick, which
 /// is where that node sent it too whenever both tables agree. `None` when
-/// a pick is needed and the VIP has no healthy backend.
+/// a pick is needed and the VIP has no healthy backend. `looked` is the
+/// entry `established_flow` already found, so the table is searched once.
 #[inline(always)]
-fn select_real(vip: &VipMeta, flow: &Flow, bytes: u64) -> Option<(u32, &'static RealDef)> {
+fn select_real(vip: &VipMeta, flow: &Flow, bytes: u64, looked: Looked) -> Option<(u32, &'static RealDef)> {
     let key = flow_key(flow);
     let event = if flow.syn {
         ConnEvent::Syn
     } else {
-        match CONN_TABLE.get_ptr_mut(&key) {
+        let entry = match looked {
+            Looked::Entry(entry) => entry,
+            Looked::Not => CONN_TABLE.get_ptr_mut(&key),
+        };
+        match entry {
             None => ConnEvent::Miss,
             Some(entry) => match established(vip, flow, entry) {
                 Ok(found) => {
