@@ -35,6 +35,20 @@ impl L7 {
         let snapshot = fulcrum_l7::shared(snapshot(config, effective, &mut stats));
         let mut proxy_config = ProxyConfig::new(listen.clone());
         proxy_config.workers = config.l7.workers;
+        proxy_config.connect_timeout = config.l7.connect_timeout;
+        proxy_config.response_timeout = config.l7.response_timeout;
+        proxy_config.header_read_timeout = config.l7.header_read_timeout;
+        proxy_config.keepalive_timeout = config.l7.keepalive_timeout;
+        proxy_config.request_timeout = config.l7.request_timeout;
+        proxy_config.max_header_size = config.l7.max_header_size;
+        proxy_config.max_headers = config.l7.max_headers;
+        proxy_config.max_uri_len = config.l7.max_uri_len;
+        proxy_config.max_body_size = config.l7.max_body_size;
+        proxy_config.forwarded = match config.l7.forwarded {
+            fulcrum_config::ForwardedFields::XForwarded => fulcrum_l7::ForwardedFields::XForwarded,
+            fulcrum_config::ForwardedFields::Rfc7239 => fulcrum_l7::ForwardedFields::Rfc7239,
+            fulcrum_config::ForwardedFields::Both => fulcrum_l7::ForwardedFields::Both,
+        };
         let proxy = Proxy::start(proxy_config, Arc::clone(&snapshot)).context("starting the L7 proxy")?;
         tracing::info!(listen = ?listen, workers = config.l7.workers, driver = ?proxy.driver(), "L7 proxy listening");
         Ok(Some(L7 { proxy, snapshot, listen, stats }))
@@ -129,6 +143,7 @@ fn snapshot(config: &Config, effective: &Effective, stats: &mut HashMap<(String,
                     path_prefix: r.path.clone(),
                     pool: pools.iter().position(|p| p.name == r.pool).expect("validated config: route pools exist"),
                     preserve_host: r.preserve_host,
+                    proxy_pass_reverse: r.proxy_pass_reverse,
                 })
                 .collect(),
         })

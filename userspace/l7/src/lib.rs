@@ -199,6 +199,7 @@ mod runtime;
 pub mod snapshot;
 
 pub use balancer::{Balancer, ByBusyness, ByIp, ByRequests, ByTraffic, P2c};
+pub use headers::ForwardedFields;
 pub use limits::{ProxyStats, Violation};
 pub use proxy::{BoxError, ProxyBody};
 pub use runtime::{choose_driver, probe_io_uring, DriverChoice, DriverKind, Proxy, StartError};
@@ -262,6 +263,9 @@ pub struct ProxyConfig {
     /// closes. 0: no limit. Default 1 GiB (Apache `LimitRequestBody`
     /// since 2.4.54).
     pub max_body_size: u64,
+    /// Which forwarding fields requests get: X-Forwarded-*, RFC 7239
+    /// `Forwarded`, or both. Default X-Forwarded-*.
+    pub forwarded: headers::ForwardedFields,
     /// Idle keep-alive connections kept per member and per worker.
     /// Default 32.
     pub max_idle_per_member: usize,
@@ -286,6 +290,7 @@ impl ProxyConfig {
             max_headers: 100,
             max_uri_len: 8190,
             max_body_size: 1 << 30,
+            forwarded: headers::ForwardedFields::XForwarded,
             max_idle_per_member: 32,
         }
     }

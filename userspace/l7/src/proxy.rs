@@ -53,6 +53,7 @@ pub(crate) struct Worker {
     request_timeout: Duration,
     max_uri_len: usize,
     max_body_size: u64,
+    forwarded: headers::ForwardedFields,
     max_idle_per_member: usize,
     /// Proxy-wide counters, shared by all workers.
     pub(crate) stats: Arc<ProxyStats>,
@@ -94,6 +95,7 @@ impl Worker {
             request_timeout: config.request_timeout,
             max_uri_len: config.max_uri_len,
             max_body_size: config.max_body_size,
+            forwarded: config.forwarded,
             stats,
             log: LogLimiter::new(),
             max_idle_per_member: config.max_idle_per_member,
@@ -329,7 +331,20 @@ impl Worker {
         let (mut parts, body) = req.into_parts();
         let client_host = parts.headers.get(header::HOST).cloned();
         headers::remove_hop_by_hop(&mut parts.headers);
-        headers::add_forwarded_value(&mut parts.headers, &client_ip, "http", client_host.as_ref());
+        match self.forwarded {
+            headers::ForwardedFields::XForwarded => {
+                headers::add_forwarded_value(&mut parts.headers, &client_ip, "http", client_host.as_ref());
+            }
+            headers::ForwardedFields::Rfc7239 => {
+                parts.headers.remove("x-forwarded-proto");
+                parts.headers.remove("x-forwarded-host");
+                headers::add_rfc7239(&mut parts.headers, client, "http", client_host.as_ref());
+            }
+            headers::ForwardedFields::Both => {
+                headers::add_forwarded_value(&mut parts.headers, &client_ip, "http", client_host.as_ref());
+                headers::add_rfc7239(&mut parts.headers, client, "http", client_host.as_ref());
+            }
+        }
         if !route.preserve_host || client_host.is_none() {
             let v = self
                 .host_values
@@ -417,6 +432,26 @@ impl Worker {
             _outstanding: outstanding,
             p2c,
         };
+        if let (true, Some(public)) = (route.proxy_pass_reverse, &client_host) {
+            let is_member = |ip: IpAddr, port: u16| {
+                pool.members.iter().any(|m| m.address.ip() == ip && m.address.port() == port)
+            };
+            for name in headers::reverse_fields() {
+                if !parts.headers.contains_key(&name) {
+                    continue;
+                }
+                let values: Vec<HeaderValue> = parts
+                    .headers
+                    .get_all(&name)
+                    .iter()
+                    .map(|v| headers::reverse_location(v, is_member, public, "http").unwrap_or_else(|| v.clone()))
+                    .collect();
+                parts.headers.remove(&name);
+                for v in values {
+                    parts.headers.append(&name, v);
+                }
+            }
+        }
         if close_after {
             parts
                 .headers

@@ -112,6 +112,15 @@ impl Backend {
         if self.fail.load(Ordering::SeqCst) {
             resp = resp.status(500);
         }
+        if path == "/redirect" {
+            // Links to itself by address, as a member behind a proxy
+            // without ProxyPreserveHost does.
+            resp = resp
+                .status(302)
+                .header("location", format!("http://{}/moved?x=1", self.addr))
+                .header("content-location", format!("http://{}/c", self.addr))
+                .header("uri", "http://elsewhere.example/u");
+        }
         if path == "/login" {
             // An application session cookie carrying the route, as
             // Tomcat's jvmRoute does.
@@ -222,6 +231,7 @@ fn route(host: &str, prefix: &str, pool: usize) -> Route {
         path_prefix: prefix.into(),
         pool,
         preserve_host: false,
+        proxy_pass_reverse: false,
     }
 }
 
@@ -338,6 +348,8 @@ both_drivers!(
     ambiguous_requests_are_refused,
     both_framings_are_forwarded_chunked_and_close,
     pipelined_requests_are_answered_in_order,
+    rfc7239_forwarded_is_added,
+    proxy_pass_reverse_rewrites_member_urls,
 );
 
 // --------------------------------------------------------------- scenarios
@@ -1307,5 +1319,70 @@ fn pipelined_requests_are_answered_in_order(driver: DriverChoice) {
     .unwrap();
     let bodies: Vec<String> = (0..3).map(|_| read_one(&mut s).body).collect();
     assert_eq!(bodies, ["a", "b", "a"]);
+    h.proxy.shutdown();
+}
+
+fn rfc7239_forwarded_is_added(driver: DriverChoice) {
+    for (fields, xff, fwd) in [
+        (ForwardedFields::Rfc7239, false, true),
+        (ForwardedFields::Both, true, true),
+        (ForwardedFields::XForwarded, true, false),
+    ] {
+        let a = Backend::start("a");
+        let h = Harness::start_with(
+            driver,
+            1,
+            vec![pool("p", &[(a.addr, 1)])],
+            vec![route("*", "/", 0)],
+            |c| c.forwarded = fields,
+        );
+        let r = send_raw(
+            h.addr,
+            "GET / HTTP/1.1\r\nHost: www.example:8080\r\nForwarded: for=192.0.2.9;proto=https\r\n\
+             X-Forwarded-Proto: https\r\nConnection: close\r\n\r\n",
+        );
+        assert_eq!(r.status, 200);
+        let seen = a.seen.lock().unwrap().pop().unwrap();
+        let hd = &seen.headers;
+        if fwd {
+            assert_eq!(
+                hd["forwarded"],
+                "for=192.0.2.9;proto=https, for=127.0.0.1;proto=http;host=\"www.example:8080\"",
+                "{fields:?}"
+            );
+        } else {
+            assert_eq!(hd["forwarded"], "for=192.0.2.9;proto=https", "{fields:?}");
+        }
+        if xff {
+            assert_eq!(hd["x-forwarded-for"], "127.0.0.1", "{fields:?}");
+            assert_eq!(hd["x-forwarded-proto"], "http", "{fields:?}");
+        } else {
+            // The client's claim of https is not passed on as if vouched for.
+            assert!(hd.get("x-forwarded-for").is_none(), "{fields:?}");
+            assert!(hd.get("x-forwarded-proto").is_none(), "{fields:?}");
+        }
+        h.proxy.shutdown();
+    }
+}
+
+fn proxy_pass_reverse_rewrites_member_urls(driver: DriverChoice) {
+    let a = Backend::start("a");
+    let mut rev = route("rev.example", "/", 0);
+    rev.proxy_pass_reverse = true;
+    let h = Harness::start(
+        driver,
+        1,
+        vec![pool("p", &[(a.addr, 1)])],
+        vec![rev, route("*", "/", 0)],
+    );
+    let r = get(h.addr, "rev.example:8443", "/redirect");
+    assert_eq!(r.status, 302);
+    assert_eq!(r.headers["location"], "http://rev.example:8443/moved?x=1");
+    assert_eq!(r.headers["content-location"], "http://rev.example:8443/c");
+    // Not a member's URL: untouched.
+    assert_eq!(r.headers["uri"], "http://elsewhere.example/u");
+    // A route without proxy_pass_reverse passes the member's URL through.
+    let r = get(h.addr, "plain.example", "/redirect");
+    assert_eq!(r.headers["location"], format!("http://{}/moved?x=1", a.addr));
     h.proxy.shutdown();
 }
