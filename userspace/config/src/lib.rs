@@ -70,6 +70,7 @@
 //! header_read_timeout = "10s"   # a request head (slowloris); then 408
 //! keepalive_timeout = "15s"     # idle client connection; then closed
 //! request_timeout = "60s"       # a whole request with its body; then 408
+//! drain_timeout = "10s"         # at shutdown, for requests in flight
 //! max_header_size = 32768       # bytes; then 431
 //! max_headers = 100             # header fields; then 431
 //! max_uri_len = 8190            # bytes; then 414
@@ -662,6 +663,9 @@ pub struct L7Config {
     /// First byte of a request until its body is in; then 408. Default
     /// 60 s.
     pub request_timeout: Duration,
+    /// At shutdown, how long requests in flight may finish before they
+    /// are cut. Default 10 s.
+    pub drain_timeout: Duration,
     /// Largest request head, bytes, 1 KiB..=1 MiB; default 32 KiB; over: 431.
     pub max_header_size: usize,
     /// Most request header fields, 1..=1000; default 100

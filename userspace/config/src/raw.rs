@@ -46,6 +46,7 @@ pub(super) struct RawL7 {
     pub header_read_timeout: Option<Spanned<String>>,
     pub keepalive_timeout: Option<Spanned<String>>,
     pub request_timeout: Option<Spanned<String>>,
+    pub drain_timeout: Option<Spanned<String>>,
     pub max_header_size: Option<Spanned<i64>>,
     pub max_headers: Option<Spanned<i64>>,
     pub max_uri_len: Option<Spanned<i64>>,

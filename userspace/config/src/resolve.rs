@@ -829,6 +829,7 @@ impl Checker<'_> {
         let header_read_timeout = d(raw.and_then(|r| r.header_read_timeout.as_ref()), 10, "header_read_timeout");
         let keepalive_timeout = d(raw.and_then(|r| r.keepalive_timeout.as_ref()), 15, "keepalive_timeout");
         let request_timeout = d(raw.and_then(|r| r.request_timeout.as_ref()), 60, "request_timeout");
+        let drain_timeout = d(raw.and_then(|r| r.drain_timeout.as_ref()), 10, "drain_timeout");
         let mut n = |v: Option<&Spanned<i64>>, range: RangeInclusive<i64>, default: i64, what: &str| {
             v.and_then(|v| self.int_in::<i64>(v, range, what)).unwrap_or(default)
         };
@@ -853,6 +854,7 @@ impl Checker<'_> {
             header_read_timeout,
             keepalive_timeout,
             request_timeout,
+            drain_timeout,
             max_header_size,
             max_headers,
             max_uri_len,

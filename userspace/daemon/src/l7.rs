@@ -40,6 +40,7 @@ impl L7 {
         proxy_config.header_read_timeout = config.l7.header_read_timeout;
         proxy_config.keepalive_timeout = config.l7.keepalive_timeout;
         proxy_config.request_timeout = config.l7.request_timeout;
+        proxy_config.drain_timeout = config.l7.drain_timeout;
         proxy_config.max_header_size = config.l7.max_header_size;
         proxy_config.max_headers = config.l7.max_headers;
         proxy_config.max_uri_len = config.l7.max_uri_len;

@@ -266,6 +266,9 @@ pub struct ProxyConfig {
     /// Which forwarding fields requests get: X-Forwarded-*, RFC 7239
     /// `Forwarded`, or both. Default X-Forwarded-*.
     pub forwarded: headers::ForwardedFields,
+    /// How long [`Proxy::shutdown`] lets requests in flight finish
+    /// before cutting them. Default 10 s.
+    pub drain_timeout: Duration,
     /// Idle keep-alive connections kept per member and per worker.
     /// Default 32.
     pub max_idle_per_member: usize,
@@ -291,6 +294,7 @@ impl ProxyConfig {
             max_uri_len: 8190,
             max_body_size: 1 << 30,
             forwarded: headers::ForwardedFields::XForwarded,
+            drain_timeout: Duration::from_secs(10),
             max_idle_per_member: 32,
         }
     }

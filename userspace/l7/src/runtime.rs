@@ -162,6 +162,71 @@ impl Shutdown {
     }
 }
 
+/// A worker's live client connections, for the graceful drain at
+/// shutdown: each connection task registers here, and once `draining` is
+/// set every one is asked to finish its request in flight and close
+/// (hyper's `graceful_shutdown`).
+#[derive(Default)]
+pub(crate) struct Drain {
+    draining: std::cell::Cell<bool>,
+    live: std::cell::Cell<usize>,
+    /// Wakers of the connection tasks (to see `draining`) and of the
+    /// worker waiting for `live` to reach 0.
+    wakers: std::cell::RefCell<Vec<Waker>>,
+    idle: std::cell::RefCell<Option<Waker>>,
+}
+
+impl Drain {
+    fn start(&self) {
+        self.draining.set(true);
+        for w in self.wakers.borrow_mut().drain(..) {
+            w.wake();
+        }
+    }
+
+    /// Whether the drain has begun; if not, `waker` is woken when it does.
+    fn draining(&self, waker: &Waker) -> bool {
+        if self.draining.get() {
+            return true;
+        }
+        let mut ws = self.wakers.borrow_mut();
+        if !ws.iter().any(|w| w.will_wake(waker)) {
+            ws.push(waker.clone());
+        }
+        false
+    }
+
+    /// Ready when no connection is left.
+    fn poll_idle(&self, waker: &Waker) -> Poll<()> {
+        if self.live.get() == 0 {
+            return Poll::Ready(());
+        }
+        *self.idle.borrow_mut() = Some(waker.clone());
+        Poll::Pending
+    }
+}
+
+/// Counts one connection as live for as long as it exists.
+struct Live(Rc<Drain>);
+
+impl Live {
+    fn new(d: Rc<Drain>) -> Live {
+        d.live.set(d.live.get() + 1);
+        Live(d)
+    }
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        self.0.live.set(self.0.live.get() - 1);
+        if self.0.live.get() == 0 {
+            if let Some(w) = self.0.idle.borrow_mut().take() {
+                w.wake();
+            }
+        }
+    }
+}
+
 /// A running proxy: its worker threads and how to stop them.
 ///
 /// Dropping it stops the workers too (and waits for them).
@@ -282,9 +347,12 @@ impl Proxy {
         self.stats.clone()
     }
 
-    /// Stops accepting, closes the listeners, and ends every worker thread,
-    /// cutting connections still open (graceful drain is not implemented
-    /// yet). Returns when all threads have exited.
+    /// Graceful stop: closes the listeners (new connections are refused),
+    /// lets every request in flight finish (its response says
+    /// `Connection: close`), closes idle keep-alive connections at once,
+    /// and cuts whatever is still open after
+    /// [`ProxyConfig::drain_timeout`]. Returns when all worker threads
+    /// have exited. Dropping the `Proxy` does the same.
     pub fn shutdown(mut self) {
         self.stop();
     }
@@ -383,6 +451,7 @@ fn worker_main(args: WorkerArgs, ready: mpsc::Sender<(usize, io::Result<()>)>) {
             }
         }
         let worker = Rc::new(Worker::new(snapshot, &config, stats));
+        let drain = Rc::new(Drain::default());
         let loops: Vec<_> = compio_listeners
             .into_iter()
             .zip(addrs)
@@ -393,12 +462,27 @@ fn worker_main(args: WorkerArgs, ready: mpsc::Sender<(usize, io::Result<()>)>) {
                     worker.clone(),
                     config.clone(),
                     shutdown.clone(),
+                    drain.clone(),
                 ))
             })
             .collect();
         let _ = ready.send((index, Ok(())));
         for l in loops {
             let _ = l.await;
+        }
+        // The listeners are closed: drain the connections, bounded.
+        drain.start();
+        let drained = compio::time::timeout(
+            config.drain_timeout,
+            poll_fn(|cx| drain.poll_idle(cx.waker())),
+        )
+        .await;
+        if drained.is_err() {
+            tracing::warn!(
+                worker = index,
+                connections = drain.live.get(),
+                "L7 drain timeout: cutting the connections still open"
+            );
         }
     });
     // Dropping the runtime cancels the connection tasks still running.
@@ -424,6 +508,7 @@ async fn accept_loop(
     worker: Rc<Worker>,
     config: Arc<ProxyConfig>,
     shutdown: Arc<Shutdown>,
+    drain: Rc<Drain>,
 ) {
     loop {
         let mut accept = pin!(listener.accept());
@@ -438,7 +523,8 @@ async fn accept_loop(
             None => return,
             Some(Ok((stream, peer))) => {
                 let _ = stream.set_nodelay(true);
-                let task = serve(stream, addr, peer, worker.clone(), config.clone());
+                let live = Live::new(drain.clone());
+                let task = serve(stream, addr, peer, worker.clone(), config.clone(), live);
                 compio::runtime::spawn(task).detach();
             }
             Some(Err(e)) => {
@@ -457,6 +543,7 @@ async fn serve(
     peer: SocketAddr,
     worker: Rc<Worker>,
     config: Arc<ProxyConfig>,
+    live: Live,
 ) {
     worker
         .stats
@@ -500,7 +587,13 @@ async fn serve(
         let stream = crate::io::Stream::with_clock(stream, crate::io::CLIENT_BUF, Some(clock.clone()));
         let mut conn = pin!(http.serve_connection(stream, svc));
         let mut watch = pin!(limits::watch(&clock, config.header_read_timeout));
+        let mut asked_to_close = false;
         poll_fn(|cx| {
+            if !asked_to_close && live.0.draining(cx.waker()) {
+                // Finish the request in flight (if any), then close.
+                asked_to_close = true;
+                conn.as_mut().graceful_shutdown();
+            }
             if let Poll::Ready(r) = conn.as_mut().poll(cx) {
                 return Poll::Ready(Ok(r));
             }

@@ -350,6 +350,8 @@ both_drivers!(
     pipelined_requests_are_answered_in_order,
     rfc7239_forwarded_is_added,
     proxy_pass_reverse_rewrites_member_urls,
+    shutdown_drains_requests_in_flight,
+    shutdown_drain_is_bounded,
 );
 
 // --------------------------------------------------------------- scenarios
@@ -1385,4 +1387,61 @@ fn proxy_pass_reverse_rewrites_member_urls(driver: DriverChoice) {
     let r = get(h.addr, "plain.example", "/redirect");
     assert_eq!(r.headers["location"], format!("http://{}/moved?x=1", a.addr));
     h.proxy.shutdown();
+}
+
+fn shutdown_drains_requests_in_flight(driver: DriverChoice) {
+    let a = Backend::start("a");
+    let h = Harness::start(
+        driver,
+        2,
+        vec![pool("p", &[(a.addr, 1)])],
+        vec![route("*", "/", 0)],
+    );
+    let addr = h.addr;
+    // An idle keep-alive connection, and requests still being answered.
+    let mut idle = TcpStream::connect(addr).unwrap();
+    idle.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    idle.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    assert_eq!(read_one(&mut idle).status, 200);
+    let slow: Vec<_> = (0..4)
+        .map(|_| thread::spawn(move || get(addr, "x", "/sleep/400")))
+        .collect();
+    wait_for("the slow requests to reach a", || a.hits() == 5);
+    let stopper = thread::spawn(move || h.proxy.shutdown());
+    // The idle connection is closed without waiting for the others.
+    let mut rest = Vec::new();
+    idle.read_to_end(&mut rest).unwrap();
+    assert!(rest.is_empty());
+    for t in slow {
+        let r = t.join().unwrap();
+        assert_eq!((r.status, r.body.as_str()), (200, "a"));
+    }
+    stopper.join().unwrap();
+    // Nobody listens any more.
+    assert!(TcpStream::connect(addr).is_err());
+}
+
+fn shutdown_drain_is_bounded(driver: DriverChoice) {
+    let a = Backend::start("a");
+    let h = Harness::start_with(
+        driver,
+        1,
+        vec![pool("p", &[(a.addr, 1)])],
+        vec![route("*", "/", 0)],
+        |c| {
+            c.response_timeout = Duration::from_secs(30);
+            c.drain_timeout = Duration::from_millis(300);
+        },
+    );
+    let mut s = TcpStream::connect(h.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    s.write_all(b"GET /sleep/10000 HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    wait_for("the request to reach a", || a.hits() == 1);
+    let t = Instant::now();
+    h.proxy.shutdown();
+    // Cut at the drain timeout, long before the member would answer.
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    let mut rest = Vec::new();
+    let _ = s.read_to_end(&mut rest);
+    assert!(rest.is_empty(), "{}", String::from_utf8_lossy(&rest));
 }
