@@ -76,6 +76,8 @@
 //! max_uri_len = 8190            # bytes; then 414
 //! max_body_size = 1073741824    # bytes, 0 = no limit; then 413
 //! forwarded = "x-forwarded"     # x-forwarded | rfc7239 | both
+//! access_log = "/var/log/fulcrum/access.log"   # optional, absolute path
+//! access_log_format = "combined"  # combined (Apache's + upstream, timings) | json
 //!
 //! [[listener]]
 //! name = "www"                  # unique
@@ -679,6 +681,11 @@ pub struct L7Config {
     pub max_body_size: u64,
     /// Which forwarding fields the proxy adds to requests.
     pub forwarded: ForwardedFields,
+    /// The access log file (absolute path), if any; written by its own
+    /// thread.
+    pub access_log: Option<std::path::PathBuf>,
+    /// `combined` (Apache's, plus upstream and timings) or `json`.
+    pub access_log_json: bool,
 }
 
 /// The fields that tell a member about the client (`[l7] forwarded`).

@@ -47,6 +47,8 @@ pub(super) struct RawL7 {
     pub keepalive_timeout: Option<Spanned<String>>,
     pub request_timeout: Option<Spanned<String>>,
     pub drain_timeout: Option<Spanned<String>>,
+    pub access_log: Option<Spanned<String>>,
+    pub access_log_format: Option<Spanned<String>>,
     pub max_header_size: Option<Spanned<i64>>,
     pub max_headers: Option<Spanned<i64>>,
     pub max_uri_len: Option<Spanned<i64>>,

@@ -847,7 +847,27 @@ impl Checker<'_> {
                 }
             },
         };
+        let access_log = raw.and_then(|r| r.access_log.as_ref()).and_then(|p| {
+            let path = std::path::PathBuf::from(p.get_ref());
+            if path.is_absolute() {
+                Some(path)
+            } else {
+                self.error(p.span(), format!("access_log {:?} must be an absolute path", p.get_ref()));
+                None
+            }
+        });
+        let access_log_json = match raw.and_then(|r| r.access_log_format.as_ref()) {
+            None => false,
+            Some(f) if f.get_ref() == "combined" => false,
+            Some(f) if f.get_ref() == "json" => true,
+            Some(f) => {
+                self.error(f.span(), format!("unknown access_log_format {:?}: supported are \"combined\", \"json\"", f.get_ref()));
+                false
+            }
+        };
         L7Config {
+            access_log,
+            access_log_json,
             workers,
             connect_timeout,
             response_timeout,

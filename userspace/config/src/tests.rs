@@ -980,7 +980,8 @@ fn l7_timeouts_and_limits_resolve_with_defaults() {
         "workers = 2",
         "workers = 2\nconnect_timeout = \"2s\"\nresponse_timeout = \"30s\"\nheader_read_timeout = \"5s\"\n\
          keepalive_timeout = \"1m\"\nrequest_timeout = \"2m\"\ndrain_timeout = \"3s\"\nmax_header_size = 16384\nmax_headers = 50\n\
-         max_uri_len = 4096\nmax_body_size = 0\nforwarded = \"both\"",
+         max_uri_len = 4096\nmax_body_size = 0\nforwarded = \"both\"\n\
+         access_log = \"/var/log/fulcrum/access.log\"\naccess_log_format = \"json\"",
     );
     let config = parse(&with(&set), "test.toml").unwrap();
     let l7 = &config.l7;
@@ -990,12 +991,14 @@ fn l7_timeouts_and_limits_resolve_with_defaults() {
     );
     assert_eq!((l7.max_header_size, l7.max_headers, l7.max_uri_len, l7.max_body_size), (16384, 50, 4096, 0));
     assert_eq!(l7.drain_timeout, Duration::from_secs(3));
+    assert_eq!((l7.access_log.as_deref(), l7.access_log_json), (Some(std::path::Path::new("/var/log/fulcrum/access.log")), true));
     assert_eq!(l7.forwarded, ForwardedFields::Both);
 
     let bad = L7.replace(
         "workers = 2",
         "workers = 2\nheader_read_timeout = \"soon\"\nkeepalive_timeout = \"0s\"\nmax_header_size = 10\n\
-         max_headers = 0\nmax_uri_len = 100000\nmax_body_size = -1\nforwarded = \"x-real-ip\"",
+         max_headers = 0\nmax_uri_len = 100000\nmax_body_size = -1\nforwarded = \"x-real-ip\"\n\
+         access_log = \"access.log\"\naccess_log_format = \"common\"",
     );
     let text = with(&bad);
     let d = errors(&text);
@@ -1007,7 +1010,9 @@ fn l7_timeouts_and_limits_resolve_with_defaults() {
     assert_eq!(position_of(&d, "max_uri_len 100000 is out of range").0, at("max_uri_len"));
     assert_eq!(position_of(&d, "max_body_size -1 is out of range").0, at("max_body_size"));
     assert_eq!(position_of(&d, "unknown forwarded").0, at("x-real-ip"));
-    assert_eq!(d.len(), 7, "{d:#?}");
+    assert_eq!(position_of(&d, "must be an absolute path").0, at("\"access.log\""));
+    assert_eq!(position_of(&d, "unknown access_log_format").0, at("\"common\""));
+    assert_eq!(d.len(), 9, "{d:#?}");
 }
 
 #[test]

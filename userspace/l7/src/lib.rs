@@ -190,6 +190,7 @@
 
 use std::{net::SocketAddr, time::Duration};
 
+pub mod access_log;
 pub mod balancer;
 pub mod headers;
 mod io;
@@ -199,6 +200,7 @@ mod runtime;
 pub mod snapshot;
 
 pub use balancer::{Balancer, ByBusyness, ByIp, ByRequests, ByTraffic, P2c};
+pub use access_log::{AccessLogConfig, AccessLogFormat};
 pub use headers::ForwardedFields;
 pub use limits::{ProxyStats, Violation};
 pub use proxy::{BoxError, ProxyBody};
@@ -266,6 +268,8 @@ pub struct ProxyConfig {
     /// Which forwarding fields requests get: X-Forwarded-*, RFC 7239
     /// `Forwarded`, or both. Default X-Forwarded-*.
     pub forwarded: headers::ForwardedFields,
+    /// The access log, if any (see [`access_log`]).
+    pub access_log: Option<AccessLogConfig>,
     /// How long [`Proxy::shutdown`] lets requests in flight finish
     /// before cutting them. Default 10 s.
     pub drain_timeout: Duration,
@@ -294,6 +298,7 @@ impl ProxyConfig {
             max_uri_len: 8190,
             max_body_size: 1 << 30,
             forwarded: headers::ForwardedFields::XForwarded,
+            access_log: None,
             drain_timeout: Duration::from_secs(10),
             max_idle_per_member: 32,
         }

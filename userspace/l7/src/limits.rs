@@ -117,6 +117,8 @@ pub struct ProxyStats {
     pub idle_closed: AtomicU64,
     /// Client connections accepted.
     pub connections: AtomicU64,
+    /// Access log records dropped because the writer fell behind.
+    pub access_log_dropped: AtomicU64,
 }
 
 impl ProxyStats {

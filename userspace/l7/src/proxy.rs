@@ -27,6 +27,7 @@ use hyper::{
 };
 
 use crate::{
+    access_log,
     balancer::{new_balancer, Balancer},
     headers,
     limits::{self, BodyFault, ConnClock, GuardedBody, LogLimiter, ProxyStats, Violation},
@@ -59,6 +60,8 @@ pub(crate) struct Worker {
     pub(crate) stats: Arc<ProxyStats>,
     /// This worker's budget of log lines for refused requests.
     log: LogLimiter,
+    /// The access log's queue, if one is configured.
+    pub(crate) access_log: Option<access_log::Sender>,
     balancers: RefCell<Balancers>,
     /// Seeds this worker's `p2c` generators (distinct per worker).
     seed: u64,
@@ -87,6 +90,7 @@ impl Worker {
         snapshot: SharedSnapshot,
         config: &ProxyConfig,
         stats: Arc<ProxyStats>,
+        access_log: Option<access_log::Sender>,
     ) -> Worker {
         Worker {
             snapshot,
@@ -98,6 +102,7 @@ impl Worker {
             forwarded: config.forwarded,
             stats,
             log: LogLimiter::new(),
+            access_log,
             max_idle_per_member: config.max_idle_per_member,
             balancers: RefCell::new(Balancers {
                 snapshot: None,
@@ -375,17 +380,22 @@ impl Worker {
 
         MemberStats::add(&stats.requests, 1);
         let outstanding = Outstanding::new(stats.clone());
-        // Only p2c reads latency: other methods skip the clock reads.
-        let started = p2c.then(Instant::now);
+        // Only p2c and the access log read latency: otherwise no clock
+        // reads.
+        let started = (p2c || self.access_log.is_some()).then(Instant::now);
+        let mut upstream_us = None;
         let sent =
             compio::time::timeout(self.response_timeout, up.sender.send_request(up_req)).await;
         if let Some(t) = started {
             // Time to the response head, in microseconds; a failure or a
             // 5xx counts as at least the penalty (see `P2c`).
             let us = u32::try_from(t.elapsed().as_micros()).unwrap_or(u32::MAX);
-            let ok = matches!(&sent, Ok(Ok(r)) if !r.status().is_server_error());
-            let sample = if ok { us } else { us.max(FAILURE_PENALTY_US) };
-            stats.observe_latency(sample, clock_ms());
+            upstream_us = Some(u64::from(us));
+            if p2c {
+                let ok = matches!(&sent, Ok(Ok(r)) if !r.status().is_server_error());
+                let sample = if ok { us } else { us.max(FAILURE_PENALTY_US) };
+                stats.observe_latency(sample, clock_ms());
+            }
         }
         let resp = match sent {
             Err(_) => {
@@ -456,6 +466,12 @@ impl Worker {
             parts
                 .headers
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        if self.access_log.is_some() {
+            parts.extensions.insert(Answered {
+                member: member.address,
+                upstream_us,
+            });
         }
         let mut resp = Response::from_parts(parts, ProxyBody::Relay(relay));
         if let ProxyBody::Relay(r) = resp.body_mut() {
@@ -723,18 +739,78 @@ impl Relay {
     }
 }
 
+/// Which member answered a relayed response (a response extension, set
+/// only when the access log is on).
+#[derive(Debug, Clone, Copy)]
+struct Answered {
+    member: SocketAddr,
+    upstream_us: Option<u64>,
+}
+
+/// An access log record waiting for its response to be written.
+pub(crate) struct PendingLog {
+    record: access_log::Record,
+    started: Instant,
+    sender: access_log::Sender,
+}
+
+impl PendingLog {
+    /// Takes what is logged of the request before the proxy consumes it.
+    pub(crate) fn new<B>(req: &Request<B>, client: IpAddr, sender: access_log::Sender) -> PendingLog {
+        let field = |name: header::HeaderName| {
+            req.headers()
+                .get(name)
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        };
+        PendingLog {
+            record: access_log::Record {
+                client,
+                time: std::time::SystemTime::now(),
+                method: req.method().clone(),
+                target: req.uri().to_string(),
+                version: req.version(),
+                host: field(header::HOST),
+                referer: field(header::REFERER),
+                user_agent: field(header::USER_AGENT),
+                status: 0,
+                bytes: 0,
+                upstream: None,
+                request_us: 0,
+                upstream_us: None,
+            },
+            started: Instant::now(),
+            sender,
+        }
+    }
+
+    /// Notes the status and the member of the response.
+    pub(crate) fn responded<B>(mut self, resp: &Response<B>) -> PendingLog {
+        self.record.status = resp.status().as_u16();
+        if let Some(a) = resp.extensions().get::<Answered>() {
+            self.record.upstream = Some(a.member);
+            self.record.upstream_us = a.upstream_us;
+        }
+        self
+    }
+}
+
 /// A response body on its way to the client: when hyper drops it (fully
 /// written to the connection's buffer, or abandoned), the connection
-/// becomes idle for its clock.
+/// becomes idle for its clock and the request is logged.
 pub(crate) struct Tracked {
     pub(crate) body: ProxyBody,
     pub(crate) clock: Rc<ConnClock>,
     pub(crate) keepalive: Duration,
+    pub(crate) log: Option<PendingLog>,
 }
 
 impl Drop for Tracked {
     fn drop(&mut self) {
         self.clock.response_done(self.keepalive);
+        if let Some(mut l) = self.log.take() {
+            l.record.request_us = u64::try_from(l.started.elapsed().as_micros()).unwrap_or(u64::MAX);
+            l.sender.send(l.record);
+        }
     }
 }
 
@@ -746,7 +822,14 @@ impl Body for Tracked {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        Pin::new(&mut self.body).poll_frame(cx)
+        let this = &mut *self;
+        let r = Pin::new(&mut this.body).poll_frame(cx);
+        if let (Some(l), Poll::Ready(Some(Ok(f)))) = (this.log.as_mut(), &r) {
+            if let Some(d) = f.data_ref() {
+                l.record.bytes += d.len() as u64;
+            }
+        }
+        r
     }
 
     fn is_end_stream(&self) -> bool {

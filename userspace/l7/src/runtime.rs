@@ -82,6 +82,14 @@ pub enum StartError {
         /// The socket call's error.
         source: io::Error,
     },
+    /// The access log file could not be opened.
+    #[error("access log {path}: {source}")]
+    AccessLog {
+        /// The configured file.
+        path: std::path::PathBuf,
+        /// The error.
+        source: io::Error,
+    },
     /// A worker thread or its runtime could not start.
     #[error("worker {worker}: {source}")]
     Worker {
@@ -236,6 +244,8 @@ pub struct Proxy {
     local_addrs: Vec<SocketAddr>,
     driver: DriverKind,
     stats: Arc<ProxyStats>,
+    /// Joined after the workers, so every record they sent is written.
+    access_log: Option<crate::access_log::Writer>,
 }
 
 impl Proxy {
@@ -280,6 +290,18 @@ impl Proxy {
 
         let shutdown = Arc::new(Shutdown::default());
         let stats = Arc::new(ProxyStats::default());
+        let (log_sender, log_writer) = match &config.access_log {
+            None => (None, None),
+            Some(c) => {
+                let (s, w) = crate::access_log::start(c, stats.clone()).map_err(|source| {
+                    StartError::AccessLog {
+                        path: c.path.clone(),
+                        source,
+                    }
+                })?;
+                (Some(s), Some(w))
+            }
+        };
         let config = Arc::new(config);
         let (ready_tx, ready_rx) = mpsc::channel::<(usize, io::Result<()>)>();
         let mut proxy = Proxy {
@@ -288,6 +310,7 @@ impl Proxy {
             local_addrs: local_addrs.clone(),
             driver,
             stats: stats.clone(),
+            access_log: log_writer,
         };
         for (w, listeners) in sockets.into_iter().enumerate() {
             let cpu = config
@@ -305,6 +328,7 @@ impl Proxy {
                 config: config.clone(),
                 shutdown: shutdown.clone(),
                 stats: stats.clone(),
+                access_log: log_sender.clone(),
             };
             let tx = ready_tx.clone();
             let t = thread::Builder::new()
@@ -314,6 +338,8 @@ impl Proxy {
             proxy.threads.push(t);
         }
         drop(ready_tx);
+        // Only the workers hold senders now: the writer ends after them.
+        drop(log_sender);
         for _ in 0..config.workers {
             match ready_rx.recv() {
                 Ok((_, Ok(()))) => {}
@@ -362,6 +388,7 @@ impl Proxy {
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
+        self.access_log.take();
     }
 }
 
@@ -397,6 +424,7 @@ struct WorkerArgs {
     config: Arc<ProxyConfig>,
     shutdown: Arc<Shutdown>,
     stats: Arc<ProxyStats>,
+    access_log: Option<crate::access_log::Sender>,
 }
 
 fn worker_main(args: WorkerArgs, ready: mpsc::Sender<(usize, io::Result<()>)>) {
@@ -437,6 +465,7 @@ fn worker_main(args: WorkerArgs, ready: mpsc::Sender<(usize, io::Result<()>)>) {
         config,
         shutdown,
         stats,
+        access_log,
         ..
     } = args;
     rt.block_on(async move {
@@ -450,7 +479,7 @@ fn worker_main(args: WorkerArgs, ready: mpsc::Sender<(usize, io::Result<()>)>) {
                 }
             }
         }
-        let worker = Rc::new(Worker::new(snapshot, &config, stats));
+        let worker = Rc::new(Worker::new(snapshot, &config, stats, access_log));
         let drain = Rc::new(Drain::default());
         let loops: Vec<_> = compio_listeners
             .into_iter()
@@ -564,13 +593,19 @@ async fn serve(
             let clock = clock.clone();
             let client_ip = client_ip.clone();
             async move {
+                let log = worker
+                    .access_log
+                    .clone()
+                    .map(|sender| crate::proxy::PendingLog::new(&req, peer.ip(), sender));
                 let resp = worker
                     .handle(req, listener, peer, client_ip, clock.clone())
                     .await?;
+                let log = log.map(|l| l.responded(&resp));
                 Ok::<_, std::convert::Infallible>(resp.map(|body| crate::proxy::Tracked {
                     body,
                     clock,
                     keepalive,
+                    log,
                 }))
             }
         })

@@ -352,6 +352,7 @@ both_drivers!(
     proxy_pass_reverse_rewrites_member_urls,
     shutdown_drains_requests_in_flight,
     shutdown_drain_is_bounded,
+    access_log_combined_and_json,
 );
 
 // --------------------------------------------------------------- scenarios
@@ -1444,4 +1445,73 @@ fn shutdown_drain_is_bounded(driver: DriverChoice) {
     let mut rest = Vec::new();
     let _ = s.read_to_end(&mut rest);
     assert!(rest.is_empty(), "{}", String::from_utf8_lossy(&rest));
+}
+
+fn access_log_combined_and_json(driver: DriverChoice) {
+    for format in [AccessLogFormat::Combined, AccessLogFormat::Json] {
+        let a = Backend::start("a");
+        let path = std::env::temp_dir().join(format!(
+            "fulcrum-l7-access-{}-{:?}-{format:?}.log",
+            std::process::id(),
+            driver
+        ));
+        let _ = std::fs::remove_file(&path);
+        let h = Harness::start_with(
+            driver,
+            2,
+            vec![pool("p", &[(a.addr, 1)])],
+            vec![route("www.example", "/", 0)],
+            |c| {
+                c.access_log = Some(AccessLogConfig {
+                    path: path.clone(),
+                    format,
+                })
+            },
+        );
+        let r = send_raw(
+            h.addr,
+            "GET /x?y=1 HTTP/1.1\r\nHost: www.example\r\nUser-Agent: test/1 \"q\"\r\n\
+             Referer: http://r.example/\r\nConnection: close\r\n\r\n",
+        );
+        assert_eq!(r.status, 200);
+        assert_eq!(get(h.addr, "other.example", "/none").status, 404);
+        // Shutdown writes out every record.
+        h.proxy.shutdown();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let _ = std::fs::remove_file(&path);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        let (ok, missing) = if lines[0].contains("/x?y=1") {
+            (lines[0], lines[1])
+        } else {
+            (lines[1], lines[0])
+        };
+        match format {
+            AccessLogFormat::Combined => {
+                let prefix = "127.0.0.1 - - [";
+                assert!(ok.starts_with(prefix), "{ok}");
+                assert!(
+                    ok.contains("] \"GET /x?y=1 HTTP/1.1\" 200 1 \"http://r.example/\" \"test/1 \\\"q\\\"\" upstream="),
+                    "{ok}"
+                );
+                assert!(ok.contains(&format!("upstream={} request_us=", a.addr)), "{ok}");
+                assert!(!ok.ends_with("upstream_us=-"), "{ok}");
+                assert!(missing.contains("\"GET /none HTTP/1.1\" 404 "), "{missing}");
+                assert!(missing.contains("upstream=- "), "{missing}");
+            }
+            AccessLogFormat::Json => {
+                let v: serde_json::Value = serde_json::from_str(ok).unwrap();
+                assert_eq!(v["status"], 200);
+                assert_eq!(v["bytes"], 1);
+                assert_eq!(v["target"], "/x?y=1");
+                assert_eq!(v["host"], "www.example");
+                assert_eq!(v["user_agent"], "test/1 \"q\"");
+                assert_eq!(v["upstream"], a.addr.to_string());
+                assert!(v["upstream_us"].as_u64().is_some());
+                let v: serde_json::Value = serde_json::from_str(missing).unwrap();
+                assert_eq!(v["status"], 404);
+                assert!(v["upstream"].is_null());
+            }
+        }
+    }
 }
