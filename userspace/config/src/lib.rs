@@ -71,6 +71,7 @@
 //! keepalive_timeout = "15s"     # idle client connection; then closed
 //! request_timeout = "60s"       # a whole request with its body; then 408
 //! drain_timeout = "10s"         # at shutdown, for requests in flight
+//! websocket_idle_timeout = "1h" # an upgraded connection with no traffic
 //! max_header_size = 32768       # bytes; then 431
 //! max_headers = 100             # header fields; then 431
 //! max_uri_len = 8190            # bytes; then 414
@@ -668,6 +669,9 @@ pub struct L7Config {
     /// At shutdown, how long requests in flight may finish before they
     /// are cut. Default 10 s.
     pub drain_timeout: Duration,
+    /// A WebSocket tunnel with no byte either way is closed after this.
+    /// Default 1 h (HAProxy `timeout tunnel`).
+    pub websocket_idle_timeout: Duration,
     /// Largest request head, bytes, 1 KiB..=1 MiB; default 32 KiB; over: 431.
     pub max_header_size: usize,
     /// Most request header fields, 1..=1000; default 100

@@ -830,6 +830,7 @@ impl Checker<'_> {
         let keepalive_timeout = d(raw.and_then(|r| r.keepalive_timeout.as_ref()), 15, "keepalive_timeout");
         let request_timeout = d(raw.and_then(|r| r.request_timeout.as_ref()), 60, "request_timeout");
         let drain_timeout = d(raw.and_then(|r| r.drain_timeout.as_ref()), 10, "drain_timeout");
+        let websocket_idle_timeout = d(raw.and_then(|r| r.websocket_idle_timeout.as_ref()), 3600, "websocket_idle_timeout");
         let mut n = |v: Option<&Spanned<i64>>, range: RangeInclusive<i64>, default: i64, what: &str| {
             v.and_then(|v| self.int_in::<i64>(v, range, what)).unwrap_or(default)
         };
@@ -875,6 +876,7 @@ impl Checker<'_> {
             keepalive_timeout,
             request_timeout,
             drain_timeout,
+            websocket_idle_timeout,
             max_header_size,
             max_headers,
             max_uri_len,

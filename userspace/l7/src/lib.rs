@@ -198,6 +198,7 @@ pub mod limits;
 mod proxy;
 mod runtime;
 pub mod snapshot;
+mod websocket;
 
 pub use balancer::{Balancer, ByBusyness, ByIp, ByRequests, ByTraffic, P2c};
 pub use access_log::{AccessLogConfig, AccessLogFormat};
@@ -268,6 +269,9 @@ pub struct ProxyConfig {
     /// Which forwarding fields requests get: X-Forwarded-*, RFC 7239
     /// `Forwarded`, or both. Default X-Forwarded-*.
     pub forwarded: headers::ForwardedFields,
+    /// How long an upgraded (WebSocket) connection may carry no byte in
+    /// either direction before both sides are closed. Default 1 h.
+    pub websocket_idle_timeout: Duration,
     /// The access log, if any (see [`access_log`]).
     pub access_log: Option<AccessLogConfig>,
     /// How long [`Proxy::shutdown`] lets requests in flight finish
@@ -298,6 +302,7 @@ impl ProxyConfig {
             max_uri_len: 8190,
             max_body_size: 1 << 30,
             forwarded: headers::ForwardedFields::XForwarded,
+            websocket_idle_timeout: Duration::from_secs(3600),
             access_log: None,
             drain_timeout: Duration::from_secs(10),
             max_idle_per_member: 32,

@@ -9,7 +9,7 @@ use std::{
     cell::RefCell,
     collections::HashMap,
     convert::Infallible,
-    future::poll_fn,
+    future::{poll_fn, Future},
     net::{IpAddr, SocketAddr},
     pin::Pin,
     rc::Rc,
@@ -30,6 +30,7 @@ use crate::{
     access_log,
     balancer::{new_balancer, Balancer},
     headers,
+    websocket,
     limits::{self, BodyFault, ConnClock, GuardedBody, LogLimiter, ProxyStats, Violation},
     snapshot::{
         clock_ms, HostMatch, LbMethod, MemberStats, SharedSnapshot, Snapshot, Sticky,
@@ -80,9 +81,23 @@ struct Balancers {
 /// task driving the connection. Dropping it cancels the task, which drops
 /// the socket; compio keeps the descriptor open until every operation
 /// still in flight on it has completed (see the crate docs).
-struct Upstream {
+pub(crate) struct Upstream {
     sender: SendRequest<Counted<GuardedBody>>,
-    _task: JoinHandle<()>,
+    /// Ends with the stream (and the bytes read past the 101 head) when
+    /// the connection was upgraded, see [`crate::websocket`].
+    task: JoinHandle<Option<(crate::io::Stream, Bytes)>>,
+    /// Set before sending a WebSocket upgrade request.
+    upgrading: Rc<std::cell::Cell<bool>>,
+}
+
+/// Where the request path leaves the member's connection after a `101
+/// Switching Protocols`, for the client connection to join the two.
+pub(crate) type UpgradeSlot = Rc<RefCell<Option<Upstream>>>;
+
+/// The member's side of an upgraded connection: its stream and the bytes
+/// it sent past the 101 head, once hyper has let go of it.
+pub(crate) async fn upgraded(up: Upstream) -> Option<(crate::io::Stream, Bytes)> {
+    up.task.await.ok().flatten()
 }
 
 impl Worker {
@@ -204,14 +219,25 @@ impl Worker {
             hyper::client::conn::http1::handshake(crate::io::Stream::new(stream, UPSTREAM_BUF))
                 .await
                 .map_err(std::io::Error::other)?;
+        let upgrading = Rc::new(std::cell::Cell::new(false));
+        let flag = upgrading.clone();
         let task = compio::runtime::spawn(async move {
             // The connection ends when the member closes it, on an error,
-            // or when `Upstream` is dropped (which cancels this task).
-            let _ = conn.await;
+            // after a 101 (hyper then leaves the stream to us), or when
+            // `Upstream` is dropped (which cancels this task).
+            let mut conn = conn;
+            let r = poll_fn(|cx| Pin::new(&mut conn).poll(cx)).await;
+            if r.is_ok() && flag.get() {
+                let parts = conn.into_parts();
+                Some((parts.io, parts.read_buf))
+            } else {
+                None
+            }
         });
         Ok(Upstream {
             sender,
-            _task: task,
+            task,
+            upgrading,
         })
     }
 
@@ -228,6 +254,7 @@ impl Worker {
         peer: SocketAddr,
         client_ip: HeaderValue,
         clock: Rc<ConnClock>,
+        upgrade: UpgradeSlot,
     ) -> Result<Response<ProxyBody>, Infallible> {
         let started = clock.request_started();
         let client = peer.ip();
@@ -333,9 +360,24 @@ impl Worker {
         });
 
         // Rewrite the request for the member.
+        let websocket = websocket::is_websocket(&req);
         let (mut parts, body) = req.into_parts();
         let client_host = parts.headers.get(header::HOST).cloned();
+        let upgrade_to = websocket.then(|| parts.headers.get(header::UPGRADE).cloned()).flatten();
         headers::remove_hop_by_hop(&mut parts.headers);
+        if let Some(u) = &upgrade_to {
+            // Upgrade is hop-by-hop: asked again of the member, by us.
+            parts.headers.insert(header::UPGRADE, u.clone());
+            parts
+                .headers
+                .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        } else {
+            // An expectation the proxy has met itself: hyper answers the
+            // client's `Expect: 100-continue` when the body is first read
+            // (after a member was found), and the body then follows at
+            // once, so the member must not wait for it twice.
+            parts.headers.remove(header::EXPECT);
+        }
         match self.forwarded {
             headers::ForwardedFields::XForwarded => {
                 headers::add_forwarded_value(&mut parts.headers, &client_ip, "http", client_host.as_ref());
@@ -379,6 +421,7 @@ impl Worker {
         );
 
         MemberStats::add(&stats.requests, 1);
+        up.upgrading.set(websocket);
         let outstanding = Outstanding::new(stats.clone());
         // Only p2c and the access log read latency: otherwise no clock
         // reads.
@@ -419,6 +462,23 @@ impl Worker {
         MemberStats::add(&stats.responses[class], 1);
 
         let (mut parts, body) = resp.into_parts();
+        if websocket && parts.status == StatusCode::SWITCHING_PROTOCOLS {
+            // The member agreed: answer 101 to the client and leave the
+            // member's connection for the client connection to join.
+            let member_upgrade = parts.headers.get(header::UPGRADE).cloned();
+            headers::remove_hop_by_hop(&mut parts.headers);
+            parts.headers.insert(
+                header::UPGRADE,
+                member_upgrade.or(upgrade_to).unwrap_or(HeaderValue::from_static("websocket")),
+            );
+            parts
+                .headers
+                .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            drop(body);
+            *upgrade.borrow_mut() = Some(up);
+            return Ok(Response::from_parts(parts, ProxyBody::Full(None)));
+        }
+        up.upgrading.set(false);
         let reusable = !headers::wants_close(&parts.headers);
         headers::remove_hop_by_hop(&mut parts.headers);
         if let (Some(s), Some(v)) = (sticky, stamp) {

@@ -6,7 +6,7 @@ use std::{
     future::{poll_fn, Future},
     io,
     net::SocketAddr,
-    pin::pin,
+    pin::{pin, Pin},
     rc::Rc,
     sync::{
         atomic::{AtomicBool, Ordering},
@@ -584,21 +584,24 @@ async fn serve(
     let fd = compio::driver::ToSharedFd::to_shared_fd(&stream);
     let client_ip = http::HeaderValue::from_str(&peer.ip().to_string())
         .expect("an IP address is a valid header value");
+    let slot = crate::proxy::UpgradeSlot::default();
     let svc = {
         let worker = worker.clone();
         let clock = clock.clone();
         let keepalive = config.keepalive_timeout;
+        let slot = slot.clone();
         hyper::service::service_fn(move |req| {
             let worker = worker.clone();
             let clock = clock.clone();
             let client_ip = client_ip.clone();
+            let slot = slot.clone();
             async move {
                 let log = worker
                     .access_log
                     .clone()
                     .map(|sender| crate::proxy::PendingLog::new(&req, peer.ip(), sender));
                 let resp = worker
-                    .handle(req, listener, peer, client_ip, clock.clone())
+                    .handle(req, listener, peer, client_ip, clock.clone(), slot)
                     .await?;
                 let log = log.map(|l| l.responded(&resp));
                 Ok::<_, std::convert::Infallible>(resp.map(|body| crate::proxy::Tracked {
@@ -618,9 +621,12 @@ async fn serve(
         .max_buf_size(config.max_header_size.max(8192))
         .max_header_size(config.max_header_size)
         .max_headers(config.max_headers);
+    let stream = crate::io::Stream::with_clock(stream, crate::io::CLIENT_BUF, Some(clock.clone()));
+    // Not pinned on the stack: after a 101 the connection is taken apart
+    // (`into_parts`) to get the stream back.
+    let mut conn = http.serve_connection(stream, svc);
     let outcome = {
-        let stream = crate::io::Stream::with_clock(stream, crate::io::CLIENT_BUF, Some(clock.clone()));
-        let mut conn = pin!(http.serve_connection(stream, svc));
+        let mut conn = Pin::new(&mut conn);
         let mut watch = pin!(limits::watch(&clock, config.header_read_timeout));
         let mut asked_to_close = false;
         poll_fn(|cx| {
@@ -635,10 +641,33 @@ async fn serve(
             watch.as_mut().poll(cx).map(Err)
         })
         .await
-        // The connection (and its stream) is dropped here: compio cancels a
-        // receive in flight and keeps its buffer and descriptor until the
-        // cancellation completes.
     };
+    let upgraded = slot.borrow_mut().take();
+    let conn = match (&outcome, upgraded) {
+        (Ok(Ok(())), Some(up)) => {
+            let client = conn.into_parts();
+            if let Some(member) = crate::proxy::upgraded(up).await {
+                let end = crate::websocket::tunnel(
+                    (client.io, client.read_buf),
+                    member,
+                    config.websocket_idle_timeout,
+                )
+                .await;
+                match end {
+                    crate::websocket::End::Failed(e) => {
+                        tracing::debug!(client = %peer, error = %e, "upgraded connection failed")
+                    }
+                    end => tracing::debug!(client = %peer, ?end, "upgraded connection ended"),
+                }
+            }
+            return;
+        }
+        _ => conn,
+    };
+    // The connection (and its stream) is dropped here: compio cancels a
+    // receive in flight and keeps its buffer and descriptor until the
+    // cancellation completes.
+    drop(conn);
     match outcome {
         Ok(Ok(())) => {}
         Ok(Err(e)) => {

@@ -86,6 +86,7 @@ impl Backend {
                     let svc = hyper::service::service_fn(move |req| bb.clone().answer(req));
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+                        .with_upgrades()
                         .await;
                 });
             }
@@ -93,8 +94,42 @@ impl Backend {
         b
     }
 
-    async fn answer(self, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+    async fn answer(self, mut req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
         self.hits.fetch_add(1, Ordering::SeqCst);
+        if req.uri().path() == "/ws" && req.headers().contains_key("upgrade") {
+            // A tunnel that echoes what it gets in upper case (the proxy
+            // copies bytes; it does not look at WebSocket frames).
+            self.seen.lock().unwrap().push(Seen {
+                path: "/ws".into(),
+                headers: req.headers().clone(),
+                body_len: 0,
+            });
+            let on = hyper::upgrade::on(&mut req);
+            tokio::spawn(async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let Ok(up) = on.await else { return };
+                let mut io = hyper_util::rt::TokioIo::new(up);
+                let mut buf = [0u8; 1024];
+                loop {
+                    match io.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => {
+                            buf[..n].make_ascii_uppercase();
+                            if io.write_all(&buf[..n]).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+            });
+            return Ok(Response::builder()
+                .status(101)
+                .header("upgrade", "websocket")
+                .header("connection", "upgrade")
+                .header("sec-websocket-accept", "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=")
+                .body(Full::new(Bytes::new()))
+                .unwrap());
+        }
         let path = req.uri().path().to_string();
         let headers = req.headers().clone();
         let body_len = http_body_util::BodyExt::collect(req.into_body())
@@ -353,6 +388,8 @@ both_drivers!(
     shutdown_drains_requests_in_flight,
     shutdown_drain_is_bounded,
     access_log_combined_and_json,
+    websocket_is_tunnelled_both_ways,
+    expect_100_continue,
 );
 
 // --------------------------------------------------------------- scenarios
@@ -1514,4 +1551,103 @@ fn access_log_combined_and_json(driver: DriverChoice) {
             }
         }
     }
+}
+
+/// Reads a response head (through the blank line) byte by byte, leaving
+/// what follows unread.
+fn read_head(s: &mut TcpStream) -> Reply {
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    while !buf.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut byte).unwrap();
+        buf.push(byte[0]);
+    }
+    parse(&buf)
+}
+
+fn websocket_is_tunnelled_both_ways(driver: DriverChoice) {
+    let a = Backend::start("a");
+    let h = Harness::start_with(
+        driver,
+        1,
+        vec![pool("p", &[(a.addr, 1)])],
+        vec![route("*", "/", 0)],
+        |c| c.websocket_idle_timeout = Duration::from_millis(500),
+    );
+    let mut s = TcpStream::connect(h.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    // The first bytes of the new protocol come right behind the head.
+    s.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: keep-alive, Upgrade\r\nUpgrade: websocket\r\n\
+          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\nearly",
+    )
+    .unwrap();
+    let r = read_head(&mut s);
+    assert_eq!(r.status, 101);
+    assert_eq!(r.headers["upgrade"], "websocket");
+    assert_eq!(r.headers["connection"], "upgrade");
+    assert_eq!(r.headers["sec-websocket-accept"], "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+    let mut got = [0u8; 5];
+    s.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"EARLY");
+    for msg in [&b"ping"[..], b"a longer message", b"x"] {
+        s.write_all(msg).unwrap();
+        let mut got = vec![0u8; msg.len()];
+        s.read_exact(&mut got).unwrap();
+        assert_eq!(got, msg.to_ascii_uppercase());
+    }
+    let seen = a.seen.lock().unwrap().last().unwrap().clone();
+    assert_eq!(seen.headers["upgrade"], "websocket");
+    assert_eq!(seen.headers["connection"], "upgrade");
+    assert_eq!(seen.headers["sec-websocket-key"], "dGhlIHNhbXBsZSBub25jZQ==");
+    // Idle past its own timeout: closed.
+    let mut rest = Vec::new();
+    let _ = s.read_to_end(&mut rest);
+    assert!(rest.is_empty());
+    // Other upgrades are not tunnelled: a plain request without Upgrade.
+    let r = send_raw(
+        h.addr,
+        "GET /plain HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, close\r\nUpgrade: h2c\r\n\r\n",
+    );
+    assert_eq!((r.status, r.body.as_str()), (200, "a"));
+    let seen = a.seen.lock().unwrap().last().unwrap().clone();
+    assert_eq!(seen.path, "/plain");
+    assert!(seen.headers.get("upgrade").is_none());
+    // The proxy still serves after the tunnel.
+    assert_eq!(get(h.addr, "x", "/").status, 200);
+    h.proxy.shutdown();
+}
+
+fn expect_100_continue(driver: DriverChoice) {
+    let a = Backend::start("a");
+    let h = Harness::start_with(
+        driver,
+        1,
+        vec![pool("p", &[(a.addr, 1)])],
+        vec![route("*", "/", 0)],
+        |c| c.max_body_size = 100,
+    );
+    let mut s = TcpStream::connect(h.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"POST /up HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n")
+        .unwrap();
+    // The client waits for the interim answer before sending its body.
+    let r = read_head(&mut s);
+    assert_eq!(r.status, 100);
+    s.write_all(b"hello").unwrap();
+    let r = read_one(&mut s);
+    assert_eq!((r.status, r.body.as_str()), (200, "a"));
+    let seen = a.seen.lock().unwrap().last().unwrap().clone();
+    assert_eq!(seen.body_len, 5);
+    assert!(seen.headers.get("expect").is_none());
+    // Too large: refused at once, no 100, the body never sent.
+    let mut s = TcpStream::connect(h.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"POST /up HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 500\r\n\r\n")
+        .unwrap();
+    let mut all = Vec::new();
+    let _ = s.read_to_end(&mut all);
+    assert_eq!(parse(&all).status, 413);
+    assert_eq!(a.hits(), 1);
+    h.proxy.shutdown();
 }
