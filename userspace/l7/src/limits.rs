@@ -375,7 +375,8 @@ pub(crate) struct BodyRefused(Violation);
 /// A client's request body on its way to a member, cut at `max` bytes
 /// (413) or at the whole-request deadline (408).
 pub(crate) struct GuardedBody {
-    inner: Incoming,
+    /// `None`: no body (a replayed request).
+    inner: Option<Incoming>,
     /// Bytes still allowed; `u64::MAX` for no limit.
     left: u64,
     deadline: Instant,
@@ -386,7 +387,7 @@ pub(crate) struct GuardedBody {
 
 impl GuardedBody {
     pub(crate) fn new(
-        inner: Incoming,
+        inner: Option<Incoming>,
         max: u64,
         deadline: Instant,
         fault: std::rc::Rc<BodyFault>,
@@ -422,7 +423,10 @@ impl Body for GuardedBody {
         if this.fault.get().is_some() {
             return Poll::Ready(None);
         }
-        match Pin::new(&mut this.inner).poll_frame(cx) {
+        let Some(inner) = this.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match Pin::new(inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(f))) => {
                 if let Some(d) = f.data_ref() {
                     let n = d.len() as u64;
@@ -452,11 +456,13 @@ impl Body for GuardedBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.fault.get().is_some() || self.inner.is_end_stream()
+        self.fault.get().is_some() || self.inner.as_ref().is_none_or(Body::is_end_stream)
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        self.inner
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), Body::size_hint)
     }
 }
 

@@ -88,6 +88,9 @@ pub(crate) struct Upstream {
     task: JoinHandle<Option<(crate::io::Stream, Bytes)>>,
     /// Set before sending a WebSocket upgrade request.
     upgrading: Rc<std::cell::Cell<bool>>,
+    /// Bytes received from the member so far: unchanged across a failed
+    /// exchange means it answered nothing.
+    received: Rc<std::cell::Cell<u64>>,
 }
 
 /// Where the request path leaves the member's connection after a `101
@@ -215,10 +218,12 @@ impl Worker {
             .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timeout"))??;
         // Small requests and responses: do not wait for Nagle.
         stream.set_nodelay(true)?;
-        let (sender, conn) =
-            hyper::client::conn::http1::handshake(crate::io::Stream::new(stream, UPSTREAM_BUF))
-                .await
-                .map_err(std::io::Error::other)?;
+        let received = Rc::new(std::cell::Cell::new(0));
+        let (sender, conn) = hyper::client::conn::http1::handshake(
+            crate::io::Stream::new(stream, UPSTREAM_BUF).counting(received.clone()),
+        )
+        .await
+        .map_err(std::io::Error::other)?;
         let upgrading = Rc::new(std::cell::Cell::new(false));
         let flag = upgrading.clone();
         let task = compio::runtime::spawn(async move {
@@ -238,6 +243,7 @@ impl Worker {
             sender,
             task,
             upgrading,
+            received,
         })
     }
 
@@ -301,65 +307,8 @@ impl Worker {
         let named_idx = named.as_ref().and_then(|n| pool.member_by_route(&n.route));
         let p2c = pool.lbmethod == LbMethod::P2c;
 
-        // Pick a member and get a connection; on a connect failure try
-        // another member (the request has not left the proxy yet, so this
-        // is safe for every method), until none is left.
-        let mut tried_small = [false; 32];
-        let mut tried_vec;
-        let tried: &mut [bool] = if pool.members.len() <= tried_small.len() {
-            &mut tried_small[..pool.members.len()]
-        } else {
-            tried_vec = vec![false; pool.members.len()];
-            &mut tried_vec
-        };
-        let (idx, mut up) = loop {
-            // A named member is honoured while it is usable, whatever its
-            // weight: weight 0 drains a member of *new* sessions only
-            // (Apache's Draining), its existing sessions stay.
-            let choice = match named_idx {
-                Some(i) if !tried[i] && pool.members[i].usable => Some(i),
-                // Apache: a route that cannot be honoured (unknown, member
-                // unusable or failing) with nofailover is 503.
-                _ if named.is_some() && sticky.is_some_and(|s| s.nofailover) => {
-                    return Ok(self.refuse(Violation::ServiceUnavailable, peer, &format_args!("pool {}: sticky route unusable and nofailover", pool.name)));
-                }
-                _ => self.pick(&snap, route.pool, client, &|i| !tried[i]),
-            };
-            let Some(idx) = choice else {
-                let v = if tried.iter().any(|&t| t) {
-                    Violation::BadGateway
-                } else {
-                    Violation::ServiceUnavailable
-                };
-                return Ok(self.refuse(v, peer, &format_args!("pool {}: no member left to try", pool.name)));
-            };
-            let member = &pool.members[idx];
-            match self.ready_connection(member.address).await {
-                Ok(up) => break (idx, up),
-                Err(e) => {
-                    MemberStats::add(&member.stats.failures, 1);
-                    if p2c {
-                        member.stats.observe_latency(FAILURE_PENALTY_US, clock_ms());
-                    }
-                    tracing::warn!(pool = %pool.name, member = %member.address, error = %e, "connect failed; trying another member");
-                    tried[idx] = true;
-                }
-            }
-        };
-        let member = &pool.members[idx];
-        let stats = member.stats.clone();
-        // The cookie to set on the response: the pool is sticky, the
-        // member has a route, and the request did not already name it
-        // (new session, unknown route, or failover from another member).
-        let stamp = sticky.and_then(|s| {
-            let n = named.as_ref();
-            if member.route.is_empty() || n.is_some_and(|n| n.route == member.route) {
-                return None;
-            }
-            set_cookie_value(s, n.map_or("", |n| n.session.as_str()), &member.route)
-        });
-
-        // Rewrite the request for the member.
+        // Rewrite the request for the member: everything but Host, which
+        // depends on the member, is done once.
         let websocket = websocket::is_websocket(&req);
         let (mut parts, body) = req.into_parts();
         let client_host = parts.headers.get(header::HOST).cloned();
@@ -392,72 +341,159 @@ impl Worker {
                 headers::add_rfc7239(&mut parts.headers, client, "http", client_host.as_ref());
             }
         }
-        if !route.preserve_host || client_host.is_none() {
-            let v = self
-                .host_values
-                .borrow_mut()
-                .entry(member.address)
-                .or_insert_with(|| member_host(member.address))
-                .clone();
-            parts.headers.insert(header::HOST, v);
-        }
         parts.uri = origin_form(&parts.uri);
         parts.version = http::Version::HTTP_11;
+        // An idempotent request without a body can be sent again to
+        // another member if the first resets before answering a byte
+        // (RFC 9110 section 9.2.2); a body is streamed, not kept, so a
+        // request with one is never replayed.
+        let replay = (is_idempotent(&parts.method) && body.is_end_stream() && !websocket)
+            .then(|| (parts.method.clone(), parts.uri.clone(), parts.headers.clone()));
+        let mut first = Some((parts, body));
         let fault = Rc::new(BodyFault::default());
-        let body = GuardedBody::new(
-            body,
-            self.max_body_size,
-            started + self.request_timeout,
-            fault.clone(),
-            peer,
-        );
-        let up_req = Request::from_parts(
-            parts,
-            Counted {
-                inner: body,
-                stats: stats.clone(),
-                sent: true,
-            },
-        );
 
-        MemberStats::add(&stats.requests, 1);
-        up.upgrading.set(websocket);
-        let outstanding = Outstanding::new(stats.clone());
-        // Only p2c and the access log read latency: otherwise no clock
-        // reads.
-        let started = (p2c || self.access_log.is_some()).then(Instant::now);
-        let mut upstream_us = None;
-        let sent =
-            compio::time::timeout(self.response_timeout, up.sender.send_request(up_req)).await;
-        if let Some(t) = started {
-            // Time to the response head, in microseconds; a failure or a
-            // 5xx counts as at least the penalty (see `P2c`).
-            let us = u32::try_from(t.elapsed().as_micros()).unwrap_or(u32::MAX);
-            upstream_us = Some(u64::from(us));
-            if p2c {
-                let ok = matches!(&sent, Ok(Ok(r)) if !r.status().is_server_error());
-                let sample = if ok { us } else { us.max(FAILURE_PENALTY_US) };
-                stats.observe_latency(sample, clock_ms());
-            }
-        }
-        let resp = match sent {
-            Err(_) => {
-                // Dropping `up` cancels its connection task: the late
-                // response, if any, is discarded with the connection.
-                MemberStats::add(&stats.failures, 1);
-                return Ok(self.refuse(Violation::GatewayTimeout, peer, &format_args!("pool {}: member {}: response timeout", pool.name, member.address)));
-            }
-            Ok(Err(e)) => {
-                // The client's body broke the exchange (too large, too
-                // slow): the client's fault, not the member's.
-                if let Some(v) = fault.get() {
-                    return Ok(self.refuse(v, peer, &"request body refused while forwarding"));
-                }
-                MemberStats::add(&stats.failures, 1);
-                return Ok(self.refuse(Violation::BadGateway, peer, &format_args!("pool {}: member {}: upstream error: {e}", pool.name, member.address)));
-            }
-            Ok(Ok(resp)) => resp,
+        // Pick a member and get a connection; on a connect failure try
+        // another member (the request has not left the proxy yet, so this
+        // is safe for every method), until none is left.
+        let mut tried_small = [false; 32];
+        let mut tried_vec;
+        let tried: &mut [bool] = if pool.members.len() <= tried_small.len() {
+            &mut tried_small[..pool.members.len()]
+        } else {
+            tried_vec = vec![false; pool.members.len()];
+            &mut tried_vec
         };
+        let (idx, up, resp, outstanding, upstream_us) = loop {
+            let (idx, mut up) = loop {
+                // A named member is honoured while it is usable, whatever its
+                // weight: weight 0 drains a member of *new* sessions only
+                // (Apache's Draining), its existing sessions stay.
+                let choice = match named_idx {
+                    Some(i) if !tried[i] && pool.members[i].usable => Some(i),
+                    // Apache: a route that cannot be honoured (unknown, member
+                    // unusable or failing) with nofailover is 503.
+                    _ if named.is_some() && sticky.is_some_and(|s| s.nofailover) => {
+                        return Ok(self.refuse(Violation::ServiceUnavailable, peer, &format_args!("pool {}: sticky route unusable and nofailover", pool.name)));
+                    }
+                    _ => self.pick(&snap, route.pool, client, &|i| !tried[i]),
+                };
+                let Some(idx) = choice else {
+                    let v = if tried.iter().any(|&t| t) {
+                        Violation::BadGateway
+                    } else {
+                        Violation::ServiceUnavailable
+                    };
+                    return Ok(self.refuse(v, peer, &format_args!("pool {}: no member left to try", pool.name)));
+                };
+                let member = &pool.members[idx];
+                match self.ready_connection(member.address).await {
+                    Ok(up) => break (idx, up),
+                    Err(e) => {
+                        MemberStats::add(&member.stats.failures, 1);
+                        if p2c {
+                            member.stats.observe_latency(FAILURE_PENALTY_US, clock_ms());
+                        }
+                        tracing::warn!(pool = %pool.name, member = %member.address, error = %e, "connect failed; trying another member");
+                        tried[idx] = true;
+                    }
+                }
+            };
+            let member = &pool.members[idx];
+            let stats = &member.stats;
+            let (mut parts, body) = match first.take() {
+                Some((parts, body)) => (parts, Some(body)),
+                None => {
+                    let (method, uri, headers) = replay.as_ref().expect("only replayable requests are sent twice");
+                    let (mut parts, ()) = Request::new(()).into_parts();
+                    (parts.method, parts.uri, parts.headers) = (method.clone(), uri.clone(), headers.clone());
+                    parts.version = http::Version::HTTP_11;
+                    (parts, None)
+                }
+            };
+            if !route.preserve_host || client_host.is_none() {
+                let v = self
+                    .host_values
+                    .borrow_mut()
+                    .entry(member.address)
+                    .or_insert_with(|| member_host(member.address))
+                    .clone();
+                parts.headers.insert(header::HOST, v);
+            }
+            let body = GuardedBody::new(
+                body,
+                self.max_body_size,
+                started + self.request_timeout,
+                fault.clone(),
+                peer,
+            );
+            let up_req = Request::from_parts(
+                parts,
+                Counted {
+                    inner: body,
+                    stats: stats.clone(),
+                    sent: true,
+                },
+            );
+
+            MemberStats::add(&stats.requests, 1);
+            up.upgrading.set(websocket);
+            let outstanding = Outstanding::new(stats.clone());
+            let received_before = up.received.get();
+            // Only p2c and the access log read latency: otherwise no clock
+            // reads.
+            let t0 = (p2c || self.access_log.is_some()).then(Instant::now);
+            let mut upstream_us = None;
+            let sent =
+                compio::time::timeout(self.response_timeout, up.sender.send_request(up_req)).await;
+            if let Some(t) = t0 {
+                // Time to the response head, in microseconds; a failure or a
+                // 5xx counts as at least the penalty (see `P2c`).
+                let us = u32::try_from(t.elapsed().as_micros()).unwrap_or(u32::MAX);
+                upstream_us = Some(u64::from(us));
+                if p2c {
+                    let ok = matches!(&sent, Ok(Ok(r)) if !r.status().is_server_error());
+                    let sample = if ok { us } else { us.max(FAILURE_PENALTY_US) };
+                    stats.observe_latency(sample, clock_ms());
+                }
+            }
+            match sent {
+                Err(_) => {
+                    // Dropping `up` cancels its connection task: the late
+                    // response, if any, is discarded with the connection.
+                    MemberStats::add(&stats.failures, 1);
+                    return Ok(self.refuse(Violation::GatewayTimeout, peer, &format_args!("pool {}: member {}: response timeout", pool.name, member.address)));
+                }
+                Ok(Err(e)) => {
+                    // The client's body broke the exchange (too large, too
+                    // slow): the client's fault, not the member's.
+                    if let Some(v) = fault.get() {
+                        return Ok(self.refuse(v, peer, &"request body refused while forwarding"));
+                    }
+                    MemberStats::add(&stats.failures, 1);
+                    if replay.is_some() && up.received.get() == received_before {
+                        // Not a byte of an answer: the member did not
+                        // act on it in a way the client could see.
+                        tracing::warn!(pool = %pool.name, member = %member.address, error = %e, "no response; retrying the idempotent request on another member");
+                        tried[idx] = true;
+                        continue;
+                    }
+                    return Ok(self.refuse(Violation::BadGateway, peer, &format_args!("pool {}: member {}: upstream error: {e}", pool.name, member.address)));
+                }
+                Ok(Ok(resp)) => break (idx, up, resp, outstanding, upstream_us),
+            }
+        };
+        let member = &pool.members[idx];
+        let stats = member.stats.clone();
+        // The cookie to set on the response: the pool is sticky, the
+        // member has a route, and the request did not already name it
+        // (new session, unknown route, or failover from another member).
+        let stamp = sticky.and_then(|s| {
+            let n = named.as_ref();
+            if member.route.is_empty() || n.is_some_and(|n| n.route == member.route) {
+                return None;
+            }
+            set_cookie_value(s, n.map_or("", |n| n.session.as_str()), &member.route)
+        });
         let class = (resp.status().as_u16() / 100).clamp(1, 5) as usize - 1;
         MemberStats::add(&stats.responses[class], 1);
 
@@ -572,6 +608,20 @@ fn poll_ready_now<B>(s: &mut SendRequest<B>, cx: &mut Context<'_>) -> Poll<Optio
         Poll::Ready(Err(_)) => Some(false),
         Poll::Pending => None,
     })
+}
+
+/// Methods a client may repeat with the same effect (RFC 9110 section
+/// 9.2.2), so the proxy may too.
+fn is_idempotent(m: &http::Method) -> bool {
+    matches!(
+        *m,
+        http::Method::GET
+            | http::Method::HEAD
+            | http::Method::OPTIONS
+            | http::Method::TRACE
+            | http::Method::PUT
+            | http::Method::DELETE
+    )
 }
 
 /// The Host the request named: the Host field, or the authority of an

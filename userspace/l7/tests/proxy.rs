@@ -59,6 +59,8 @@ struct Backend {
     seen: Arc<Mutex<Vec<Seen>>>,
     /// When set, every answer is a 500 (a member failing fast).
     fail: Arc<std::sync::atomic::AtomicBool>,
+    /// The accept loop and every connection task, for `kill`.
+    tasks: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
 }
 
 impl Backend {
@@ -73,25 +75,36 @@ impl Backend {
             conns: Arc::default(),
             seen: Arc::default(),
             fail: Arc::default(),
+            tasks: Arc::default(),
         };
         let bb = b.clone();
-        tokio_rt().spawn(async move {
+        let accept = tokio_rt().spawn(async move {
             loop {
                 let Ok((s, _)) = listener.accept().await else {
                     return;
                 };
                 bb.conns.fetch_add(1, Ordering::SeqCst);
-                let bb = bb.clone();
-                tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(move |req| bb.clone().answer(req));
+                let b2 = bb.clone();
+                let conn = tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req| b2.clone().answer(req));
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
                         .with_upgrades()
                         .await;
                 });
+                bb.tasks.lock().unwrap().push(conn.abort_handle());
             }
         });
+        b.tasks.lock().unwrap().push(accept.abort_handle());
         b
+    }
+
+    /// The process dies: the listener closes and every connection is
+    /// dropped mid-exchange.
+    fn kill(&self) {
+        for t in self.tasks.lock().unwrap().drain(..) {
+            t.abort();
+        }
     }
 
     async fn answer(self, mut req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
@@ -390,6 +403,8 @@ both_drivers!(
     access_log_combined_and_json,
     websocket_is_tunnelled_both_ways,
     expect_100_continue,
+    only_idempotent_requests_are_retried_after_a_reset,
+    backend_killed_under_wrk_loses_no_idempotent_request,
 );
 
 // --------------------------------------------------------------- scenarios
@@ -1649,5 +1664,127 @@ fn expect_100_continue(driver: DriverChoice) {
     let _ = s.read_to_end(&mut all);
     assert_eq!(parse(&all).status, 413);
     assert_eq!(a.hits(), 1);
+    h.proxy.shutdown();
+}
+
+/// A member that reads a request head and closes the connection without a
+/// byte of answer, counting the heads it got.
+fn closing_member() -> (SocketAddr, Arc<AtomicUsize>) {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let heads = Arc::new(AtomicUsize::new(0));
+    let h = heads.clone();
+    thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { return };
+            let mut buf = Vec::new();
+            let mut byte = [0u8; 1];
+            while !buf.ends_with(b"\r\n\r\n") {
+                if s.read_exact(&mut byte).is_err() {
+                    break;
+                }
+                buf.push(byte[0]);
+            }
+            h.fetch_add(1, Ordering::SeqCst);
+        }
+    });
+    (addr, heads)
+}
+
+fn only_idempotent_requests_are_retried_after_a_reset(driver: DriverChoice) {
+    let (closer, heads) = closing_member();
+    let good = Backend::start("good");
+    let h = Harness::start(
+        driver,
+        1,
+        vec![pool("p", &[(closer, 1), (good.addr, 1)])],
+        vec![route("*", "/", 0)],
+    );
+    // Smooth round robin with equal weights takes the first member first.
+    for method in ["GET", "HEAD", "DELETE"] {
+        let before = heads.load(Ordering::SeqCst);
+        let r = send_raw(h.addr, &format!("{method} /x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"));
+        assert_eq!(r.status, 200, "{method}");
+        // Whichever member came first, the request got its answer; when
+        // it was the closing one, it was asked once only.
+        assert!(heads.load(Ordering::SeqCst) - before <= 1);
+    }
+    assert!(heads.load(Ordering::SeqCst) >= 1, "the closing member was never tried");
+    let served = good.hits();
+    // Not idempotent, or with a body: never sent twice, 502.
+    let mut posts = 0;
+    let mut refused = 0;
+    for _ in 0..4 {
+        let before = heads.load(Ordering::SeqCst);
+        let r = send_raw(h.addr, "POST /x HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 3\r\n\r\nabc");
+        posts += 1;
+        if heads.load(Ordering::SeqCst) > before {
+            assert_eq!(r.status, 502);
+            refused += 1;
+        } else {
+            assert_eq!(r.status, 200);
+        }
+    }
+    assert!(refused >= 1 && refused < posts + 1);
+    assert_eq!(good.hits(), served + (posts - refused), "a refused POST reached the other member");
+    h.proxy.shutdown();
+}
+
+/// Parses wrk's summary: (requests, non-2xx/3xx responses, socket errors).
+fn wrk_summary(out: &str) -> (u64, u64, u64) {
+    let requests = out
+        .lines()
+        .find_map(|l| l.trim().split_once(" requests in "))
+        .map(|(n, _)| n.trim().parse().unwrap())
+        .unwrap_or_else(|| panic!("no request count in wrk output:\n{out}"));
+    let non_2xx = out
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Non-2xx or 3xx responses:"))
+        .map_or(0, |n| n.trim().parse().unwrap());
+    let socket_errors = out
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Socket errors:"))
+        .map_or(0, |rest| {
+            rest.split(',')
+                .filter_map(|part| part.split_whitespace().last())
+                .map(|n| n.parse::<u64>().unwrap())
+                .sum()
+        });
+    (requests, non_2xx, socket_errors)
+}
+
+fn backend_killed_under_wrk_loses_no_idempotent_request(driver: DriverChoice) {
+    if std::process::Command::new("wrk").arg("--version").output().is_err() {
+        eprintln!("SKIPPED: wrk is not installed");
+        return;
+    }
+    let (a, b) = (Backend::start("a"), Backend::start("b"));
+    let h = Harness::start_with(
+        driver,
+        2,
+        vec![pool("p", &[(a.addr, 1), (b.addr, 1)])],
+        vec![route("*", "/", 0)],
+        |c| c.response_timeout = Duration::from_secs(5),
+    );
+    // Bounded: 3 s, 16 connections; each request waits 2 ms at the
+    // member so that some are in flight when `a` dies.
+    let wrk = std::process::Command::new("wrk")
+        .args(["-t2", "-c16", "-d3s", "--timeout", "2s"])
+        .arg(format!("http://{}/sleep/2", h.addr))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for("load on a", || a.hits() > 200);
+    a.kill();
+    let killed_at = (a.hits(), b.hits());
+    let out = wrk.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    let (requests, non_2xx, socket_errors) = wrk_summary(&text);
+    assert_eq!((non_2xx, socket_errors), (0, 0), "{text}");
+    assert!(requests > killed_at.0 as u64, "{text}");
+    // `b` carried the load after the kill.
+    assert!(b.hits() > killed_at.1 + 100, "b={} {text}", b.hits());
     h.proxy.shutdown();
 }
