@@ -17,7 +17,9 @@ use fulcrum_common::{
     addr_words, hash, ports_word, DecapReason, Mac, Reason, VipKey, IPPROTO_TCP, IPPROTO_UDP, MAX_REALS, MAX_VIPS,
     VIP_F_HASH_SRC_ONLY, VIP_F_IPIP,
 };
-use fulcrum_l4::{maglev, ConnEntry, ConnEvent, Datapath, DatapathError, Decap, FlowKey, LoadOptions, NodeSettings, Plan, PlanVip};
+use fulcrum_l4::{
+    maglev, ConnEntry, ConnEvent, Datapath, DatapathError, Decap, FlowKey, LoadOptions, NodeSettings, Plan, PlanVip, VirtualMacs,
+};
 
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
@@ -621,6 +623,84 @@ fn vip_frames_not_to_our_unicast_mac_are_passed_never_balanced() {
     assert_eq!(run(&mut dp, &f, XDP_TX, Reason::Tx), want);
 }
 
+/// VRRP instances 51 (IPv4) and 52 (IPv6) with `virtual_mac = true`.
+fn virtual_macs() -> VirtualMacs {
+    let mut macs = VirtualMacs::default();
+    macs.insert(51, false);
+    macs.insert(52, true);
+    macs
+}
+
+fn loaded_with_node(plan: &Plan, node: &NodeSettings) -> Datapath {
+    let mut dp = Datapath::load_with(LoadOptions { conn_table_size: CONN_TABLE }).expect("loading the XDP program (run as root)");
+    dp.set_node(node).unwrap();
+    dp.apply(plan).unwrap();
+    dp
+}
+
+#[test]
+fn frames_to_a_configured_vrrp_virtual_mac_are_balanced_from_our_own_mac() {
+    let node = NodeSettings { virtual_macs: virtual_macs(), ..NodeSettings::new(SELF_MAC) };
+    let mut dp = loaded_with_node(&lab_state(), &node);
+    let vmac4 = Mac::vrrp(51, false).0;
+    let vmac6 = Mac::vrrp(52, true).0;
+    // L2 DSR: to the real, from the interface's own MAC (`rewritten`).
+    let f = to_mac(&tcp4(CLIENT4, VIP4, 40000, 80), vmac4);
+    let want = rewritten(&f, expected_mac(&[1, 2, 3], v4_hash(CLIENT4, 40000, 80)));
+    assert_eq!(run(&mut dp, &f, XDP_TX, Reason::Tx), want);
+    let f = to_mac(&udp6(CLIENT6, VIP6, 40000, 53), vmac6);
+    let want = rewritten(&f, expected_mac(&[1, 2, 3], v6_hash(CLIENT6, 40000, 53)));
+    assert_eq!(run(&mut dp, &f, XDP_TX, Reason::Tx), want);
+    assert_eq!(vip_packets(&dp, "v4tcp") + vip_packets(&dp, "v6udp"), 2);
+    // Echo replies come from the virtual MAC the client resolved the VIP to.
+    let out = run(&mut dp, &to_mac(&echo4(VIP4), vmac4), XDP_TX, Reason::IcmpEchoReply);
+    assert_eq!((out[0..6].to_vec(), out[6..12].to_vec()), (CLIENT_MAC.to_vec(), vmac4.to_vec()));
+    let out = run(&mut dp, &to_mac(&echo6(VIP6), vmac6), XDP_TX, Reason::IcmpEchoReply);
+    assert_eq!(out[6..12], vmac6);
+
+    // IPIP: the outer frame leaves from our own MAC too.
+    let node = NodeSettings { virtual_macs: virtual_macs(), ..ipip_node() };
+    let mut dp = loaded_with_node(&ipip_state(), &node);
+    let out = run(&mut dp, &to_mac(&tcp4(CLIENT4, VIP4, 40000, 80), vmac4), XDP_TX, Reason::Tx);
+    assert_eq!((out[0..6].to_vec(), out[6..12].to_vec()), (ROUTER_MAC.0.to_vec(), SELF_MAC.0.to_vec()));
+    assert_eq!(out[14 + 9], 4, "IPIP");
+    let out = run(&mut dp, &to_mac(&tcp6(CLIENT6, VIP6, 40000, 80), vmac6), XDP_TX, Reason::Tx);
+    assert_eq!(out[6..12], SELF_MAC.0);
+    assert_eq!(out[14 + 6], 41, "IP6IP6");
+}
+
+#[test]
+fn frames_to_other_vrrp_virtual_macs_are_passed() {
+    let node = NodeSettings { virtual_macs: virtual_macs(), ..NodeSettings::new(SELF_MAC) };
+    let mut dp = loaded_with_node(&lab_state(), &node);
+    let v4 = |dst: [u8; 6]| to_mac(&tcp4(CLIENT4, VIP4, 40000, 80), dst);
+    let v6 = |dst: [u8; 6]| to_mac(&udp6(CLIENT6, VIP6, 40000, 53), dst);
+    let refused = [
+        // Unconfigured VRIDs.
+        v4(Mac::vrrp(50, false).0),
+        v4(Mac::vrrp(52, false).0),
+        v6(Mac::vrrp(51, true).0),
+        // A configured VRID under the other family's prefix: no node
+        // announces an IPv4 VIP on 00:00:5e:00:02:VRID, nor the reverse.
+        v4(Mac::vrrp(51, true).0),
+        v4(Mac::vrrp(52, true).0),
+        v6(Mac::vrrp(52, false).0),
+        v6(Mac::vrrp(51, false).0),
+        // The virtual MAC with the group bit set.
+        v4([0x01, 0, 0x5e, 0, 1, 51]),
+    ];
+    for f in refused {
+        assert_eq!(run(&mut dp, &f, XDP_PASS, Reason::PassNotForUs), f, "to {:02x?}", &f[0..6]);
+    }
+    let echo = to_mac(&echo4(VIP4), Mac::vrrp(50, false).0);
+    assert_eq!(run(&mut dp, &echo, XDP_PASS, Reason::PassNotForUs), echo);
+    assert_eq!(reason(&dp, Reason::Tx), 0);
+    // Without virtual MACs configured, even VRID 51 is another station's.
+    let mut dp = loaded(&lab_state());
+    let f = v4(Mac::vrrp(51, false).0);
+    assert_eq!(run(&mut dp, &f, XDP_PASS, Reason::PassNotForUs), f);
+}
+
 #[test]
 fn ipv6_to_an_ipv4_mapped_address_never_reaches_the_ipv4_vip() {
     let mut dp = loaded(&lab_state());
@@ -1140,10 +1220,13 @@ fn ipip_state() -> Plan {
 
 fn loaded_ipip() -> Datapath {
     let mut dp = Datapath::load_with(LoadOptions { conn_table_size: CONN_TABLE }).expect("loading the XDP program (run as root)");
-    dp.set_node(&NodeSettings { self_mac: SELF_MAC, mtu: MTU, ipip_source_v4: Some((SRC4, 24)), ipip_source_v6: Some((SRC6, 112)) })
-        .unwrap();
+    dp.set_node(&ipip_node()).unwrap();
     dp.apply(&ipip_state()).unwrap();
     dp
+}
+
+fn ipip_node() -> NodeSettings {
+    NodeSettings { mtu: MTU, ipip_source_v4: Some((SRC4, 24)), ipip_source_v6: Some((SRC6, 112)), ..NodeSettings::new(SELF_MAC) }
 }
 
 /// The real Maglev picks among `reals` for `hash`.

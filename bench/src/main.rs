@@ -46,6 +46,11 @@ enum Bench {
         /// CPU to pin to.
         #[arg(long, default_value_t = 1)]
         cpu: usize,
+        /// Connection-table size in flows (default: the daemon's). The SYN
+        /// rows write `repeat` x `rounds` new flows each: a table larger
+        /// than twice that never evicts.
+        #[arg(long)]
+        conn_table_size: Option<u32>,
         /// Append the results to this file (bench/RESULTS.md by xtask).
         #[arg(long)]
         record: Option<PathBuf>,
@@ -98,6 +103,10 @@ enum Bench {
         /// Run fulcrum-l7 on the polling driver instead of io_uring.
         #[arg(long)]
         polling: bool,
+        /// Also run the closed loop with two workers (threads or processes)
+        /// per proxy, spread over both CPUs; `--no-two-workers` skips it.
+        #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+        two_workers: bool,
         /// Append the results to this file (bench/RESULTS.md by xtask).
         #[arg(long)]
         record: Option<PathBuf>,
@@ -118,7 +127,7 @@ enum Bench {
         #[arg(long)]
         record: Option<PathBuf>,
     },
-    /// (internal) fulcrum-l7 with one worker, started by `l7`.
+    /// (internal) fulcrum-l7, started by `l7`.
     #[command(hide = true)]
     L7Proxy {
         #[arg(long)]
@@ -129,20 +138,22 @@ enum Bench {
         polling: bool,
         #[arg(long, default_value_t = 64)]
         max_idle: usize,
+        #[arg(long, default_value_t = 1)]
+        workers: usize,
     },
 }
 
 fn main() -> Result<()> {
     match Cli::parse().bench {
-        Bench::Xdp { repeat, rounds, cpu, record } => xdp::run(repeat, rounds, cpu, record),
+        Bench::Xdp { repeat, rounds, cpu, conn_table_size, record } => xdp::run(repeat, rounds, cpu, conn_table_size, record),
         Bench::ControlPlane { vips, rounds, poll_ms, fulcrum, record } => control_plane::run(&vips, rounds, poll_ms, fulcrum, record),
-        Bench::L7 { rounds, secs, connections, proxy_cpu, load_cpu, idle, rate, polling, record } => {
-            l7::run(l7::Opts { rounds, secs, connections, proxy_cpu, load_cpu, idle, rate, polling, record })
+        Bench::L7 { rounds, secs, connections, proxy_cpu, load_cpu, idle, rate, polling, two_workers, record } => {
+            l7::run(l7::Opts { rounds, secs, connections, proxy_cpu, load_cpu, idle, rate, polling, two_workers, record })
         }
         Bench::Failover { rounds, adverts, fulcrum, record } => {
             failover::run(failover::Opts { rounds, adverts_ms: adverts, fulcrum, record })
         }
-        Bench::L7Proxy { listen, backend, polling, max_idle } => l7::serve_proxy(listen, backend, polling, max_idle),
+        Bench::L7Proxy { listen, backend, polling, max_idle, workers } => l7::serve_proxy(listen, backend, polling, max_idle, workers),
     }
 }
 

@@ -3,29 +3,47 @@
 //! swaps MACs and returns `XDP_TX`) measured in the same run.
 //!
 //! Method (DESIGN.md, "How we measure"): pinned to one CPU, rounds
-//! interleave the programs A B C A B C, each round one kernel call of
+//! interleave every row A B C ... A B C ..., each row one kernel call of
 //! `repeat` runs; the figure is the median over rounds. Only ratios to the
-//! floor carry across machines. Both timed paths leave the frame as a
-//! valid input for the next repeat (a MAC rewrite, or nothing), and every
-//! round's return value is checked, so `repeat` times the path it names.
+//! floor carry across machines.
 //!
-//! Connection-table paths: the established rows send an ACK (TCP) or a
-//! datagram (UDP) whose entry the first iteration writes, so every later
-//! one is a hit. The SYN row repeats one 5-tuple: each iteration takes a
-//! fresh Maglev pick and rewrites the same entry (an LRU update takes a
-//! new element and frees the old, as a new flow does, but never evicts,
-//! since the table is far from full). The connection counters after the
-//! run are checked to say so.
-use std::{net::IpAddr, net::Ipv4Addr, path::PathBuf, time::Duration};
+//! `repeat` does not restore the frame between runs, so a path that
+//! changes the headers would be timed on its own output (after IPIP
+//! encapsulation: an IPIP packet, passed at a fraction of the cost), and a
+//! SYN would repeat one 5-tuple. Those rows run behind the restoring
+//! harness (`xdp-ebpf/src/bin/harness.rs`): it moves the frame's start
+//! back, rewrites the input's first 64 bytes, stores a counter (into the
+//! IPv4 source address for the SYN rows, so each run is a new flow; into
+//! the payload for the others) and tail-calls the program under test. Its
+//! cost, `harness -> noop` minus `noop` alone, is subtracted from every
+//! harnessed row. Two checks that the subtraction is sound: the floor and
+//! the L2 DSR hit, whose output is a valid input again, are timed both
+//! directly and behind the harness, and both figures are printed.
+//!
+//! Connection-table rows: an established row sends an ACK (TCP) or a
+//! datagram (UDP) whose entry its first run writes, so later runs are
+//! hits. The SYN rows write a new entry per run into the daemon's default
+//! table (1,000,000 flows, LRU; `--conn-table-size` for another): once it
+//! is full, every SYN also evicts the least recently used entry, the
+//! steady state of a node under load, and an established row's entry may
+//! be evicted between rounds (its first run then misses). After the run the connection counters are checked against
+//! that, the IPIP rows' output against an IPIP packet, and every round's
+//! return value against the row's action.
+use std::{
+    net::{IpAddr, Ipv4Addr},
+    path::PathBuf,
+    time::Duration,
+};
 
 use anyhow::{ensure, Context, Result};
 use aya::{
+    maps::{Array, MapData, ProgramArray},
     programs::{TestRun, TestRunOptions, Xdp},
     Ebpf,
 };
 use etherparse::PacketBuilder;
-use fulcrum_common::{ConnEvent, Mac, VipKey, IPPROTO_TCP, IPPROTO_UDP, MAGLEV_MAX_TABLE_SIZE};
-use fulcrum_l4::{Datapath, Plan, PlanVip};
+use fulcrum_common::{ConnEvent, Mac, Reason, VipKey, IPPROTO_TCP, IPPROTO_UDP, MAGLEV_MAX_TABLE_SIZE, VIP_F_IPIP};
+use fulcrum_l4::{Datapath, LoadOptions, NodeSettings, Plan, PlanVip};
 
 use crate::{machine, median, now, publish};
 
@@ -33,37 +51,116 @@ const XDP_PASS: u32 = 2;
 const XDP_TX: u32 = 3;
 /// The datapath's own MAC, the destination of the bench frames.
 const SELF_MAC: Mac = Mac([2, 0, 0, 0, 0, 2]);
+/// Bytes the harness restores (its `HEADER_BYTES`): every bench frame is
+/// at least this long, and its headers end before it.
+const HARNESS_BYTES: usize = 64;
+/// The harness's `NEW_FLOW` parameter: its counter goes into the IPv4
+/// source address (a new flow per run), or into a payload word (the same
+/// work, the same flow).
+const NEW_FLOW: u32 = 1;
+const SAME_FLOW: u32 = 0;
+/// IPIP outer header bytes and protocol number (RFC 2003).
+const IPIP_OVERHEAD: usize = 20;
+const IPPROTO_IPIP: u8 = 4;
 
-/// A TCP segment to `dst`:`dport`: an ACK, or with `syn` a SYN alone.
-fn frame(dst: Ipv4Addr, dport: u16, syn: bool) -> Vec<u8> {
+/// An IPv4 frame of 74 bytes to `dst`:`dport`: a TCP ACK (or with `syn` a
+/// SYN alone) with 20 bytes of payload, or a UDP datagram with 32.
+fn frame(dst: Ipv4Addr, dport: u16, proto: u8, syn: bool) -> Vec<u8> {
     let mut out = Vec::new();
     let ip = PacketBuilder::ethernet2([2, 0, 0, 0, 0, 0x10], SELF_MAC.0).ipv4([198, 18, 0, 10], dst.octets(), 64);
-    let tcp = ip.tcp(40000, dport, 1, 65535);
-    let tcp = if syn { tcp.syn() } else { tcp.ack(1) };
-    tcp.write(&mut out, &[0u8; 20]).expect("writing to a Vec");
+    if proto == IPPROTO_UDP {
+        ip.udp(40000, dport).write(&mut out, &[0u8; 32]).expect("writing to a Vec");
+    } else {
+        let tcp = ip.tcp(40000, dport, 1, 65535);
+        let tcp = if syn { tcp.syn() } else { tcp.ack(1) };
+        tcp.write(&mut out, &[0u8; 20]).expect("writing to a Vec");
+    }
     out
 }
 
-fn udp_frame(dst: Ipv4Addr, dport: u16) -> Vec<u8> {
-    let mut out = Vec::new();
-    PacketBuilder::ethernet2([2, 0, 0, 0, 0, 0x10], SELF_MAC.0)
-        .ipv4([198, 18, 0, 10], dst.octets(), 64)
-        .udp(40000, dport)
-        .write(&mut out, &[0u8; 20])
-        .expect("writing to a Vec");
-    out
+/// What a row runs.
+enum Target {
+    /// The harness object's do-nothing program, directly.
+    Noop,
+    /// The floor program, directly.
+    Floor,
+    /// fulcrum's program, directly (only where its output is a valid input).
+    Datapath,
+    /// The harness, tail-calling one of the above, with its `NEW_FLOW`.
+    Harnessed(Box<Target>, u32),
 }
 
-/// One timed path: a closure that runs `repeat` packets and returns the
-/// kernel's per-packet time and the program's action.
-struct Path<'a> {
+/// One timed row: a frame, what runs it, what it must return.
+struct Row {
     name: &'static str,
+    frame: Vec<u8>,
+    target: Target,
     want: u32,
-    run: Box<dyn FnMut() -> Result<(Duration, u32)> + 'a>,
+    /// The output must be an IPIP packet (the encapsulating rows).
+    ipip_out: bool,
+    /// Printed in the table (the noop rows are only for the subtraction).
+    report: bool,
     samples: Vec<f64>,
 }
 
-pub fn run(repeat: u32, rounds: usize, cpu: usize, record: Option<PathBuf>) -> Result<()> {
+fn row(name: &'static str, frame: &[u8], target: Target, want: u32) -> Row {
+    Row { name, frame: frame.to_vec(), target, want, ipip_out: false, report: true, samples: Vec::new() }
+}
+
+fn harnessed(target: Target, new_flow: u32) -> Target {
+    Target::Harnessed(Box::new(target), new_flow)
+}
+
+/// The harness object, loaded, with its maps.
+struct Harness {
+    obj: Ebpf,
+    template: Array<MapData, [u64; 8]>,
+    params: Array<MapData, u32>,
+    target: ProgramArray<MapData>,
+}
+
+impl Harness {
+    fn load(dir: &std::path::Path) -> Result<Self> {
+        let mut obj = Ebpf::load_file(dir.join("fulcrum-xdp-harness")).context("loading the harness program")?;
+        for name in ["fulcrum_harness", "fulcrum_harness_noop"] {
+            let p: &mut Xdp = obj.program_mut(name).with_context(|| format!("no {name}"))?.try_into()?;
+            p.load().with_context(|| format!("loading {name}"))?;
+        }
+        let mut take = |name: &str| obj.take_map(name).with_context(|| format!("no map {name}"));
+        let template = Array::try_from(take("TEMPLATE")?)?;
+        let params = Array::try_from(take("PARAMS")?)?;
+        let target = ProgramArray::try_from(take("TARGET")?)?;
+        Ok(Harness { obj, template, params, target })
+    }
+
+    fn program(&self, name: &str) -> &Xdp {
+        self.obj.program(name).expect("loaded above").try_into().expect("an XDP program")
+    }
+
+    /// Sets the frame the harness restores and whether each run is a new flow.
+    fn prepare(&mut self, frame: &[u8], new_flow: u32) -> Result<()> {
+        ensure!(frame.len() >= HARNESS_BYTES, "bench frames are at least {HARNESS_BYTES} bytes");
+        let mut words = [0u64; 8];
+        for (w, chunk) in words.iter_mut().zip(frame.chunks_exact(8)) {
+            *w = u64::from_ne_bytes(chunk.try_into().expect("8 bytes"));
+        }
+        self.template.set(0, words, 0)?;
+        self.params.set(0, frame.len() as u32, 0)?;
+        self.params.set(1, new_flow, 0)?;
+        Ok(())
+    }
+}
+
+/// One kernel call of `repeat` runs of `program` on `frame`: per-packet
+/// time, action, output frame.
+fn test_run(program: &Xdp, frame: &[u8], repeat: u32) -> Result<(Duration, u32, Vec<u8>)> {
+    let mut out = vec![0u8; frame.len() + 256];
+    let r = program.test_run(TestRunOptions { data_in: Some(frame), data_out: Some(&mut out), repeat, ..Default::default() })?;
+    out.truncate(r.data_size_out as usize);
+    Ok((r.duration, r.return_value, out))
+}
+
+pub fn run(repeat: u32, rounds: usize, cpu: usize, conn_table_size: Option<u32>, record: Option<PathBuf>) -> Result<()> {
     let machine = machine(); // before pinning, which hides the other CPUs
     let mut set = nix::sched::CpuSet::new();
     set.set(cpu).context("CPU index")?;
@@ -71,10 +168,10 @@ pub fn run(repeat: u32, rounds: usize, cpu: usize, record: Option<PathBuf>) -> R
 
     let vip = Ipv4Addr::new(198, 18, 1, 1);
     let reals: Vec<IpAddr> = (11..=13).map(|i| Ipv4Addr::new(198, 18, 0, i).into()).collect();
-    let bench_vip = |name: &str, port: u16, proto: u8| PlanVip {
+    let bench_vip = |name: &str, port: u16, proto: u8, flags: u32| PlanVip {
         name: name.into(),
         key: VipKey::new(vip.into(), port, proto),
-        flags: 0,
+        flags,
         // The daemon's default Maglev table size.
         table_size: MAGLEV_MAX_TABLE_SIZE,
         members: reals.iter().map(|&a| (a, 1)).collect(),
@@ -82,15 +179,23 @@ pub fn run(repeat: u32, rounds: usize, cpu: usize, record: Option<PathBuf>) -> R
         udp_idle_timeout_ms: 30_000,
     };
     let plan = Plan {
-        vips: vec![bench_vip("bench", 80, IPPROTO_TCP), bench_vip("bench-udp", 53, IPPROTO_UDP)],
-        // Every real gets our own MAC: `repeat` feeds the program its own
-        // output, and the datapath balances only frames addressed to its
-        // own MAC, so a rewritten frame must stay addressed to us for each
-        // repeat to take the full VIP path (the work done is the same).
-        reals: (11..=13).map(|i| (Ipv4Addr::new(198, 18, 0, i).into(), Some(SELF_MAC))).collect(),
+        vips: vec![
+            bench_vip("bench", 80, IPPROTO_TCP, 0),
+            bench_vip("bench-udp", 53, IPPROTO_UDP, 0),
+            bench_vip("bench-ipip", 81, IPPROTO_TCP, VIP_F_IPIP),
+        ],
+        // Every real gets our own MAC: the rows run without the harness
+        // feed the program its own output, and the datapath balances only
+        // frames addressed to its own MAC, so a rewritten frame must stay
+        // addressed to us for each run to take the full VIP path.
+        reals: reals.iter().map(|&a| (a, Some(SELF_MAC))).collect(),
     };
-    let mut datapath = Datapath::load().context("loading fulcrum's XDP program (run as root)")?;
-    datapath.set_self_mac(SELF_MAC)?;
+    let options = LoadOptions { conn_table_size: conn_table_size.unwrap_or(LoadOptions::default().conn_table_size) };
+    let mut datapath = Datapath::load_with(options).context("loading fulcrum's XDP program (run as root)")?;
+    datapath.set_node(&NodeSettings {
+        ipip_source_v4: Some((Ipv4Addr::new(198, 18, 7, 0), 24)),
+        ..NodeSettings::new(SELF_MAC)
+    })?;
     datapath.apply(&plan)?;
 
     let dir = PathBuf::from(std::env::var_os("FULCRUM_EBPF_DIR").context("FULCRUM_EBPF_DIR is not set (run through cargo xtask bench)")?);
@@ -98,91 +203,120 @@ pub fn run(repeat: u32, rounds: usize, cpu: usize, record: Option<PathBuf>) -> R
     let floor: &mut Xdp = floor_obj.program_mut("fulcrum_floor").context("no fulcrum_floor")?.try_into()?;
     floor.load()?;
     let floor = &*floor;
+    let mut harness = Harness::load(&dir)?;
 
-    let vip_frame = frame(vip, 80, false);
-    let syn_frame = frame(vip, 80, true);
-    let udp_vip_frame = udp_frame(vip, 53);
-    let other_frame = frame(Ipv4Addr::new(198, 18, 0, 77), 80, false);
-    let datapath = std::cell::RefCell::new(datapath);
-    let mut paths = [
-        Path {
-            name: "floor: MAC swap, XDP_TX",
-            want: XDP_TX,
-            run: Box::new(|| {
-                let mut out = vec![0u8; vip_frame.len()];
-                let r = floor.test_run(TestRunOptions { data_in: Some(&vip_frame), data_out: Some(&mut out), repeat, ..Default::default() })?;
-                Ok((r.duration, r.return_value))
-            }),
-            samples: Vec::new(),
+    let ack = frame(vip, 80, IPPROTO_TCP, false);
+    let syn = frame(vip, 80, IPPROTO_TCP, true);
+    let ipip_ack = frame(vip, 81, IPPROTO_TCP, false);
+    let ipip_syn = frame(vip, 81, IPPROTO_TCP, true);
+    let udp = frame(vip, 53, IPPROTO_UDP, false);
+    let other = frame(Ipv4Addr::new(198, 18, 0, 77), 80, IPPROTO_TCP, false);
+    let h = |t| harnessed(t, SAME_FLOW);
+    let mut rows = vec![
+        Row { report: false, ..row("noop, XDP_TX", &ack, Target::Noop, XDP_TX) },
+        Row { report: false, ..row("harness -> noop", &ack, h(Target::Noop), XDP_TX) },
+        row("floor: MAC swap, XDP_TX", &ack, Target::Floor, XDP_TX),
+        row("floor, behind the harness (check)", &ack, h(Target::Floor), XDP_TX),
+        row("established TCP (conn-table hit), L2 DSR", &ack, Target::Datapath, XDP_TX),
+        row("established TCP (conn-table hit), L2 DSR, behind the harness (check)", &ack, h(Target::Datapath), XDP_TX),
+        Row { ipip_out: true, ..row("established TCP (conn-table hit), IPIP", &ipip_ack, h(Target::Datapath), XDP_TX) },
+        row("TCP SYN, new 5-tuple (pick + conn-table write), L2 DSR", &syn, harnessed(Target::Datapath, NEW_FLOW), XDP_TX),
+        Row {
+            ipip_out: true,
+            ..row("TCP SYN, new 5-tuple (pick + conn-table write), IPIP", &ipip_syn, harnessed(Target::Datapath, NEW_FLOW), XDP_TX)
         },
-        Path {
-            name: "fulcrum: established TCP (conn-table hit), XDP_TX",
-            want: XDP_TX,
-            run: Box::new(|| {
-                let o = datapath.borrow_mut().test_run(&vip_frame, repeat)?;
-                Ok((o.duration, o.action))
-            }),
-            samples: Vec::new(),
+        // The same 5-tuple every run, as `repeat` alone gives: its hash
+        // bucket and element stay hot in the cache. Beside the new-flow
+        // rows, it shows what a new flow's cold memory costs.
+        Row {
+            ipip_out: true,
+            ..row("TCP SYN, same 5-tuple every run (pick + conn-table rewrite), IPIP", &ipip_syn, h(Target::Datapath), XDP_TX)
         },
-        Path {
-            name: "fulcrum: TCP SYN (pick + conn-table write, same 5-tuple), XDP_TX",
-            want: XDP_TX,
-            run: Box::new(|| {
-                let o = datapath.borrow_mut().test_run(&syn_frame, repeat)?;
-                Ok((o.duration, o.action))
-            }),
-            samples: Vec::new(),
-        },
-        Path {
-            name: "fulcrum: established UDP (conn-table hit), XDP_TX",
-            want: XDP_TX,
-            run: Box::new(|| {
-                let o = datapath.borrow_mut().test_run(&udp_vip_frame, repeat)?;
-                Ok((o.duration, o.action))
-            }),
-            samples: Vec::new(),
-        },
-        Path {
-            name: "fulcrum: non-VIP packet, XDP_PASS",
-            want: XDP_PASS,
-            run: Box::new(|| {
-                let o = datapath.borrow_mut().test_run(&other_frame, repeat)?;
-                Ok((o.duration, o.action))
-            }),
-            samples: Vec::new(),
-        },
+        row("established UDP (conn-table hit), L2 DSR", &udp, h(Target::Datapath), XDP_TX),
+        row("non-VIP, XDP_PASS", &other, h(Target::Datapath), XDP_PASS),
     ];
+
+    let datapath_fd = datapath.program_fd()?.try_clone()?;
+    let floor_fd = floor.fd()?.try_clone()?;
+    let noop_fd = harness.program("fulcrum_harness_noop").fd()?.try_clone()?;
     for _ in 0..rounds {
-        for path in paths.iter_mut() {
-            let (per_packet, action) = (path.run)()?;
-            ensure!(action == path.want, "{}: returned {action}, expected {}", path.name, path.want);
-            path.samples.push(per_packet.as_secs_f64() * 1e9);
+        for row in rows.iter_mut() {
+            let (per_packet, action, out) = match &row.target {
+                Target::Noop => test_run(harness.program("fulcrum_harness_noop"), &row.frame, repeat)?,
+                Target::Floor => test_run(floor, &row.frame, repeat)?,
+                Target::Datapath => {
+                    let o = datapath.test_run(&row.frame, repeat)?;
+                    (o.duration, o.action, o.frame)
+                }
+                Target::Harnessed(inner, new_flow) => {
+                    let fd = match **inner {
+                        Target::Noop => &noop_fd,
+                        Target::Floor => &floor_fd,
+                        Target::Datapath => &datapath_fd,
+                        Target::Harnessed(..) => unreachable!("one harness deep"),
+                    };
+                    harness.target.set(0, fd, 0)?;
+                    harness.prepare(&row.frame, *new_flow)?;
+                    test_run(harness.program("fulcrum_harness"), &row.frame, repeat)?
+                }
+            };
+            ensure!(action == row.want, "{}: returned {action}, expected {}", row.name, row.want);
+            if row.ipip_out {
+                ensure!(
+                    out.len() == row.frame.len() + IPIP_OVERHEAD && out[23] == IPPROTO_IPIP,
+                    "{}: the output is not an IPIP packet ({} bytes)",
+                    row.name,
+                    out.len()
+                );
+            }
+            row.samples.push(per_packet.as_secs_f64() * 1e9);
         }
     }
-    let medians: Vec<f64> = paths.iter_mut().map(|p| median(&mut p.samples)).collect();
-    drop(paths);
-    // Every established-row packet but each row's first was a hit, and
-    // every SYN a pick: the rows timed the paths they name.
-    let events = datapath.borrow().counters().conn_events();
+    let medians: Vec<f64> = rows.iter_mut().map(|r| median(&mut r.samples)).collect();
+
+    // The counters say the rows timed the paths they name: every SYN run
+    // a pick (three rows), every established run but (at most) each
+    // round's first a hit.
+    let events = datapath.counters().conn_events();
     let event = |e: ConnEvent| events.iter().find(|(x, _)| *x == e).map_or(0, |(_, c)| c.packets);
-    let per_path = u64::from(repeat) * rounds as u64;
-    ensure!(event(ConnEvent::Syn) == per_path, "SYN picks {} != {per_path}", event(ConnEvent::Syn));
-    ensure!(event(ConnEvent::Hit) >= 2 * per_path - 2, "hits {} < {}", event(ConnEvent::Hit), 2 * per_path - 2);
-    let paths = [
-        "floor: MAC swap, XDP_TX",
-        "fulcrum: established TCP (conn-table hit), XDP_TX",
-        "fulcrum: TCP SYN (pick + conn-table write, same 5-tuple), XDP_TX",
-        "fulcrum: established UDP (conn-table hit), XDP_TX",
-        "fulcrum: non-VIP packet, XDP_PASS",
-    ];
-    let floor_ns = medians[0];
-    let mut report = format!(
-        "\n## xdp — {}\n\n`cargo xtask bench xdp` (repeat {repeat}, {rounds} interleaved rounds, median, pinned to CPU {cpu}; {})\n\n| path | ns/packet | × floor |\n|---|---:|---:|\n",
-        now(),
-        machine
+    let per_row = u64::from(repeat) * rounds as u64;
+    let table = u64::from(options.conn_table_size);
+    let evicting = if 2 * per_row + 3 > table {
+        format!("full after the first {table} SYNs: every later SYN also evicts")
+    } else {
+        "never full: no SYN evicts".to_string()
+    };
+    let established_rows = 4;
+    let first_runs = established_rows * rounds as u64;
+    ensure!(event(ConnEvent::Syn) == 3 * per_row, "SYN picks {} != {}", event(ConnEvent::Syn), 3 * per_row);
+    ensure!(event(ConnEvent::Miss) <= first_runs, "misses {} > {first_runs}", event(ConnEvent::Miss));
+    ensure!(
+        event(ConnEvent::Hit) + event(ConnEvent::Miss) == established_rows * per_row,
+        "hits {} + misses {} != {}",
+        event(ConnEvent::Hit),
+        event(ConnEvent::Miss),
+        established_rows * per_row
     );
-    for (p, ns) in paths.iter().zip(&medians) {
-        report += &format!("| {} | {ns:.1} | {:.2} |\n", p, ns / floor_ns);
+    let reasons = datapath.counters().reasons();
+    let not_vip = reasons.iter().find(|(r, _)| *r == Reason::PassNotVip).map_or(0, |(_, c)| c.packets);
+    ensure!(not_vip == per_row, "non-VIP passes {not_vip} != {per_row}");
+
+    let noop_ns = medians[0];
+    let harness_ns = medians[1] - noop_ns;
+    let floor_ns = medians[2];
+    let mut report = format!(
+        "\n## xdp, restoring harness — {}\n\n`cargo xtask bench xdp` (repeat {repeat}, {rounds} interleaved rounds, median, pinned to CPU {cpu}; {machine})\n\n\
+         Harnessed rows net of the harness: (harness -> path) - (harness -> noop - noop); \
+         harness cost {harness_ns:.1} ns, noop {noop_ns:.1} ns. SYN rows: {per_row} new flows each into an LRU table of {table} flows \
+         ({evicting}).\n\n| path | ns/packet | × floor |\n|---|---:|---:|\n",
+        now(),
+    );
+    for (row, raw) in rows.iter().zip(&medians) {
+        if !row.report {
+            continue;
+        }
+        let ns = if matches!(row.target, Target::Harnessed(..)) { raw - harness_ns } else { *raw };
+        report += &format!("| {} | {ns:.1} | {:.2} |\n", row.name, ns / floor_ns);
     }
     publish(&report, record.as_deref())
 }

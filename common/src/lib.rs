@@ -10,6 +10,7 @@
 //! datapath never swaps bytes; user space converts once when it writes a map.
 #![no_std]
 
+pub mod failover;
 pub mod hash;
 mod mac;
 
@@ -294,6 +295,20 @@ pub struct DatapathConfig {
     pub ipip_src_v6: [u32; 4],
     /// Host bits of the IPv6 prefix's last word, raw network order.
     pub ipip_src_v6_host: u32,
+    pub _pad: u32,
+    /// VRRP instances whose frames arrive on their RFC 9568 (section 7.3)
+    /// virtual router MAC, IPv4 form `00:00:5e:00:01:VRID`: bit `VRID % 64`
+    /// of word `VRID / 64` set (see [`virtual_mac_bit`]). A frame to such a
+    /// MAC is balanced like one to [`Self::self_mac`] if it carries IPv4.
+    pub virtual_mac_v4: [u64; 4],
+    /// The same for the IPv6 form `00:00:5e:00:02:VRID`, IPv6 frames only.
+    pub virtual_mac_v6: [u64; 4],
+}
+
+/// Word and bit of `vrid` in [`DatapathConfig::virtual_mac_v4`] / `_v6`.
+#[inline(always)]
+pub const fn virtual_mac_bit(vrid: u8) -> (usize, u32) {
+    ((vrid >> 6) as usize, (vrid & 63) as u32)
 }
 
 /// Bytes IPIP adds to a packet (one IPv4 header, RFC 2003).
@@ -505,7 +520,7 @@ mod conn_tests {
         assert_eq!(core::mem::size_of::<FlowKey>(), 40);
         assert_eq!(core::mem::size_of::<ConnEntry>(), 16);
         assert_eq!(core::mem::size_of::<RealDef>(), 32);
-        assert_eq!(core::mem::size_of::<DatapathConfig>(), 36);
+        assert_eq!(core::mem::size_of::<DatapathConfig>(), 104);
         assert_eq!(core::mem::size_of::<VipMeta>(), 24);
         assert_eq!(vip_real_ok_bit(MAX_VIPS - 1, MAX_REALS - 1).0, VIP_REAL_OK_WORDS - 1);
     }

@@ -68,6 +68,16 @@ impl MacWords {
     pub fn same(self, other: MacWords) -> bool {
         (self.0[0] ^ other.0[0]) | (self.0[1] ^ other.0[1]) | (self.0[2] ^ other.0[2]) == 0
     }
+
+    /// The VRID if this is a VRRP virtual router MAC of the given family
+    /// (RFC 9568 section 7.3: `00:00:5e:00:01:VRID` IPv4,
+    /// `00:00:5e:00:02:VRID` IPv6).
+    #[inline(always)]
+    pub fn vrrp_vrid(self, ipv6: bool) -> Option<u8> {
+        let [family, vrid] = self.0[2].to_ne_bytes();
+        let prefix = self.0[0] == 0 && self.0[1] == u16::from_ne_bytes([0x5e, 0]);
+        (prefix && family == if ipv6 { 2 } else { 1 }).then_some(vrid)
+    }
 }
 
 /// An 802.1Q tag as it follows the outer EtherType.

@@ -37,7 +37,7 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use fulcrum_common::{
-    hash, ports_word, vip_filter_bit, vip_real_ok_bit, ConnEntry, ConnEvent, FlowKey, RealDef,
+    hash, ports_word, vip_filter_bit, virtual_mac_bit, vip_real_ok_bit, ConnEntry, ConnEvent, FlowKey, RealDef,
     DatapathConfig, Reason, VipKey, VipMeta, CONN_TOUCH_NS, IPPROTO_TCP, IPPROTO_UDP, V4_MAPPED_WORD,
     VIP_F_HASH_SRC_ONLY, VIP_F_IPIP, VIP_F_STANDBY,
 };
@@ -95,9 +95,10 @@ fn balance(ctx: &XdpContext, bytes: u64) -> (u32, Reason) {
     if vip.flags & VIP_F_STANDBY != 0 {
         return (XDP_PASS, Reason::PassNotMaster);
     }
-    let Some((own_mac, config)) = addressed_to_us(ctx) else {
+    let Some(to_us) = addressed_to_us(ctx, flow.is_v6) else {
         return (XDP_PASS, Reason::PassNotForUs);
     };
+    let (own_mac, config) = (to_us.own, to_us.config);
     count(&VIP_STATS, vip.vip_id, bytes);
     // No log line here: a per-packet record would let any sender flood
     // the log ring; the DropNoBackend counter says it instead.
@@ -106,7 +107,7 @@ fn balance(ctx: &XdpContext, bytes: u64) -> (u32, Reason) {
     };
     if vip.flags & VIP_F_IPIP != 0 {
         if encap::too_big(&flow, config) {
-            return icmp::too_big(ctx, &flow, own_mac, config);
+            return icmp::too_big(ctx, &flow, to_us.local, config);
         }
         if encap::encapsulate(ctx, &flow, real, own_mac, config).is_none() {
             return (XDP_DROP, Reason::DropNoHeadroom);
@@ -125,10 +126,10 @@ fn answer_echo(ctx: &XdpContext, echo: &Echo) -> (u32, Reason) {
     if !is_vip_address(&echo.dst) {
         return (XDP_PASS, Reason::PassNotVip);
     }
-    let Some((own_mac, _)) = addressed_to_us(ctx) else {
+    let Some(to_us) = addressed_to_us(ctx, echo.is_v6) else {
         return (XDP_PASS, Reason::PassNotForUs);
     };
-    icmp::echo_reply(ctx, echo, own_mac)
+    icmp::echo_reply(ctx, echo, to_us.local)
 }
 
 // ---- parse -----------------------------------------------------------------
@@ -351,19 +352,44 @@ fn is_vip_address(addr: &[u32; 4]) -> bool {
     unsafe { VIP_ADDRESSES.get(addr).is_some() }
 }
 
-/// Our own MAC, and the node's settings, if the frame is addressed to it.
-/// Broadcast, multicast and other stations' frames (a promiscuous port, a
-/// bridge flooding an unknown destination) may carry a VIP address too,
-/// but balancing them would turn one frame seen by many hosts into unicast
-/// to a real.
+/// A frame addressed to this node, and how to answer it.
+struct ToUs {
+    /// The interface's own MAC: the source of forwarded frames (L2 DSR,
+    /// IPIP), also when the frame came in on a VRRP virtual MAC. A real's
+    /// switch port then learns the balancer's own MAC, never the virtual
+    /// one, which must stay with the port of whichever node is MASTER.
+    own: MacWords,
+    /// The MAC the frame was sent to (own, or a virtual router MAC): the
+    /// source of the answers the balancer itself sends as the VIP (echo
+    /// replies, ICMP too-big), so the client sees the VIP answer from the
+    /// MAC it resolved the VIP to.
+    local: MacWords,
+    config: &'static DatapathConfig,
+}
+
+/// The frame's destination MAC, if it is ours: the interface's own, or
+/// the RFC 9568 virtual router MAC of a VRRP instance with `virtual_mac`
+/// (XDP on the parent sees the macvlan's frames first), of the frame's
+/// family. Broadcast, multicast and other stations' frames (a promiscuous
+/// port, a bridge flooding an unknown destination) may carry a VIP
+/// address too, but balancing them would turn one frame seen by many
+/// hosts into unicast to a real. So would an IPv4 frame to an IPv6
+/// virtual MAC (or the reverse): no node announces a VIP that way, so
+/// such a frame is not ours.
 #[inline(always)]
-fn addressed_to_us(ctx: &XdpContext) -> Option<(MacWords, &'static DatapathConfig)> {
+fn addressed_to_us(ctx: &XdpContext, is_v6: bool) -> Option<ToUs> {
     let config = DATAPATH_CONFIG.get(0)?;
     let eth: *const EthHdr = ptr_at(ctx, 0)?;
     // SAFETY: map values are 8-byte aligned; the header is inside the
     // frame (ptr_at) and the frame's start is 2-byte aligned.
     let (own, dst) = unsafe { (MacWords::load(&config.self_mac), MacWords::load(&(*eth).dst)) };
-    own.same(dst).then_some((own, config))
+    if own.same(dst) {
+        return Some(ToUs { own, local: own, config });
+    }
+    let vrid = dst.vrrp_vrid(is_v6)?;
+    let vrids = if is_v6 { &config.virtual_mac_v6 } else { &config.virtual_mac_v4 };
+    let (word, bit) = virtual_mac_bit(vrid);
+    (vrids[word] & (1u64 << bit) != 0).then_some(ToUs { own, local: dst, config })
 }
 
 // ---- flow lookup / pick -----------------------------------------------------

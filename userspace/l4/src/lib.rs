@@ -10,8 +10,10 @@
 //! - [`plan`]: effective state -> what the maps must hold (pure).
 //! - [`maglev`]: the lookup table builder (pure).
 //! - `tables`: writes a plan into the maps (mmap'd tables, atomic flips).
+//! - `attach`: attaching by netlink, so the program outlives a crashed daemon.
 //! - [`writer`]: the thread that applies plans, coalescing bursts.
 //! - [`neighbours`]: the interface and its neighbour table, by subscription.
+mod attach;
 pub mod maglev;
 pub mod neighbours;
 pub mod plan;
@@ -22,7 +24,7 @@ use std::time::Duration;
 
 use aya::{
     maps::{HashMap as BpfHashMap, Map, MapData, PerCpuArray},
-    programs::{xdp::XdpLinkId, TestRun, TestRunOptions, Xdp, XdpMode},
+    programs::{TestRun, TestRunOptions, Xdp},
     Ebpf, EbpfLoader,
 };
 pub use fulcrum_common::{ConnEntry, ConnEvent, FlowKey};
@@ -33,7 +35,7 @@ pub use decap::{Decap, DecapCounters};
 use thiserror::Error;
 
 pub use neighbours::{Interface, LinkError, NeighbourChange, Neighbours};
-pub use plan::{macs, Plan, PlanVip};
+pub use plan::{macs, Plan, PlanVip, VirtualMacs};
 pub use tables::{Applied, VipTable, WriteCounts, SLOT_REUSE_DELAY};
 pub use writer::{ApplyReport, Writer, WriterStatus};
 
@@ -53,6 +55,10 @@ pub enum DatapathError {
     Load(#[from] aya::EbpfError),
     #[error("XDP program: {0}")]
     Program(#[from] aya::programs::ProgramError),
+    #[error("attaching XDP to {0}: {1}")]
+    Attach(String, std::io::Error),
+    #[error("detaching XDP: {0}")]
+    Detach(std::io::Error),
     #[error("map {map}: {source}")]
     Map { map: &'static str, source: aya::maps::MapError },
     #[error("map {0} is missing from the XDP object")]
@@ -98,21 +104,32 @@ pub struct NodeSettings {
     pub ipip_source_v4: Option<(std::net::Ipv4Addr, u8)>,
     /// IP6IP6 outer source prefix, length >= 96 (`ipip_source_v6`).
     pub ipip_source_v6: Option<(std::net::Ipv6Addr, u8)>,
+    /// The VRRP virtual router MACs frames may arrive on besides
+    /// `self_mac` (instances with `virtual_mac = true` on this interface).
+    pub virtual_macs: VirtualMacs,
 }
 
 impl NodeSettings {
     /// `mac`, the Ethernet MTU of 1500 bytes, no IPIP source prefixes.
     pub fn new(mac: Mac) -> Self {
-        NodeSettings { self_mac: mac, mtu: 1500, ipip_source_v4: None, ipip_source_v6: None }
+        NodeSettings {
+            self_mac: mac,
+            mtu: 1500,
+            ipip_source_v4: None,
+            ipip_source_v6: None,
+            virtual_macs: VirtualMacs::default(),
+        }
     }
 
-    /// The settings for the attached `interface` and `[datapath]`.
-    pub fn for_interface(interface: &Interface, datapath: &fulcrum_config::DatapathSettings) -> Self {
+    /// The settings for the attached `interface` from `config`: its
+    /// `[datapath]` section and its VRRP instances' virtual MACs.
+    pub fn for_interface(interface: &Interface, config: &fulcrum_config::Config) -> Self {
         NodeSettings {
             self_mac: interface.mac,
             mtu: u16::try_from(interface.mtu).unwrap_or(u16::MAX),
-            ipip_source_v4: datapath.ipip_source_v4,
-            ipip_source_v6: datapath.ipip_source_v6,
+            ipip_source_v4: config.datapath.ipip_source_v4,
+            ipip_source_v6: config.datapath.ipip_source_v6,
+            virtual_macs: VirtualMacs::of(config, &interface.name),
         }
     }
 
@@ -143,6 +160,9 @@ impl NodeSettings {
             ipip_src_v4_host: v4_host,
             ipip_src_v6: v6,
             ipip_src_v6_host: v6_host,
+            _pad: 0,
+            virtual_mac_v4: self.virtual_macs.v4,
+            virtual_mac_v6: self.virtual_macs.v6,
         }
     }
 }
@@ -164,7 +184,7 @@ impl Default for LoadOptions {
 /// The loaded program and its maps.
 pub struct Datapath {
     ebpf: Ebpf,
-    link: Option<XdpLinkId>,
+    attachment: Option<attach::Attachment>,
     config: aya::maps::Array<MapData, DatapathConfig>,
     /// `CONN_TABLE` (an LRU hash; aya reads both kinds as a hash map).
     conn_table: BpfHashMap<MapData, FlowKey, ConnEntry>,
@@ -235,7 +255,7 @@ impl Datapath {
             vip_stats,
             real_stats,
         };
-        Ok(Datapath { ebpf, link: None, config, conn_table, maps, tables: tables::Tables::default(), counters })
+        Ok(Datapath { ebpf, attachment: None, config, conn_table, maps, tables: tables::Tables::default(), counters })
     }
 
     fn program(&mut self) -> &mut Xdp {
@@ -261,23 +281,29 @@ impl Datapath {
     }
 
     /// Attaches to `interface` in driver mode, else in generic mode (with a
-    /// warning: generic XDP runs after the skb is built, far slower).
+    /// warning: generic XDP runs after the skb is built, far slower),
+    /// replacing a program a crashed predecessor left there. The program
+    /// stays attached if the process dies without [`Datapath::detach`]
+    /// (or a drop) running: see the `attach` module for why.
     ///
     /// # Errors
-    /// Neither mode could attach (no such interface, another program).
+    /// Neither mode could attach (no such interface, a program attached
+    /// through a BPF link by another tool).
     pub fn attach(&mut self, interface: &str) -> Result<AttachMode, DatapathError> {
-        let (link, mode) = attach_xdp(self.program(), interface)?;
-        self.link = Some(link);
+        let attachment = attach_xdp(self.program(), interface)?;
+        let mode = attachment.mode();
+        self.attachment = Some(attachment);
         Ok(mode)
     }
 
-    /// Detaches from the interface, if attached. Also done on drop.
+    /// Detaches from the interface, if attached and still ours. Also done
+    /// on drop.
     ///
     /// # Errors
     /// The kernel refused to detach.
     pub fn detach(&mut self) -> Result<(), DatapathError> {
-        if let Some(link) = self.link.take() {
-            self.program().detach(link)?;
+        if let Some(attachment) = self.attachment.take() {
+            detach_xdp(self.program(), attachment)?;
         }
         Ok(())
     }
@@ -337,6 +363,16 @@ impl Datapath {
     /// The program's counters.
     pub fn counters(&self) -> &CounterReader {
         &self.counters
+    }
+
+    /// The loaded program's descriptor, for a program array that
+    /// tail-calls it (the restoring harness of `cargo xtask bench xdp`).
+    ///
+    /// # Errors
+    /// aya's, if the program were not loaded (it always is after `load`).
+    pub fn program_fd(&self) -> Result<&aya::programs::ProgramFd, DatapathError> {
+        let program: &Xdp = self.ebpf.program(names::PROGRAM).expect("checked at load").try_into()?;
+        Ok(program.fd()?)
     }
 
     /// Runs the program once (or `repeat` times) on `frame` through
@@ -408,16 +444,20 @@ pub fn monotonic_ns() -> u64 {
     now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
 }
 
-/// Attaches `program` to `interface` in driver mode, else in generic mode
-/// with a warning: generic XDP runs after the skb is built, at stack speed.
-pub(crate) fn attach_xdp(program: &mut Xdp, interface: &str) -> Result<(XdpLinkId, AttachMode), DatapathError> {
-    match program.attach(interface, XdpMode::Driver) {
-        Ok(link) => Ok((link, AttachMode::Driver)),
-        Err(err) => {
-            tracing::warn!(%interface, error = %err, "driver-mode XDP refused; falling back to generic (skb) mode, expect stack-speed forwarding");
-            Ok((program.attach(interface, XdpMode::Skb)?, AttachMode::Generic))
-        }
-    }
+/// Attaches `program` to `interface` by netlink (see [`attach`]).
+pub(crate) fn attach_xdp(program: &mut Xdp, interface: &str) -> Result<attach::Attachment, DatapathError> {
+    use std::os::fd::{AsFd, AsRawFd};
+    let ifindex = nix::net::if_::if_nametoindex(interface)
+        .map_err(|e| DatapathError::Attach(interface.to_string(), std::io::Error::from(e)))?;
+    let fd = program.fd()?.as_fd().as_raw_fd();
+    attach::Attachment::attach(fd, ifindex, interface).map_err(|e| DatapathError::Attach(interface.to_string(), e))
+}
+
+/// Detaches `program`, if it is still the one `attachment` put there.
+pub(crate) fn detach_xdp(program: &mut Xdp, attachment: attach::Attachment) -> Result<(), DatapathError> {
+    use std::os::fd::{AsFd, AsRawFd};
+    let fd = program.fd()?.as_fd().as_raw_fd();
+    attachment.detach(fd).map_err(DatapathError::Detach)
 }
 
 fn typed<T>(map: Map, name: &'static str) -> Result<T, DatapathError>

@@ -107,6 +107,51 @@ impl Plan {
     }
 }
 
+/// The VRRP virtual router MACs (RFC 9568 section 7.3) the datapath
+/// balances frames to besides the interface's own: one bit per VRID and
+/// family, as `DatapathConfig::virtual_mac_v4` / `_v6` hold them.
+///
+/// With `virtual_mac = true`, the MASTER holds its addresses on a macvlan
+/// with the virtual MAC, so clients send a VIP's frames there; XDP on the
+/// parent interface sees them first. Any VRID set here admits frames to
+/// any VIP (as the kernel accepts any local address on any local MAC);
+/// the VIP's own standby flag still passes them on a BACKUP.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct VirtualMacs {
+    /// `00:00:5e:00:01:VRID`, for IPv4 frames only.
+    pub v4: [u64; 4],
+    /// `00:00:5e:00:02:VRID`, for IPv6 frames only.
+    pub v6: [u64; 4],
+}
+
+impl VirtualMacs {
+    /// Admits frames of the given family to `vrid`'s virtual router MAC.
+    pub fn insert(&mut self, vrid: u8, ipv6: bool) {
+        let (word, bit) = fulcrum_common::virtual_mac_bit(vrid);
+        let words = if ipv6 { &mut self.v6 } else { &mut self.v4 };
+        words[word] |= 1 << bit;
+    }
+
+    /// Whether frames of the given family to `vrid`'s virtual MAC are admitted.
+    pub fn contains(&self, vrid: u8, ipv6: bool) -> bool {
+        let (word, bit) = fulcrum_common::virtual_mac_bit(vrid);
+        let words = if ipv6 { &self.v6 } else { &self.v4 };
+        words[word] & (1 << bit) != 0
+    }
+
+    /// The virtual MACs of `config`'s VRRP instances with `virtual_mac`
+    /// on `interface` (the one XDP is attached to; another interface's
+    /// frames never reach the program), each in its addresses' family.
+    pub fn of(config: &Config, interface: &str) -> VirtualMacs {
+        let mut macs = VirtualMacs::default();
+        for v in config.vrrp.iter().filter(|v| v.virtual_mac && v.interface == interface) {
+            let ipv6 = v.addresses.first().is_some_and(|(a, _)| a.is_ipv6());
+            macs.insert(v.vrid, ipv6);
+        }
+        macs
+    }
+}
+
 /// Each backend's MAC: the configured one, else the neighbour table's.
 /// A configured MAC is a static neighbour entry and wins over the table.
 pub fn macs(config: &Config, neighbours: &HashMap<IpAddr, Mac>) -> HashMap<IpAddr, Mac> {
@@ -169,6 +214,27 @@ weight = 3
         assert_eq!(plan.mac(IpAddr::from([198, 18, 0, 11])), Some(Mac([2, 0, 0, 0, 0, 0x11])));
         assert_eq!(plan.reals.len(), 3);
         assert_eq!(plan.mac(IpAddr::from([198, 18, 0, 13])), None);
+    }
+
+    #[test]
+    fn virtual_macs_of_instances_with_virtual_mac_on_the_interface() {
+        let text = format!(
+            "{CONFIG}\n[[vrrp]]\nname = \"a\"\nvrid = 51\npriority = 100\naddresses = [\"198.18.1.1\"]\nvirtual_mac = true\n\
+             [[vrrp]]\nname = \"b\"\nvrid = 52\npriority = 100\naddresses = [\"fd00:18:1::1\"]\nvirtual_mac = true\n\
+             [[vrrp]]\nname = \"c\"\nvrid = 200\npriority = 100\naddresses = [\"198.18.1.9\"]\n\
+             [[vrrp]]\nname = \"d\"\nvrid = 53\npriority = 100\ninterface = \"eth1\"\naddresses = [\"198.18.1.10\"]\nvirtual_mac = true\n"
+        );
+        let config = fulcrum_config::parse(&text, "test.toml").unwrap();
+        let macs = VirtualMacs::of(&config, "eth0");
+        assert!(macs.contains(51, false) && !macs.contains(51, true));
+        assert!(macs.contains(52, true) && !macs.contains(52, false));
+        // Without virtual_mac, or on another interface: not admitted.
+        assert!(!macs.contains(200, false) && !macs.contains(53, false));
+        let mut want = VirtualMacs::default();
+        want.insert(51, false);
+        want.insert(52, true);
+        assert_eq!(macs, want);
+        assert_eq!(want.v4, [1 << 51, 0, 0, 0]);
     }
 
     #[test]
