@@ -10,8 +10,8 @@
 //! ends, not at the next request's first byte; it would close idle
 //! connections at the header timeout and an idle timeout longer than it
 //! could never apply. hyper also closes without a response where the
-//! operator expects a 408. So the stream ([`crate::io::Stream`]) and the
-//! service report what they see to a [`ConnClock`], and [`watch`] runs
+//! operator expects a 408. So the stream (`io::Stream`) and the
+//! service report what they see to a `ConnClock`, and `watch` runs
 //! next to the connection with a timer at the deadline that implies.
 
 use std::{
