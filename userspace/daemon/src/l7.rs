@@ -78,7 +78,13 @@ impl L7 {
         self.stats.get(&(pool.to_owned(), address)).map(Arc::as_ref)
     }
 
-    /// Stops accepting and joins the worker threads.
+    /// The proxy's own counters (refused requests by kind, connections).
+    pub fn proxy_stats(&self) -> Arc<fulcrum_l7::ProxyStats> {
+        self.proxy.stats()
+    }
+
+    /// Graceful stop: stops accepting, lets requests in flight finish
+    /// (at most `[l7] drain_timeout`), then joins the worker threads.
     pub fn shutdown(self) {
         self.proxy.shutdown();
     }

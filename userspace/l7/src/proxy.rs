@@ -347,7 +347,11 @@ impl Worker {
         // another member if the first resets before answering a byte
         // (RFC 9110 section 9.2.2); a body is streamed, not kept, so a
         // request with one is never replayed.
-        let replay = (is_idempotent(&parts.method) && body.is_end_stream() && !websocket)
+        // The copy is kept only where another member could take it.
+        let replay = (is_idempotent(&parts.method)
+            && body.is_end_stream()
+            && !websocket
+            && pool.members.len() > 1)
             .then(|| (parts.method.clone(), parts.uri.clone(), parts.headers.clone()));
         let mut first = Some((parts, body));
         let fault = Rc::new(BodyFault::default());
