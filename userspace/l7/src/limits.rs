@@ -373,7 +373,8 @@ impl BodyFault {
 pub(crate) struct BodyRefused(Violation);
 
 /// A client's request body on its way to a member, cut at `max` bytes
-/// (413) or at the whole-request deadline (408).
+/// (413) or at the whole-request deadline (408); a body the client breaks
+/// itself is a 400.
 pub(crate) struct GuardedBody {
     /// `None`: no body (a replayed request).
     inner: Option<Incoming>,
@@ -440,7 +441,12 @@ impl Body for GuardedBody {
                 }
                 Poll::Ready(Some(Ok(f)))
             }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
+            Poll::Ready(Some(Err(e))) => {
+                // The client broke its own body (malformed chunk, reset
+                // mid-body): its fault, never counted against the member.
+                this.fault.0.set(Some(Violation::BadRequest));
+                Poll::Ready(Some(Err(Box::new(e))))
+            }
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => {
                 let deadline = this.deadline;

@@ -405,6 +405,8 @@ both_drivers!(
     expect_100_continue,
     only_idempotent_requests_are_retried_after_a_reset,
     backend_killed_under_wrk_loses_no_idempotent_request,
+    timeouts_under_load_never_touch_reused_descriptors,
+    broken_request_body_is_the_clients_fault,
 );
 
 // --------------------------------------------------------------- scenarios
@@ -1786,5 +1788,79 @@ fn backend_killed_under_wrk_loses_no_idempotent_request(driver: DriverChoice) {
     assert!(requests > killed_at.0 as u64, "{text}");
     // `b` carried the load after the kill.
     assert!(b.hits() > killed_at.1 + 100, "b={} {text}", b.hits());
+    h.proxy.shutdown();
+}
+
+fn timeouts_under_load_never_touch_reused_descriptors(driver: DriverChoice) {
+    // Connections cut by timeouts (their receive cancelled) while new
+    // connections keep arriving: descriptor numbers are reused at once, so
+    // a late completion on a closed descriptor would land on a new
+    // connection and garble or cut its exchange.
+    let a = Backend::start("a");
+    let h = Harness::start_with(
+        driver,
+        1,
+        vec![pool("p", &[(a.addr, 1)])],
+        vec![route("*", "/", 0)],
+        |c| {
+            c.header_read_timeout = Duration::from_millis(100);
+            c.keepalive_timeout = Duration::from_millis(100);
+        },
+    );
+    let addr = h.addr;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let clients: Vec<_> = (0..2)
+        .map(|_| {
+            let stop = stop.clone();
+            thread::spawn(move || {
+                let mut n = 0;
+                while !stop.load(Ordering::SeqCst) && n < 2000 {
+                    let r = get(addr, "x", "/");
+                    assert_eq!((r.status, r.body.as_str()), (200, "a"));
+                    n += 1;
+                }
+                n
+            })
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let mut slow = 0;
+    while Instant::now() < deadline && slow < 200 {
+        let batch: Vec<TcpStream> = (0..20)
+            .map(|_| {
+                let mut s = TcpStream::connect(addr).unwrap();
+                s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").unwrap();
+                s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                s
+            })
+            .collect();
+        for mut s in batch {
+            let mut buf = Vec::new();
+            let _ = s.read_to_end(&mut buf);
+            // Exactly the 408, never another connection's answer.
+            assert_eq!(parse(&buf).status, 408);
+            assert!(buf.ends_with(b"408 Request Timeout\n"), "{}", String::from_utf8_lossy(&buf));
+            slow += 1;
+        }
+    }
+    stop.store(true, Ordering::SeqCst);
+    let served: usize = clients.into_iter().map(|c| c.join().unwrap()).sum();
+    assert!(served > 0 && slow > 0);
+    assert_eq!(h.proxy.stats().violations(Violation::RequestTimeout), slow as u64);
+    h.proxy.shutdown();
+}
+
+fn broken_request_body_is_the_clients_fault(driver: DriverChoice) {
+    let a = Backend::start("a");
+    let h = Harness::start(
+        driver,
+        1,
+        vec![pool("p", &[(a.addr, 1)])],
+        vec![route("*", "/", 0)],
+    );
+    let r = refused(h.addr, b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\n");
+    assert_eq!(r.status, 400);
+    assert_eq!(MemberStats::get(&h.member(0, 0).stats.failures), 0);
+    assert_eq!(h.proxy.stats().violations(Violation::BadRequest), 1);
     h.proxy.shutdown();
 }
