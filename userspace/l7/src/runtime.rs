@@ -384,9 +384,22 @@ impl Proxy {
     }
 
     fn stop(&mut self) {
-        self.shutdown.trigger();
-        for t in self.threads.drain(..) {
-            let _ = t.join();
+        let shutdown = self.shutdown.clone();
+        let threads: Vec<_> = self.threads.drain(..).collect();
+        let stop = move || {
+            shutdown.trigger();
+            for t in threads {
+                let _ = t.join();
+            }
+        };
+        if thread::panicking() {
+            // Dropped while unwinding (a failed assertion in a test, say):
+            // compio aborts the process when a task is woken from a
+            // panicking thread (its `panic_guard` cannot tell where the
+            // panic came from), so the wake-up comes from a fresh thread.
+            let _ = thread::spawn(stop).join();
+        } else {
+            stop();
         }
         self.access_log.take();
     }
