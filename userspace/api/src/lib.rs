@@ -55,7 +55,7 @@ pub struct L7ProxyStats {
     /// Access log records dropped because the writer fell behind.
     pub access_log_dropped: u64,
     /// Requests the proxy refused or could not serve, by kind:
-    /// `bad_request` (400), `request_timeout` (408), `payload_too_large`
+    /// `bad_request` (400), `method_not_allowed` (405, CONNECT), `request_timeout` (408), `payload_too_large`
     /// (413), `uri_too_long` (414), `header_fields_too_large` (431),
     /// `bad_gateway` (502), `service_unavailable` (503),
     /// `gateway_timeout` (504).

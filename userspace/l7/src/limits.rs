@@ -37,6 +37,9 @@ pub enum Violation {
     /// refuse (missing or repeated Host, Host disagreeing with an
     /// absolute-form target, repeated Content-Length).
     BadRequest,
+    /// 405: `CONNECT`: a reverse proxy opens no tunnels to hosts the
+    /// client names (nginx and HAProxy refuse it too).
+    MethodNotAllowed,
     /// 408: the request head, or the whole request with its body, did not
     /// arrive in time ([`crate::ProxyConfig::header_read_timeout`],
     /// [`crate::ProxyConfig::request_timeout`]).
@@ -58,8 +61,9 @@ pub enum Violation {
 
 impl Violation {
     /// Every violation, in the order of [`ProxyStats`]'s counters.
-    pub const ALL: [Violation; 8] = [
+    pub const ALL: [Violation; 9] = [
         Violation::BadRequest,
+        Violation::MethodNotAllowed,
         Violation::RequestTimeout,
         Violation::PayloadTooLarge,
         Violation::UriTooLong,
@@ -73,6 +77,7 @@ impl Violation {
     pub fn status(self) -> StatusCode {
         match self {
             Violation::BadRequest => StatusCode::BAD_REQUEST,
+            Violation::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Violation::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Violation::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Violation::UriTooLong => StatusCode::URI_TOO_LONG,
@@ -87,6 +92,7 @@ impl Violation {
     pub fn as_str(self) -> &'static str {
         match self {
             Violation::BadRequest => "bad_request",
+            Violation::MethodNotAllowed => "method_not_allowed",
             Violation::RequestTimeout => "request_timeout",
             Violation::PayloadTooLarge => "payload_too_large",
             Violation::UriTooLong => "uri_too_long",
@@ -311,8 +317,12 @@ pub(crate) const REQUEST_TIMEOUT_RESPONSE: &[u8] =
 /// - an absolute-form target whose authority's host differs from Host
 ///   (RFC 9112 says to ignore Host then; refusing is stricter and never
 ///   lets the two parts of the proxy chain disagree);
-/// - a target longer than `max_uri_len` gets 414 instead.
+/// - a target longer than `max_uri_len` gets 414 instead;
+/// - `CONNECT` gets 405.
 pub(crate) fn check_request<B>(req: &Request<B>, max_uri_len: usize) -> Result<(), Violation> {
+    if req.method() == http::Method::CONNECT {
+        return Err(Violation::MethodNotAllowed);
+    }
     let uri_len = req
         .uri()
         .path_and_query()
@@ -511,13 +521,21 @@ mod tests {
             Err(Violation::UriTooLong)
         );
         assert_eq!(check_request(&req("/012345678", &["a"]), 10), Ok(()));
+        let mut connect = req("/", &["a:443"]);
+        *connect.method_mut() = http::Method::CONNECT;
+        assert_eq!(check_request(&connect, 100), Err(Violation::MethodNotAllowed));
     }
 
     #[test]
     fn statuses_and_names_are_distinct() {
-        let mut s: Vec<_> = Violation::ALL.iter().map(|v| v.status()).collect();
+        let mut s: Vec<_> = Violation::ALL.iter().map(|v| v.status().as_u16()).collect();
+        s.sort_unstable();
         s.dedup();
         assert_eq!(s.len(), Violation::ALL.len());
+        let mut n: Vec<_> = Violation::ALL.iter().map(|v| v.as_str()).collect();
+        n.sort_unstable();
+        n.dedup();
+        assert_eq!(n.len(), Violation::ALL.len());
         let stats = ProxyStats::default();
         stats.count(Violation::UriTooLong);
         assert_eq!(stats.violations(Violation::UriTooLong), 1);

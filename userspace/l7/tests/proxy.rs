@@ -1320,6 +1320,10 @@ fn ambiguous_requests_are_refused(driver: DriverChoice) {
     }
     assert_eq!(a.hits(), cases.len(), "only the other client's requests");
     assert_eq!(stats.violations(Violation::BadRequest), cases.len() as u64);
+    // No tunnels to hosts the client names.
+    let r = refused(h.addr, b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n");
+    assert_eq!(r.status, 405);
+    assert_eq!(a.hits(), cases.len());
     // HTTP/1.0 without Host is valid; the same absolute form with a
     // matching Host is too.
     assert_eq!(send_raw(h.addr, "GET / HTTP/1.0\r\n\r\n").status, 200);
