@@ -1,9 +1,11 @@
-//! IPIP end to end: the reals sit on another L3 network, behind a router,
-//! and run `fulcrum decap`; real HTTP flows through the VIP.
+//! IPIP and IP6IP6 end to end: the reals sit on another L3 network,
+//! behind a router, and run `fulcrum decap`; real HTTP flows through the
+//! VIP.
 //!
 //! The topology is built here (the shared lab is one L2 segment), from
 //! `fulcrum-lab`'s helpers, under a per-run prefix, and removed on every
-//! exit path (the `Topology` guard's drop):
+//! exit path (the `Topology` guard's drop). IPv4 (IPv6 alike, in
+//! fd00:18:4::/64, fd00:18:5::/64, VIP fd00:18:6::1):
 //!
 //! ```text
 //!  {p}-client 198.18.4.10 ─┐ br-a 198.18.4.1          br-b 198.18.5.1 ┌─ {p}-real1 198.18.5.11
@@ -11,12 +13,14 @@
 //!  VIP 198.18.6.1: the client routes it via the lb; the reals hold it on lo.
 //! ```
 //!
-//! The lb encapsulates to each real's address with the router's MAC
-//! (`mac` in the backend's configuration: the next hop); the router
-//! forwards the IPIP packets like any other (this kernel has no ipip
-//! module, so nothing decapsulates them on the way); `fulcrum decap` on
-//! each real's eth0 strips the outer header; the real answers the client
-//! directly through the router (DSR). Needs root.
+//! The lb encapsulates to each real's address; the configuration gives no
+//! MAC for the reals, so the lb finds the next hop itself: the route to
+//! each real goes via the router, so frames carry the router's MAC (from
+//! the lb's neighbour entry for the router, which the health checks
+//! resolve). The router forwards the IPIP packets like any other (this
+//! kernel has no ipip module, so nothing decapsulates them on the way);
+//! `fulcrum decap` on each real's eth0 strips the outer header; the real
+//! answers the client directly through the router (DSR). Needs root.
 use std::{
     io::{Read, Write},
     net::{SocketAddr, TcpStream},
@@ -28,8 +32,56 @@ use std::{
 use anyhow::{bail, Context, Result};
 use fulcrum_lab::{bin_path, in_netns, netns_command, run_checked, Proc};
 
-const VIP: &str = "198.18.6.1";
-const REALS: [(&str, &str); 2] = [("real1", "198.18.5.11"), ("real2", "198.18.5.12")];
+/// One address family's addresses for the topology.
+struct Addressing {
+    /// Namespace prefix tag, so the two tests never share names.
+    tag: &'static str,
+    vip: &'static str,
+    client: &'static str,
+    lb: &'static str,
+    /// The router's addresses on the client/lb side and on the reals' side.
+    router_a: &'static str,
+    router_b: &'static str,
+    prefix_len: u8,
+    host_len: u8,
+    reals: [(&'static str, &'static str); 2],
+    /// The `[datapath]` line giving the outer source prefix.
+    source: &'static str,
+    /// `ip addr add` flags: IPv6 addresses skip duplicate address detection.
+    addr_flags: &'static str,
+    /// Where the reals' HTTP servers listen.
+    listen: &'static str,
+}
+
+const V4: Addressing = Addressing {
+    tag: "4",
+    vip: "198.18.6.1",
+    client: "198.18.4.10",
+    lb: "198.18.4.2",
+    router_a: "198.18.4.1",
+    router_b: "198.18.5.1",
+    prefix_len: 24,
+    host_len: 32,
+    reals: [("real1", "198.18.5.11"), ("real2", "198.18.5.12")],
+    source: "ipip_source_v4 = \"198.18.7.0/24\"",
+    addr_flags: "",
+    listen: "0.0.0.0:80",
+};
+
+const V6: Addressing = Addressing {
+    tag: "6",
+    vip: "fd00:18:6::1",
+    client: "fd00:18:4::10",
+    lb: "fd00:18:4::2",
+    router_a: "fd00:18:4::1",
+    router_b: "fd00:18:5::1",
+    prefix_len: 64,
+    host_len: 128,
+    reals: [("real1", "fd00:18:5::11"), ("real2", "fd00:18:5::12")],
+    source: "ipip_source_v6 = \"fd00:18:7::/112\"",
+    addr_flags: " nodad",
+    listen: "[::]:80",
+};
 
 /// The namespaces and processes of one run; dropped, it stops the
 /// processes and deletes the namespaces by exact name.
@@ -62,8 +114,8 @@ impl Topology {
         Ok(())
     }
 
-    fn up() -> Result<Topology> {
-        let prefix = format!("fi{:x}", std::process::id() & 0xffff);
+    fn up(a: &Addressing) -> Result<Topology> {
+        let prefix = format!("fi{}{:x}", a.tag, std::process::id() & 0xffff);
         let dir = std::env::temp_dir().join(format!("{prefix}-ipip"));
         std::fs::create_dir_all(&dir)?;
         let t = Topology { prefix, procs: Vec::new(), dir };
@@ -71,22 +123,27 @@ impl Topology {
             run_checked(Command::new("ip").args(["netns", "add", &t.ns(host)]))?;
             t.ip(host, "link set lo up")?;
         }
-        t.exec("router", "sysctl", &["-qw", "net.ipv4.ip_forward=1", "net.ipv4.conf.all.rp_filter=0", "net.ipv4.conf.default.rp_filter=0"])?;
-        for (bridge, addr) in [("br-a", "198.18.4.1/24"), ("br-b", "198.18.5.1/24")] {
+        t.exec(
+            "router",
+            "sysctl",
+            &["-qw", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1", "net.ipv4.conf.all.rp_filter=0", "net.ipv4.conf.default.rp_filter=0"],
+        )?;
+        let flags = a.addr_flags;
+        for (bridge, addr) in [("br-a", a.router_a), ("br-b", a.router_b)] {
             t.ip("router", &format!("link add {bridge} type bridge"))?;
-            t.ip("router", &format!("addr add {addr} dev {bridge}"))?;
+            t.ip("router", &format!("addr add {addr}/{} dev {bridge}{flags}", a.prefix_len))?;
             t.ip("router", &format!("link set {bridge} up"))?;
         }
         let hosts = [
-            ("client", "p-client", "br-a", "198.18.4.10/24", "198.18.4.1"),
-            ("lb", "p-lb", "br-a", "198.18.4.2/24", "198.18.4.1"),
-            ("real1", "p-real1", "br-b", "198.18.5.11/24", "198.18.5.1"),
-            ("real2", "p-real2", "br-b", "198.18.5.12/24", "198.18.5.1"),
+            ("client", "p-client", "br-a", a.client, a.router_a),
+            ("lb", "p-lb", "br-a", a.lb, a.router_a),
+            ("real1", "p-real1", "br-b", a.reals[0].1, a.router_b),
+            ("real2", "p-real2", "br-b", a.reals[1].1, a.router_b),
         ];
         for (host, port, bridge, addr, gateway) in hosts {
             t.ip("router", &format!("link add {port} type veth peer name eth0 netns {}", t.ns(host)))?;
             t.ip("router", &format!("link set {port} master {bridge} up"))?;
-            t.ip(host, &format!("addr add {addr} dev eth0"))?;
+            t.ip(host, &format!("addr add {addr}/{} dev eth0{flags}", a.prefix_len))?;
             t.ip(host, "link set eth0 up")?;
             t.ip(host, &format!("route add default via {gateway}"))?;
             // A veth leaves TCP checksums partial; XDP_TX never completes them.
@@ -97,7 +154,7 @@ impl Topology {
         // an XDP program (drivers/net/veth.c, veth_xdp_flush).
         let pass = pass_object()?;
         t.ip("router", &format!("link set dev p-lb xdpdrv obj {} sec xdp", pass.display()))?;
-        t.ip("client", &format!("route add {VIP}/32 via 198.18.4.2"))?;
+        t.ip("client", &format!("route add {}/{} via {}", a.vip, a.host_len, a.lb))?;
         Ok(t)
     }
 }
@@ -123,10 +180,10 @@ fn pass_object() -> Result<PathBuf> {
     Ok(target.join("ebpf/bpfel-unknown-none/release/fulcrum-xdp-pass"))
 }
 
-/// One HTTP GET to the VIP from the client namespace: the body.
-fn get(ns: &str) -> Result<String> {
+/// One HTTP GET to `vip` port 80 from the client namespace: the body.
+fn get(ns: &str, vip: &str) -> Result<String> {
     in_netns(ns, || -> Result<String> {
-        let addr: SocketAddr = format!("{VIP}:80").parse()?;
+        let addr = SocketAddr::new(vip.parse()?, 80);
         let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
         s.set_read_timeout(Some(Duration::from_secs(2)))?;
         s.write_all(b"GET / HTTP/1.1\r\nHost: vip\r\nConnection: close\r\n\r\n")?;
@@ -141,55 +198,66 @@ fn get(ns: &str) -> Result<String> {
 
 #[test]
 fn http_flows_through_an_ipip_vip_to_routed_reals() -> Result<()> {
-    let mut t = Topology::up()?;
-    let router_mac = t.exec("router", "cat", &["/sys/class/net/br-a/address"])?.trim().to_string();
+    http_flows_to_routed_reals(&V4)
+}
+
+#[test]
+fn http_flows_through_an_ip6ip6_vip_to_routed_reals() -> Result<()> {
+    http_flows_to_routed_reals(&V6)
+}
+
+fn http_flows_to_routed_reals(a: &Addressing) -> Result<()> {
+    let mut t = Topology::up(a)?;
     let fulcrum = bin_path("fulcrum")?;
     let backend = bin_path("fulcrum-backend")?;
-    for (real, addr) in REALS {
-        let _ = addr;
-        t.ip(real, &format!("addr add {VIP}/32 dev lo"))?;
+    for (real, _) in a.reals {
+        t.ip(real, &format!("addr add {}/{} dev lo{}", a.vip, a.host_len, a.addr_flags))?;
         let health = t.dir.join(format!("{real}.health")).display().to_string();
-        t.spawn(real, &backend, &["--name", real, "--listen", "0.0.0.0:80", "--health-file", &health], &format!("{real}.log"))?;
-        t.spawn(real, &fulcrum, &["decap", "--interface", "eth0", "--vip", VIP], &format!("{real}-decap.log"))?;
+        t.spawn(real, &backend, &["--name", real, "--listen", a.listen, "--health-file", &health], &format!("{real}.log"))?;
+        t.spawn(real, &fulcrum, &["decap", "--interface", "eth0", "--vip", a.vip], &format!("{real}-decap.log"))?;
     }
-    let backends: String = REALS
-        .iter()
-        .map(|(_, addr)| format!("[[pool.backend]]\naddress = \"{addr}\"\nmac = \"{router_mac}\"\n"))
-        .collect();
+    // No `mac`: the lb resolves the router as the reals' next hop.
+    let backends: String = a.reals.iter().map(|(_, addr)| format!("[[pool.backend]]\naddress = \"{addr}\"\n")).collect();
     let config = format!(
-        "interface = \"eth0\"\n[admin]\nlisten = \"127.0.0.1:9180\"\n[datapath]\nconn_table_size = 65536\nipip_source_v4 = \"198.18.7.0/24\"\n\
-         [[vip]]\nname = \"web\"\naddress = \"{VIP}\"\nport = 80\nprotocol = \"tcp\"\nscheduler = \"maglev\"\npool = \"web\"\nforwarding = \"ipip\"\n\
-         [[pool]]\nname = \"web\"\n[pool.health_check]\ntype = \"http\"\npath = \"/health\"\ninterval = \"200ms\"\ntimeout = \"150ms\"\nrise = 1\n{backends}"
+        "interface = \"eth0\"\n[admin]\nlisten = \"127.0.0.1:9180\"\n[datapath]\nconn_table_size = 65536\n{}\n\
+         [[vip]]\nname = \"web\"\naddress = \"{}\"\nport = 80\nprotocol = \"tcp\"\nscheduler = \"maglev\"\npool = \"web\"\nforwarding = \"ipip\"\n\
+         [[pool]]\nname = \"web\"\n[pool.health_check]\ntype = \"http\"\npath = \"/health\"\ninterval = \"200ms\"\ntimeout = \"150ms\"\nrise = 1\n{backends}",
+        a.source, a.vip
     );
     let config_path = t.dir.join("fulcrum.toml");
     std::fs::write(&config_path, config)?;
     let config_arg = config_path.display().to_string();
     t.spawn("lb", &fulcrum, &["run", "--config", &config_arg], "lb.log")?;
 
-    // Until both reals are up and in the table: any request answered.
+    // Until both reals are up and in the table: each has answered.
     let client = t.ns("client");
     let start = Instant::now();
-    while get(&client).is_err() {
+    let mut seen = std::collections::BTreeSet::new();
+    while seen.len() < a.reals.len() {
         if start.elapsed() > Duration::from_secs(20) {
             let log = std::fs::read_to_string(t.dir.join("lb.log")).unwrap_or_default();
-            bail!("no answer through the VIP within 20 s; lb log:\n{log}");
+            bail!("not both reals answered through the VIP within 20 s (saw {seen:?}); lb log:\n{log}");
         }
-        std::thread::sleep(Duration::from_millis(200));
+        match get(&client, a.vip) {
+            Ok(name) => {
+                seen.insert(name);
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
     }
-    std::thread::sleep(Duration::from_millis(500));
     let mut served = std::collections::BTreeMap::new();
     for _ in 0..40 {
-        *served.entry(get(&client)?).or_insert(0) += 1;
+        *served.entry(get(&client, a.vip)?).or_insert(0) += 1;
     }
     assert_eq!(served.values().sum::<u32>(), 40);
-    assert!(served.keys().all(|name| REALS.iter().any(|(r, _)| r == name)), "{served:?}");
+    assert!(served.keys().all(|name| a.reals.iter().any(|(r, _)| r == name)), "{served:?}");
     assert_eq!(served.len(), 2, "both routed reals served: {served:?}");
     // The packets came through the decap program: it logs its counters
     // when SIGTERM detaches it.
     for mut proc in t.procs.drain(..) {
         proc.stop(Duration::from_secs(5))?;
     }
-    for (real, _) in REALS {
+    for (real, _) in a.reals {
         let log = std::fs::read_to_string(t.dir.join(format!("{real}-decap.log")))?;
         let decapsulated: u64 = log
             .split_whitespace()

@@ -4,6 +4,8 @@
 //!
 //! - `xdp`: the XDP program timed with `BPF_PROG_TEST_RUN` against the
 //!   datapath floor (see [`xdp`]).
+//! - `xdp-pps`: forwarded packets/s on one CPU, fulcrum's XDP program
+//!   against the kernel's forwarding with nftables DNAT (see [`xdp_pps`]).
 //! - `control-plane`: the daemon in the namespace lab with 1, 16 and 64
 //!   VIPs: start to tables applied, health change to tables updated,
 //!   rebuild CPU, control-loop stalls, SIGTERM to exit (see
@@ -20,6 +22,7 @@ mod control_plane;
 mod failover;
 mod l7;
 mod xdp;
+mod xdp_pps;
 
 use std::{fs::OpenOptions, io::Write, path::Path, path::PathBuf};
 
@@ -51,6 +54,26 @@ enum Bench {
         /// than twice that never evicts.
         #[arg(long)]
         conn_table_size: Option<u32>,
+        /// Append the results to this file (bench/RESULTS.md by xtask).
+        #[arg(long)]
+        record: Option<PathBuf>,
+    },
+    /// Forwarded packets/s on one CPU in a namespace lab: fulcrum's XDP
+    /// program vs the kernel's forwarding with nftables DNAT (and a MAC
+    /// swap reflector), a live-frames XDP generator, interleaved rounds.
+    XdpPps {
+        /// Interleaved rounds (after one warm-up round); medians reported.
+        #[arg(long, default_value_t = 7)]
+        rounds: usize,
+        /// Frames the generator sends per arm and round.
+        #[arg(long, default_value_t = 2_000_000)]
+        frames: u32,
+        /// Distinct flows (UDP source ports), cycled.
+        #[arg(long, default_value_t = 1024)]
+        flows: u32,
+        /// CPU for the generator (and so for the whole path).
+        #[arg(long, default_value_t = 1)]
+        cpu: usize,
         /// Append the results to this file (bench/RESULTS.md by xtask).
         #[arg(long)]
         record: Option<PathBuf>,
@@ -146,6 +169,7 @@ enum Bench {
 fn main() -> Result<()> {
     match Cli::parse().bench {
         Bench::Xdp { repeat, rounds, cpu, conn_table_size, record } => xdp::run(repeat, rounds, cpu, conn_table_size, record),
+        Bench::XdpPps { rounds, frames, flows, cpu, record } => xdp_pps::run(rounds, frames, flows, cpu, record),
         Bench::ControlPlane { vips, rounds, poll_ms, fulcrum, record } => control_plane::run(&vips, rounds, poll_ms, fulcrum, record),
         Bench::L7 { rounds, secs, connections, proxy_cpu, load_cpu, idle, rate, polling, two_workers, record } => {
             l7::run(l7::Opts { rounds, secs, connections, proxy_cpu, load_cpu, idle, rate, polling, two_workers, record })

@@ -43,6 +43,7 @@ pub mod names {
     pub const VIP_FILTER: &str = "VIP_FILTER";
     pub const CONN_TABLE: &str = "CONN_TABLE";
     pub const CONN_STATS: &str = "CONN_STATS";
+    pub const VIP_CONN_STATS: &str = "VIP_CONN_STATS";
     pub const VIP_REAL_OK: &str = "VIP_REAL_OK";
     pub const VIP_ADDRESSES: &str = "VIP_ADDRESSES";
     /// The decapsulation program (`fulcrum-xdp-decap`, its own object) and its maps.
@@ -158,7 +159,10 @@ pub struct VipMeta {
     /// connection-table entry and take a fresh pick. TCP entries have no
     /// idle time: they live until the LRU evicts them.
     pub udp_idle_timeout_ms: u32,
-    pub _pad: u32,
+    /// The IEEE 802.1Q VLAN id (1..=4094) the VIP is reached on, or 0:
+    /// untagged (or priority-tagged, VID 0) frames only. A frame on
+    /// another VLAN is `Reason::PassVlanMismatch`.
+    pub vlan: u32,
 }
 
 impl VipMeta {
@@ -214,7 +218,7 @@ pub struct ConnEntry {
     pub real_id: u32,
     /// `RealDef::generation` of `real_id` when the entry was written.
     pub real_gen: u32,
-    /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC, nanoseconds) of the flow's last
+    /// `bpf_ktime_get_coarse_ns` (CLOCK_MONOTONIC_COARSE, nanoseconds) of the flow's last
     /// packet, refreshed at most every [`CONN_TOUCH_NS`]; read only for UDP.
     pub last_seen_ns: u64,
 }
@@ -250,6 +254,12 @@ pub enum ConnEvent {
 impl ConnEvent {
     /// Number of events: the length of `CONN_STATS`.
     pub const COUNT: u32 = 6;
+
+    /// The `VIP_CONN_STATS` entry of this event for VIP id `vip_id`.
+    #[inline(always)]
+    pub const fn vip_index(self, vip_id: u32) -> u32 {
+        vip_id * Self::COUNT + self as u32
+    }
     /// Every event, in index order.
     pub const ALL: [ConnEvent; Self::COUNT as usize] =
         [ConnEvent::Hit, ConnEvent::Miss, ConnEvent::Syn, ConnEvent::Stale, ConnEvent::Expired, ConnEvent::WriteFailed];
@@ -340,7 +350,10 @@ pub enum Reason {
     /// of the frame, or an L4 header past the end of the IP packet (the
     /// kernel counts such frames as `InTruncatedPkts` and drops them).
     PassTruncated = 2,
-    /// `XDP_PASS`: an IP fragment; it carries no (or not all) ports to hash.
+    /// `XDP_PASS`: an IP fragment, first or later: a later one carries no
+    /// ports, so neither its VIP nor its flow's real can be known without
+    /// reassembly (Katran passes them too). An IPv6 atomic fragment
+    /// (offset 0, M clear; RFC 6946) is a whole packet, and balanced.
     PassFragment = 3,
     /// `XDP_PASS`: no TCP or UDP header to read: another protocol (ICMP,
     /// ...), more IPv6 extension headers than the datapath walks, or a
@@ -381,11 +394,24 @@ pub enum Reason {
     /// `XDP_DROP`: the driver gave no headroom for the outer header
     /// (`bpf_xdp_adjust_head` failed).
     DropNoHeadroom = 14,
+    /// `XDP_PASS`: stacked VLAN tags (IEEE 802.1ad QinQ: an outer
+    /// EtherType 0x88a8, or an 802.1Q tag followed by another tag). Not
+    /// balanced: no VIP is configured on a stacked VLAN.
+    PassQinQ = 15,
+    /// `XDP_PASS`: to a VIP, but on another VLAN than the VIP's `vlan`
+    /// (or tagged, for an untagged VIP; or untagged, for a tagged one).
+    PassVlanMismatch = 16,
+    /// `XDP_TX`: an ICMP "fragmentation needed" (type 3 code 4) or ICMPv6
+    /// "packet too big" to a VIP address, quoting a packet the VIP sent
+    /// to a client (a router on the real's path to the client could not
+    /// forward the real's answer), forwarded to the real that owns that
+    /// flow, so the real's stack lowers its path MTU (Katran does this).
+    IcmpTooBigForwarded = 17,
 }
 
 impl Reason {
     /// Number of reasons: the length of `REASON_STATS`.
-    pub const COUNT: u32 = 15;
+    pub const COUNT: u32 = 18;
     /// Every reason, in index order.
     pub const ALL: [Reason; Self::COUNT as usize] = [
         Reason::Tx,
@@ -403,6 +429,9 @@ impl Reason {
         Reason::IcmpTooBig,
         Reason::DropTooBig,
         Reason::DropNoHeadroom,
+        Reason::PassQinQ,
+        Reason::PassVlanMismatch,
+        Reason::IcmpTooBigForwarded,
     ];
 
     /// Short stable name, used in stats output.
@@ -423,6 +452,9 @@ impl Reason {
             Reason::IcmpTooBig => "tx_icmp_too_big",
             Reason::DropTooBig => "drop_too_big",
             Reason::DropNoHeadroom => "drop_no_headroom",
+            Reason::PassQinQ => "pass_qinq",
+            Reason::PassVlanMismatch => "pass_vlan_mismatch",
+            Reason::IcmpTooBigForwarded => "tx_icmp_too_big_forwarded",
         }
     }
 }

@@ -45,6 +45,8 @@ pub struct Echo {
     pub dst: [u32; 4],
     pub l3: usize,
     pub is_v6: bool,
+    /// The 802.1Q VLAN id, 0 when untagged (see `Flow::vid`).
+    pub vid: u16,
 }
 
 /// Turns the echo request in the frame into its reply, back to the

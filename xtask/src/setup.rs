@@ -20,10 +20,11 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Debian packages the lab, demo, tests and benches use: `ip`, `ethtool`,
 /// `sysctl`, `wrk`, curl (the demo's sticky session, with a cookie jar),
 /// keepalived as the VRRP peer of the interoperability tests, bpftool (to
-/// read the loaded program, `bpftool prog dump xlated`), and nginx and
-/// HAProxy as the peers of `cargo xtask bench l7`.
+/// read the loaded program, `bpftool prog dump xlated`), nginx and HAProxy
+/// as the peers of `cargo xtask bench l7`, and nftables (the kernel's
+/// DNAT, the peer of `cargo xtask bench xdp-pps`).
 const DEBIAN_PACKAGES: &[&str] =
-    &["iproute2", "ethtool", "procps", "wrk", "curl", "keepalived", "bpftool", "nginx", "haproxy"];
+    &["iproute2", "ethtool", "procps", "wrk", "curl", "keepalived", "bpftool", "nginx", "haproxy", "nftables"];
 
 pub fn run() -> Result<()> {
     nightly_rust_src()?;

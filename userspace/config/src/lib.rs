@@ -31,6 +31,8 @@
 //!                               # flows of a backend that fails its checks
 //! udp_idle_timeout = "30s"      # udp only; default 30s; 1s..=1h: a UDP flow idle this
 //!                               # long takes a fresh pick
+//! vlan = 200                    # optional 802.1Q VLAN id 1..=4094 the VIP is reached on;
+//!                               # default: untagged frames only; same for every VIP of an address
 //!
 //! [[pool]]
 //! name = "web"                  # unique
@@ -865,6 +867,10 @@ pub struct VipConfig {
     pub udp_idle_timeout: Duration,
     /// `forwarding = "dsr" | "ipip"`; default DSR.
     pub forwarding: Forwarding,
+    /// The IEEE 802.1Q VLAN id (1..=4094) the VIP is reached on; `None`
+    /// (the default): untagged frames only (or priority-tagged, VID 0).
+    /// All VIPs of one address share it: an address lives on one segment.
+    pub vlan: Option<u16>,
 }
 
 /// Transport protocol of a VIP.

@@ -95,6 +95,7 @@ pub(super) struct RawVip {
     pub udp_idle_timeout: Option<Spanned<String>>,
     pub on_marked_down: Option<OnMarkedDown>,
     pub forwarding: Option<Spanned<Forwarding>>,
+    pub vlan: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -195,6 +195,8 @@ impl Checker<'_> {
         // (IPv4 in mapped form), so no second spelling of an address
         // makes a second VIP.
         let mut services: HashMap<(IpAddr, u16, super::Protocol), Range<usize>> = HashMap::new();
+        // The VLAN of each address's first VIP, and where it was said.
+        let mut vlans: HashMap<IpAddr, (Option<u16>, Range<usize>)> = HashMap::new();
         let mut out = Vec::with_capacity(raw.len());
         for (i, v) in raw.iter().enumerate() {
             if i == MAX_VIPS as usize {
@@ -244,6 +246,28 @@ impl Checker<'_> {
                     .duration(t.as_ref(), DEFAULT_UDP_IDLE_TIMEOUT, MIN_UDP_IDLE_TIMEOUT..=MAX_UDP_IDLE_TIMEOUT, "udp_idle_timeout")
                     .unwrap_or(DEFAULT_UDP_IDLE_TIMEOUT),
             };
+            let vlan = v.vlan.as_ref().and_then(|id| self.int_in::<u16>(id, 1..=4094, "vlan"));
+            if let Some(address) = address {
+                let span = v.vlan.as_ref().map_or_else(|| v.address.span(), |id| id.span());
+                match vlans.get(&address.to_canonical()) {
+                    Some((first, at)) if *first != vlan => {
+                        let line = self.line_of(at);
+                        let name = |id: Option<u16>| id.map_or_else(|| "untagged".to_owned(), |id| format!("vlan {id}"));
+                        self.error(
+                            span,
+                            format!(
+                                "VIP address {address} is {} here but {} at line {line}: every VIP of an address must be on one VLAN",
+                                name(vlan),
+                                name(*first)
+                            ),
+                        );
+                    }
+                    Some(_) => {}
+                    None => {
+                        vlans.insert(address.to_canonical(), (vlan, span));
+                    }
+                }
+            }
             out.push(VipConfig {
                 name: v.name.get_ref().clone(),
                 address: address.unwrap_or(IpAddr::from([0, 0, 0, 0])),
@@ -255,6 +279,7 @@ impl Checker<'_> {
                 on_marked_down: v.on_marked_down.unwrap_or_default(),
                 udp_idle_timeout,
                 forwarding: v.forwarding.as_ref().map(|f| *f.get_ref()).unwrap_or_default(),
+                vlan,
             });
         }
         out

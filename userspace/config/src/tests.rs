@@ -112,6 +112,7 @@ fn full_config_resolves() {
                 on_marked_down: OnMarkedDown::Keep,
                 udp_idle_timeout: DEFAULT_UDP_IDLE_TIMEOUT,
                 forwarding: Forwarding::Dsr,
+                vlan: None,
             },
             VipConfig {
                 name: "dns6".into(),
@@ -124,6 +125,7 @@ fn full_config_resolves() {
                 on_marked_down: OnMarkedDown::Keep,
                 udp_idle_timeout: DEFAULT_UDP_IDLE_TIMEOUT,
                 forwarding: Forwarding::Dsr,
+                vlan: None,
             },
         ],
         pools: vec![
@@ -1578,4 +1580,32 @@ fn passive_health_and_slow_start_are_checked_with_positions() {
     let text = l7_with("failonstatus = 503\n", "");
     let d = errors(&text);
     assert_eq!(d[0].line, text.lines().position(|l| l.starts_with("failonstatus")).unwrap() + 1);
+}
+
+/// `vlan` is an 802.1Q VLAN id, 1..=4094, absent by default (untagged),
+/// and the same for every VIP of one address.
+#[test]
+fn vip_vlan_is_checked_and_shared_by_an_address() {
+    let pool = "\n[[pool]]\nname = \"web\"\n[[pool.backend]]\naddress = \"198.18.0.11\"\n";
+    let config = parse(&with(&format!("{WEB_VIP}{pool}")), "test.toml").unwrap();
+    assert_eq!(config.vips[0].vlan, None);
+    let tagged = WEB_VIP.replace("port = 80", "port = 80\nvlan = 200");
+    let config = parse(&with(&format!("{tagged}{pool}")), "test.toml").unwrap();
+    assert_eq!(config.vips[0].vlan, Some(200));
+    for bad in ["0", "4095", "-1"] {
+        let text = with(&format!("{}{pool}", WEB_VIP.replace("port = 80", &format!("port = 80\nvlan = {bad}"))));
+        let at = text.lines().position(|l| l.starts_with("vlan")).unwrap() + 1;
+        assert_eq!(position_of(&errors(&text), "vlan").0, at, "{bad}");
+    }
+    // A second VIP on the same address, another protocol, another VLAN.
+    let second = tagged.replace("name = \"web\"", "name = \"web2\"").replace("\"tcp\"", "\"udp\"").replace("vlan = 200", "vlan = 201");
+    let text = with(&format!("{tagged}{second}{pool}"));
+    let d = errors(&text);
+    let at = text.lines().position(|l| l == "vlan = 201").unwrap() + 1;
+    assert_eq!(position_of(&d, "must be on one VLAN").0, at);
+    // Untagged beside tagged is the same mistake; the same VLAN is fine.
+    let untagged = WEB_VIP.replace("name = \"web\"", "name = \"web2\"").replace("\"tcp\"", "\"udp\"");
+    position_of(&errors(&with(&format!("{tagged}{untagged}{pool}"))), "is untagged here but vlan 200");
+    let same = second.replace("vlan = 201", "vlan = 200");
+    parse(&with(&format!("{tagged}{same}{pool}")), "test.toml").unwrap();
 }

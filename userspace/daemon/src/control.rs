@@ -92,6 +92,7 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
         admin_counters,
         max_stall: Duration::ZERO,
     };
+    control.neighbours.watch(backend_addresses(&control.config));
     control.resync_neighbours().await;
     control.engine.set_targets(targets(&control.config));
     control.submit(Instant::now());
@@ -115,6 +116,12 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
 /// The health checks to run: each distinct probe once, keyed by itself.
 fn targets(config: &Config) -> Vec<(Probe, Probe)> {
     fulcrum_state::probes(config).into_iter().map(|p| (p.clone(), p)).collect()
+}
+
+/// Every backend's address: whose next hop (the backend itself, or the
+/// router to it) the neighbour table must give.
+fn backend_addresses(config: &Config) -> Vec<std::net::IpAddr> {
+    config.pools.iter().flat_map(|p| &p.backends).map(|b| b.address).collect()
 }
 
 /// The loop's state: desired (config) and observed; the writer holds what
@@ -297,6 +304,8 @@ impl Control {
         self.observed.retain_probes(&probes);
         self.engine.set_targets(targets);
         self.config = new;
+        // New backends' routes are looked up by the dump this asks for.
+        self.neighbours.watch(backend_addresses(&self.config));
         self.submit(arrived);
         info!(path = %path.display(), "configuration reloaded");
     }

@@ -13,6 +13,7 @@
 //! - `attach`: attaching by netlink, so the program outlives a crashed daemon.
 //! - [`writer`]: the thread that applies plans, coalescing bursts.
 //! - [`neighbours`]: the interface and its neighbour table, by subscription.
+//! - [`ethtool`]: receive VLAN offload, off while the program is attached.
 mod attach;
 pub mod maglev;
 pub mod neighbours;
@@ -31,6 +32,7 @@ pub use fulcrum_common::{ConnEntry, ConnEvent, FlowKey};
 use fulcrum_common::{names, Counters, DatapathConfig, Mac, Reason, DEFAULT_CONN_TABLE_SIZE};
 
 mod decap;
+pub mod ethtool;
 pub use decap::{Decap, DecapCounters};
 use thiserror::Error;
 
@@ -185,6 +187,8 @@ impl Default for LoadOptions {
 pub struct Datapath {
     ebpf: Ebpf,
     attachment: Option<attach::Attachment>,
+    /// The interface whose receive VLAN offload `attach` turned off.
+    rx_vlan_restore: Option<String>,
     config: aya::maps::Array<MapData, DatapathConfig>,
     /// `CONN_TABLE` (an LRU hash; aya reads both kinds as a hash map).
     conn_table: BpfHashMap<MapData, FlowKey, ConnEntry>,
@@ -238,12 +242,14 @@ impl Datapath {
         let config = typed(take(names::DATAPATH_CONFIG)?, names::DATAPATH_CONFIG)?;
         let vip_stats: PerCpuArray<MapData, Counters> = typed(take(names::VIP_STATS)?, names::VIP_STATS)?;
         let real_stats: PerCpuArray<MapData, Counters> = typed(take(names::REAL_STATS)?, names::REAL_STATS)?;
+        let vip_conn_stats: PerCpuArray<MapData, Counters> = typed(take(names::VIP_CONN_STATS)?, names::VIP_CONN_STATS)?;
         let reason_stats = typed(take(names::REASON_STATS)?, names::REASON_STATS)?;
         let counters = CounterReader {
             vip_stats: reopen(&vip_stats, names::VIP_STATS)?,
             real_stats: reopen(&real_stats, names::REAL_STATS)?,
             reason_stats,
             conn_stats,
+            vip_conn_stats: reopen(&vip_conn_stats, names::VIP_CONN_STATS)?,
         };
         let maps = tables::Maps {
             lookup_tables: tables::TableMemory::map(&lookup_tables)?,
@@ -253,9 +259,10 @@ impl Datapath {
             vip_real_ok,
             vip_addresses,
             vip_stats,
+            vip_conn_stats,
             real_stats,
         };
-        Ok(Datapath { ebpf, attachment: None, config, conn_table, maps, tables: tables::Tables::default(), counters })
+        Ok(Datapath { ebpf, attachment: None, rx_vlan_restore: None, config, conn_table, maps, tables: tables::Tables::default(), counters })
     }
 
     fn program(&mut self) -> &mut Xdp {
@@ -286,17 +293,42 @@ impl Datapath {
     /// stays attached if the process dies without [`Datapath::detach`]
     /// (or a drop) running: see the `attach` module for why.
     ///
+    /// First turns the interface's receive VLAN offload off (logged, and
+    /// turned back on at detach), so 802.1Q tags stay in the frame where
+    /// the program reads them (see the `ethtool` module). If the driver
+    /// keeps it on, an error is logged and the program attaches anyway:
+    /// it then sees tagged frames as untagged.
+    ///
     /// # Errors
     /// Neither mode could attach (no such interface, a program attached
     /// through a BPF link by another tool).
     pub fn attach(&mut self, interface: &str) -> Result<AttachMode, DatapathError> {
-        let attachment = attach_xdp(self.program(), interface)?;
-        let mode = attachment.mode();
-        self.attachment = Some(attachment);
-        Ok(mode)
+        match ethtool::rx_vlan_offload(interface) {
+            Ok(false) => {}
+            Ok(true) => match ethtool::set_rx_vlan_offload(interface, false) {
+                Ok(()) => {
+                    tracing::info!(%interface, "receive VLAN offload turned off (ethtool -K {interface} rxvlan off) so XDP sees 802.1Q tags; turned back on at detach");
+                    self.rx_vlan_restore = Some(interface.to_owned());
+                }
+                Err(err) => tracing::error!(%interface, error = %err, "cannot turn receive VLAN offload off: XDP sees tagged frames untagged, so VIP VLANs are not enforced"),
+            },
+            Err(err) => tracing::warn!(%interface, error = %err, "cannot read the receive VLAN offload setting"),
+        }
+        match attach_xdp(self.program(), interface) {
+            Ok(attachment) => {
+                let mode = attachment.mode();
+                self.attachment = Some(attachment);
+                Ok(mode)
+            }
+            Err(err) => {
+                self.restore_rx_vlan();
+                Err(err)
+            }
+        }
     }
 
-    /// Detaches from the interface, if attached and still ours. Also done
+    /// Detaches from the interface, if attached and still ours, and turns
+    /// receive VLAN offload back on if `attach` turned it off. Also done
     /// on drop.
     ///
     /// # Errors
@@ -305,7 +337,16 @@ impl Datapath {
         if let Some(attachment) = self.attachment.take() {
             detach_xdp(self.program(), attachment)?;
         }
+        self.restore_rx_vlan();
         Ok(())
+    }
+
+    fn restore_rx_vlan(&mut self) {
+        if let Some(interface) = self.rx_vlan_restore.take() {
+            if let Err(err) = ethtool::set_rx_vlan_offload(&interface, true) {
+                tracing::warn!(%interface, error = %err, "turning receive VLAN offload back on");
+            }
+        }
     }
 
     /// Makes the maps hold what `plan` says, writing only what changed.
@@ -336,6 +377,7 @@ impl Datapath {
             real_stats: reopen(&self.counters.real_stats, names::REAL_STATS)?,
             reason_stats: reopen(&self.counters.reason_stats, names::REASON_STATS)?,
             conn_stats: reopen(&self.counters.conn_stats, names::CONN_STATS)?,
+            vip_conn_stats: reopen(&self.counters.vip_conn_stats, names::VIP_CONN_STATS)?,
         })
     }
 
@@ -407,6 +449,7 @@ pub struct CounterReader {
     real_stats: PerCpuArray<MapData, Counters>,
     reason_stats: PerCpuArray<MapData, Counters>,
     conn_stats: PerCpuArray<MapData, Counters>,
+    vip_conn_stats: PerCpuArray<MapData, Counters>,
 }
 
 impl CounterReader {
@@ -430,15 +473,21 @@ impl CounterReader {
     pub fn conn_events(&self) -> Vec<(ConnEvent, Counters)> {
         ConnEvent::ALL.iter().map(|&e| (e, sum(&self.conn_stats, e as u32))).collect()
     }
+
+    /// [`CounterReader::conn_events`] of VIP id `vip_id` alone, since the
+    /// id was given to its VIP.
+    pub fn vip_conn_events(&self, vip_id: u32) -> Vec<(ConnEvent, Counters)> {
+        ConnEvent::ALL.iter().map(|&e| (e, sum(&self.vip_conn_stats, e.vip_index(vip_id)))).collect()
+    }
 }
 
-/// CLOCK_MONOTONIC in nanoseconds: the clock of `bpf_ktime_get_ns`, and
-/// so of [`ConnEntry::last_seen_ns`].
+/// CLOCK_MONOTONIC_COARSE in nanoseconds: the clock of
+/// `bpf_ktime_get_coarse_ns`, and so of [`ConnEntry::last_seen_ns`].
 pub fn monotonic_ns() -> u64 {
     // SAFETY: clock_gettime writes one timespec into the value we own.
     let now = unsafe {
         let mut now: libc::timespec = std::mem::zeroed();
-        libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now);
+        libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut now);
         now
     };
     now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64

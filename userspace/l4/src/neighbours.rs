@@ -7,7 +7,21 @@
 //! (the kernel announces every change, as `ip monitor neigh` shows) and can
 //! dump the whole table, which the daemon does at start and, as a safety
 //! net against a lost notification, now and then. It only reads.
-use std::{collections::HashMap, net::IpAddr};
+//!
+//! Routed reals (IPIP to another L3 network): a backend that is not on the
+//! interface's link is reached through a router, so its frames must carry
+//! the router's MAC. For every watched address ([`Neighbours::watch`]: the
+//! backends) a dump asks the kernel which route it takes (`RTM_GETROUTE`
+//! for the address, what `ip route get ADDRESS` does); when that route
+//! leaves through the interface via a gateway, the address is reported at
+//! the gateway's MAC, and follows the gateway's neighbour entry from then
+//! on. Route changes (`RTNLGRP_IPV4_ROUTE`, `RTNLGRP_IPV6_ROUTE`) ask the
+//! daemon to dump again, which looks the routes up again. A `mac` set in
+//! the configuration still wins over all of this (`plan::macs`).
+use std::{
+    collections::{HashMap, VecDeque},
+    net::IpAddr,
+};
 
 use fulcrum_common::Mac;
 use futures_channel::mpsc::UnboundedReceiver;
@@ -16,6 +30,7 @@ use rtnetlink::{
     packet_core::{NetlinkMessage, NetlinkPayload},
     packet_route::{
         neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState},
+        route::{RouteAddress, RouteAttribute, RouteMessage, RouteType, RouteVia},
         AddressFamily, RouteNetlinkMessage,
     },
     sys::SocketAddr,
@@ -83,32 +98,104 @@ pub enum NeighbourChange {
     Resync,
 }
 
-/// A netlink subscription to neighbour changes plus a handle for dumps.
+/// A netlink subscription to neighbour and route changes plus a handle
+/// for dumps and route lookups.
 pub struct Neighbours {
     handle: rtnetlink::Handle,
     events: UnboundedReceiver<(NetlinkMessage<RouteNetlinkMessage>, SocketAddr)>,
     ifindex: u32,
+    /// The addresses whose next hop is wanted (the backends).
+    watched: Vec<IpAddr>,
+    /// Watched addresses routed through a gateway on the interface -> the
+    /// gateway, as the last dump found them.
+    gateways: HashMap<IpAddr, IpAddr>,
+    /// Changes one notification gave rise to, handed out one at a time.
+    pending: VecDeque<NeighbourChange>,
+    /// The watched set changed since the last dump: the next change is
+    /// `Resync`, whose dump looks the new addresses' routes up.
+    stale: bool,
 }
 
 impl Neighbours {
-    /// Subscribes to `RTNLGRP_NEIGH` for interface `ifindex`; the netlink
-    /// I/O task runs on the current tokio runtime.
+    /// Subscribes to `RTNLGRP_NEIGH` and the IPv4 and IPv6 route groups
+    /// for interface `ifindex`; the netlink I/O task runs on the current
+    /// tokio runtime. Watches no address until [`Neighbours::watch`].
     ///
     /// # Errors
     /// The netlink socket cannot be opened or bound (needs `CAP_NET_ADMIN`
     /// for nothing here, but a netlink-less sandbox refuses it).
     pub fn connect(ifindex: u32) -> Result<Self, LinkError> {
-        let (connection, handle, events) = rtnetlink::new_multicast_connection(&[MulticastGroup::Neigh])
-            .map_err(|e| LinkError::Netlink(e.to_string()))?;
+        let groups = [MulticastGroup::Neigh, MulticastGroup::Ipv4Route, MulticastGroup::Ipv6Route];
+        let (connection, handle, events) =
+            rtnetlink::new_multicast_connection(&groups).map_err(|e| LinkError::Netlink(e.to_string()))?;
         tokio::spawn(connection);
-        Ok(Neighbours { handle, events, ifindex })
+        Ok(Neighbours {
+            handle,
+            events,
+            ifindex,
+            watched: Vec::new(),
+            gateways: HashMap::new(),
+            pending: VecDeque::new(),
+            stale: false,
+        })
     }
 
-    /// The usable entries on the interface, IPv4 and IPv6.
+    /// Sets the addresses whose next hop's MAC the table must give (the
+    /// backends); when the set changed, the next [`Neighbours::next_change`]
+    /// is [`NeighbourChange::Resync`].
+    pub fn watch(&mut self, addresses: impl IntoIterator<Item = IpAddr>) {
+        let mut addresses: Vec<IpAddr> = addresses.into_iter().collect();
+        addresses.sort_unstable();
+        addresses.dedup();
+        if addresses != self.watched {
+            self.watched = addresses;
+            self.stale = true;
+        }
+    }
+
+    /// The usable entries on the interface, IPv4 and IPv6, with every
+    /// watched address routed through a gateway on the interface at that
+    /// gateway's MAC (absent while the gateway has no usable entry).
     ///
     /// # Errors
-    /// A netlink error during the dump.
-    pub async fn dump(&self) -> Result<HashMap<IpAddr, Mac>, LinkError> {
+    /// A netlink error during the neighbour dump. A route lookup that
+    /// fails (no route) leaves that address to its own neighbour entry.
+    pub async fn dump(&mut self) -> Result<HashMap<IpAddr, Mac>, LinkError> {
+        let mut gateways = HashMap::new();
+        for &address in &self.watched {
+            match self.route_to(address).await {
+                Ok(Some(route)) => {
+                    if let Some(hop) = next_hop(&route, address, self.ifindex) {
+                        if hop != address {
+                            gateways.insert(address, hop);
+                        }
+                    }
+                }
+                Ok(None) => {}
+                Err(err) => tracing::debug!(%address, error = %err, "no route to a backend"),
+            }
+        }
+        self.gateways = gateways;
+        self.pending.clear();
+        self.stale = false;
+        Ok(through_gateways(self.dump_neighbours().await?, &self.gateways))
+    }
+
+    /// The route the kernel takes to `address`: `RTM_GETROUTE` with the
+    /// address as a /32 or /128 destination and no dump flag, as `ip route
+    /// get` sends it.
+    async fn route_to(&self, address: IpAddr) -> Result<Option<RouteMessage>, LinkError> {
+        let mut message = RouteMessage::default();
+        (message.header.address_family, message.header.destination_prefix_length) = match address {
+            IpAddr::V4(_) => (AddressFamily::Inet, 32),
+            IpAddr::V6(_) => (AddressFamily::Inet6, 128),
+        };
+        message.attributes.push(RouteAttribute::Destination(address.into()));
+        let mut routes = self.handle.route().get(message).execute();
+        routes.try_next().await.map_err(|e| LinkError::Netlink(e.to_string()))
+    }
+
+    async fn dump_neighbours(&self) -> Result<HashMap<IpAddr, Mac>, LinkError> {
         let mut table = HashMap::new();
         for family in [AddressFamily::Inet, AddressFamily::Inet6] {
             let mut stream = self.handle.neighbours().get().set_address_family(family).execute();
@@ -121,9 +208,17 @@ impl Neighbours {
         Ok(table)
     }
 
-    /// The next change on the interface; waits until there is one.
+    /// The next change on the interface; waits until there is one. A
+    /// gateway's change comes with one change for each watched address
+    /// routed through it; a route change is `Resync`.
     pub async fn next_change(&mut self) -> NeighbourChange {
         loop {
+            if std::mem::take(&mut self.stale) {
+                return NeighbourChange::Resync;
+            }
+            if let Some(change) = self.pending.pop_front() {
+                return change;
+            }
             let Some((message, _)) = self.events.next().await else {
                 // The connection task ended: nothing more will come, so the
                 // daemon relies on its periodic dumps from now on.
@@ -133,14 +228,63 @@ impl Neighbours {
             let change = match message.payload {
                 NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewNeighbour(msg)) => change_of(&msg, self.ifindex, false),
                 NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelNeighbour(msg)) => change_of(&msg, self.ifindex, true),
+                NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewRoute(_) | RouteNetlinkMessage::DelRoute(_)) => {
+                    // A next hop may have moved. One dump answers a burst
+                    // of route changes (a routing daemon's update), and
+                    // every message already queued, since it reads the
+                    // state after them.
+                    while self.events.try_recv().is_ok() {}
+                    Some(NeighbourChange::Resync)
+                }
                 NetlinkPayload::Overrun(_) | NetlinkPayload::Error(_) => Some(NeighbourChange::Resync),
                 _ => None,
             };
             if let Some(change) = change {
-                return change;
+                self.pending.extend(change.through_gateways(&self.gateways));
             }
         }
     }
+}
+
+/// The address whose MAC frames to `address` must carry, from the route
+/// the kernel picked for it (`ip route get ADDRESS`): the gateway
+/// (`RTA_GATEWAY`, or `RTA_VIA` for an IPv4 route through an IPv6 router,
+/// RFC 5549), or `address` itself when it is on the link. `None` when the
+/// route leaves through another interface than `ifindex` or does not
+/// forward (local, blackhole, unreachable, prohibit).
+pub fn next_hop(route: &RouteMessage, address: IpAddr, ifindex: u32) -> Option<IpAddr> {
+    if route.header.kind != RouteType::Unicast {
+        return None;
+    }
+    let mut oif = None;
+    let mut gateway = None;
+    for attr in &route.attributes {
+        match attr {
+            RouteAttribute::Oif(index) => oif = Some(*index),
+            RouteAttribute::Gateway(RouteAddress::Inet(a)) | RouteAttribute::Via(RouteVia::Inet(a)) => {
+                gateway = Some(IpAddr::V4(*a))
+            }
+            RouteAttribute::Gateway(RouteAddress::Inet6(a)) | RouteAttribute::Via(RouteVia::Inet6(a)) => {
+                gateway = Some(IpAddr::V6(*a))
+            }
+            _ => {}
+        }
+    }
+    (oif == Some(ifindex)).then_some(gateway.unwrap_or(address))
+}
+
+/// The neighbour table as the datapath needs it: `neighbours` with each
+/// routed address of `gateways` (address -> gateway) at its gateway's MAC,
+/// or absent while the gateway has none (its own stale on-link entry, if
+/// any, does not count: frames to it go to the router).
+fn through_gateways(mut neighbours: HashMap<IpAddr, Mac>, gateways: &HashMap<IpAddr, IpAddr>) -> HashMap<IpAddr, Mac> {
+    for (address, gateway) in gateways {
+        match neighbours.get(gateway).copied() {
+            Some(mac) => neighbours.insert(*address, mac),
+            None => neighbours.remove(address),
+        };
+    }
+    neighbours
 }
 
 /// What a neighbour message means for the interface `ifindex`, if anything.
@@ -177,6 +321,27 @@ fn change_of(msg: &NeighbourMessage, ifindex: u32, deleted: bool) -> Option<Neig
 }
 
 impl NeighbourChange {
+    /// What a change of the neighbour table means with the routed
+    /// addresses of `gateways` (address -> gateway): the change itself,
+    /// unless it is about a routed address (frames to it go to the router,
+    /// so its own entry does not count), then the same change for every
+    /// address routed through it.
+    pub fn through_gateways(self, gateways: &HashMap<IpAddr, IpAddr>) -> Vec<NeighbourChange> {
+        let address = match self {
+            NeighbourChange::Resolved(address, _) | NeighbourChange::Lost(address) => address,
+            NeighbourChange::Resync => return vec![self],
+        };
+        let mut routed: Vec<IpAddr> = gateways.iter().filter(|(_, g)| **g == address).map(|(a, _)| *a).collect();
+        routed.sort_unstable();
+        let own = (!gateways.contains_key(&address)).then_some(self);
+        own.into_iter()
+            .chain(routed.into_iter().map(|a| match self {
+                NeighbourChange::Resolved(_, mac) => NeighbourChange::Resolved(a, mac),
+                _ => NeighbourChange::Lost(a),
+            }))
+            .collect()
+    }
+
     /// Applies the change to a table; true if the table changed.
     /// `Resync` changes nothing here (the caller dumps).
     pub fn apply_to(self, table: &mut HashMap<IpAddr, Mac>) -> bool {
@@ -202,5 +367,80 @@ mod tests {
         assert!(NeighbourChange::Lost(a).apply_to(&mut table));
         assert!(!NeighbourChange::Lost(a).apply_to(&mut table));
         assert!(table.is_empty());
+    }
+
+    fn route(kind: RouteType, attributes: Vec<RouteAttribute>) -> RouteMessage {
+        let mut route = RouteMessage::default();
+        route.header.kind = kind;
+        route.attributes = attributes;
+        route
+    }
+
+    #[test]
+    fn next_hop_is_the_gateway_or_the_address_on_the_link() {
+        let real = IpAddr::from([198, 18, 5, 11]);
+        let via = |gw: [u8; 4], oif| {
+            route(RouteType::Unicast, vec![RouteAttribute::Gateway(RouteAddress::Inet(gw.into())), RouteAttribute::Oif(oif)])
+        };
+        assert_eq!(next_hop(&via([198, 18, 4, 1], 7), real, 7), Some(IpAddr::from([198, 18, 4, 1])));
+        // On the link: no gateway, the address itself.
+        assert_eq!(next_hop(&route(RouteType::Unicast, vec![RouteAttribute::Oif(7)]), real, 7), Some(real));
+        // Out of another interface: XDP_TX on ours cannot reach it.
+        assert_eq!(next_hop(&via([198, 18, 4, 1], 8), real, 7), None);
+        // No forwarding route.
+        for kind in [RouteType::Local, RouteType::BlackHole, RouteType::Unreachable, RouteType::Prohibit] {
+            assert_eq!(next_hop(&route(kind, vec![RouteAttribute::Oif(7)]), real, 7), None, "{kind:?}");
+        }
+        // IPv6, and IPv4 through an IPv6 router (RFC 5549).
+        let real6: IpAddr = "fd00:18:5::11".parse().unwrap();
+        let gw6: std::net::Ipv6Addr = "fe80::1".parse().unwrap();
+        let r = route(RouteType::Unicast, vec![RouteAttribute::Gateway(RouteAddress::Inet6(gw6)), RouteAttribute::Oif(7)]);
+        assert_eq!(next_hop(&r, real6, 7), Some(gw6.into()));
+        let r = route(RouteType::Unicast, vec![RouteAttribute::Via(RouteVia::Inet6(gw6)), RouteAttribute::Oif(7)]);
+        assert_eq!(next_hop(&r, real, 7), Some(gw6.into()));
+    }
+
+    #[test]
+    fn routed_addresses_take_their_gateways_mac() {
+        let (real1, real2, onlink, router) = (
+            IpAddr::from([198, 18, 5, 11]),
+            IpAddr::from([198, 18, 5, 12]),
+            IpAddr::from([198, 18, 4, 20]),
+            IpAddr::from([198, 18, 4, 1]),
+        );
+        let (router_mac, stale_mac, onlink_mac) = (Mac([2, 0, 0, 0, 4, 1]), Mac([2, 0, 0, 0, 5, 11]), Mac([2, 0, 0, 0, 4, 20]));
+        let gateways: HashMap<IpAddr, IpAddr> = [(real1, router), (real2, router)].into();
+        let raw: HashMap<IpAddr, Mac> = [(router, router_mac), (real1, stale_mac), (onlink, onlink_mac)].into();
+        let table = through_gateways(raw.clone(), &gateways);
+        assert_eq!(table.get(&real1), Some(&router_mac), "the router's MAC, not real1's own old entry");
+        assert_eq!(table.get(&real2), Some(&router_mac));
+        assert_eq!(table.get(&onlink), Some(&onlink_mac));
+        // Without the router's entry, the routed reals have no MAC.
+        let mut raw = raw;
+        raw.remove(&router);
+        let table = through_gateways(raw, &gateways);
+        assert_eq!((table.get(&real1), table.get(&real2)), (None, None));
+
+        // Changes: the router's MAC moves both routed reals; a routed
+        // real's own entry changes nothing; an on-link one only itself.
+        let new_mac = Mac([2, 0, 0, 0, 4, 2]);
+        assert_eq!(
+            NeighbourChange::Resolved(router, new_mac).through_gateways(&gateways),
+            vec![
+                NeighbourChange::Resolved(router, new_mac),
+                NeighbourChange::Resolved(real1, new_mac),
+                NeighbourChange::Resolved(real2, new_mac)
+            ]
+        );
+        assert_eq!(
+            NeighbourChange::Lost(router).through_gateways(&gateways),
+            vec![NeighbourChange::Lost(router), NeighbourChange::Lost(real1), NeighbourChange::Lost(real2)]
+        );
+        assert_eq!(NeighbourChange::Lost(real1).through_gateways(&gateways), vec![]);
+        assert_eq!(
+            NeighbourChange::Resolved(onlink, onlink_mac).through_gateways(&gateways),
+            vec![NeighbourChange::Resolved(onlink, onlink_mac)]
+        );
+        assert_eq!(NeighbourChange::Resync.through_gateways(&gateways), vec![NeighbourChange::Resync]);
     }
 }

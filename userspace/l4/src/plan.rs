@@ -44,6 +44,8 @@ pub struct PlanVip {
     pub established: Vec<IpAddr>,
     /// UDP flows idle this long (milliseconds) take a fresh pick.
     pub udp_idle_timeout_ms: u32,
+    /// The 802.1Q VLAN id the VIP is reached on, 0 for untagged.
+    pub vlan: u16,
 }
 
 impl Plan {
@@ -63,6 +65,7 @@ impl Plan {
             .vips
             .iter()
             .map(|vip| {
+                let configured = config.vips.iter().find(|c| c.name == vip.name);
                 let mut members: Vec<(IpAddr, u32)> = effective
                     .pool(&vip.pool)
                     .into_iter()
@@ -87,7 +90,7 @@ impl Plan {
                         Scheduler::Maglev => 0,
                         Scheduler::IpHash => VIP_F_HASH_SRC_ONLY,
                     } | if vip.forwarding { 0 } else { VIP_F_STANDBY }
-                        | match config.vips.iter().find(|c| c.name == vip.name).map(|c| c.forwarding) {
+                        | match configured.map(|c| c.forwarding) {
                             Some(Forwarding::Ipip) => VIP_F_IPIP,
                             _ => 0,
                         },
@@ -95,6 +98,7 @@ impl Plan {
                     members,
                     established,
                     udp_idle_timeout_ms: u32::try_from(vip.udp_idle_timeout.as_millis()).unwrap_or(u32::MAX),
+                    vlan: configured.and_then(|c| c.vlan).unwrap_or(0),
                 }
             })
             .collect();
@@ -244,6 +248,10 @@ weight = 3
         let config = fulcrum_config::parse(&text, "test.toml").unwrap();
         let plan = Plan::new(&effective(&config, &Observed::default()), &config, &HashMap::new());
         assert_eq!(plan.vips[0].flags, VIP_F_HASH_SRC_ONLY | VIP_F_IPIP);
+        assert_eq!(plan.vips[0].vlan, 0);
+        let tagged = fulcrum_config::parse(&CONFIG.replace("port = 80", "port = 80\nvlan = 200"), "test.toml").unwrap();
+        let plan = Plan::new(&effective(&tagged, &Observed::default()), &tagged, &HashMap::new());
+        assert_eq!(plan.vips[0].vlan, 200);
     }
 
     /// Established flows stay on every member but one down under `repick`.

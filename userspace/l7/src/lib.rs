@@ -26,7 +26,8 @@
 //! operation never closes a descriptor under it), the timeouts and limits
 //! with their statuses ([`limits`]), request hygiene, retries, forwarding
 //! fields, ProxyPassReverse, WebSocket tunnels, the access log
-//! ([`access_log`]) and the graceful drain.
+//! ([`access_log`]) and the graceful drain. Member status, lbset, spares
+//! and standbys, passive health and slow start are in [`members`].
 
 #![warn(missing_docs)]
 
@@ -37,6 +38,7 @@ pub mod balancer;
 pub mod headers;
 mod io;
 pub mod limits;
+pub mod members;
 mod proxy;
 mod runtime;
 pub mod snapshot;

@@ -32,6 +32,7 @@ use crate::{
     headers,
     websocket,
     limits::{self, BodyFault, ConnClock, GuardedBody, LogLimiter, ProxyStats, Violation},
+    members::Outcome,
     snapshot::{
         clock_ms, HostMatch, LbMethod, MemberStats, SharedSnapshot, Snapshot, Sticky,
         FAILURE_PENALTY_US,
@@ -373,7 +374,7 @@ impl Worker {
                 // weight: weight 0 drains a member of *new* sessions only
                 // (Apache's Draining), its existing sessions stay.
                 let choice = match named_idx {
-                    Some(i) if !tried[i] && pool.members[i].usable => Some(i),
+                    Some(i) if !tried[i] && pool.members[i].takes_sessions() => Some(i),
                     // Apache: a route that cannot be honoured (unknown, member
                     // unusable or failing) with nofailover is 503.
                     _ if named.is_some() && sticky.is_some_and(|s| s.nofailover) => {
@@ -394,6 +395,7 @@ impl Worker {
                     Ok(up) => break (idx, up),
                     Err(e) => {
                         MemberStats::add(&member.stats.failures, 1);
+                        pool.observe(idx, Outcome::ConnectFailed);
                         if p2c {
                             member.stats.observe_latency(FAILURE_PENALTY_US, clock_ms());
                         }
@@ -465,6 +467,7 @@ impl Worker {
                     // Dropping `up` cancels its connection task: the late
                     // response, if any, is discarded with the connection.
                     MemberStats::add(&stats.failures, 1);
+                    pool.observe(idx, Outcome::Timeout);
                     return Ok(self.refuse(Violation::GatewayTimeout, peer, &format_args!("pool {}: member {}: response timeout", pool.name, member.address)));
                 }
                 Ok(Err(e)) => {
@@ -474,6 +477,7 @@ impl Worker {
                         return Ok(self.refuse(v, peer, &"request body refused while forwarding"));
                     }
                     MemberStats::add(&stats.failures, 1);
+                    pool.observe(idx, Outcome::Broken);
                     if replay.is_some() && up.received.get() == received_before {
                         // Not a byte of an answer: the member did not
                         // act on it in a way the client could see.
@@ -500,6 +504,7 @@ impl Worker {
         });
         let class = (resp.status().as_u16() / 100).clamp(1, 5) as usize - 1;
         MemberStats::add(&stats.responses[class], 1);
+        pool.observe(idx, Outcome::Status(resp.status().as_u16()));
 
         let (mut parts, body) = resp.into_parts();
         if websocket && parts.status == StatusCode::SWITCHING_PROTOCOLS {
@@ -541,6 +546,7 @@ impl Worker {
             },
             _outstanding: outstanding,
             p2c,
+            passive: pool.passive.is_some().then(|| (snap.clone(), route.pool, idx)),
         };
         if let (true, Some(public)) = (route.proxy_pass_reverse, &client_host) {
             let is_member = |ip: IpAddr, port: u16| {
@@ -841,6 +847,9 @@ pub struct Relay {
     _outstanding: Outstanding,
     /// Record a broken body as a latency penalty (`p2c` pools).
     p2c: bool,
+    /// Where to report a broken body to passive health (pools with it):
+    /// the request's snapshot, pool index, member index.
+    passive: Option<(Arc<Snapshot>, usize, usize)>,
 }
 
 impl Relay {
@@ -984,6 +993,9 @@ impl Body for ProxyBody {
                         MemberStats::add(&r.body.stats.failures, 1);
                         if r.p2c {
                             r.body.stats.observe_latency(FAILURE_PENALTY_US, clock_ms());
+                        }
+                        if let Some((snap, pool, member)) = &r.passive {
+                            snap.pools[*pool].observe(*member, Outcome::Broken);
                         }
                     }
                     Poll::Pending => {}
