@@ -32,7 +32,7 @@ use crate::{
     headers,
     websocket,
     limits::{self, BodyFault, ConnClock, GuardedBody, LogLimiter, ProxyStats, Violation},
-    members::Outcome,
+    members::{Outcome, Tried},
     snapshot::{
         clock_ms, HostMatch, LbMethod, MemberStats, SharedSnapshot, Snapshot, Sticky,
         FAILURE_PENALTY_US,
@@ -360,30 +360,23 @@ impl Worker {
         // Pick a member and get a connection; on a connect failure try
         // another member (the request has not left the proxy yet, so this
         // is safe for every method), until none is left.
-        let mut tried_small = [false; 32];
-        let mut tried_vec;
-        let tried: &mut [bool] = if pool.members.len() <= tried_small.len() {
-            &mut tried_small[..pool.members.len()]
-        } else {
-            tried_vec = vec![false; pool.members.len()];
-            &mut tried_vec
-        };
+        let mut tried = Tried::new(pool.members.len());
         let (idx, up, resp, outstanding, upstream_us) = loop {
             let (idx, mut up) = loop {
                 // A named member is honoured while it is usable, whatever its
                 // weight: weight 0 drains a member of *new* sessions only
                 // (Apache's Draining), its existing sessions stay.
                 let choice = match named_idx {
-                    Some(i) if !tried[i] && pool.members[i].takes_sessions() => Some(i),
+                    Some(i) if !tried.contains(i) && pool.members[i].takes_sessions() => Some(i),
                     // Apache: a route that cannot be honoured (unknown, member
                     // unusable or failing) with nofailover is 503.
                     _ if named.is_some() && sticky.is_some_and(|s| s.nofailover) => {
                         return Ok(self.refuse(Violation::ServiceUnavailable, peer, &format_args!("pool {}: sticky route unusable and nofailover", pool.name)));
                     }
-                    _ => self.pick(&snap, route.pool, client, &|i| !tried[i]),
+                    _ => self.pick(&snap, route.pool, client, &|i| !tried.contains(i)),
                 };
                 let Some(idx) = choice else {
-                    let v = if tried.iter().any(|&t| t) {
+                    let v = if tried.any() {
                         Violation::BadGateway
                     } else {
                         Violation::ServiceUnavailable
@@ -400,7 +393,7 @@ impl Worker {
                             member.stats.observe_latency(FAILURE_PENALTY_US, clock_ms());
                         }
                         tracing::warn!(pool = %pool.name, member = %member.address, error = %e, "connect failed; trying another member");
-                        tried[idx] = true;
+                        tried.insert(idx);
                     }
                 }
             };
@@ -482,7 +475,7 @@ impl Worker {
                         // Not a byte of an answer: the member did not
                         // act on it in a way the client could see.
                         tracing::warn!(pool = %pool.name, member = %member.address, error = %e, "no response; retrying the idempotent request on another member");
-                        tried[idx] = true;
+                        tried.insert(idx);
                         continue;
                     }
                     return Ok(self.refuse(Violation::BadGateway, peer, &format_args!("pool {}: member {}: upstream error: {e}", pool.name, member.address)));
