@@ -36,6 +36,26 @@ impl L7 {
         fulcrum_l7::members::publish(&snapshot, snapshot_of(config, effective, &mut stats));
         let mut proxy_config = ProxyConfig::new(listen.clone());
         proxy_config.workers = config.l7.workers;
+        proxy_config.connect_timeout = config.l7.connect_timeout;
+        proxy_config.response_timeout = config.l7.response_timeout;
+        proxy_config.header_read_timeout = config.l7.header_read_timeout;
+        proxy_config.keepalive_timeout = config.l7.keepalive_timeout;
+        proxy_config.request_timeout = config.l7.request_timeout;
+        proxy_config.drain_timeout = config.l7.drain_timeout;
+        proxy_config.websocket_idle_timeout = config.l7.websocket_idle_timeout;
+        proxy_config.access_log = config.l7.access_log.clone().map(|path| fulcrum_l7::AccessLogConfig {
+            path,
+            format: if config.l7.access_log_json { fulcrum_l7::AccessLogFormat::Json } else { fulcrum_l7::AccessLogFormat::Combined },
+        });
+        proxy_config.max_header_size = config.l7.max_header_size;
+        proxy_config.max_headers = config.l7.max_headers;
+        proxy_config.max_uri_len = config.l7.max_uri_len;
+        proxy_config.max_body_size = config.l7.max_body_size;
+        proxy_config.forwarded = match config.l7.forwarded {
+            fulcrum_config::ForwardedFields::XForwarded => fulcrum_l7::ForwardedFields::XForwarded,
+            fulcrum_config::ForwardedFields::Rfc7239 => fulcrum_l7::ForwardedFields::Rfc7239,
+            fulcrum_config::ForwardedFields::Both => fulcrum_l7::ForwardedFields::Both,
+        };
         let proxy = Proxy::start(proxy_config, Arc::clone(&snapshot)).context("starting the L7 proxy")?;
         tracing::info!(listen = ?listen, workers = config.l7.workers, driver = ?proxy.driver(), "L7 proxy listening");
         Ok(Some(L7 { proxy, snapshot, listen, stats }))
@@ -59,7 +79,13 @@ impl L7 {
         self.stats.get(&(pool.to_owned(), address)).map(Arc::as_ref)
     }
 
-    /// Stops accepting and joins the worker threads.
+    /// The proxy's own counters (refused requests by kind, connections).
+    pub fn proxy_stats(&self) -> Arc<fulcrum_l7::ProxyStats> {
+        self.proxy.stats()
+    }
+
+    /// Graceful stop: stops accepting, lets requests in flight finish
+    /// (at most `[l7] drain_timeout`), then joins the worker threads.
     pub fn shutdown(self) {
         self.proxy.shutdown();
     }
@@ -150,6 +176,7 @@ fn snapshot_of(config: &Config, effective: &Effective, stats: &mut HashMap<(Stri
                     path_prefix: r.path.clone(),
                     pool: pools.iter().position(|p| p.name == r.pool).expect("validated config: route pools exist"),
                     preserve_host: r.preserve_host,
+                    proxy_pass_reverse: r.proxy_pass_reverse,
                 })
                 .collect(),
         })
