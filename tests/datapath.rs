@@ -17,7 +17,9 @@ use fulcrum_common::{
     addr_words, hash, ports_word, DecapReason, Mac, Reason, VipKey, IPPROTO_TCP, IPPROTO_UDP, MAX_REALS, MAX_VIPS,
     VIP_F_HASH_SRC_ONLY, VIP_F_IPIP,
 };
-use fulcrum_l4::{maglev, ConnEntry, ConnEvent, Datapath, DatapathError, Decap, FlowKey, LoadOptions, NodeSettings, Plan, PlanVip};
+use fulcrum_l4::{
+    maglev, ConnEntry, ConnEvent, Datapath, DatapathError, Decap, FlowKey, LoadOptions, NodeSettings, Plan, PlanVip, VirtualMacs,
+};
 
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
@@ -63,6 +65,7 @@ fn vip(name: &str, address: IpAddr, port: u16, protocol: Protocol, flags: u32, b
         members,
         established,
         udp_idle_timeout_ms: UDP_IDLE_MS,
+        vlan: 0,
     }
 }
 
@@ -219,18 +222,71 @@ fn ip_hash_keeps_a_client_on_one_backend() {
     }
 }
 
+/// `frame` with a tag (TPID, TCI) inserted after the Ethernet addresses.
+fn tagged(frame: &[u8], tpid: u16, tci: u16) -> Vec<u8> {
+    let mut f = frame[..12].to_vec();
+    f.extend_from_slice(&tpid.to_be_bytes());
+    f.extend_from_slice(&tci.to_be_bytes());
+    f.extend_from_slice(&frame[12..]);
+    f
+}
+
+/// `lab_state` with every IPv4 VIP (all of VIP4's ports) on VLAN 42; the
+/// IPv6 VIPs stay untagged.
+fn vlan42_state() -> Plan {
+    let mut plan = lab_state();
+    for v in plan.vips.iter_mut().filter(|v| v.key.addr == addr_words(VIP4.into())) {
+        v.vlan = 42;
+    }
+    plan
+}
+
 #[test]
-fn vlan_tagged_vip_packets_keep_their_tag() {
-    let mut dp = loaded(&lab_state());
-    let mut f = Vec::new();
-    PacketBuilder::ethernet2(CLIENT_MAC, SELF_MAC.0)
-        .single_vlan(etherparse::VlanId::try_new(42).unwrap())
-        .ipv4(CLIENT4.octets(), VIP4.octets(), 64)
-        .tcp(5555, 80, 1, 65535)
-        .write(&mut f, b"x")
-        .unwrap();
+fn a_vip_on_a_vlan_takes_frames_of_that_vlan_only_and_they_keep_their_tag() {
+    let mut dp = loaded(&vlan42_state());
+    // VID 42 (with priority bits 5, which are no part of the id): forwarded, tag untouched.
+    let f = tagged(&tcp4(CLIENT4, VIP4, 5555, 80), 0x8100, 5 << 13 | 42);
     let want = rewritten(&f, expected_mac(&[1, 2, 3], v4_hash(CLIENT4, 5555, 80)));
     assert_eq!(run(&mut dp, &f, XDP_TX, Reason::Tx), want);
+    assert_eq!(want[12..16], [0x81, 0x00, 0xa0, 42]);
+    // Another VLAN, untagged, or priority-tagged (VID 0): not this VIP's.
+    for f in [
+        tagged(&tcp4(CLIENT4, VIP4, 5555, 80), 0x8100, 43),
+        tcp4(CLIENT4, VIP4, 5555, 80),
+        tagged(&udp4(CLIENT4, VIP4, 5555, 53), 0x8100, 3 << 13),
+    ] {
+        assert_eq!(run(&mut dp, &f, XDP_PASS, Reason::PassVlanMismatch), f);
+    }
+    // An untagged VIP takes untagged and priority-tagged frames, no VLAN's.
+    let f = tagged(&udp6(CLIENT6, VIP6, 5555, 53), 0x8100, 3 << 13);
+    let want = rewritten(&f, expected_mac(&[1, 2, 3], v6_hash(CLIENT6, 5555, 53)));
+    assert_eq!(run(&mut dp, &f, XDP_TX, Reason::Tx), want);
+    let f = tagged(&udp6(CLIENT6, VIP6, 5555, 53), 0x8100, 42);
+    assert_eq!(run(&mut dp, &f, XDP_PASS, Reason::PassVlanMismatch), f);
+    assert_eq!(vip_packets(&dp, "v4tcp") + vip_packets(&dp, "v4udp") + vip_packets(&dp, "v6udp"), 2);
+    // Echo requests to a VIP address: answered on its VLAN, tag kept.
+    let out = run(&mut dp, &tagged(&echo4(VIP4), 0x8100, 42), XDP_TX, Reason::IcmpEchoReply);
+    assert_eq!(out[12..16], [0x81, 0x00, 0, 42]);
+    assert_eq!(out[18 + 20], 0, "echo reply");
+    let f = echo4(VIP4);
+    assert_eq!(run(&mut dp, &f, XDP_PASS, Reason::PassVlanMismatch), f);
+    let f = tagged(&echo6(VIP6), 0x8100, 42);
+    assert_eq!(run(&mut dp, &f, XDP_PASS, Reason::PassVlanMismatch), f);
+}
+
+#[test]
+fn stacked_vlan_tags_are_passed() {
+    let mut dp = loaded(&vlan42_state());
+    let inner = tagged(&tcp4(CLIENT4, VIP4, 5555, 80), 0x8100, 42);
+    for f in [
+        tagged(&inner, 0x88a8, 42), // 802.1ad S-tag over the C-tag
+        tagged(&inner, 0x8100, 42), // two 802.1Q tags
+        tagged(&tagged(&tcp4(CLIENT4, VIP4, 5555, 80), 0x88a8, 42), 0x8100, 42), // C-tag over S-tag
+        tagged(&tcp4(CLIENT4, VIP4, 5555, 80), 0x88a8, 42), // a lone S-tag
+    ] {
+        assert_eq!(run(&mut dp, &f, XDP_PASS, Reason::PassQinQ), f);
+    }
+    assert_eq!(reason(&dp, Reason::Tx), 0);
 }
 
 #[test]
@@ -360,8 +416,10 @@ fn a_removed_vip_passes_and_its_id_is_reused_with_zeroed_counters() {
     dp.apply(&state).unwrap();
     assert_eq!(dp.applied().vips["new"].vip_id, id);
     assert_eq!(vip_packets(&dp, "new"), 0);
+    assert_eq!(vip_conn(&dp, "new", ConnEvent::Miss), 0, "the old VIP's miss is not the new one's");
     run(&mut dp, &tcp4(CLIENT4, VIP4, 3333, 8443), XDP_TX, Reason::Tx);
     assert_eq!(vip_packets(&dp, "new"), 1);
+    assert_eq!(vip_conn(&dp, "new", ConnEvent::Miss), 1);
 }
 
 #[test]
@@ -621,6 +679,84 @@ fn vip_frames_not_to_our_unicast_mac_are_passed_never_balanced() {
     assert_eq!(run(&mut dp, &f, XDP_TX, Reason::Tx), want);
 }
 
+/// VRRP instances 51 (IPv4) and 52 (IPv6) with `virtual_mac = true`.
+fn virtual_macs() -> VirtualMacs {
+    let mut macs = VirtualMacs::default();
+    macs.insert(51, false);
+    macs.insert(52, true);
+    macs
+}
+
+fn loaded_with_node(plan: &Plan, node: &NodeSettings) -> Datapath {
+    let mut dp = Datapath::load_with(LoadOptions { conn_table_size: CONN_TABLE }).expect("loading the XDP program (run as root)");
+    dp.set_node(node).unwrap();
+    dp.apply(plan).unwrap();
+    dp
+}
+
+#[test]
+fn frames_to_a_configured_vrrp_virtual_mac_are_balanced_from_our_own_mac() {
+    let node = NodeSettings { virtual_macs: virtual_macs(), ..NodeSettings::new(SELF_MAC) };
+    let mut dp = loaded_with_node(&lab_state(), &node);
+    let vmac4 = Mac::vrrp(51, false).0;
+    let vmac6 = Mac::vrrp(52, true).0;
+    // L2 DSR: to the real, from the interface's own MAC (`rewritten`).
+    let f = to_mac(&tcp4(CLIENT4, VIP4, 40000, 80), vmac4);
+    let want = rewritten(&f, expected_mac(&[1, 2, 3], v4_hash(CLIENT4, 40000, 80)));
+    assert_eq!(run(&mut dp, &f, XDP_TX, Reason::Tx), want);
+    let f = to_mac(&udp6(CLIENT6, VIP6, 40000, 53), vmac6);
+    let want = rewritten(&f, expected_mac(&[1, 2, 3], v6_hash(CLIENT6, 40000, 53)));
+    assert_eq!(run(&mut dp, &f, XDP_TX, Reason::Tx), want);
+    assert_eq!(vip_packets(&dp, "v4tcp") + vip_packets(&dp, "v6udp"), 2);
+    // Echo replies come from the virtual MAC the client resolved the VIP to.
+    let out = run(&mut dp, &to_mac(&echo4(VIP4), vmac4), XDP_TX, Reason::IcmpEchoReply);
+    assert_eq!((out[0..6].to_vec(), out[6..12].to_vec()), (CLIENT_MAC.to_vec(), vmac4.to_vec()));
+    let out = run(&mut dp, &to_mac(&echo6(VIP6), vmac6), XDP_TX, Reason::IcmpEchoReply);
+    assert_eq!(out[6..12], vmac6);
+
+    // IPIP: the outer frame leaves from our own MAC too.
+    let node = NodeSettings { virtual_macs: virtual_macs(), ..ipip_node() };
+    let mut dp = loaded_with_node(&ipip_state(), &node);
+    let out = run(&mut dp, &to_mac(&tcp4(CLIENT4, VIP4, 40000, 80), vmac4), XDP_TX, Reason::Tx);
+    assert_eq!((out[0..6].to_vec(), out[6..12].to_vec()), (ROUTER_MAC.0.to_vec(), SELF_MAC.0.to_vec()));
+    assert_eq!(out[14 + 9], 4, "IPIP");
+    let out = run(&mut dp, &to_mac(&tcp6(CLIENT6, VIP6, 40000, 80), vmac6), XDP_TX, Reason::Tx);
+    assert_eq!(out[6..12], SELF_MAC.0);
+    assert_eq!(out[14 + 6], 41, "IP6IP6");
+}
+
+#[test]
+fn frames_to_other_vrrp_virtual_macs_are_passed() {
+    let node = NodeSettings { virtual_macs: virtual_macs(), ..NodeSettings::new(SELF_MAC) };
+    let mut dp = loaded_with_node(&lab_state(), &node);
+    let v4 = |dst: [u8; 6]| to_mac(&tcp4(CLIENT4, VIP4, 40000, 80), dst);
+    let v6 = |dst: [u8; 6]| to_mac(&udp6(CLIENT6, VIP6, 40000, 53), dst);
+    let refused = [
+        // Unconfigured VRIDs.
+        v4(Mac::vrrp(50, false).0),
+        v4(Mac::vrrp(52, false).0),
+        v6(Mac::vrrp(51, true).0),
+        // A configured VRID under the other family's prefix: no node
+        // announces an IPv4 VIP on 00:00:5e:00:02:VRID, nor the reverse.
+        v4(Mac::vrrp(51, true).0),
+        v4(Mac::vrrp(52, true).0),
+        v6(Mac::vrrp(52, false).0),
+        v6(Mac::vrrp(51, false).0),
+        // The virtual MAC with the group bit set.
+        v4([0x01, 0, 0x5e, 0, 1, 51]),
+    ];
+    for f in refused {
+        assert_eq!(run(&mut dp, &f, XDP_PASS, Reason::PassNotForUs), f, "to {:02x?}", &f[0..6]);
+    }
+    let echo = to_mac(&echo4(VIP4), Mac::vrrp(50, false).0);
+    assert_eq!(run(&mut dp, &echo, XDP_PASS, Reason::PassNotForUs), echo);
+    assert_eq!(reason(&dp, Reason::Tx), 0);
+    // Without virtual MACs configured, even VRID 51 is another station's.
+    let mut dp = loaded(&lab_state());
+    let f = v4(Mac::vrrp(51, false).0);
+    assert_eq!(run(&mut dp, &f, XDP_PASS, Reason::PassNotForUs), f);
+}
+
 #[test]
 fn ipv6_to_an_ipv4_mapped_address_never_reaches_the_ipv4_vip() {
     let mut dp = loaded(&lab_state());
@@ -733,7 +869,9 @@ fn v6_with_extensions(protocol: Protocol, dport: u16, exts: &[(u8, u8, u8)]) -> 
         if kind == ROUTING {
             h[2] = 4; // segment routing header (RFC 8754)
             h[3] = segments_left;
-        } else if kind != FRAGMENT {
+        } else if kind == FRAGMENT {
+            h[3] = segments_left; // the low byte of offset and M: 1 = more fragments
+        } else {
             h[2] = 1; // PadN over the rest of the header
             h[3] = (len - 4) as u8;
         }
@@ -750,7 +888,8 @@ fn v6_with_extensions(protocol: Protocol, dport: u16, exts: &[(u8, u8, u8)]) -> 
 type TableChange = (&'static str, Vec<(u8, u32)>, Vec<u8>);
 
 /// An IPv6 extension header to build: (next-header kind, length in 8-byte
-/// units beyond the first, segments left for a routing header).
+/// units beyond the first, segments left for a routing header or the low
+/// byte of the offset and M flag for a fragment header).
 type ExtHeader = (u8, u8, u8);
 
 #[test]
@@ -772,8 +911,8 @@ fn ipv6_extension_headers_are_walked_to_the_tcp_or_udp_header() {
 
     let passed: [(&[ExtHeader], Reason); 5] = [
         // A fragment header behind a walked one is still a fragment.
-        (&[(HOPOPTS, 0, 0), (FRAGMENT, 0, 0)], Reason::PassFragment),
-        (&[(DSTOPTS, 0, 0), (ROUTING, 0, 0), (FRAGMENT, 0, 0)], Reason::PassFragment),
+        (&[(HOPOPTS, 0, 0), (FRAGMENT, 0, 1)], Reason::PassFragment),
+        (&[(DSTOPTS, 0, 0), (ROUTING, 0, 0), (FRAGMENT, 0, 1)], Reason::PassFragment),
         // Segments left: the VIP is an intermediate hop, not the destination.
         (&[(ROUTING, 2, 1)], Reason::PassNotL4),
         (&[(HOPOPTS, 0, 0), (ROUTING, 2, 1)], Reason::PassNotL4),
@@ -795,6 +934,48 @@ fn ipv6_extension_headers_are_walked_to_the_tcp_or_udp_header() {
     set_u16(&mut f, 18, 8 + 4);
     assert_eq!(run(&mut dp, &f, XDP_PASS, Reason::PassTruncated), f);
     assert_eq!(vip_packets(&dp, "v6tcp"), 2);
+}
+
+/// Fragments are passed to the kernel, Katran's policy (see the README):
+/// a later fragment has no ports, so neither its VIP (address, port,
+/// protocol) nor its flow's real can be known without reassembly.
+#[test]
+fn fragments_of_vip_packets_are_passed_and_atomic_fragments_forwarded() {
+    let mut dp = loaded(&lab_state());
+    // IPv4: first fragment (MF, offset 0; ports present), a middle one
+    // (MF, offset 185 x 8 bytes), the last (offset only); TCP and UDP.
+    for f in [tcp4(CLIENT4, VIP4, 40000, 80), udp4(CLIENT4, VIP4, 40000, 53)] {
+        for flags_offset in [0x2000u16, 0x2000 | 185, 185] {
+            let mut frag = f.clone();
+            set_u16(&mut frag, 20, flags_offset);
+            assert_eq!(run(&mut dp, &frag, XDP_PASS, Reason::PassFragment), frag, "{flags_offset:#x}");
+        }
+    }
+    // IPv6 Fragment header (RFC 8200 section 4.5): first (offset 0, M),
+    // middle (offset 185, M), last (offset 185); 185 << 3 = 0x5c8.
+    for (protocol, dport) in [(Protocol::Tcp, 80), (Protocol::Udp, 53)] {
+        for offset_m in [0x0001u16, 0x05c9, 0x05c8] {
+            let mut f = v6_with_extensions(protocol, dport, &[(FRAGMENT, 0, 0)]);
+            set_u16(&mut f, 54 + 2, offset_m);
+            assert_eq!(run(&mut dp, &f, XDP_PASS, Reason::PassFragment), f, "{offset_m:#x}");
+        }
+    }
+    assert_eq!(["v4tcp", "v4udp", "v6tcp", "v6udp"].iter().map(|v| vip_packets(&dp, v)).sum::<u64>(), 0);
+    assert_eq!(conn(&dp, ConnEvent::Miss) + conn(&dp, ConnEvent::Syn), 0, "no connection-table entry");
+    // An atomic fragment (offset 0, M clear; RFC 6946) is a whole packet:
+    // balanced by its 5-tuple, its bytes untouched.
+    for (protocol, dport, exts) in
+        [(Protocol::Tcp, 80, &[(FRAGMENT, 0, 0)][..]), (Protocol::Udp, 53, &[(DSTOPTS, 0, 0), (FRAGMENT, 0, 0)][..])]
+    {
+        let f = v6_with_extensions(protocol, dport, exts);
+        let want = rewritten(&f, expected_mac(&[1, 2, 3], v6_hash(CLIENT6, 40000, dport)));
+        assert_eq!(run(&mut dp, &f, XDP_TX, Reason::Tx), want, "{exts:?}");
+    }
+    // A fragment header cut off by the payload length.
+    let mut f = v6_with_extensions(Protocol::Tcp, 80, &[(FRAGMENT, 0, 0)]);
+    f.truncate(54 + 4);
+    set_u16(&mut f, 18, 4);
+    assert_eq!(run(&mut dp, &f, XDP_PASS, Reason::PassTruncated), f);
 }
 
 #[test]
@@ -843,6 +1024,45 @@ fn key4(sport: u16, dport: u16, proto: u8) -> FlowKey {
 
 fn conn(dp: &Datapath, e: ConnEvent) -> u64 {
     dp.counters().conn_events().into_iter().find(|(x, _)| *x == e).unwrap().1.packets
+}
+
+/// The connection-table event counter of one VIP.
+fn vip_conn(dp: &Datapath, name: &str, e: ConnEvent) -> u64 {
+    let id = dp.applied().vips[name].vip_id;
+    dp.counters().vip_conn_events(id).into_iter().find(|(x, _)| *x == e).unwrap().1.packets
+}
+
+#[test]
+fn connection_table_events_are_counted_per_vip_beside_the_totals() {
+    let mut dp = loaded(&lab_state());
+    // v4tcp: 3 SYNs, 3 misses (other flows), 2 hits on the SYNs' entries.
+    for sport in 100..103 {
+        run(&mut dp, &syn4(sport), XDP_TX, Reason::Tx);
+        run(&mut dp, &tcp4(CLIENT4, VIP4, sport + 1000, 80), XDP_TX, Reason::Tx);
+    }
+    for sport in 100..102 {
+        run(&mut dp, &tcp4(CLIENT4, VIP4, sport, 80), XDP_TX, Reason::Tx);
+    }
+    // v6udp: 1 miss, then 4 hits.
+    for _ in 0..5 {
+        run(&mut dp, &udp6(CLIENT6, VIP6, 5353, 53), XDP_TX, Reason::Tx);
+    }
+    let want = [
+        ("v4tcp", [(ConnEvent::Syn, 3), (ConnEvent::Miss, 3), (ConnEvent::Hit, 2)]),
+        ("v6udp", [(ConnEvent::Syn, 0), (ConnEvent::Miss, 1), (ConnEvent::Hit, 4)]),
+    ];
+    for (name, events) in want {
+        for (e, n) in events {
+            assert_eq!(vip_conn(&dp, name, e), n, "{name} {e:?}");
+        }
+        assert_eq!(vip_conn(&dp, name, ConnEvent::Stale) + vip_conn(&dp, name, ConnEvent::Expired), 0);
+    }
+    for name in ["v4udp", "v6tcp", "sticky", "empty"] {
+        assert!(ConnEvent::ALL.iter().all(|&e| vip_conn(&dp, name, e) == 0), "{name}");
+    }
+    for e in ConnEvent::ALL {
+        assert_eq!(conn(&dp, e), vip_conn(&dp, "v4tcp", e) + vip_conn(&dp, "v6udp", e), "{e:?}: the totals are the sum");
+    }
 }
 
 /// Which of reals 1..=9 a forwarded frame went to, by its destination MAC.
@@ -1126,6 +1346,7 @@ fn ipip_vip(name: &str, address: IpAddr, reals: &[IpAddr]) -> PlanVip {
         established: members.iter().map(|&(a, _)| a).collect(),
         members,
         udp_idle_timeout_ms: UDP_IDLE_MS,
+        vlan: 0,
     }
 }
 
@@ -1140,10 +1361,13 @@ fn ipip_state() -> Plan {
 
 fn loaded_ipip() -> Datapath {
     let mut dp = Datapath::load_with(LoadOptions { conn_table_size: CONN_TABLE }).expect("loading the XDP program (run as root)");
-    dp.set_node(&NodeSettings { self_mac: SELF_MAC, mtu: MTU, ipip_source_v4: Some((SRC4, 24)), ipip_source_v6: Some((SRC6, 112)) })
-        .unwrap();
+    dp.set_node(&ipip_node()).unwrap();
     dp.apply(&ipip_state()).unwrap();
     dp
+}
+
+fn ipip_node() -> NodeSettings {
+    NodeSettings { mtu: MTU, ipip_source_v4: Some((SRC4, 24)), ipip_source_v6: Some((SRC6, 112)), ..NodeSettings::new(SELF_MAC) }
 }
 
 /// The real Maglev picks among `reals` for `hash`.
@@ -1262,9 +1486,45 @@ fn ipv6_vip_packets_are_encapsulated_in_ip6ip6_to_the_maglev_real() {
     }
 }
 
+/// `loaded_ipip` with the IPv4 VIP on VLAN 200 (0xc8).
+fn loaded_ipip_vlan200() -> Datapath {
+    let mut plan = ipip_state();
+    for v in plan.vips.iter_mut().filter(|v| v.key.addr == addr_words(VIP4.into())) {
+        v.vlan = 200;
+    }
+    loaded_with_node(&plan, &ipip_node())
+}
+
+/// IPIP is the VIP's own delivery to its real, not a router hop (RFC 2003
+/// section 3.1 decrements the inner TTL only when encapsulating "as part
+/// of forwarding"): the outer header gets a fresh TTL / hop limit of 64
+/// and a correct checksum; the inner packet, TTL 0 or 1 and bad checksums
+/// included, is carried unchanged for the real to judge.
+#[test]
+fn ipip_carries_inner_ttl_0_or_1_and_bad_checksums_unchanged_under_a_fresh_outer_header() {
+    let mut dp = loaded_ipip();
+    for ttl in [0u8, 1] {
+        let mut input = tcp4(CLIENT4, VIP4, 40000, 80);
+        input[22] = ttl;
+        input[24] ^= 0xff; // the inner IPv4 header checksum now wrong
+        input[14 + 20 + 16] ^= 0xff; // and the TCP checksum
+        let out = run(&mut dp, &input, XDP_TX, Reason::Tx);
+        assert_eq!(out[14 + 8], 64, "outer TTL");
+        assert_eq!(inet_checksum(&out[14..34], 0), 0, "outer header checksum");
+        assert_eq!(out[34..], input[14..], "inner packet as sent, TTL {ttl}");
+
+        let mut input = tcp6(CLIENT6, VIP6, 40000, 80);
+        input[21] = ttl;
+        input[54 + 16] ^= 0xff; // TCP checksum
+        let out = run(&mut dp, &input, XDP_TX, Reason::Tx);
+        assert_eq!(out[14 + 7], 64, "outer hop limit");
+        assert_eq!(out[54..], input[14..], "inner packet as sent, hop limit {ttl}");
+    }
+}
+
 #[test]
 fn a_vlan_tag_is_kept_outside_the_outer_header() {
-    let mut dp = loaded_ipip();
+    let mut dp = loaded_ipip_vlan200();
     let plain = tcp4(CLIENT4, VIP4, 40000, 80);
     let mut input = plain[..12].to_vec();
     input.extend_from_slice(&[0x81, 0x00, 0x00, 0xc8]);
@@ -1429,7 +1689,7 @@ fn decap_strips_the_outer_header_of_vip_packets_only() {
     let mut tagged = plain[..12].to_vec();
     tagged.extend_from_slice(&[0x81, 0x00, 0x00, 0xc8]);
     tagged.extend_from_slice(&plain[12..]);
-    let tunnelled = run(&mut dp, &tagged, XDP_TX, Reason::Tx);
+    let tunnelled = run(&mut loaded_ipip_vlan200(), &tagged, XDP_TX, Reason::Tx);
     let out = decap_run(&mut decap, &tunnelled, DecapReason::Decapsulated);
     assert_eq!(out[12..], tagged[12..]);
 
@@ -1483,4 +1743,182 @@ fn the_writer_coalesces_a_burst_into_few_applies() {
     // The last plan (odd index: real 2 left out) is what the maps hold.
     assert!(status.applied.vips["vip0"].slots.iter().all(|&(a, _)| a != real(2).0));
     drop(writer.shutdown());
+}
+
+/// Removes the namespace it names when dropped, on every exit path.
+struct TempNetns(String);
+
+impl Drop for TempNetns {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+/// Attaching turns the interface's receive VLAN offload off, so tags
+/// reach the program in the frame; detaching turns it back on.
+#[test]
+fn attach_turns_receive_vlan_offload_off_and_detach_restores_it() {
+    let ns = TempNetns(format!("fdp-vlan-{}", std::process::id()));
+    let ip = |args: &[&str]| {
+        let status = std::process::Command::new("ip").args(args).status().unwrap();
+        assert!(status.success(), "ip {args:?}");
+    };
+    ip(&["netns", "add", &ns.0]);
+    ip(&["-n", &ns.0, "link", "add", "bal0", "type", "veth", "peer", "name", "bal1"]);
+    ip(&["-n", &ns.0, "link", "set", "bal0", "up"]);
+    ip(&["-n", &ns.0, "link", "set", "bal1", "up"]);
+    fulcrum_lab::in_netns(&ns.0, || {
+        use fulcrum_l4::ethtool::rx_vlan_offload;
+        assert!(rx_vlan_offload("bal0").unwrap(), "veth starts with receive VLAN offload on");
+        let mut dp = loaded(&lab_state());
+        dp.attach("bal0").unwrap();
+        assert!(!rx_vlan_offload("bal0").unwrap(), "off while attached");
+        dp.detach().unwrap();
+        assert!(rx_vlan_offload("bal0").unwrap(), "restored at detach");
+        // Already off: left off, and not turned on at detach.
+        fulcrum_l4::ethtool::set_rx_vlan_offload("bal0", false).unwrap();
+        dp.attach("bal0").unwrap();
+        drop(dp);
+        assert!(!rx_vlan_offload("bal0").unwrap());
+        assert!(rx_vlan_offload("nonexistent0").is_err());
+    })
+    .unwrap();
+}
+
+// ---- ICMP too-big about a VIP flow ------------------------------------------
+
+/// A router on the path between a real and the client.
+const ROUTER4: Ipv4Addr = Ipv4Addr::new(198, 18, 9, 1);
+const ROUTER6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x18, 9, 0, 0, 0, 0, 1);
+
+/// An ICMP "fragmentation needed" (type 3 code 4, next-hop MTU 1400) from
+/// the router to `dst`, quoting `quoted` (IP header and following bytes).
+fn frag_needed4(dst: Ipv4Addr, kind: u8, code: u8, quoted: &[u8]) -> Vec<u8> {
+    let mut icmp = vec![kind, code, 0, 0, 0, 0, 0x05, 0x78];
+    icmp.extend_from_slice(quoted);
+    let check = inet_checksum(&icmp, 0);
+    icmp[2..4].copy_from_slice(&check.to_be_bytes());
+    let mut ip = vec![0x45, 0, 0, 0, 0, 0, 0, 0, 64, 1, 0, 0];
+    ip.extend_from_slice(&ROUTER4.octets());
+    ip.extend_from_slice(&dst.octets());
+    let total = (ip.len() + icmp.len()) as u16;
+    ip[2..4].copy_from_slice(&total.to_be_bytes());
+    let check = inet_checksum(&ip, 0);
+    ip[10..12].copy_from_slice(&check.to_be_bytes());
+    let mut f = SELF_MAC.0.to_vec();
+    f.extend_from_slice(&CLIENT_MAC);
+    f.extend_from_slice(&[0x08, 0x00]);
+    f.extend_from_slice(&ip);
+    f.extend_from_slice(&icmp);
+    f
+}
+
+/// An ICMPv6 "packet too big" (type 2, MTU 1400) from the router to `dst`.
+fn too_big6(dst: Ipv6Addr, quoted: &[u8]) -> Vec<u8> {
+    let mut icmp = vec![2, 0, 0, 0, 0, 0, 0x05, 0x78];
+    icmp.extend_from_slice(quoted);
+    let check = inet_checksum(&icmp, pseudo6(&ROUTER6.octets(), &dst.octets(), icmp.len()));
+    icmp[2..4].copy_from_slice(&check.to_be_bytes());
+    let mut f = SELF_MAC.0.to_vec();
+    f.extend_from_slice(&CLIENT_MAC);
+    f.extend_from_slice(&[0x86, 0xdd, 0x60, 0, 0, 0]);
+    f.extend_from_slice(&(icmp.len() as u16).to_be_bytes());
+    f.extend_from_slice(&[58, 64]);
+    f.extend_from_slice(&ROUTER6.octets());
+    f.extend_from_slice(&dst.octets());
+    f.extend_from_slice(&icmp);
+    f
+}
+
+/// The quote of a packet the VIP sent to the client: its IP header and
+/// the first 8 bytes after it (RFC 792's minimum).
+fn quote(answer: &[u8], ip_header: usize) -> Vec<u8> {
+    answer[14..14 + ip_header + 8].to_vec()
+}
+
+#[test]
+fn icmp_too_big_about_a_vip_flow_goes_to_the_real_of_that_flow() {
+    let mut dp = loaded(&lab_state());
+    // No connection-table entry: the Maglev pick the flow would get.
+    for sport in [40000u16, 40001, 40002] {
+        let f = frag_needed4(VIP4, 3, 4, &quote(&tcp4(VIP4, CLIENT4, 80, sport), 20));
+        let want = rewritten(&f, expected_mac(&[1, 2, 3], v4_hash(CLIENT4, sport, 80)));
+        assert_eq!(run(&mut dp, &f, XDP_TX, Reason::IcmpTooBigForwarded), want, "sport {sport}");
+        assert!(dp.conn_entry(&key4(sport, 80, IPPROTO_TCP)).is_none(), "nothing written");
+        let f = frag_needed4(VIP4, 3, 4, &quote(&udp4(VIP4, CLIENT4, 53, sport), 20));
+        let want = rewritten(&f, expected_mac(&[1, 2, 3], v4_hash(CLIENT4, sport, 53)));
+        assert_eq!(run(&mut dp, &f, XDP_TX, Reason::IcmpTooBigForwarded), want);
+        let f = too_big6(VIP6, &quote(&tcp6(VIP6, CLIENT6, 80, sport), 40));
+        let want = rewritten(&f, expected_mac(&[1, 2, 3], v6_hash(CLIENT6, sport, 80)));
+        assert_eq!(run(&mut dp, &f, XDP_TX, Reason::IcmpTooBigForwarded), want);
+    }
+    assert_eq!(vip_packets(&dp, "v4tcp"), 3);
+    assert_eq!(vip_packets(&dp, "v6tcp"), 3);
+
+    // With an entry naming another real than the pick: that real.
+    let mut gens = BTreeMap::new();
+    for (sport, to) in send_all(&mut dp, 20000..20100) {
+        gens.insert(to, dp.conn_entry(&key4(sport, 80, IPPROTO_TCP)).unwrap().real_gen);
+    }
+    let sport = 40000;
+    let pick = maglev_pick(&[(1, 1), (2, 1), (3, 1)], v4_hash(CLIENT4, sport, 80));
+    let other = if pick == 1 { 2 } else { 1 };
+    let other_id = dp.applied().reals[&real(other).0].0;
+    let entry = ConnEntry { real_id: other_id, real_gen: gens[&other], last_seen_ns: 0 };
+    dp.set_conn_entry(&key4(sport, 80, IPPROTO_TCP), entry).unwrap();
+    let hits = conn(&dp, ConnEvent::Hit);
+    let f = frag_needed4(VIP4, 3, 4, &quote(&tcp4(VIP4, CLIENT4, 80, sport), 20));
+    assert_eq!(sent_to(&run(&mut dp, &f, XDP_TX, Reason::IcmpTooBigForwarded)), other);
+    assert_eq!(conn(&dp, ConnEvent::Hit), hits, "ICMP errors are not flow packets");
+    assert_eq!(dp.conn_entry(&key4(sport, 80, IPPROTO_TCP)), Some(entry), "the entry is left as it was");
+}
+
+#[test]
+fn other_icmp_errors_are_left_to_the_kernel() {
+    let mut dp = loaded(&lab_state());
+    let answer = tcp4(VIP4, CLIENT4, 80, 40000);
+    let mut wrong_proto = quote(&answer, 20);
+    wrong_proto[9] = 1;
+    let passed = [
+        // Host unreachable, not "fragmentation needed".
+        (frag_needed4(VIP4, 3, 1, &quote(&answer, 20)), Reason::PassNotL4),
+        // The quote is no packet the VIP sent: from the client, or ICMP.
+        (frag_needed4(VIP4, 3, 4, &quote(&tcp4(CLIENT4, VIP4, 40000, 80), 20)), Reason::PassNotL4),
+        (frag_needed4(VIP4, 3, 4, &wrong_proto), Reason::PassNotL4),
+        // Cut before the ports.
+        (frag_needed4(VIP4, 3, 4, &answer[14..14 + 20 + 2]), Reason::PassNotL4),
+        // From the VIP's address but another port: no VIP.
+        (frag_needed4(VIP4, 3, 4, &quote(&tcp4(VIP4, CLIENT4, 81, 40000), 20)), Reason::PassNotVip),
+        // To an address that is no VIP.
+        (frag_needed4(CLIENT4, 3, 4, &quote(&tcp4(CLIENT4, ROUTER4, 80, 40000), 20)), Reason::PassNotVip),
+        (too_big6(VIP6, &quote(&tcp6(CLIENT6, VIP6, 40000, 80), 40)), Reason::PassNotL4),
+    ];
+    for (f, why) in passed {
+        assert_eq!(run(&mut dp, &f, XDP_PASS, why), f, "{why:?}");
+    }
+    // On a VIP with no backend: dropped like its flow's packets.
+    let f = frag_needed4(VIP4, 3, 4, &quote(&tcp4(VIP4, CLIENT4, 8080, 40000), 20));
+    run(&mut dp, &f, XDP_DROP, Reason::DropNoBackend);
+    assert_eq!(reason(&dp, Reason::IcmpTooBigForwarded), 0);
+}
+
+#[test]
+fn icmp_too_big_about_an_ipip_vip_flow_is_encapsulated_like_the_flow() {
+    let mut dp = loaded_ipip();
+    let sport = 40000;
+    let flow = run(&mut dp, &tcp4(CLIENT4, VIP4, sport, 80), XDP_TX, Reason::Tx);
+    let input = frag_needed4(VIP4, 3, 4, &quote(&tcp4(VIP4, CLIENT4, 80, sport), 20));
+    let out = run(&mut dp, &input, XDP_TX, Reason::IcmpTooBigForwarded);
+    assert_eq!(out[0..14], flow[0..14], "to the flow's next hop, from our MAC");
+    assert_eq!(out[14 + 9], 4, "IPIP");
+    assert_eq!(out[14 + 12..14 + 20], flow[14 + 12..14 + 20], "the flow's outer source and real");
+    assert_eq!(inet_checksum(&out[14..34], 0), 0);
+    assert_eq!(out[34..], input[14..], "the ICMP packet whole inside");
+
+    let flow = run(&mut dp, &tcp6(CLIENT6, VIP6, sport, 80), XDP_TX, Reason::Tx);
+    let input = too_big6(VIP6, &quote(&tcp6(VIP6, CLIENT6, 80, sport), 40));
+    let out = run(&mut dp, &input, XDP_TX, Reason::IcmpTooBigForwarded);
+    assert_eq!(out[14 + 6], 41, "IP6IP6");
+    assert_eq!(out[14 + 8..14 + 40], flow[14 + 8..14 + 40], "the flow's outer source and real");
+    assert_eq!(out[54..], input[14..]);
 }

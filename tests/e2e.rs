@@ -254,6 +254,41 @@ fn ipv6_vip_reaches_every_backend_through_xdp() {
     vip_reaches_every_backend_through_xdp(VIP6.into());
 }
 
+/// The id of the XDP program on the lb's eth0, if any.
+fn xdp_prog_id(lab: &Lab) -> Option<String> {
+    let shown = lab.exec("lb", &["ip", "-d", "link", "show", "dev", "eth0"]).unwrap();
+    shown.split("prog/xdp id ").nth(1).and_then(|rest| rest.split_whitespace().next()).map(str::to_string)
+}
+
+/// The program is attached by netlink, so it outlives a daemon killed
+/// without cleanup (SIGKILL) and keeps forwarding with the tables as last
+/// written; a new daemon replaces it, and a graceful stop removes it.
+#[test]
+fn a_killed_daemon_leaves_its_program_forwarding_until_a_restart_replaces_it() {
+    let mut f = Fixture::lab_only();
+    f.start();
+    let first = xdp_prog_id(&f.lab).expect("an XDP program on eth0");
+    f.batch(VIP4.into());
+
+    f.daemon.as_mut().unwrap().kill().unwrap();
+    assert_eq!(xdp_prog_id(&f.lab).as_deref(), Some(first.as_str()), "the program went with the killed daemon");
+    let served = f.batch(VIP4.into());
+    assert_eq!(served.len(), REALS.len(), "without its daemon the program still spreads: {served:?}");
+
+    f.start();
+    let second = xdp_prog_id(&f.lab).expect("an XDP program on eth0");
+    assert_ne!(first, second, "the restarted daemon did not replace the program");
+    let before = f.stats();
+    f.batch(VIP4.into());
+    let after = f.stats();
+    assert!(after.reason("tx") > before.reason("tx"), "the new program does not forward");
+
+    let status = f.daemon.as_mut().unwrap().stop(Duration::from_secs(5)).unwrap();
+    assert!(status.success(), "fulcrum did not exit cleanly on SIGTERM: {status}");
+    assert_eq!(xdp_prog_id(&f.lab), None, "a graceful stop leaves the program attached");
+    assert_vip_unreachable(&f.lab, VIP4.into());
+}
+
 /// A backend failing `fall` checks gets no new connections within
 /// interval × fall + 1 s; after `rise` good checks it serves again.
 #[test]

@@ -18,7 +18,8 @@
 //! 3. (b) lb's daemon starts again and preempts (higher priority).
 //! 4. (c) lb's daemon is killed (SIGKILL: no more adverts): lb2 takes over
 //!    within Master_Down_Interval + slack, and its gratuitous ARPs point
-//!    the client at it.
+//!    the client at it. lb's XDP program outlives its daemon, so the
+//!    keep-alive connection survives this too.
 //!
 //! Throughout, a prober on the client opens a new connection to the VIP
 //! every 10 ms; the longest interval between two replies around each
@@ -697,8 +698,10 @@ fn vrrp_failover_keeps_the_vip_and_its_flows() {
     let (gap, failed_probes) = prober.gap(t_kill - Duration::from_millis(200), t_end);
     let (requests, bad) = flow.report(t_kill, t_end);
     // The killed daemon could not remove the VIP from lb's eth0 (keepalived
-    // leaves it too); without XDP, lb's kernel answers for it, so the
-    // keep-alive connection may be reset before the gratuitous ARPs arrive.
+    // leaves it too), but its XDP program, attached by netlink, still
+    // forwards: until lb2's gratuitous ARPs move the client, the
+    // keep-alive connection goes on through lb, then through lb2 to the
+    // same backend.
     let stale = p.holds_vip("lb");
     println!(
         "crash (SIGKILL): lb2 owned the VIP {} after the kill (Master_Down_Interval {}), client gap {} (failed probes: {failed_probes:?}), \
@@ -710,6 +713,9 @@ fn vrrp_failover_keeps_the_vip_and_its_flows() {
         bad.first().map(|e| format!(" (first: {e})")).unwrap_or_default()
     );
     gaps.push(("crash", gap));
+    if !bad.is_empty() {
+        flow_failures.push(format!("across the crash: {bad:?}"));
+    }
     assert!(p.holds_vip("lb2"), "lb2 does not hold the VIP");
     assert_eq!(p.client_vip_neighbour().as_deref(), Some(mac_lb2.as_str()), "the client's ARP entry names lb2");
     assert!(prober.all_good_since(t_end - Duration::from_millis(500)), "probes fail after the crash takeover");
@@ -794,11 +800,10 @@ fn tracked_pool_hands_over_and_back() {
     assert!(p.holds_vip("lb") && !p.holds_vip("lb2"), "the VIP did not move back to lb");
 }
 
-/// Issue 11 item 3, "XDP program attached". fulcrum attaches through a
-/// BPF link, so the kernel refuses `ip link set dev eth0 xdp off` ("Can't
-/// replace active BPF XDP link") and the track keeps holding; detaching
-/// the link itself (`bpftool link detach`) removes the program, which
-/// lowers lb's priority to 90, so lb2 (100) takes over.
+/// Issue 11 item 3, "XDP program attached". fulcrum attaches by netlink
+/// (so that the program outlives a crashed daemon), so an operator's
+/// `ip link set dev eth0 xdp off` removes it: the track notices and lowers
+/// lb's priority to 90, so lb2 (100) takes over.
 #[test]
 fn tracked_xdp_program_hands_over() {
     let mut p = Pair::up_with(xdp_tracking_toml);
@@ -809,30 +814,65 @@ fn tracked_xdp_program_hands_over() {
     p.wait_reals_up("lb2", Duration::from_secs(10)).unwrap();
     p.wait_vi4("lb2", "BACKUP", PRIORITY_LB2, Duration::from_secs(5)).unwrap();
 
-    let refused = p.lab.exec("lb", &["ip", "link", "set", "dev", "eth0", "xdp", "off"]);
-    assert!(refused.is_err(), "the kernel let `xdp off` remove a link-attached program: {refused:?}");
-    std::thread::sleep(Duration::from_secs(1));
-    let vi4 = p.vi4("lb").unwrap();
-    assert_eq!((vi4.state.as_str(), vi4.priority), ("MASTER", PRIORITY_LB), "{vi4:?}");
-
-    // The program's id on lb's eth0, then the BPF link holding it.
     let shown = p.lab.exec("lb", &["ip", "-d", "link", "show", "dev", "eth0"]).unwrap();
-    let prog = shown
-        .split("prog/xdp id ")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .unwrap_or_else(|| panic!("no XDP program on lb's eth0: {shown}"))
-        .to_string();
-    let links = p.lab.exec("lb", &["bpftool", "link", "show"]).unwrap();
-    let link = links
-        .lines()
-        .find(|l| l.contains(": xdp") && l.split_whitespace().skip_while(|w| *w != "prog").nth(1) == Some(prog.as_str()))
-        .and_then(|l| l.split(':').next())
-        .unwrap_or_else(|| panic!("no XDP link for program {prog}: {links}"))
-        .trim()
-        .to_string();
-    p.lab.exec("lb", &["bpftool", "link", "detach", "id", &link]).unwrap();
+    assert!(shown.contains("prog/xdp id "), "no XDP program on lb's eth0: {shown}");
+    p.lab.exec("lb", &["ip", "link", "set", "dev", "eth0", "xdp", "off"]).unwrap();
     p.wait_vi4("lb", "BACKUP", PRIORITY_LB - TRACK_WEIGHT, Duration::from_secs(5)).unwrap();
     p.wait_vi4("lb2", "MASTER", PRIORITY_LB2, Duration::from_secs(2)).unwrap();
     assert!(!p.holds_vip("lb") && p.holds_vip("lb2"), "the VIP did not move to lb2");
+}
+
+/// [`config_toml`] with the RFC 9568 virtual router MAC.
+fn vmac_toml(priority: u8) -> String {
+    config_toml(priority) + "virtual_mac = true\n"
+}
+
+/// `virtual_mac = true` on the instance that owns an L4 VIP (issue 11):
+/// the client's neighbour entry for the VIP names 00:00:5e:00:01:33 (VRID
+/// 51) and keeps naming it across a failover, lb's XDP program and then
+/// lb2's balance the frames sent to that MAC, and a keep-alive connection
+/// opened through lb goes on through lb2 without a failed request.
+#[test]
+fn virtual_mac_vip_keeps_the_clients_neighbour_and_flows_across_a_failover() {
+    const VMAC: &str = "00:00:5e:00:01:33";
+    let mut p = Pair::up_with(vmac_toml);
+    p.start("lb");
+    p.wait_reals_up("lb", Duration::from_secs(10)).unwrap();
+    p.wait_state("lb", "MASTER", Duration::from_secs(5)).unwrap();
+    p.start("lb2");
+    p.wait_reals_up("lb2", Duration::from_secs(10)).unwrap();
+    p.wait_state("lb2", "BACKUP", Duration::from_secs(5)).unwrap();
+    assert!(p.lab.exec("lb", &["ip", "-o", "addr", "show", "dev", "vrrp.51"]).unwrap().contains(&VIP4.to_string()));
+
+    let lb_before = p.stats("lb");
+    let served = batch(&p.lab, 30);
+    let lb_after = p.stats("lb");
+    assert_eq!(served.len(), REALS.len(), "every real serves through the virtual MAC: {served:?}");
+    assert!(lb_after.reason("tx") - lb_before.reason("tx") >= 3 * 30, "lb's XDP forwarded the batch");
+    assert_eq!(p.client_vip_neighbour().as_deref(), Some(VMAC), "the client resolves the VIP to the virtual MAC");
+
+    let prober = Prober::start(&p.lab);
+    let flow = Flow::start(&p.lab);
+    std::thread::sleep(Duration::from_millis(500));
+    let lb2_before = p.stats("lb2");
+    let t_stop = Instant::now();
+    p.node("lb").daemon.as_mut().unwrap().terminate().unwrap();
+    p.wait_state("lb2", "MASTER", skew_time(PRIORITY_LB2) + SLACK + STATS_SLACK).unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    let t_end = Instant::now();
+    let (gap, failed_probes) = prober.gap(t_stop - Duration::from_millis(200), t_end);
+    let (requests, bad) = flow.report(t_stop, t_end);
+    println!(
+        "virtual MAC, graceful stop: client gap {} (failed probes: {failed_probes:?}), keep-alive: {requests} requests, {} failed",
+        ms(gap),
+        bad.len()
+    );
+    assert!(bad.is_empty(), "the keep-alive connection failed across the failover: {bad:?}");
+    assert!(requests > 20, "the keep-alive connection made only {requests} requests");
+    assert!(prober.all_good_since(t_end - Duration::from_millis(500)), "probes fail after the failover");
+    assert_eq!(p.client_vip_neighbour().as_deref(), Some(VMAC), "the client's entry still names the virtual MAC");
+    let lb2_after = p.stats("lb2");
+    assert!(lb2_after.reason("tx") > lb2_before.reason("tx"), "lb2's XDP forwards after the takeover");
+    drop(flow);
+    drop(prober);
 }

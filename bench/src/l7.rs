@@ -27,7 +27,12 @@
 //!    each request's scheduled send time when the connection was still
 //!    busy with the previous one (coordinated omission corrected, as wrk2);
 //! 3. memory: freshly started proxies, 10,000 idle keep-alive client
-//!    connections (one request each, then idle), RSS delta / connections.
+//!    connections (one request each, then idle), RSS delta / connections;
+//! 4. two workers: the closed loop again with two workers per proxy
+//!    (fulcrum `workers = 2`, nginx `worker_processes 2` under its master,
+//!    HAProxy `nbthread 2`), each proxy allowed both CPUs; backend and wrk
+//!    stay on the load CPU, so one worker shares it with them, alike for
+//!    all three.
 use std::{
     cell::RefCell,
     fmt::Write as _,
@@ -57,6 +62,7 @@ pub struct Opts {
     pub idle: usize,
     pub rate: Option<u64>,
     pub polling: bool,
+    pub two_workers: bool,
     pub record: Option<PathBuf>,
 }
 
@@ -128,11 +134,12 @@ fn wait_listening(addr: SocketAddr, p: &mut Proc) -> Result<()> {
     }
 }
 
-fn spawn(name: &str, cpu: usize, prog: &Path, args: &[String], log: &Path) -> Result<Proc> {
+/// Starts `prog` with `args` on the CPUs `cpus` (a taskset list: `0`, `0,1`).
+fn spawn(name: &str, cpus: &str, prog: &Path, args: &[String], log: &Path) -> Result<Proc> {
     let out = std::fs::File::create(log)?;
     let child = Command::new("taskset")
         .arg("-c")
-        .arg(cpu.to_string())
+        .arg(cpus)
         .arg(prog)
         .args(args)
         .stdin(Stdio::null())
@@ -158,7 +165,9 @@ struct Setup {
     backend: SocketAddr,
     addrs: [SocketAddr; 3],
     polling: bool,
-    proxy_cpu: usize,
+    /// The proxies' CPUs (taskset list) and worker count.
+    proxy_cpus: String,
+    workers: usize,
 }
 
 impl Setup {
@@ -166,16 +175,19 @@ impl Setup {
         self.addrs[KINDS.iter().position(|&x| x == k).unwrap()]
     }
 
-    fn nginx_conf(&self, name: &str, body: &str) -> Result<PathBuf> {
+    /// With one worker nginx runs as that worker alone (`master_process
+    /// off`); more need the master to start them.
+    fn nginx_conf(&self, name: &str, workers: usize, body: &str) -> Result<PathBuf> {
         let d = self.dir.join(name);
         std::fs::create_dir_all(&d)?;
         let conf = format!(
-            "worker_processes 1;\nmaster_process off;\ndaemon off;\nworker_rlimit_nofile 40000;\n\
+            "worker_processes {workers};\nmaster_process {};\ndaemon off;\nworker_rlimit_nofile 40000;\n\
              error_log {d}/error.log warn;\npid {d}/nginx.pid;\n\
              events {{ worker_connections 30000; multi_accept on; }}\n\
              http {{\n  access_log off;\n  keepalive_requests 100000000;\n  keepalive_timeout 60s;\n\
              client_body_temp_path {d}/cb;\n  proxy_temp_path {d}/pt;\n  fastcgi_temp_path {d}/ft;\n\
              uwsgi_temp_path {d}/ut;\n  scgi_temp_path {d}/st;\n{body}}}\n",
+            if workers > 1 { "on" } else { "off" },
             d = d.display()
         );
         let p = d.join("nginx.conf");
@@ -188,10 +200,10 @@ impl Setup {
             "  server {{\n    listen {} backlog=4096;\n    location / {{ default_type text/plain; return 200 \"hello\\n\"; }}\n  }}\n",
             self.backend
         );
-        let conf = self.nginx_conf("backend", &body)?;
+        let conf = self.nginx_conf("backend", 1, &body)?;
         let mut p = spawn(
             "backend nginx",
-            cpu,
+            &cpu.to_string(),
             &which("nginx")?,
             &["-p".into(), self.dir.join("backend").display().to_string(), "-c".into(), conf.display().to_string()],
             &self.dir.join("backend.log"),
@@ -215,7 +227,8 @@ impl Setup {
                 if self.polling {
                     args.push("--polling".into());
                 }
-                spawn("fulcrum-l7", self.proxy_cpu, &std::env::current_exe()?, &args, &log)?
+                args.extend(["--workers".into(), self.workers.to_string()]);
+                spawn("fulcrum-l7", &self.proxy_cpus, &std::env::current_exe()?, &args, &log)?
             }
             Kind::Nginx => {
                 let body = format!(
@@ -226,10 +239,10 @@ impl Setup {
                      \x20     proxy_set_header X-Forwarded-Proto $scheme;\n    }}\n  }}\n",
                     self.backend, addr
                 );
-                let conf = self.nginx_conf("proxy-nginx", &body)?;
+                let conf = self.nginx_conf("proxy-nginx", self.workers, &body)?;
                 spawn(
                     "nginx",
-                    self.proxy_cpu,
+                    &self.proxy_cpus,
                     &which("nginx")?,
                     &["-p".into(), self.dir.join("proxy-nginx").display().to_string(), "-c".into(), conf.display().to_string()],
                     &log,
@@ -237,17 +250,18 @@ impl Setup {
             }
             Kind::Haproxy => {
                 let conf = format!(
-                    "global\n  nbthread 1\n  maxconn 9950\n  ulimit-n 20000\n\n\
+                    "global\n  nbthread {}\n  maxconn 9950\n  ulimit-n 20000\n\n\
                      defaults\n  mode http\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n\
                      \x20 timeout http-keep-alive 60s\n  timeout http-request 10s\n  option http-keep-alive\n\
                      \x20 option forwardfor\n  http-reuse always\n\n\
                      frontend fe\n  bind {addr}\n  maxconn 9950\n  default_backend be\n\n\
                      backend be\n  server s1 {}\n",
+                    self.workers,
                     self.backend
                 );
                 let p = self.dir.join("haproxy.cfg");
                 std::fs::write(&p, conf)?;
-                spawn("HAProxy", self.proxy_cpu, &which("haproxy")?, &["-db".into(), "-f".into(), p.display().to_string()], &log)?
+                spawn("HAProxy", &self.proxy_cpus, &which("haproxy")?, &["-db".into(), "-f".into(), p.display().to_string()], &log)?
             }
         };
         wait_listening(addr, &mut p)?;
@@ -531,36 +545,15 @@ pub fn run(o: Opts) -> Result<()> {
             SocketAddr::from(([127, 0, 0, 1], free_port()?)),
         ],
         polling: o.polling,
-        proxy_cpu: o.proxy_cpu,
+        proxy_cpus: o.proxy_cpu.to_string(),
+        workers: 1,
     };
     let versions = versions();
     let backend = setup.start_backend(o.load_cpu)?;
 
     // 1. Closed loop, interleaved.
     let mut procs: Vec<Proc> = KINDS.iter().map(|&k| setup.start(k)).collect::<Result<_>>()?;
-    for &k in &KINDS {
-        // Warm-up: upstream connections, allocator, caches.
-        wrk(&dir, o.load_cpu, setup.addr(k), o.connections, 1)?;
-    }
-    let mut runs: Vec<Vec<WrkRun>> = vec![Vec::new(); KINDS.len() + 1];
-    for round in 0..o.rounds {
-        for (i, &k) in KINDS.iter().enumerate() {
-            let r = wrk(&dir, o.load_cpu, setup.addr(k), o.connections, o.secs)?;
-            eprintln!("l7: round {} {}: {:.0} req/s p50 {:.3} ms p99 {:.3} ms", round + 1, k.name(), r.rps, r.p50, r.p99);
-            runs[i].push(r);
-        }
-        let r = wrk(&dir, o.load_cpu, setup.backend, o.connections, o.secs)?;
-        eprintln!("l7: round {} direct: {:.0} req/s", round + 1, r.rps);
-        runs[KINDS.len()].push(r);
-    }
-    let summary: Vec<WrkRun> = runs
-        .iter()
-        .map(|rs| {
-            let f = |g: fn(&WrkRun) -> f64| med(&rs.iter().map(g).collect::<Vec<_>>());
-            WrkRun { rps: f(|r| r.rps), p50: f(|r| r.p50), p99: f(|r| r.p99), p999: f(|r| r.p999), errors: rs.iter().map(|r| r.errors).sum() }
-        })
-        .collect();
-
+    let (runs, summary) = closed_loop(&setup, &o, "")?;
     // 2. Constant rate.
     let slowest = summary[..KINDS.len()].iter().map(|r| r.rps).fold(f64::INFINITY, f64::min);
     let rate = o.rate.unwrap_or(((slowest * 0.6) / 1000.0).floor().max(1.0) as u64 * 1000);
@@ -583,6 +576,16 @@ pub fn run(o: Opts) -> Result<()> {
             drop(p);
         }
     }
+    // 4. Two workers per proxy, on both CPUs.
+    let two = if o.two_workers {
+        let setup2 = Setup { proxy_cpus: format!("{},{}", o.proxy_cpu, o.load_cpu), workers: 2, ..setup };
+        let procs: Vec<Proc> = KINDS.iter().map(|&k| setup2.start(k)).collect::<Result<_>>()?;
+        let (runs2, summary2) = closed_loop(&setup2, &o, "two workers ")?;
+        drop(procs);
+        Some((runs2, summary2))
+    } else {
+        None
+    };
     drop(backend);
 
     // Report.
@@ -622,7 +625,25 @@ pub fn run(o: Opts) -> Result<()> {
         f.p99 / h.p99,
         f.p99 / n.p99
     )?;
-    writeln!(r, "Per round req/s: {}\n", KINDS.iter().enumerate().map(|(i, k)| format!("{} {}", k.name(), runs[i].iter().map(|x| format!("{:.0}", x.rps)).collect::<Vec<_>>().join(" "))).collect::<Vec<_>>().join("; "))?;
+    writeln!(r, "Per round req/s: {}\n", per_round(&runs))?;
+    if let Some((runs2, summary2)) = &two {
+        writeln!(r, "| closed loop, two workers on CPUs {},{} | req/s | p50 ms | p99 ms | p99.9 ms | errors |", o.proxy_cpu, o.load_cpu)?;
+        writeln!(r, "|---|---:|---:|---:|---:|---:|")?;
+        for (i, s) in summary2.iter().enumerate() {
+            let name = KINDS.get(i).map_or("backend direct (no proxy)", |k| k.name());
+            writeln!(r, "| {name} | {:.0} | {:.3} | {:.3} | {:.3} | {} |", s.rps, s.p50, s.p99, s.p999, s.errors)?;
+        }
+        let (f, n, h) = (&summary2[fi], &summary2[ni], &summary2[hi]);
+        writeln!(
+            r,
+            "\nTwo workers: fulcrum/HAProxy req/s {:.2}x, fulcrum/nginx {:.2}x; p99 fulcrum/HAProxy {:.2}x, fulcrum/nginx {:.2}x.\n",
+            f.rps / h.rps,
+            f.rps / n.rps,
+            f.p99 / h.p99,
+            f.p99 / n.p99
+        )?;
+        writeln!(r, "Per round req/s: {}\n", per_round(runs2))?;
+    }
     writeln!(r, "| constant rate {rate} req/s, {} conns, CO-corrected (hdrhistogram) | p50 ms | p99 ms | p99.9 ms | max ms | requests | errors |", o.connections)?;
     writeln!(r, "|---|---:|---:|---:|---:|---:|---:|")?;
     for (i, (hst, n, e)) in cr.iter().enumerate() {
@@ -641,6 +662,45 @@ pub fn run(o: Opts) -> Result<()> {
     crate::publish(&r, o.record.as_deref())
 }
 
+/// The closed loop for `setup`'s proxies (already started): warm-up, then
+/// `o.rounds` interleaved rounds of each proxy and the backend direct.
+/// Returns every run per row and the rows' medians (errors summed).
+fn closed_loop(setup: &Setup, o: &Opts, label: &str) -> Result<(Vec<Vec<WrkRun>>, Vec<WrkRun>)> {
+    for &k in &KINDS {
+        // Warm-up: upstream connections, allocator, caches.
+        wrk(&setup.dir, o.load_cpu, setup.addr(k), o.connections, 1)?;
+    }
+    let mut runs: Vec<Vec<WrkRun>> = vec![Vec::new(); KINDS.len() + 1];
+    for round in 0..o.rounds {
+        for (i, &k) in KINDS.iter().enumerate() {
+            let r = wrk(&setup.dir, o.load_cpu, setup.addr(k), o.connections, o.secs)?;
+            eprintln!("l7: {label}round {} {}: {:.0} req/s p50 {:.3} ms p99 {:.3} ms", round + 1, k.name(), r.rps, r.p50, r.p99);
+            runs[i].push(r);
+        }
+        let r = wrk(&setup.dir, o.load_cpu, setup.backend, o.connections, o.secs)?;
+        eprintln!("l7: {label}round {} direct: {:.0} req/s", round + 1, r.rps);
+        runs[KINDS.len()].push(r);
+    }
+    let summary = runs
+        .iter()
+        .map(|rs| {
+            let f = |g: fn(&WrkRun) -> f64| med(&rs.iter().map(g).collect::<Vec<_>>());
+            WrkRun { rps: f(|r| r.rps), p50: f(|r| r.p50), p99: f(|r| r.p99), p999: f(|r| r.p999), errors: rs.iter().map(|r| r.errors).sum() }
+        })
+        .collect();
+    Ok((runs, summary))
+}
+
+/// `name r1 r2 ...; name ...`: every round's req/s per proxy.
+fn per_round(runs: &[Vec<WrkRun>]) -> String {
+    KINDS
+        .iter()
+        .enumerate()
+        .map(|(i, k)| format!("{} {}", k.name(), runs[i].iter().map(|x| format!("{:.0}", x.rps)).collect::<Vec<_>>().join(" ")))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 fn versions() -> String {
     let out = |cmd: &str, arg: &str| {
         Command::new(cmd)
@@ -655,9 +715,9 @@ fn versions() -> String {
     format!("{}, {}", out("nginx", "-v"), out("haproxy", "-v"))
 }
 
-/// `fulcrum-bench l7-proxy`: fulcrum-l7 with one worker, one route `/` to
-/// `backend`, until SIGTERM or SIGINT.
-pub fn serve_proxy(listen: SocketAddr, backend: SocketAddr, polling: bool, max_idle: usize) -> Result<()> {
+/// `fulcrum-bench l7-proxy`: fulcrum-l7 with `workers` workers, one route
+/// `/` to `backend`, until SIGTERM or SIGINT.
+pub fn serve_proxy(listen: SocketAddr, backend: SocketAddr, polling: bool, max_idle: usize, workers: usize) -> Result<()> {
     use fulcrum_l7::*;
     use nix::sys::signal::{SigSet, SigmaskHow};
     raise_nofile(65536);
@@ -675,7 +735,7 @@ pub fn serve_proxy(listen: SocketAddr, backend: SocketAddr, polling: bool, max_i
         pools: vec![Pool::new("bench", LbMethod::ByRequests, vec![Member::new(backend, 1)])],
     });
     let mut cfg = ProxyConfig::new(vec![listen]);
-    cfg.workers = 1;
+    cfg.workers = workers;
     cfg.max_idle_per_member = max_idle;
     cfg.backlog = 4096;
     if polling {

@@ -126,6 +126,10 @@ enum Bench {
         /// Run fulcrum-l7 on the polling driver instead of io_uring.
         #[arg(long)]
         polling: bool,
+        /// Also run the closed loop with two workers (threads or processes)
+        /// per proxy, spread over both CPUs; `--no-two-workers` skips it.
+        #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+        two_workers: bool,
         /// Append the results to this file (bench/RESULTS.md by xtask).
         #[arg(long)]
         record: Option<PathBuf>,
@@ -146,7 +150,7 @@ enum Bench {
         #[arg(long)]
         record: Option<PathBuf>,
     },
-    /// (internal) fulcrum-l7 with one worker, started by `l7`.
+    /// (internal) fulcrum-l7, started by `l7`.
     #[command(hide = true)]
     L7Proxy {
         #[arg(long)]
@@ -157,6 +161,8 @@ enum Bench {
         polling: bool,
         #[arg(long, default_value_t = 64)]
         max_idle: usize,
+        #[arg(long, default_value_t = 1)]
+        workers: usize,
     },
 }
 
@@ -165,13 +171,13 @@ fn main() -> Result<()> {
         Bench::Xdp { repeat, rounds, cpu, conn_table_size, record } => xdp::run(repeat, rounds, cpu, conn_table_size, record),
         Bench::XdpPps { rounds, frames, flows, cpu, record } => xdp_pps::run(rounds, frames, flows, cpu, record),
         Bench::ControlPlane { vips, rounds, poll_ms, fulcrum, record } => control_plane::run(&vips, rounds, poll_ms, fulcrum, record),
-        Bench::L7 { rounds, secs, connections, proxy_cpu, load_cpu, idle, rate, polling, record } => {
-            l7::run(l7::Opts { rounds, secs, connections, proxy_cpu, load_cpu, idle, rate, polling, record })
+        Bench::L7 { rounds, secs, connections, proxy_cpu, load_cpu, idle, rate, polling, two_workers, record } => {
+            l7::run(l7::Opts { rounds, secs, connections, proxy_cpu, load_cpu, idle, rate, polling, two_workers, record })
         }
         Bench::Failover { rounds, adverts, fulcrum, record } => {
             failover::run(failover::Opts { rounds, adverts_ms: adverts, fulcrum, record })
         }
-        Bench::L7Proxy { listen, backend, polling, max_idle } => l7::serve_proxy(listen, backend, polling, max_idle),
+        Bench::L7Proxy { listen, backend, polling, max_idle, workers } => l7::serve_proxy(listen, backend, polling, max_idle, workers),
     }
 }
 

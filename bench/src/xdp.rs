@@ -177,6 +177,7 @@ pub fn run(repeat: u32, rounds: usize, cpu: usize, conn_table_size: Option<u32>,
         members: reals.iter().map(|&a| (a, 1)).collect(),
         established: reals.clone(),
         udp_idle_timeout_ms: 30_000,
+        vlan: 0,
     };
     let plan = Plan {
         vips: vec![

@@ -201,6 +201,7 @@ pub fn run(rounds: usize, frames: u32, flows: u32, cpu: usize, record: Option<Pa
             members: vec![(REAL.into(), 1)],
             established: vec![REAL.into()],
             udp_idle_timeout_ms: 30_000,
+            vlan: 0,
         }],
         reals: [(REAL.into(), Some(g0))].into(),
     })?;

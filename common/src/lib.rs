@@ -10,6 +10,7 @@
 //! datapath never swaps bytes; user space converts once when it writes a map.
 #![no_std]
 
+pub mod failover;
 pub mod hash;
 mod mac;
 
@@ -42,6 +43,7 @@ pub mod names {
     pub const VIP_FILTER: &str = "VIP_FILTER";
     pub const CONN_TABLE: &str = "CONN_TABLE";
     pub const CONN_STATS: &str = "CONN_STATS";
+    pub const VIP_CONN_STATS: &str = "VIP_CONN_STATS";
     pub const VIP_REAL_OK: &str = "VIP_REAL_OK";
     pub const VIP_ADDRESSES: &str = "VIP_ADDRESSES";
     /// The decapsulation program (`fulcrum-xdp-decap`, its own object) and its maps.
@@ -157,7 +159,10 @@ pub struct VipMeta {
     /// connection-table entry and take a fresh pick. TCP entries have no
     /// idle time: they live until the LRU evicts them.
     pub udp_idle_timeout_ms: u32,
-    pub _pad: u32,
+    /// The IEEE 802.1Q VLAN id (1..=4094) the VIP is reached on, or 0:
+    /// untagged (or priority-tagged, VID 0) frames only. A frame on
+    /// another VLAN is `Reason::PassVlanMismatch`.
+    pub vlan: u32,
 }
 
 impl VipMeta {
@@ -213,7 +218,7 @@ pub struct ConnEntry {
     pub real_id: u32,
     /// `RealDef::generation` of `real_id` when the entry was written.
     pub real_gen: u32,
-    /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC, nanoseconds) of the flow's last
+    /// `bpf_ktime_get_coarse_ns` (CLOCK_MONOTONIC_COARSE, nanoseconds) of the flow's last
     /// packet, refreshed at most every [`CONN_TOUCH_NS`]; read only for UDP.
     pub last_seen_ns: u64,
 }
@@ -249,6 +254,12 @@ pub enum ConnEvent {
 impl ConnEvent {
     /// Number of events: the length of `CONN_STATS`.
     pub const COUNT: u32 = 6;
+
+    /// The `VIP_CONN_STATS` entry of this event for VIP id `vip_id`.
+    #[inline(always)]
+    pub const fn vip_index(self, vip_id: u32) -> u32 {
+        vip_id * Self::COUNT + self as u32
+    }
     /// Every event, in index order.
     pub const ALL: [ConnEvent; Self::COUNT as usize] =
         [ConnEvent::Hit, ConnEvent::Miss, ConnEvent::Syn, ConnEvent::Stale, ConnEvent::Expired, ConnEvent::WriteFailed];
@@ -294,6 +305,20 @@ pub struct DatapathConfig {
     pub ipip_src_v6: [u32; 4],
     /// Host bits of the IPv6 prefix's last word, raw network order.
     pub ipip_src_v6_host: u32,
+    pub _pad: u32,
+    /// VRRP instances whose frames arrive on their RFC 9568 (section 7.3)
+    /// virtual router MAC, IPv4 form `00:00:5e:00:01:VRID`: bit `VRID % 64`
+    /// of word `VRID / 64` set (see [`virtual_mac_bit`]). A frame to such a
+    /// MAC is balanced like one to [`Self::self_mac`] if it carries IPv4.
+    pub virtual_mac_v4: [u64; 4],
+    /// The same for the IPv6 form `00:00:5e:00:02:VRID`, IPv6 frames only.
+    pub virtual_mac_v6: [u64; 4],
+}
+
+/// Word and bit of `vrid` in [`DatapathConfig::virtual_mac_v4`] / `_v6`.
+#[inline(always)]
+pub const fn virtual_mac_bit(vrid: u8) -> (usize, u32) {
+    ((vrid >> 6) as usize, (vrid & 63) as u32)
 }
 
 /// Bytes IPIP adds to a packet (one IPv4 header, RFC 2003).
@@ -325,7 +350,10 @@ pub enum Reason {
     /// of the frame, or an L4 header past the end of the IP packet (the
     /// kernel counts such frames as `InTruncatedPkts` and drops them).
     PassTruncated = 2,
-    /// `XDP_PASS`: an IP fragment; it carries no (or not all) ports to hash.
+    /// `XDP_PASS`: an IP fragment, first or later: a later one carries no
+    /// ports, so neither its VIP nor its flow's real can be known without
+    /// reassembly (Katran passes them too). An IPv6 atomic fragment
+    /// (offset 0, M clear; RFC 6946) is a whole packet, and balanced.
     PassFragment = 3,
     /// `XDP_PASS`: no TCP or UDP header to read: another protocol (ICMP,
     /// ...), more IPv6 extension headers than the datapath walks, or a
@@ -366,11 +394,24 @@ pub enum Reason {
     /// `XDP_DROP`: the driver gave no headroom for the outer header
     /// (`bpf_xdp_adjust_head` failed).
     DropNoHeadroom = 14,
+    /// `XDP_PASS`: stacked VLAN tags (IEEE 802.1ad QinQ: an outer
+    /// EtherType 0x88a8, or an 802.1Q tag followed by another tag). Not
+    /// balanced: no VIP is configured on a stacked VLAN.
+    PassQinQ = 15,
+    /// `XDP_PASS`: to a VIP, but on another VLAN than the VIP's `vlan`
+    /// (or tagged, for an untagged VIP; or untagged, for a tagged one).
+    PassVlanMismatch = 16,
+    /// `XDP_TX`: an ICMP "fragmentation needed" (type 3 code 4) or ICMPv6
+    /// "packet too big" to a VIP address, quoting a packet the VIP sent
+    /// to a client (a router on the real's path to the client could not
+    /// forward the real's answer), forwarded to the real that owns that
+    /// flow, so the real's stack lowers its path MTU (Katran does this).
+    IcmpTooBigForwarded = 17,
 }
 
 impl Reason {
     /// Number of reasons: the length of `REASON_STATS`.
-    pub const COUNT: u32 = 15;
+    pub const COUNT: u32 = 18;
     /// Every reason, in index order.
     pub const ALL: [Reason; Self::COUNT as usize] = [
         Reason::Tx,
@@ -388,6 +429,9 @@ impl Reason {
         Reason::IcmpTooBig,
         Reason::DropTooBig,
         Reason::DropNoHeadroom,
+        Reason::PassQinQ,
+        Reason::PassVlanMismatch,
+        Reason::IcmpTooBigForwarded,
     ];
 
     /// Short stable name, used in stats output.
@@ -408,6 +452,9 @@ impl Reason {
             Reason::IcmpTooBig => "tx_icmp_too_big",
             Reason::DropTooBig => "drop_too_big",
             Reason::DropNoHeadroom => "drop_no_headroom",
+            Reason::PassQinQ => "pass_qinq",
+            Reason::PassVlanMismatch => "pass_vlan_mismatch",
+            Reason::IcmpTooBigForwarded => "tx_icmp_too_big_forwarded",
         }
     }
 }
@@ -505,7 +552,7 @@ mod conn_tests {
         assert_eq!(core::mem::size_of::<FlowKey>(), 40);
         assert_eq!(core::mem::size_of::<ConnEntry>(), 16);
         assert_eq!(core::mem::size_of::<RealDef>(), 32);
-        assert_eq!(core::mem::size_of::<DatapathConfig>(), 36);
+        assert_eq!(core::mem::size_of::<DatapathConfig>(), 104);
         assert_eq!(core::mem::size_of::<VipMeta>(), 24);
         assert_eq!(vip_real_ok_bit(MAX_VIPS - 1, MAX_REALS - 1).0, VIP_REAL_OK_WORDS - 1);
     }

@@ -13,6 +13,12 @@ impl Mac {
     pub const fn is_group(&self) -> bool {
         self.0[0] & 1 == 1
     }
+
+    /// The VRRP virtual router MAC of `vrid` (RFC 9568 section 7.3):
+    /// `00:00:5e:00:01:VRID` for IPv4, `00:00:5e:00:02:VRID` for IPv6.
+    pub const fn vrrp(vrid: u8, ipv6: bool) -> Mac {
+        Mac([0, 0, 0x5e, 0, if ipv6 { 2 } else { 1 }, vrid])
+    }
 }
 
 /// Why a text is not a MAC address.
@@ -66,6 +72,8 @@ mod tests {
         assert_eq!(mac.to_string(), "02:00:5e:0a:ff:01");
         assert!(!mac.is_group());
         assert!("ff:ff:ff:ff:ff:ff".parse::<Mac>().unwrap().is_group());
+        assert_eq!(Mac::vrrp(51, false).to_string(), "00:00:5e:00:01:33");
+        assert_eq!(Mac::vrrp(255, true).to_string(), "00:00:5e:00:02:ff");
         for bad in ["02:00:5e:0a:ff", "02:00:5e:0a:ff:01:02", "zz:00:5e:0a:ff:01", "2:00:5e:0a:ff:01", ""] {
             assert!(bad.parse::<Mac>().is_err(), "{bad}");
         }

@@ -9,6 +9,10 @@ use aya_ebpf::programs::XdpContext;
 pub const ETH_P_IP: u16 = 0x0800;
 pub const ETH_P_IPV6: u16 = 0x86dd;
 pub const ETH_P_8021Q: u16 = 0x8100;
+/// IEEE 802.1ad service tag (the outer tag of QinQ).
+pub const ETH_P_8021AD: u16 = 0x88a8;
+/// The VLAN id bits of an 802.1Q tag's TCI (host order).
+pub const VLAN_VID_MASK: u16 = 0x0fff;
 /// IPv6 extension headers (RFC 8200 section 4) the parser walks past:
 /// Hop-by-Hop Options, Routing, Destination Options. All three share the
 /// generic layout of [`Ipv6ExtHdr`].
@@ -68,6 +72,16 @@ impl MacWords {
     pub fn same(self, other: MacWords) -> bool {
         (self.0[0] ^ other.0[0]) | (self.0[1] ^ other.0[1]) | (self.0[2] ^ other.0[2]) == 0
     }
+
+    /// The VRID if this is a VRRP virtual router MAC of the given family
+    /// (RFC 9568 section 7.3: `00:00:5e:00:01:VRID` IPv4,
+    /// `00:00:5e:00:02:VRID` IPv6).
+    #[inline(always)]
+    pub fn vrrp_vrid(self, ipv6: bool) -> Option<u8> {
+        let [family, vrid] = self.0[2].to_ne_bytes();
+        let prefix = self.0[0] == 0 && self.0[1] == u16::from_ne_bytes([0x5e, 0]);
+        (prefix && family == if ipv6 { 2 } else { 1 }).then_some(vrid)
+    }
 }
 
 /// An 802.1Q tag as it follows the outer EtherType.
@@ -113,6 +127,21 @@ pub struct Ipv6ExtHdr {
     /// The rest of the shortest (8-byte) extension header.
     pub rest: [u8; 4],
 }
+
+/// The IPv6 Fragment header (RFC 8200 section 4.5).
+#[repr(C)]
+pub struct Ipv6FragHdr {
+    pub next_hdr: u8,
+    pub reserved: u8,
+    /// Fragment offset (13 bits, 8-byte units), 2 reserved bits, M flag.
+    pub offset_m: u16,
+    pub id: u32,
+}
+
+/// The fragment offset and M ("more fragments") bits of
+/// [`Ipv6FragHdr::offset_m`], host order: both zero in an atomic fragment
+/// (RFC 8200 section 4.5, RFC 6946), a whole packet.
+pub const IPV6_FRAG_OFFSET_M: u16 = 0xfff9;
 
 pub const IPV4_HDR_LEN: usize = 20;
 pub const IPV6_HDR_LEN: usize = 40;

@@ -1,4 +1,6 @@
-//! ICMP the balancer answers itself, from XDP with `XDP_TX`:
+//! ICMP the balancer answers itself, from XDP with `XDP_TX`, from the
+//! MAC the client sent to (`local_mac`: the interface's own, or the VRRP
+//! virtual router MAC the client resolved the VIP to):
 //!
 //! - Echo requests to a VIP address (RFC 792, RFC 4443 section 4.1): the
 //!   reply swaps the addresses, sets a fresh TTL / hop limit of 64, turns
@@ -43,13 +45,15 @@ pub struct Echo {
     pub dst: [u32; 4],
     pub l3: usize,
     pub is_v6: bool,
+    /// The 802.1Q VLAN id, 0 when untagged (see `Flow::vid`).
+    pub vid: u16,
 }
 
 /// Turns the echo request in the frame into its reply, back to the
 /// Ethernet source it came from.
 #[inline(always)]
-pub fn echo_reply(ctx: &XdpContext, echo: &Echo, own_mac: MacWords) -> (u32, Reason) {
-    let done = if echo.is_v6 { echo_reply_v6(ctx, echo.l3, own_mac) } else { echo_reply_v4(ctx, echo.l3, own_mac) };
+pub fn echo_reply(ctx: &XdpContext, echo: &Echo, local_mac: MacWords) -> (u32, Reason) {
+    let done = if echo.is_v6 { echo_reply_v6(ctx, echo.l3, local_mac) } else { echo_reply_v4(ctx, echo.l3, local_mac) };
     match done {
         Some(()) => (XDP_TX, Reason::IcmpEchoReply),
         None => (XDP_PASS, Reason::PassTruncated),
@@ -57,22 +61,22 @@ pub fn echo_reply(ctx: &XdpContext, echo: &Echo, own_mac: MacWords) -> (u32, Rea
 }
 
 #[inline(always)]
-fn back_to_sender(ctx: &XdpContext, own_mac: MacWords) -> Option<()> {
+fn back_to_sender(ctx: &XdpContext, local_mac: MacWords) -> Option<()> {
     let eth: *mut EthHdr = ptr_at_mut(ctx, 0)?;
     // SAFETY: bounds checked by ptr_at_mut; 2-byte aligned.
     unsafe {
         let client = MacWords::load(&(*eth).src);
         client.store(&mut (*eth).dst);
-        own_mac.store(&mut (*eth).src);
+        local_mac.store(&mut (*eth).src);
     }
     Some(())
 }
 
 #[inline(always)]
-fn echo_reply_v4(ctx: &XdpContext, l3: usize, own_mac: MacWords) -> Option<()> {
+fn echo_reply_v4(ctx: &XdpContext, l3: usize, local_mac: MacWords) -> Option<()> {
     let ip: *mut Ipv4Hdr = ptr_at_mut(ctx, l3)?;
     let icmp: *mut IcmpHdr = ptr_at_mut(ctx, l3 + IPV4_HDR_LEN)?;
-    back_to_sender(ctx, own_mac)?;
+    back_to_sender(ctx, local_mac)?;
     // SAFETY: bounds checked by ptr_at_mut; the parser saw IHL 5.
     unsafe {
         let (src, dst) = ((*ip).saddr, (*ip).daddr);
@@ -88,10 +92,10 @@ fn echo_reply_v4(ctx: &XdpContext, l3: usize, own_mac: MacWords) -> Option<()> {
 }
 
 #[inline(always)]
-fn echo_reply_v6(ctx: &XdpContext, l3: usize, own_mac: MacWords) -> Option<()> {
+fn echo_reply_v6(ctx: &XdpContext, l3: usize, local_mac: MacWords) -> Option<()> {
     let ip: *mut Ipv6Hdr = ptr_at_mut(ctx, l3)?;
     let icmp: *mut IcmpHdr = ptr_at_mut(ctx, l3 + IPV6_HDR_LEN)?;
-    back_to_sender(ctx, own_mac)?;
+    back_to_sender(ctx, local_mac)?;
     // SAFETY: bounds checked by ptr_at_mut.
     unsafe {
         let (src, dst) = ((*ip).saddr, (*ip).daddr);
@@ -109,11 +113,11 @@ fn echo_reply_v6(ctx: &XdpContext, l3: usize, own_mac: MacWords) -> Option<()> {
 /// sender, or drops it when no error may or can be sent (IPv4 without
 /// DF: XDP cannot fragment, and RFC 1191 reserves the error for DF).
 #[inline(always)]
-pub fn too_big(ctx: &XdpContext, flow: &Flow, own_mac: MacWords, config: &DatapathConfig) -> (u32, Reason) {
+pub fn too_big(ctx: &XdpContext, flow: &Flow, local_mac: MacWords, config: &DatapathConfig) -> (u32, Reason) {
     let sent = if flow.is_v6 {
-        too_big_v6(ctx, flow, own_mac, config)
+        too_big_v6(ctx, flow, local_mac, config)
     } else if flow.df {
-        too_big_v4(ctx, flow, own_mac, config)
+        too_big_v4(ctx, flow, local_mac, config)
     } else {
         None
     };
@@ -161,10 +165,10 @@ fn csum<const LEN: usize>(ctx: &XdpContext, offset: usize) -> Option<u64> {
 }
 
 #[inline(always)]
-fn too_big_v4(ctx: &XdpContext, flow: &Flow, own_mac: MacWords, config: &DatapathConfig) -> Option<()> {
+fn too_big_v4(ctx: &XdpContext, flow: &Flow, local_mac: MacWords, config: &DatapathConfig) -> Option<()> {
     const SHIFT: usize = IPV4_HDR_LEN + ICMP_HDR_LEN;
     make_room(ctx, flow, QUOTE_V4, SHIFT)?;
-    move_l2(ctx, flow.vlan, SHIFT, old_source_mac(ctx, SHIFT)?, own_mac)?;
+    move_l2(ctx, flow.vlan, SHIFT, old_source_mac(ctx, SHIFT)?, local_mac)?;
     let l3 = flow.l3;
     let quoted: *const Ipv4Hdr = ptr_at(ctx, l3 + SHIFT)?;
     let ip: *mut Ipv4Hdr = ptr_at_mut(ctx, l3)?;
@@ -196,11 +200,11 @@ fn too_big_v4(ctx: &XdpContext, flow: &Flow, own_mac: MacWords, config: &Datapat
 }
 
 #[inline(always)]
-fn too_big_v6(ctx: &XdpContext, flow: &Flow, own_mac: MacWords, config: &DatapathConfig) -> Option<()> {
+fn too_big_v6(ctx: &XdpContext, flow: &Flow, local_mac: MacWords, config: &DatapathConfig) -> Option<()> {
     const SHIFT: usize = IPV6_HDR_LEN + ICMP_HDR_LEN;
     const MESSAGE: usize = ICMP_HDR_LEN + QUOTE_V6;
     make_room(ctx, flow, QUOTE_V6, SHIFT)?;
-    move_l2(ctx, flow.vlan, SHIFT, old_source_mac(ctx, SHIFT)?, own_mac)?;
+    move_l2(ctx, flow.vlan, SHIFT, old_source_mac(ctx, SHIFT)?, local_mac)?;
     let l3 = flow.l3;
     let quoted: *const Ipv6Hdr = ptr_at(ctx, l3 + SHIFT)?;
     let ip: *mut Ipv6Hdr = ptr_at_mut(ctx, l3)?;

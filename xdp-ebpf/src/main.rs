@@ -32,12 +32,12 @@ mod maps;
 
 use aya_ebpf::{
     bindings::xdp_action::{XDP_DROP, XDP_PASS, XDP_TX},
-    helpers::bpf_ktime_get_ns,
+    helpers::bpf_ktime_get_coarse_ns,
     macros::xdp,
     programs::XdpContext,
 };
 use fulcrum_common::{
-    hash, ports_word, vip_filter_bit, vip_real_ok_bit, ConnEntry, ConnEvent, FlowKey, RealDef,
+    hash, ports_word, vip_filter_bit, virtual_mac_bit, vip_real_ok_bit, ConnEntry, ConnEvent, FlowKey, RealDef,
     DatapathConfig, Reason, VipKey, VipMeta, CONN_TOUCH_NS, IPPROTO_TCP, IPPROTO_UDP, V4_MAPPED_WORD,
     VIP_F_HASH_SRC_ONLY, VIP_F_IPIP, VIP_F_STANDBY,
 };
@@ -58,6 +58,9 @@ struct Flow {
     syn: bool,
     /// Whether an 802.1Q tag sits between the Ethernet and IP headers.
     vlan: bool,
+    /// Its VLAN id; 0 when untagged or priority-tagged (VID 0, IEEE
+    /// 802.1Q: no VLAN), compared with `VipMeta::vlan`.
+    vid: u16,
     /// Offset of the IP header in the frame: 14, or 18 with a tag.
     l3: usize,
     /// Length of the IP packet in bytes, its header included (IPv4 total
@@ -65,6 +68,12 @@ struct Flow {
     ip_len: usize,
     /// IPv4 "don't fragment" (IPv6 never fragments on the path).
     df: bool,
+    /// An ICMP "fragmentation needed" / ICMPv6 "packet too big" about a
+    /// packet the VIP sent: the fields above are those of the client's
+    /// flow it quotes (client -> VIP, read from the quote reversed),
+    /// except `l3`, `ip_len` and `df`, which are the ICMP packet's own,
+    /// the packet forwarded whole to the flow's real.
+    icmp_error: bool,
 }
 
 /// What the parser found: a TCP/UDP flow to look up, or an ICMP echo
@@ -92,21 +101,31 @@ fn balance(ctx: &XdpContext, bytes: u64) -> (u32, Reason) {
     let Some(vip) = lookup_vip(&flow.vip) else {
         return (XDP_PASS, Reason::PassNotVip);
     };
+    if u32::from(flow.vid) != vip.vlan {
+        return (XDP_PASS, Reason::PassVlanMismatch);
+    }
     if vip.flags & VIP_F_STANDBY != 0 {
         return (XDP_PASS, Reason::PassNotMaster);
     }
-    let Some((own_mac, config)) = addressed_to_us(ctx) else {
+    let Some(to_us) = addressed_to_us(ctx, flow.is_v6) else {
         return (XDP_PASS, Reason::PassNotForUs);
     };
+    let (own_mac, config) = (to_us.own, to_us.config);
     count(&VIP_STATS, vip.vip_id, bytes);
     // No log line here: a per-packet record would let any sender flood
     // the log ring; the DropNoBackend counter says it instead.
-    let Some((real_id, real)) = select_real(&vip, &flow, bytes) else {
+    let selected = if flow.icmp_error { flow_owner(&vip, &flow) } else { select_real(&vip, &flow, bytes) };
+    let Some((real_id, real)) = selected else {
         return (XDP_DROP, Reason::DropNoBackend);
     };
     if vip.flags & VIP_F_IPIP != 0 {
         if encap::too_big(&flow, config) {
-            return icmp::too_big(ctx, &flow, own_mac, config);
+            // Never an ICMP error about an ICMP error (RFC 1122 section
+            // 3.2.2); only with an MTU below 576 + 20 or 1280 + 40 bytes.
+            if flow.icmp_error {
+                return (XDP_DROP, Reason::DropTooBig);
+            }
+            return icmp::too_big(ctx, &flow, to_us.local, config);
         }
         if encap::encapsulate(ctx, &flow, real, own_mac, config).is_none() {
             return (XDP_DROP, Reason::DropNoHeadroom);
@@ -115,20 +134,23 @@ fn balance(ctx: &XdpContext, bytes: u64) -> (u32, Reason) {
         return (XDP_DROP, Reason::DropNoBackend);
     }
     count(&REAL_STATS, real_id, bytes);
-    (XDP_TX, Reason::Tx)
+    (XDP_TX, if flow.icmp_error { Reason::IcmpTooBigForwarded } else { Reason::Tx })
 }
 
 /// An echo request: answered if it is for a VIP address and addressed
 /// to our MAC, else left to the kernel like any other ICMP.
 #[inline(always)]
 fn answer_echo(ctx: &XdpContext, echo: &Echo) -> (u32, Reason) {
-    if !is_vip_address(&echo.dst) {
+    let Some(vlan) = vip_address_vlan(&echo.dst) else {
         return (XDP_PASS, Reason::PassNotVip);
+    };
+    if u32::from(echo.vid) != vlan {
+        return (XDP_PASS, Reason::PassVlanMismatch);
     }
-    let Some((own_mac, _)) = addressed_to_us(ctx) else {
+    let Some(to_us) = addressed_to_us(ctx, echo.is_v6) else {
         return (XDP_PASS, Reason::PassNotForUs);
     };
-    icmp::echo_reply(ctx, echo, own_mac)
+    icmp::echo_reply(ctx, echo, to_us.local)
 }
 
 // ---- parse -----------------------------------------------------------------
@@ -139,15 +161,25 @@ fn parse(ctx: &XdpContext) -> Result<Packet, Reason> {
     let mut offset = core::mem::size_of::<EthHdr>();
     // SAFETY: ptr_at checked the header lies inside the frame.
     let mut ether_type = unsafe { (*eth).ether_type };
+    if ether_type == ETH_P_8021AD.to_be() {
+        return Err(Reason::PassQinQ);
+    }
     let vlan = ether_type == ETH_P_8021Q.to_be();
+    let mut vid = 0;
     if vlan {
         let tag: *const VlanHdr = ptr_at(ctx, offset).ok_or(Reason::PassTruncated)?;
-        ether_type = unsafe { (*tag).ether_type };
+        // SAFETY: bounds checked by ptr_at.
+        let tci;
+        (tci, ether_type) = unsafe { ((*tag).tci, (*tag).ether_type) };
+        if ether_type == ETH_P_8021Q.to_be() || ether_type == ETH_P_8021AD.to_be() {
+            return Err(Reason::PassQinQ);
+        }
+        vid = u16::from_be(tci) & VLAN_VID_MASK;
         offset += core::mem::size_of::<VlanHdr>();
     }
     match u16::from_be(ether_type) {
-        ETH_P_IP => parse_ipv4(ctx, offset, vlan),
-        ETH_P_IPV6 => parse_ipv6(ctx, offset, vlan),
+        ETH_P_IP => parse_ipv4(ctx, offset, vlan, vid),
+        ETH_P_IPV6 => parse_ipv6(ctx, offset, vlan, vid),
         _ => Err(Reason::PassNotIp),
     }
 }
@@ -161,7 +193,7 @@ fn parse(ctx: &XdpContext) -> Result<Packet, Reason> {
 /// total length is allowed. The header checksum is not verified: L2 DSR
 /// is not an IP hop, and the real verifies it.
 #[inline(always)]
-fn parse_ipv4(ctx: &XdpContext, offset: usize, vlan: bool) -> Result<Packet, Reason> {
+fn parse_ipv4(ctx: &XdpContext, offset: usize, vlan: bool, vid: u16) -> Result<Packet, Reason> {
     let ip: *const Ipv4Hdr = ptr_at(ctx, offset).ok_or(Reason::PassTruncated)?;
     // SAFETY: bounds checked by ptr_at.
     let (version_ihl, tot_len, frag_off, proto, saddr, daddr) = unsafe {
@@ -183,12 +215,19 @@ fn parse_ipv4(ctx: &XdpContext, offset: usize, vlan: bool) -> Result<Packet, Rea
     }
     let dst = [0, 0, V4_MAPPED_WORD, daddr];
     if proto == IPPROTO_ICMP {
+        let icmp: *const IcmpHdr = ptr_within(ctx, offset + header_len, end).ok_or(Reason::PassNotL4)?;
+        // SAFETY: bounds checked by ptr_within.
+        let (kind, code) = unsafe { ((*icmp).kind, (*icmp).code) };
+        if kind == ICMP_DEST_UNREACH && code == ICMP_FRAG_NEEDED {
+            let quote = Quote { l3: offset, start: offset + header_len + ICMP_HDR_LEN, end, vlan, vid };
+            return quoted_v4(ctx, &quote, daddr, u16::from_be(frag_off) & IP_DF != 0);
+        }
         // Only a plain header: a reply to options (record route, ...)
         // would have to process them, which the kernel does.
-        if header_len != IPV4_HDR_LEN || !is_echo_request(ctx, offset + IPV4_HDR_LEN, end, ICMP_ECHO_REQUEST) {
+        if header_len != IPV4_HDR_LEN || kind != ICMP_ECHO_REQUEST || code != 0 {
             return Err(Reason::PassNotL4);
         }
-        return Ok(Packet::Echo(Echo { dst, l3: offset, is_v6: false }));
+        return Ok(Packet::Echo(Echo { dst, l3: offset, is_v6: false, vid }));
     }
     let (ports, dport, syn) = parse_ports(ctx, offset + header_len, end, proto)?;
     Ok(Packet::Flow(Flow {
@@ -198,21 +237,85 @@ fn parse_ipv4(ctx: &XdpContext, offset: usize, vlan: bool) -> Result<Packet, Rea
         is_v6: false,
         syn,
         vlan,
+        vid,
         l3: offset,
         ip_len: end - offset,
         df: u16::from_be(frag_off) & IP_DF != 0,
+        icmp_error: false,
     }))
 }
 
-/// Whether an ICMP(v6) header of the given echo-request type, code 0,
-/// lies whole within the IP packet ending at `end`.
+/// Where an ICMP error's quoted packet lies: from `start` to `end` (the
+/// ICMP packet's end), in the IP packet at `l3` of a frame with the
+/// given 802.1Q tag.
+struct Quote {
+    l3: usize,
+    start: usize,
+    end: usize,
+    vlan: bool,
+    vid: u16,
+}
+
+/// The client flow an ICMP "fragmentation needed" to `outer_dst` is
+/// about, from its quote (RFC 792: the IP header and at least the first
+/// 8 bytes of the datagram): an IPv4 TCP or UDP packet from the VIP
+/// (`outer_dst`, where the error was sent) to the client, read reversed.
+/// Anything else is `PassNotL4`: the kernel's ICMP error to handle.
 #[inline(always)]
-fn is_echo_request(ctx: &XdpContext, offset: usize, end: usize, kind: u8) -> bool {
-    match ptr_within::<IcmpHdr>(ctx, offset, end) {
-        // SAFETY: bounds checked by ptr_within.
-        Some(icmp) => unsafe { (*icmp).kind == kind && (*icmp).code == 0 },
-        None => false,
+fn quoted_v4(ctx: &XdpContext, quote: &Quote, outer_dst: u32, df: bool) -> Result<Packet, Reason> {
+    let inner: *const Ipv4Hdr = ptr_within(ctx, quote.start, quote.end).ok_or(Reason::PassNotL4)?;
+    // SAFETY: bounds checked by ptr_within.
+    let (version_ihl, proto, saddr, daddr) =
+        unsafe { ((*inner).version_ihl, (*inner).protocol, (*inner).saddr, (*inner).daddr) };
+    let header_len = (version_ihl & 0x0f) as usize * 4;
+    if version_ihl >> 4 != 4 || header_len < IPV4_HDR_LEN || saddr != outer_dst || !matches!(proto, IPPROTO_TCP | IPPROTO_UDP) {
+        return Err(Reason::PassNotL4);
     }
+    let ports: *const Ports = ptr_within(ctx, quote.start + header_len, quote.end).ok_or(Reason::PassNotL4)?;
+    // SAFETY: bounds checked by ptr_within.
+    let (vip_port, client_port) = unsafe { ((*ports).src, (*ports).dst) };
+    Ok(Packet::Flow(Flow {
+        vip: VipKey { addr: [0, 0, V4_MAPPED_WORD, saddr], port: vip_port, proto, _pad: 0 },
+        saddr: [0, 0, V4_MAPPED_WORD, daddr],
+        ports: ports_word(client_port, vip_port),
+        is_v6: false,
+        syn: false,
+        vlan: quote.vlan,
+        vid: quote.vid,
+        l3: quote.l3,
+        ip_len: quote.end - quote.l3,
+        df,
+        icmp_error: true,
+    }))
+}
+
+/// [`quoted_v4`] for an ICMPv6 "packet too big" (RFC 4443 section 3.2),
+/// whose quote is an IPv6 packet with TCP or UDP right after its header.
+#[inline(always)]
+fn quoted_v6(ctx: &XdpContext, quote: &Quote, outer_dst: &[u32; 4]) -> Result<Packet, Reason> {
+    let inner: *const Ipv6Hdr = ptr_within(ctx, quote.start, quote.end).ok_or(Reason::PassNotL4)?;
+    // SAFETY: bounds checked by ptr_within.
+    let (next_hdr, saddr, daddr) = unsafe { ((*inner).next_hdr, (*inner).saddr, (*inner).daddr) };
+    let from_vip = (saddr[0] ^ outer_dst[0]) | (saddr[1] ^ outer_dst[1]) | (saddr[2] ^ outer_dst[2]) | (saddr[3] ^ outer_dst[3]) == 0;
+    if !from_vip || !matches!(next_hdr, IPPROTO_TCP | IPPROTO_UDP) {
+        return Err(Reason::PassNotL4);
+    }
+    let ports: *const Ports = ptr_within(ctx, quote.start + IPV6_HDR_LEN, quote.end).ok_or(Reason::PassNotL4)?;
+    // SAFETY: bounds checked by ptr_within.
+    let (vip_port, client_port) = unsafe { ((*ports).src, (*ports).dst) };
+    Ok(Packet::Flow(Flow {
+        vip: VipKey { addr: saddr, port: vip_port, proto: next_hdr, _pad: 0 },
+        saddr: daddr,
+        ports: ports_word(client_port, vip_port),
+        is_v6: true,
+        syn: false,
+        vlan: quote.vlan,
+        vid: quote.vid,
+        l3: quote.l3,
+        ip_len: quote.end - quote.l3,
+        df: false,
+        icmp_error: true,
+    }))
 }
 
 /// IPv6 whose version is 6 and whose payload lies within the frame (RFC
@@ -221,7 +324,7 @@ fn is_echo_request(ctx: &XdpContext, offset: usize, end: usize, kind: u8) -> boo
 /// otherwise match the IPv4 VIP stored under the same key. TCP or UDP
 /// may follow extension headers (see `skip_extension_headers`).
 #[inline(always)]
-fn parse_ipv6(ctx: &XdpContext, offset: usize, vlan: bool) -> Result<Packet, Reason> {
+fn parse_ipv6(ctx: &XdpContext, offset: usize, vlan: bool, vid: u16) -> Result<Packet, Reason> {
     let ip: *const Ipv6Hdr = ptr_at(ctx, offset).ok_or(Reason::PassTruncated)?;
     // SAFETY: bounds checked by ptr_at.
     let (vtc_flow, payload_len, next_hdr, saddr, daddr) =
@@ -238,11 +341,18 @@ fn parse_ipv6(ctx: &XdpContext, offset: usize, vlan: bool) -> Result<Packet, Rea
         return Err(Reason::PassV4Mapped);
     }
     if next_hdr == IPPROTO_ICMPV6 {
-        // Echo requests behind extension headers are left to the kernel.
-        if !is_echo_request(ctx, start, end, ICMPV6_ECHO_REQUEST) {
+        // ICMPv6 behind extension headers is left to the kernel.
+        let icmp: *const IcmpHdr = ptr_within(ctx, start, end).ok_or(Reason::PassNotL4)?;
+        // SAFETY: bounds checked by ptr_within.
+        let (kind, code) = unsafe { ((*icmp).kind, (*icmp).code) };
+        if kind == ICMPV6_PACKET_TOO_BIG && code == 0 {
+            let quote = Quote { l3: offset, start: start + ICMP_HDR_LEN, end, vlan, vid };
+            return quoted_v6(ctx, &quote, &daddr);
+        }
+        if kind != ICMPV6_ECHO_REQUEST || code != 0 {
             return Err(Reason::PassNotL4);
         }
-        return Ok(Packet::Echo(Echo { dst: daddr, l3: offset, is_v6: true }));
+        return Ok(Packet::Echo(Echo { dst: daddr, l3: offset, is_v6: true, vid }));
     }
     let (proto, l4_offset) = skip_extension_headers(ctx, next_hdr, start, end)?;
     let (ports, dport, syn) = parse_ports(ctx, l4_offset, end, proto)?;
@@ -253,9 +363,11 @@ fn parse_ipv6(ctx: &XdpContext, offset: usize, vlan: bool) -> Result<Packet, Rea
         is_v6: true,
         syn,
         vlan,
+        vid,
         l3: offset,
         ip_len: end - offset,
         df: false,
+        icmp_error: false,
     }))
 }
 
@@ -263,9 +375,12 @@ fn parse_ipv6(ctx: &XdpContext, offset: usize, vlan: bool) -> Result<Packet, Rea
 /// Options headers, each within the payload that ends at `end`; returns
 /// the next header's protocol and offset. Their options are not
 /// interpreted: the real receives the packet unchanged. A fragment header
-/// is `PassFragment`; a Routing header with segments left means the VIP is
-/// an intermediate hop, not the destination, so `PassNotL4`; so is a chain
-/// longer than the bound (the caller finds no TCP or UDP after it).
+/// is `PassFragment`, unless it is an atomic fragment (offset 0, M clear:
+/// the whole packet, which RFC 6946 says to process in isolation), which
+/// is walked past like the others; a Routing header with segments left
+/// means the VIP is an intermediate hop, not the destination, so
+/// `PassNotL4`; so is a chain longer than the bound (the caller finds no
+/// TCP or UDP after it).
 #[inline(always)]
 fn skip_extension_headers(
     ctx: &XdpContext,
@@ -287,7 +402,13 @@ fn skip_extension_headers(
         offset += (len as usize + 1) * 8;
     }
     if next_hdr == IPPROTO_FRAGMENT {
-        return Err(Reason::PassFragment);
+        let frag: *const Ipv6FragHdr = ptr_within(ctx, offset, end).ok_or(Reason::PassTruncated)?;
+        // SAFETY: bounds checked by ptr_within.
+        let (next, offset_m) = unsafe { ((*frag).next_hdr, (*frag).offset_m) };
+        if u16::from_be(offset_m) & IPV6_FRAG_OFFSET_M != 0 {
+            return Err(Reason::PassFragment);
+        }
+        return Ok((next, offset + core::mem::size_of::<Ipv6FragHdr>()));
     }
     Ok((next_hdr, offset))
 }
@@ -338,32 +459,58 @@ fn lookup_vip(key: &VipKey) -> Option<VipMeta> {
     unsafe { VIPS.get(key).copied() }
 }
 
-/// Whether `addr` is the address of a VIP this node forwards: for ICMP,
-/// which has no port to complete a `VipKey`. The same filter first.
+/// The VLAN id (0: untagged) of the VIPs at `addr`, if it is the address
+/// of a VIP this node forwards: for ICMP, which has no port to complete
+/// a `VipKey`. The same filter first.
 #[inline(always)]
-fn is_vip_address(addr: &[u32; 4]) -> bool {
+fn vip_address_vlan(addr: &[u32; 4]) -> Option<u32> {
     let bit = vip_filter_bit(addr);
-    match VIP_FILTER.get(bit / 64) {
-        Some(word) if *word & (1u64 << (bit % 64)) != 0 => {}
-        _ => return false,
+    let word = VIP_FILTER.get(bit / 64)?;
+    if *word & (1u64 << (bit % 64)) == 0 {
+        return None;
     }
-    // SAFETY: only presence is read.
-    unsafe { VIP_ADDRESSES.get(addr).is_some() }
+    // SAFETY: the value is copied out at once (see `lookup_vip`).
+    unsafe { VIP_ADDRESSES.get(addr).copied() }
 }
 
-/// Our own MAC, and the node's settings, if the frame is addressed to it.
-/// Broadcast, multicast and other stations' frames (a promiscuous port, a
-/// bridge flooding an unknown destination) may carry a VIP address too,
-/// but balancing them would turn one frame seen by many hosts into unicast
-/// to a real.
+/// A frame addressed to this node, and how to answer it.
+struct ToUs {
+    /// The interface's own MAC: the source of forwarded frames (L2 DSR,
+    /// IPIP), also when the frame came in on a VRRP virtual MAC. A real's
+    /// switch port then learns the balancer's own MAC, never the virtual
+    /// one, which must stay with the port of whichever node is MASTER.
+    own: MacWords,
+    /// The MAC the frame was sent to (own, or a virtual router MAC): the
+    /// source of the answers the balancer itself sends as the VIP (echo
+    /// replies, ICMP too-big), so the client sees the VIP answer from the
+    /// MAC it resolved the VIP to.
+    local: MacWords,
+    config: &'static DatapathConfig,
+}
+
+/// The frame's destination MAC, if it is ours: the interface's own, or
+/// the RFC 9568 virtual router MAC of a VRRP instance with `virtual_mac`
+/// (XDP on the parent sees the macvlan's frames first), of the frame's
+/// family. Broadcast, multicast and other stations' frames (a promiscuous
+/// port, a bridge flooding an unknown destination) may carry a VIP
+/// address too, but balancing them would turn one frame seen by many
+/// hosts into unicast to a real. So would an IPv4 frame to an IPv6
+/// virtual MAC (or the reverse): no node announces a VIP that way, so
+/// such a frame is not ours.
 #[inline(always)]
-fn addressed_to_us(ctx: &XdpContext) -> Option<(MacWords, &'static DatapathConfig)> {
+fn addressed_to_us(ctx: &XdpContext, is_v6: bool) -> Option<ToUs> {
     let config = DATAPATH_CONFIG.get(0)?;
     let eth: *const EthHdr = ptr_at(ctx, 0)?;
     // SAFETY: map values are 8-byte aligned; the header is inside the
     // frame (ptr_at) and the frame's start is 2-byte aligned.
     let (own, dst) = unsafe { (MacWords::load(&config.self_mac), MacWords::load(&(*eth).dst)) };
-    own.same(dst).then_some((own, config))
+    if own.same(dst) {
+        return Some(ToUs { own, local: own, config });
+    }
+    let vrid = dst.vrrp_vrid(is_v6)?;
+    let vrids = if is_v6 { &config.virtual_mac_v6 } else { &config.virtual_mac_v4 };
+    let (word, bit) = virtual_mac_bit(vrid);
+    (vrids[word] & (1u64 << bit) != 0).then_some(ToUs { own, local: dst, config })
 }
 
 // ---- flow lookup / pick -----------------------------------------------------
@@ -386,7 +533,7 @@ fn select_real(vip: &VipMeta, flow: &Flow, bytes: u64) -> Option<(u32, &'static 
             None => ConnEvent::Miss,
             Some(entry) => match established(vip, flow, entry) {
                 Ok(found) => {
-                    count(&CONN_STATS, ConnEvent::Hit as u32, bytes);
+                    count_conn(vip, ConnEvent::Hit, bytes);
                     return Some(found);
                 }
                 Err(event) => event,
@@ -403,29 +550,27 @@ fn select_real(vip: &VipMeta, flow: &Flow, bytes: u64) -> Option<(u32, &'static 
         Ok(()) => event,
         Err(_) => ConnEvent::WriteFailed,
     };
-    count(&CONN_STATS, event as u32, bytes);
+    count_conn(vip, event, bytes);
     Some((real_id, real))
 }
 
-/// The entry's real, if established flows of this VIP may still use it:
-/// the id still belongs to the address the entry was written for (same
-/// generation), the real still serves the VIP (its `VIP_REAL_OK` bit),
-/// and a UDP flow has not been idle past the VIP's timeout. Refreshes a
+/// Counts a connection-table event node-wide and for the VIP.
+#[inline(always)]
+fn count_conn(vip: &VipMeta, event: ConnEvent, bytes: u64) {
+    count(&CONN_STATS, event as u32, bytes);
+    count(&VIP_CONN_STATS, event.vip_index(vip.vip_id), bytes);
+}
+
+/// The entry's real, if established flows of this VIP may still use it
+/// (`entry_real`) and a UDP flow has not been idle past the VIP's
+/// timeout. Refreshes a
 /// UDP entry's last-seen time at most every `CONN_TOUCH_NS`, and at least
 /// four times per timeout.
 #[inline(always)]
 fn established(vip: &VipMeta, flow: &Flow, entry: *mut ConnEntry) -> Result<(u32, &'static RealDef), ConnEvent> {
-    // SAFETY: a pointer into the LRU map's element, valid for this RCU
-    // read section. A concurrent writer (another CPU's packet of the same
-    // flow) stores whole words of the same flow's data, so a torn read
-    // is at worst a stale timestamp.
-    let (real_id, real_gen, last_seen_ns) = unsafe { ((*entry).real_id, (*entry).real_gen, (*entry).last_seen_ns) };
-    let real = REALS.get(real_id).ok_or(ConnEvent::Stale)?;
-    let (word, bit) = vip_real_ok_bit(vip.vip_id, real_id);
-    let ok = VIP_REAL_OK.get(word).ok_or(ConnEvent::Stale)?;
-    if real.generation != real_gen || *ok & (1u64 << bit) == 0 {
-        return Err(ConnEvent::Stale);
-    }
+    let (real_id, real) = entry_real(vip, entry).ok_or(ConnEvent::Stale)?;
+    // SAFETY: as in `entry_real`.
+    let last_seen_ns = unsafe { (*entry).last_seen_ns };
     if flow.vip.proto == IPPROTO_UDP {
         let now = now_ns();
         let idle = now.saturating_sub(last_seen_ns);
@@ -444,11 +589,45 @@ fn established(vip: &VipMeta, flow: &Flow, entry: *mut ConnEntry) -> Result<(u32
     Ok((real_id, real))
 }
 
-/// CLOCK_MONOTONIC in nanoseconds, as user space reads it too.
+/// The entry's real, if established flows of this VIP may still use it:
+/// the id still belongs to the address the entry was written for (same
+/// generation) and the real still serves the VIP (its `VIP_REAL_OK` bit).
+#[inline(always)]
+fn entry_real(vip: &VipMeta, entry: *mut ConnEntry) -> Option<(u32, &'static RealDef)> {
+    // SAFETY: a pointer into the LRU map's element, valid for this RCU
+    // read section. A concurrent writer (another CPU's packet of the same
+    // flow) stores whole words of the same flow's data, so a torn read
+    // is at worst a stale timestamp.
+    let (real_id, real_gen) = unsafe { ((*entry).real_id, (*entry).real_gen) };
+    let real = REALS.get(real_id)?;
+    let (word, bit) = vip_real_ok_bit(vip.vip_id, real_id);
+    let ok = VIP_REAL_OK.get(word)?;
+    (real.generation == real_gen && *ok & (1u64 << bit) != 0).then_some((real_id, real))
+}
+
+/// The real an ICMP error about `flow` goes to: the one its usable
+/// connection-table entry names, else the Maglev pick the flow would get
+/// (Katran looks up the same reversed 5-tuple). Nothing is written or
+/// refreshed: an error says nothing about the flow's own activity.
+#[inline(always)]
+fn flow_owner(vip: &VipMeta, flow: &Flow) -> Option<(u32, &'static RealDef)> {
+    let key = FlowKey { src: flow.saddr, dst: flow.vip.addr, ports: flow.ports, proto: u32::from(flow.vip.proto) };
+    if let Some(found) = CONN_TABLE.get_ptr_mut(&key).and_then(|entry| entry_real(vip, entry)) {
+        return Some(found);
+    }
+    let real_id = pick_real(vip, flow)?;
+    Some((real_id, REALS.get(real_id)?))
+}
+
+/// CLOCK_MONOTONIC_COARSE in nanoseconds (`fulcrum_l4::monotonic_ns` in
+/// user space): the time of the last timer tick, read from the
+/// timekeeper without a clocksource read (`rdtsc`), which
+/// `bpf_ktime_get_ns` pays on every call. A tick (1 to 10 ms) of error is
+/// nothing against UDP idle timeouts of a second or more.
 #[inline(always)]
 fn now_ns() -> u64 {
     // SAFETY: a helper without arguments or preconditions.
-    unsafe { bpf_ktime_get_ns() }
+    unsafe { bpf_ktime_get_coarse_ns() }
 }
 
 /// The real id at `hash % M` of the VIP's live table, or `None` if the VIP

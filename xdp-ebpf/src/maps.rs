@@ -33,7 +33,8 @@ pub static VIPS: HashMap<VipKey, VipMeta> = HashMap::with_max_entries(MAX_VIPS, 
 pub static LOOKUP_TABLES: Array<u32> = Array::with_max_entries(LOOKUP_TABLES_LEN, BPF_F_MMAPABLE);
 
 /// Every address of a VIP this node forwards (raw words, IPv4-mapped form
-/// as in `VipKey::addr`) -> 0: whom ICMP echo requests are answered for.
+/// as in `VipKey::addr`) -> its VIPs' VLAN id (`VipMeta::vlan`, 0 for
+/// untagged): whom ICMP echo requests are answered for, and on which VLAN.
 /// Written by user space with `VIPS`; behind the same `VIP_FILTER` bit.
 #[map]
 pub static VIP_ADDRESSES: HashMap<[u32; 4], u32> = HashMap::with_max_entries(MAX_VIPS, BPF_F_NO_PREALLOC);
@@ -78,6 +79,11 @@ pub static REASON_STATS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(R
 /// Per `ConnEvent`: VIP packets by what the connection table did.
 #[map]
 pub static CONN_STATS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(ConnEvent::COUNT, 0);
+
+/// The same per VIP: entry `ConnEvent::vip_index(vip_id)`. Zeroed by user
+/// space when it gives a VIP id to a new VIP, as `VIP_STATS`.
+#[map]
+pub static VIP_CONN_STATS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(MAX_VIPS * ConnEvent::COUNT, 0);
 
 /// Adds one frame of `bytes` to entry `index` of a per-CPU counter map.
 #[inline(always)]

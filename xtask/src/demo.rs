@@ -5,6 +5,8 @@
 //! shows the spread over the backends twice: as the backends saw it (their
 //! `X-Served-By` answers) and as the XDP program counted it. Then one
 //! backend fails its health check and the traffic moves to the others.
+//! Through the L7 proxy it also shows a sticky session (curl with a cookie
+//! jar) pinned to a backend, and re-stamped to another when that one fails.
 //! Last, if `lab/demo.toml` has a `[[vrrp]]` instance, the failover: a
 //! second balancer (`lb2`, with `lab/demo-lb2.toml`, the same file but a
 //! lower priority) joins as Backup, the client switches to reaching the
@@ -39,6 +41,8 @@ const WRK_FIRST_RUN: &str = "10s";
 const WRK_SECOND_RUN: &str = "5s";
 /// The L7 listener of lab/demo.toml, on the lb's own address.
 const L7_URL: &str = "http://198.18.0.2:8080/";
+/// The sticky route of lab/demo.toml (pool `app`).
+const STICKY_URL: &str = "http://198.18.0.2:8080/app/";
 /// The failover step's wrk run, and when into it the lb's fulcrum stops.
 const WRK_FAILOVER_RUN: &str = "6s";
 const STOP_AFTER: Duration = Duration::from_secs(2);
@@ -124,8 +128,12 @@ fn story(root: &Path, fulcrum: &Path, log_path: &Path) -> Result<()> {
         bail!("{real} served nothing through the proxy");
     }
 
+    heading(6, &format!("sticky sessions: curl with a cookie jar to {STICKY_URL} (pool app, stickysession=ROUTEID)"));
+    let jar = lab.run_dir().join("cookies.txt");
+    let sticky_route = sticky_session_on_real1(&lab, &jar)?;
+
     let wait = CHECK_INTERVAL * CHECK_FALL + Duration::from_secs(1);
-    heading(6, &format!("real1 fails its health check; wait interval x fall + 1 s = {} s", wait.as_secs()));
+    heading(7, &format!("real1 fails its health check; wait interval x fall + 1 s = {} s", wait.as_secs()));
     lab.set_backend_health("real1", false)?;
     println!("  real1's /health now answers 503");
     sleep(wait)?;
@@ -152,12 +160,24 @@ fn story(root: &Path, fulcrum: &Path, log_path: &Path) -> Result<()> {
         bail!("real1 is down but the proxy sent it {n} requests");
     }
     println!("  real1 got nothing from the proxy either: one health state for L4 and L7");
+    println!("\n  the sticky session pinned to real1 ({sticky_route}), with the same cookie jar:");
+    let (by, cookie) = curl_sticky(&lab, &jar)?;
+    let Some(restamped) = cookie else { bail!("the proxy did not re-stamp the session's cookie after real1 failed") };
+    println!("  served by {by}, Set-Cookie: {restamped}: re-stamped to a member that is up");
+    if by == "real1" || restamped == sticky_route {
+        bail!("the session stayed on the failed real1 ({by}, {restamped})");
+    }
+    let (again, cookie) = curl_sticky(&lab, &jar)?;
+    println!("  and the next request: served by {again}{}", cookie.map(|c| format!(", Set-Cookie: {c}")).unwrap_or_default());
+    if again != by {
+        bail!("the re-stamped session moved again, from {by} to {again}");
+    }
 
     // Declared after `lab`, so it is stopped before the lab goes.
     let mut daemon2 = None;
     failover(&mut lab, root, fulcrum, &mut daemon, &mut daemon2)?;
 
-    heading(8, "tear down");
+    heading(9, "tear down");
     if let Some(mut daemon2) = daemon2 {
         let status = daemon2.stop(Duration::from_secs(5))?;
         println!("  fulcrum on lb2 stopped ({status})");
@@ -169,16 +189,59 @@ fn story(root: &Path, fulcrum: &Path, log_path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Step 7, VRRP failover, if lab/demo.toml configures VRRP: starts fulcrum
+/// Step 6: new sessions (an empty jar each) until one lands on real1
+/// (`byrequests` takes each member in turn), then more requests with that
+/// jar stay there. Returns the session's cookie (`ROUTEID=.r1`).
+fn sticky_session_on_real1(lab: &Lab, jar: &Path) -> Result<String> {
+    for _ in 0..2 * REALS.len() {
+        let _ = fs::remove_file(jar);
+        let (by, cookie) = curl_sticky(lab, jar)?;
+        let cookie = cookie.with_context(|| format!("a new session on {by} got no ROUTEID cookie"))?;
+        println!("$ curl -c {jar} -b {jar} {STICKY_URL}   (new session) -> served by {by}, Set-Cookie: {cookie}", jar = jar.display());
+        if by != "real1" {
+            continue;
+        }
+        let mut seen = Vec::new();
+        for _ in 0..5 {
+            let (by, set) = curl_sticky(lab, jar)?;
+            if set.is_some() || by != "real1" {
+                bail!("the session left real1: served by {by}, Set-Cookie {set:?}");
+            }
+            seen.push(by);
+        }
+        println!("  5 more requests with that jar: {}", seen.join(" "));
+        return Ok(cookie);
+    }
+    bail!("no new session landed on real1 in {} tries", 2 * REALS.len())
+}
+
+/// One `curl` from the client to [`STICKY_URL`] that reads and writes the
+/// cookie jar `jar`: the backend that answered (`X-Served-By`) and the
+/// `ROUTEID` cookie the proxy set, if it set one (`ROUTEID=.r1`).
+fn curl_sticky(lab: &Lab, jar: &Path) -> Result<(String, Option<String>)> {
+    let jar = jar.to_str().context("cookie jar path")?;
+    let head = lab.exec("client", &["curl", "-sS", "--max-time", "2", "-o", "/dev/null", "-D", "-", "-c", jar, "-b", jar, STICKY_URL])?;
+    let header = |name: &str| {
+        head.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim().eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+        })
+    };
+    let by = header("x-served-by").with_context(|| format!("no X-Served-By in {head}"))?;
+    let cookie = header("set-cookie").and_then(|c| c.split(';').next().map(str::to_string)).filter(|c| c.starts_with("ROUTEID="));
+    Ok((by, cookie))
+}
+
+/// Step 8, VRRP failover, if lab/demo.toml configures VRRP: starts fulcrum
 /// on lb2 (into `daemon2`), moves the client to on-link VIP routes, stops
 /// `daemon` (the lb's) while wrk runs, and shows lb2 carrying on.
 fn failover(lab: &mut Lab, root: &Path, fulcrum: &Path, daemon: &mut Proc, daemon2: &mut Option<Proc>) -> Result<()> {
     let instances = lab.vrrp_instances("lb", fulcrum)?;
     if instances.is_empty() {
-        heading(7, "failover: skipped, lab/demo.toml has no [[vrrp]] instance");
+        heading(8, "failover: skipped, lab/demo.toml has no [[vrrp]] instance");
         return Ok(());
     }
-    heading(7, "failover: a second balancer (lb2) joins; the lb's fulcrum stops under load");
+    heading(8, "failover: a second balancer (lb2) joins; the lb's fulcrum stops under load");
     lab.set_backend_health("real1", true)?;
     println!("  real1's /health answers 200 again: both balancers see three backends");
     let config = root.join("lab/demo-lb2.toml");

@@ -18,13 +18,13 @@ use crate::build::{output, status};
 /// The bpf-linker release known to work with nightly 1.97 / LLVM 22.
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Debian packages the lab, demo, tests and benches use: `ip`, `ethtool`,
-/// `sysctl`, `wrk`, keepalived as the VRRP peer of the interoperability
-/// tests, bpftool (a failover test detaches the XDP link behind the
-/// daemon's back), nginx and HAProxy as the peers of
-/// `cargo xtask bench l7`, and nftables (the kernel's DNAT, the peer of
-/// `cargo xtask bench xdp-pps`).
+/// `sysctl`, `wrk`, curl (the demo's sticky session, with a cookie jar),
+/// keepalived as the VRRP peer of the interoperability tests, bpftool (to
+/// read the loaded program, `bpftool prog dump xlated`), nginx and HAProxy
+/// as the peers of `cargo xtask bench l7`, and nftables (the kernel's
+/// DNAT, the peer of `cargo xtask bench xdp-pps`).
 const DEBIAN_PACKAGES: &[&str] =
-    &["iproute2", "ethtool", "procps", "wrk", "keepalived", "bpftool", "nginx", "haproxy", "nftables"];
+    &["iproute2", "ethtool", "procps", "wrk", "curl", "keepalived", "bpftool", "nginx", "haproxy", "nftables"];
 
 pub fn run() -> Result<()> {
     nightly_rust_src()?;

@@ -136,6 +136,15 @@ pub struct L7MemberStats {
     pub bytes_received: u64,
     /// Responses by class: 1xx, 2xx, 3xx, 4xx, 5xx.
     pub responses: [u64; 5],
+    /// In error (Apache `E`) by the proxy's passive health checks now.
+    #[serde(default)]
+    pub in_error: bool,
+    /// Milliseconds of In error left (0 when not In error).
+    #[serde(default)]
+    pub error_remaining_ms: u64,
+    /// Times passive health put the member In error since start.
+    #[serde(default)]
+    pub times_in_error: u64,
 }
 
 /// One VIP as the datapath holds it.
@@ -165,6 +174,22 @@ pub struct VipStats {
     /// slot's owner by address: nodes that agree on it send every flow to
     /// the same backend. Absent when the table is empty.
     pub table_digest: Option<String>,
+    /// This VIP's share of the connection table's counters.
+    #[serde(default)]
+    pub conn_table: VipConnStats,
+}
+
+/// [`ConnTableStats`] for one VIP: its forwarded packets by what the
+/// connection table did, since the VIP got its datapath id. Evictions
+/// are not counted (see [`ConnTableStats`]); they show up as `misses`.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct VipConnStats {
+    pub hits: u64,
+    pub misses: u64,
+    pub syn_picks: u64,
+    pub stale_repicks: u64,
+    pub expired: u64,
+    pub write_failures: u64,
 }
 
 /// A backend's share of a VIP's Maglev table.
@@ -208,6 +233,14 @@ pub struct BackendStats {
     /// The L7 proxy's counters, when the proxy runs.
     #[serde(default)]
     pub l7: Option<L7MemberStats>,
+    /// Apache status flags set (configured or at run time): letters of
+    /// `D` disabled, `S` stopped, `N` draining, `H` hot standby, `R` hot
+    /// spare; empty for none. `E` (In error) is in [`L7MemberStats`].
+    #[serde(default)]
+    pub status: String,
+    /// Apache `lbset`.
+    #[serde(default)]
+    pub lbset: u8,
 }
 
 /// The control plane's own figures. A "generation" is one effective state
@@ -319,6 +352,12 @@ pub fn render(report: &StatsReport) -> String {
             "VIP {} {}:{}/{} scheduler={} pool={} table={} in-table={}  packets={} bytes={}",
             vip.name, vip.address, vip.port, vip.protocol, vip.scheduler, vip.pool, vip.table_size,
             vip.backends_in_table, vip.packets, vip.bytes
+        );
+        let t = &vip.conn_table;
+        let _ = writeln!(
+            out,
+            "  conn table: hits={} misses={} syn-picks={} stale-repicks={} expired={} write-failures={}",
+            t.hits, t.misses, t.syn_picks, t.stale_repicks, t.expired, t.write_failures
         );
         if let Some(pool) = report.pools.iter().find(|p| p.name == vip.pool) {
             let _ = writeln!(out, "  {:<40} {:<8} {:>6} {:>7} {:>12} {:>14}  note", "backend", "health", "weight", "slots", "packets", "bytes");

@@ -31,6 +31,8 @@
 //!                               # flows of a backend that fails its checks
 //! udp_idle_timeout = "30s"      # udp only; default 30s; 1s..=1h: a UDP flow idle this
 //!                               # long takes a fresh pick
+//! vlan = 200                    # optional 802.1Q VLAN id 1..=4094 the VIP is reached on;
+//!                               # default: untagged frames only; same for every VIP of an address
 //!
 //! [[pool]]
 //! name = "web"                  # unique
@@ -40,6 +42,15 @@
 //!                               # a backend's route; "JSESSIONID|jsessionid" = cookie|param
 //! nofailover = false            # with stickysession: 503 when the named backend cannot serve
 //! sticky_secure = false         # with stickysession: the cookie the proxy sets is Secure
+//! failonstatus = [502, 503]     # L7 passive health (any of these five keys turns it on):
+//!                               # statuses counted as failures (Apache failonstatus=)
+//! failontimeout = false         # a response timeout counts as a failure (Apache)
+//! error_limit = 1               # default 1; 1..=32: failures within error_window that
+//!                               # put a backend In error (E) (HAProxy error-limit)
+//! error_window = "10s"          # default 10s; 100ms..=1h
+//! retry = "60s"                 # default 60s; 100ms..=1h: how long E lasts (Apache retry=)
+//! slow_start = "30s"            # optional; 100ms..=1h: a backend coming back ramps its
+//!                               # L7 weight up over this time (HAProxy slowstart)
 //! [pool.health_check]           # optional; default: a TCP connect check
 //! type = "http"                 # "tcp" (connect) | "http"
 //! method = "GET"                # http only; default GET
@@ -59,6 +70,9 @@
 //! port = 80                     # L7 only: the port the proxy connects to;
 //!                               # default the pool's health check port
 //! route = "real1"               # optional sticky-session id (Apache route=)
+//! status = "+H"                 # optional Apache status flags: D disabled, S stopped,
+//!                               # N draining, H hot standby, R hot spare ("+D+N", "-D")
+//! lbset = 0                     # default 0; 0..=99: lower sets are used first (Apache)
 //!
 //! # The L7 proxy (HTTP). A pool serves L4 VIPs and L7 routes alike; a pool
 //! # used by no VIP checks the port its backends share, unless
@@ -125,6 +139,15 @@
 //! least one backend with a `route`, and routes unique within the pool.
 //! `nofailover` and `sticky_secure` need `stickysession`.
 //!
+//! Members fail over as in mod_proxy_balancer: the lowest `lbset` with a
+//! usable member serves; in it, each unusable member (down, `D`, `S`,
+//! draining, In error) is replaced by one usable hot spare (`R`), and hot
+//! standbys (`H`) serve only when nothing else of the set can (the rule is
+//! `fulcrum_common::failover`). What each flag means for L4 VIPs and L7
+//! routes is documented in `fulcrum_state`. Passive health and
+//! `slow_start` are the L7 proxy's (`fulcrum_l7`): passive errors (`E`)
+//! do not take a backend out of L4 VIPs.
+//!
 //! Addresses that cannot name one host are rejected, for VIPs and backends
 //! alike: the unspecified addresses (`0.0.0.0`, `::`), multicast addresses,
 //! the IPv4 broadcast address `255.255.255.255`, and IPv4-mapped IPv6
@@ -160,6 +183,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::time::Duration;
 
+pub use fulcrum_common::failover::Role;
 use fulcrum_common::Mac;
 use serde::Deserialize;
 
@@ -759,6 +783,10 @@ pub struct VipConfig {
     pub udp_idle_timeout: Duration,
     /// `forwarding = "dsr" | "ipip"`; default DSR.
     pub forwarding: Forwarding,
+    /// The IEEE 802.1Q VLAN id (1..=4094) the VIP is reached on; `None`
+    /// (the default): untagged frames only (or priority-tagged, VID 0).
+    /// All VIPs of one address share it: an address lives on one segment.
+    pub vlan: Option<u16>,
 }
 
 /// Transport protocol of a VIP.
@@ -823,6 +851,14 @@ pub struct PoolConfig {
     pub lbmethod: LbMethod,
     /// Sticky sessions (L7), when `stickysession` is set.
     pub sticky: Option<StickyConfig>,
+    /// Passive health checks of the L7 proxy, when any of their keys is
+    /// set (`failonstatus`, `failontimeout`, `error_limit`,
+    /// `error_window`, `retry`); `None`: off.
+    pub passive: Option<PassiveConfig>,
+    /// HAProxy `slowstart`: a member coming back ramps its weight from
+    /// nearly 0 to its configured weight over this time (L7 weighted
+    /// methods). `None`: off.
+    pub slow_start: Option<Duration>,
     /// In file order, at least one; addresses unique within the pool.
     pub backends: Vec<BackendConfig>,
 }
@@ -847,7 +883,86 @@ pub struct BackendConfig {
     pub port: u16,
     /// The member's route, the sticky-session id (Apache `route=`).
     pub route: Option<String>,
+    /// Apache status flags set in the configuration (`status = "+H"`).
+    pub status: MemberStatus,
+    /// Apache `lbset`, 0..=[`MAX_LBSET`]: members of the lowest set that
+    /// has a usable member take the traffic. Default 0.
+    pub lbset: u8,
 }
+
+/// Largest `lbset` (Apache's limit).
+pub const MAX_LBSET: u8 = 99;
+
+/// A member's Apache mod_proxy_balancer status flags that an operator
+/// sets (`status = "+D"`, `"+H"`, `"+N+R"`; Apache's syntax: each flag
+/// letter, case-insensitive, after `+` to set it or `-` to clear it, a
+/// letter without sign sets it). `E` (in error) is not configurable: the
+/// L7 proxy's passive health sets it (see [`PassiveConfig`]).
+///
+/// What each flag means is decided in the effective state
+/// (`fulcrum_state`), for L4 and L7 alike.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct MemberStatus {
+    /// `D`: disabled, takes no new traffic (sticky sessions fail over).
+    pub disabled: bool,
+    /// `S`: administratively stopped, takes no new traffic.
+    pub stopped: bool,
+    /// `N`: draining, only sessions already stuck to it (like weight 0).
+    pub draining: bool,
+    /// `H` (hot standby) or `R` (hot spare); at most one of the two.
+    pub role: Role,
+}
+
+impl MemberStatus {
+    /// Apache's letters of the flags set, as its balancer-manager shows
+    /// them: `""` for none, else e.g. `"DH"`.
+    pub fn letters(&self) -> String {
+        let mut s = String::new();
+        for (on, c) in [
+            (self.disabled, 'D'),
+            (self.stopped, 'S'),
+            (self.draining, 'N'),
+            (self.role == Role::HotStandby, 'H'),
+            (self.role == Role::HotSpare, 'R'),
+        ] {
+            if on {
+                s.push(c);
+            }
+        }
+        s
+    }
+}
+
+/// Passive health checks of a pool, judged by the L7 proxy on real
+/// requests (Apache `failonstatus=`/`failontimeout=`/`retry=`, HAProxy
+/// `observe layer7` with `error-limit`): `error_limit` failures of a
+/// member within `error_window` put it In error (`E`) for `retry`, after
+/// which it takes traffic again. A failure is a connect failure or
+/// timeout, a broken exchange, a response status listed in
+/// `failonstatus`, and with `failontimeout` a response timeout.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PassiveConfig {
+    /// Response statuses that count as failures (100..=599); default none.
+    pub failonstatus: Vec<u16>,
+    /// A response timeout (504 to the client) counts as a failure.
+    /// Default false (Apache's default).
+    pub failontimeout: bool,
+    /// Failures within `error_window` that put the member in error,
+    /// 1..=[`MAX_ERROR_LIMIT`]; default 1 (Apache: one failure).
+    pub error_limit: u32,
+    /// The window `error_limit` counts in; default 10 s, 100 ms..=1 h.
+    pub error_window: Duration,
+    /// How long a member stays in error (Apache `retry=`); default 60 s,
+    /// 100 ms..=1 h.
+    pub retry: Duration,
+}
+
+/// Largest `error_limit`.
+pub const MAX_ERROR_LIMIT: u32 = 32;
+/// Default `error_window`.
+pub const DEFAULT_ERROR_WINDOW: Duration = Duration::from_secs(10);
+/// Default `retry` (Apache's).
+pub const DEFAULT_RETRY: Duration = Duration::from_secs(60);
 
 /// The active health check of a pool's backends, with the rise/fall
 /// semantics of HAProxy and Apache `mod_proxy_hcheck` (implemented by the

@@ -80,6 +80,7 @@ pub(super) struct RawVip {
     pub udp_idle_timeout: Option<Spanned<String>>,
     pub on_marked_down: Option<OnMarkedDown>,
     pub forwarding: Option<Spanned<Forwarding>>,
+    pub vlan: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -90,6 +91,12 @@ pub(super) struct RawPool {
     pub stickysession: Option<Spanned<String>>,
     pub nofailover: Option<Spanned<bool>>,
     pub sticky_secure: Option<Spanned<bool>>,
+    pub failonstatus: Option<Spanned<Vec<Spanned<i64>>>>,
+    pub failontimeout: Option<Spanned<bool>>,
+    pub error_limit: Option<Spanned<i64>>,
+    pub error_window: Option<Spanned<String>>,
+    pub retry: Option<Spanned<String>>,
+    pub slow_start: Option<Spanned<String>>,
     pub health_check: Option<RawHealthCheck>,
     #[serde(default)]
     pub backend: Vec<RawBackend>,
@@ -126,6 +133,8 @@ pub(super) struct RawBackend {
     pub mac: Option<Spanned<String>>,
     pub port: Option<Spanned<i64>>,
     pub route: Option<Spanned<String>>,
+    pub status: Option<Spanned<String>>,
+    pub lbset: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -22,7 +22,7 @@ use super::{
     MIN_CONN_TABLE_SIZE, MIN_UDP_IDLE_TIMEOUT,
 };
 use super::{
-    L7Config, LbMethod, ListenerConfig, StickyConfig, RouteConfig, TrackConfig, TrackKind, VrrpAuthKey, VrrpConfig, VrrpNotify, MAX_L7_WORKERS, MIN_VRRP_AUTH_KEY_LEN,
+    L7Config, LbMethod, MemberStatus, PassiveConfig, Role, DEFAULT_ERROR_WINDOW, DEFAULT_RETRY, MAX_ERROR_LIMIT, MAX_LBSET, ListenerConfig, StickyConfig, RouteConfig, TrackConfig, TrackKind, VrrpAuthKey, VrrpConfig, VrrpNotify, MAX_L7_WORKERS, MIN_VRRP_AUTH_KEY_LEN,
     AdminConfig, BackendConfig, CheckKind, Config, Diagnostic, HealthCheckConfig, PoolConfig,
     VipConfig, DEFAULT_ADMIN_LISTEN, DEFAULT_FALL, DEFAULT_INTERVAL, DEFAULT_MAGLEV_TABLE_SIZE,
     DEFAULT_RISE, DEFAULT_TIMEOUT, MAX_INTERVAL, MAX_RISE_FALL, MAX_WEIGHT, MIN_INTERVAL,
@@ -49,22 +49,6 @@ pub(super) fn resolve(raw: RawConfig, text: &str) -> Result<Config, Vec<Diagnost
     let listeners = c.listeners(&raw.listener, &raw.pool);
     let l7 = c.l7(raw.l7.as_ref());
     let mut vrrp = c.vrrps(&raw.vrrp, &interface, &raw.pool, !raw.listener.is_empty());
-    // fulcrum's XDP program balances only frames addressed to the
-    // interface's own MAC: with a VRRP virtual MAC, clients would send a
-    // VIP's frames to the virtual MAC and the VIP would not be balanced.
-    for (v, r) in vrrp.iter().zip(&raw.vrrp) {
-        if v.virtual_mac {
-            if let Some(vip) = vips.iter().find(|vip| v.addresses.iter().any(|&(a, _)| a.to_canonical() == vip.address.to_canonical())) {
-                c.error(
-                    r.name.span(),
-                    format!(
-                        "vrrp instance {:?} has virtual_mac = true but owns the address of [[vip]] {:?}: the XDP datapath balances only frames to the interface's own MAC, so a VIP needs virtual_mac = false",
-                        v.name, vip.name
-                    ),
-                );
-            }
-        }
-    }
     c.vrrp_sync_groups(&raw.vrrp_sync_group, &raw.vrrp, &mut vrrp);
     let datapath = c.datapath(raw.datapath.as_ref());
     c.check_ipip(&raw.vip, &raw.pool, raw.datapath.as_ref(), &datapath);
@@ -211,6 +195,8 @@ impl Checker<'_> {
         // (IPv4 in mapped form), so no second spelling of an address
         // makes a second VIP.
         let mut services: HashMap<(IpAddr, u16, super::Protocol), Range<usize>> = HashMap::new();
+        // The VLAN of each address's first VIP, and where it was said.
+        let mut vlans: HashMap<IpAddr, (Option<u16>, Range<usize>)> = HashMap::new();
         let mut out = Vec::with_capacity(raw.len());
         for (i, v) in raw.iter().enumerate() {
             if i == MAX_VIPS as usize {
@@ -260,6 +246,28 @@ impl Checker<'_> {
                     .duration(t.as_ref(), DEFAULT_UDP_IDLE_TIMEOUT, MIN_UDP_IDLE_TIMEOUT..=MAX_UDP_IDLE_TIMEOUT, "udp_idle_timeout")
                     .unwrap_or(DEFAULT_UDP_IDLE_TIMEOUT),
             };
+            let vlan = v.vlan.as_ref().and_then(|id| self.int_in::<u16>(id, 1..=4094, "vlan"));
+            if let Some(address) = address {
+                let span = v.vlan.as_ref().map_or_else(|| v.address.span(), |id| id.span());
+                match vlans.get(&address.to_canonical()) {
+                    Some((first, at)) if *first != vlan => {
+                        let line = self.line_of(at);
+                        let name = |id: Option<u16>| id.map_or_else(|| "untagged".to_owned(), |id| format!("vlan {id}"));
+                        self.error(
+                            span,
+                            format!(
+                                "VIP address {address} is {} here but {} at line {line}: every VIP of an address must be on one VLAN",
+                                name(vlan),
+                                name(*first)
+                            ),
+                        );
+                    }
+                    Some(_) => {}
+                    None => {
+                        vlans.insert(address.to_canonical(), (vlan, span));
+                    }
+                }
+            }
             out.push(VipConfig {
                 name: v.name.get_ref().clone(),
                 address: address.unwrap_or(IpAddr::from([0, 0, 0, 0])),
@@ -271,6 +279,7 @@ impl Checker<'_> {
                 on_marked_down: v.on_marked_down.unwrap_or_default(),
                 udp_idle_timeout,
                 forwarding: v.forwarding.as_ref().map(|f| *f.get_ref()).unwrap_or_default(),
+                vlan,
             });
         }
         out
@@ -421,11 +430,17 @@ impl Checker<'_> {
             }
             let lbmethod = self.lbmethod(p.lbmethod.as_ref());
             let sticky = self.sticky(p, &backends);
+            let passive = self.passive(p);
+            let slow_start = p.slow_start.as_ref().and_then(|v| {
+                self.duration(Some(v), Duration::ZERO, Duration::from_millis(100)..=Duration::from_secs(3600), "slow_start")
+            });
             out.push(PoolConfig {
                 name: p.name.get_ref().clone(),
                 health_check,
                 lbmethod,
                 sticky,
+                passive,
+                slow_start,
                 backends,
             });
         }
@@ -496,13 +511,92 @@ impl Checker<'_> {
             }
             text.clone()
         });
+        let status = b.status.as_ref().map(|s| self.status(s)).unwrap_or_default();
+        let lbset = b.lbset.as_ref().and_then(|l| self.int_in(l, 0..=i64::from(MAX_LBSET), "lbset")).unwrap_or(0);
         BackendConfig {
             address: address.unwrap_or(IpAddr::from([0, 0, 0, 0])),
             weight,
             mac,
             port,
             route,
+            status,
+            lbset,
         }
+    }
+
+    /// Apache's `status=` syntax: flag letters, each set after `+` (or
+    /// without sign) and cleared after `-`.
+    fn status(&mut self, value: &Spanned<String>) -> MemberStatus {
+        let text = value.get_ref();
+        let mut status = MemberStatus::default();
+        let (mut standby, mut spare) = (false, false);
+        let mut set = true;
+        let mut flags = 0;
+        for c in text.chars() {
+            match c.to_ascii_uppercase() {
+                '+' => set = true,
+                '-' => set = false,
+                'D' => status.disabled = set,
+                'S' => status.stopped = set,
+                'N' => status.draining = set,
+                'H' => standby = set,
+                'R' => spare = set,
+                'E' => {
+                    self.error(value.span(), format!("invalid status {text:?}: E (in error) is set by passive health checks, not configured"));
+                    return MemberStatus::default();
+                }
+                _ => {
+                    self.error(
+                        value.span(),
+                        format!("invalid status {text:?}: {c:?} is not a flag; use D (disabled), S (stopped), N (draining), H (hot standby), R (hot spare), each after + or -, e.g. \"+H\""),
+                    );
+                    return MemberStatus::default();
+                }
+            }
+            if c.is_ascii_alphabetic() {
+                flags += 1;
+            }
+        }
+        if flags == 0 {
+            self.error(value.span(), format!("invalid status {text:?}: no flag; use e.g. \"+H\" or \"+D\""));
+        }
+        status.role = match (standby, spare) {
+            (true, true) => {
+                self.error(value.span(), format!("invalid status {text:?}: a member is a hot standby (H) or a hot spare (R), not both"));
+                Role::Active
+            }
+            (true, false) => Role::HotStandby,
+            (false, true) => Role::HotSpare,
+            (false, false) => Role::Active,
+        };
+        status
+    }
+
+    /// The passive health keys of pool `p`; `None` when none is set.
+    fn passive(&mut self, p: &RawPool) -> Option<PassiveConfig> {
+        if p.failonstatus.is_none() && p.failontimeout.is_none() && p.error_limit.is_none() && p.error_window.is_none() && p.retry.is_none() {
+            return None;
+        }
+        let mut failonstatus = Vec::new();
+        for s in p.failonstatus.as_ref().map_or(&[][..], |v| v.get_ref().as_slice()) {
+            if let Some(code) = self.int_in::<u16>(s, 100..=599, "failonstatus") {
+                if failonstatus.contains(&code) {
+                    self.error(s.span(), format!("failonstatus lists {code} twice"));
+                }
+                failonstatus.push(code);
+            }
+        }
+        let error_limit = p.error_limit.as_ref().and_then(|l| self.int_in(l, 1..=i64::from(MAX_ERROR_LIMIT), "error_limit")).unwrap_or(1);
+        let bounds = Duration::from_millis(100)..=Duration::from_secs(3600);
+        let error_window = self.duration(p.error_window.as_ref(), DEFAULT_ERROR_WINDOW, bounds.clone(), "error_window").unwrap_or(DEFAULT_ERROR_WINDOW);
+        let retry = self.duration(p.retry.as_ref(), DEFAULT_RETRY, bounds, "retry").unwrap_or(DEFAULT_RETRY);
+        Some(PassiveConfig {
+            failonstatus,
+            failontimeout: p.failontimeout.as_ref().is_some_and(|f| *f.get_ref()),
+            error_limit,
+            error_window,
+            retry,
+        })
     }
 
     fn mac(&mut self, value: &Spanned<String>) -> Option<Mac> {

@@ -112,6 +112,7 @@ fn full_config_resolves() {
                 on_marked_down: OnMarkedDown::Keep,
                 udp_idle_timeout: DEFAULT_UDP_IDLE_TIMEOUT,
                 forwarding: Forwarding::Dsr,
+                vlan: None,
             },
             VipConfig {
                 name: "dns6".into(),
@@ -124,6 +125,7 @@ fn full_config_resolves() {
                 on_marked_down: OnMarkedDown::Keep,
                 udp_idle_timeout: DEFAULT_UDP_IDLE_TIMEOUT,
                 forwarding: Forwarding::Dsr,
+                vlan: None,
             },
         ],
         pools: vec![
@@ -144,6 +146,8 @@ fn full_config_resolves() {
                 },
                 lbmethod: LbMethod::ByRequests,
                 sticky: None,
+                passive: None,
+                slow_start: None,
                 backends: vec![
                     BackendConfig {
                         address: IpAddr::from([198, 18, 0, 11]),
@@ -151,6 +155,8 @@ fn full_config_resolves() {
                         mac: Some(Mac([2, 0, 0, 0, 0, 0x11])),
                         port: 8080,
                         route: None,
+                        status: MemberStatus::default(),
+                        lbset: 0,
                     },
                     BackendConfig {
                         address: IpAddr::from([198, 18, 0, 12]),
@@ -158,6 +164,8 @@ fn full_config_resolves() {
                         mac: None,
                         port: 8080,
                         route: None,
+                        status: MemberStatus::default(),
+                        lbset: 0,
                     },
                 ],
             },
@@ -173,12 +181,16 @@ fn full_config_resolves() {
                 },
                 lbmethod: LbMethod::ByRequests,
                 sticky: None,
+                passive: None,
+                slow_start: None,
                 backends: vec![BackendConfig {
                     address: "fd00::11".parse().unwrap(),
                     weight: 1,
                     mac: None,
                     port: 53,
                     route: None,
+                    status: MemberStatus::default(),
+                    lbset: 0,
                 }],
             },
         ],
@@ -1151,15 +1163,15 @@ fn vrrp_virtual_mac_defaults_off() {
     assert!(!config.vrrp[0].virtual_mac && config.vrrp[1].virtual_mac);
     let bad = VRRP.replace("addresses = [\"198.18.1.3\"]", "addresses = [\"198.18.1.3\"]\nvirtual_mac = \"yes\"");
     assert!(!errors(&with(&bad)).is_empty());
-    // Not for the address of an L4 VIP: XDP balances frames to the
-    // interface's own MAC only.
+    // Also for the address of an L4 VIP: the XDP datapath balances frames
+    // to the instance's virtual router MAC too.
     let with_vip = format!(
         "{WEB_VIP}\n[[pool]]\nname = \"web\"\n[[pool.backend]]\naddress = \"198.18.0.11\"\n{}",
         VRRP.replace("addresses = [\"198.18.1.1\", \"198.18.1.2/24\"]", "addresses = [\"198.18.1.1\", \"198.18.1.2/24\"]\nvirtual_mac = true")
     );
-    let text = with(&with_vip);
-    let d = errors(&text);
-    assert_eq!(position_of(&d, "virtual_mac = true but owns").0, text.lines().position(|l| l.contains("name = \"vi4\"")).unwrap() + 1);
+    let config = parse(&with(&with_vip), "test.toml").unwrap();
+    assert!(config.vrrp[0].virtual_mac);
+    assert_eq!(config.vrrp_owning(config.vips[0].address).map(|v| v.name.as_str()), Some("vi4"));
 }
 
 #[test]
@@ -1405,4 +1417,144 @@ fn vrrp_sync_groups_and_hmac_keys_are_checked() {
 
     let both = with(&SYNC.replace("auth_key_file = \"/etc/fulcrum/vrrp.key\"", "auth_key_file = \"/k\"\nauth_key = \"0123456789abcdef0123456789abcdef\""));
     assert_eq!(position_of(&errors(&both), "exclusive").0, at("vrid = 51") + 4);
+}
+
+/// `L7` with `pool` lines after `lbmethod` and `backend` lines after the
+/// first backend's route.
+fn l7_with(pool: &str, backend: &str) -> String {
+    with(
+        &L7.replace("lbmethod = \"byrequests\"\n", &format!("lbmethod = \"byrequests\"\n{pool}"))
+            .replace("route = \"real1\"\n", &format!("route = \"real1\"\n{backend}")),
+    )
+}
+
+#[test]
+fn member_status_and_lbset_resolve_with_apache_syntax() {
+    let status = |s: &str| parse(&l7_with("", &format!("status = {s:?}\n")), "t").unwrap().pool("app").unwrap().backends[0].status;
+    let config = parse(&l7_with("", ""), "t").unwrap();
+    let b = &config.pool("app").unwrap().backends;
+    assert_eq!((b[0].status, b[0].lbset, b[1].lbset), (MemberStatus::default(), 0, 0));
+    assert_eq!(status("+H").role, Role::HotStandby);
+    assert_eq!(status("r").role, Role::HotSpare);
+    let s = status("+D+N");
+    assert!(s.disabled && s.draining && !s.stopped && s.role == Role::Active);
+    // Apache: a sign applies to the letters after it until the next sign.
+    let s = status("+DS-D");
+    assert!(!s.disabled && s.stopped);
+    assert_eq!(status("+SNH").letters(), "SNH");
+    let lbset = parse(&l7_with("", "lbset = 99\n"), "t").unwrap();
+    assert_eq!(lbset.pool("app").unwrap().backends[0].lbset, 99);
+}
+
+#[test]
+fn member_status_and_lbset_are_checked_with_positions() {
+    let col = "status = ".len() + 1;
+    for (bad, needle) in [
+        ("+E", "E (in error) is set by passive health"),
+        ("+X", "'X' is not a flag"),
+        ("+", "no flag"),
+        ("", "no flag"),
+        ("+HR", "not both"),
+        ("+D H", "' ' is not a flag"),
+    ] {
+        let text = l7_with("", &format!("status = {bad:?}\n"));
+        let d = errors(&text);
+        let line = text.lines().position(|l| l.starts_with("status")).unwrap() + 1;
+        assert_eq!(position_of(&d, needle), (line, col), "{bad:?}");
+        assert_eq!(d.len(), 1, "{d:#?}");
+    }
+    let text = l7_with("", "lbset = 100\n");
+    let d = errors(&text);
+    let line = text.lines().position(|l| l.starts_with("lbset")).unwrap() + 1;
+    assert_eq!(position_of(&d, "lbset 100 is out of range 0..=99"), (line, "lbset = ".len() + 1));
+}
+
+#[test]
+fn passive_health_and_slow_start_resolve() {
+    let config = parse(&l7_with("", ""), "t").unwrap();
+    let pool = config.pool("app").unwrap();
+    assert_eq!((&pool.passive, pool.slow_start), (&None, None));
+    // Any one key turns passive checks on, with Apache's defaults.
+    let config = parse(&l7_with("failonstatus = [503, 500]\n", ""), "t").unwrap();
+    assert_eq!(
+        config.pool("app").unwrap().passive,
+        Some(PassiveConfig {
+            failonstatus: vec![503, 500],
+            failontimeout: false,
+            error_limit: 1,
+            error_window: DEFAULT_ERROR_WINDOW,
+            retry: DEFAULT_RETRY,
+        })
+    );
+    let config = parse(
+        &l7_with("failontimeout = true\nerror_limit = 5\nerror_window = \"2s\"\nretry = \"30s\"\nslow_start = \"20s\"\n", ""),
+        "t",
+    )
+    .unwrap();
+    let pool = config.pool("app").unwrap();
+    assert_eq!(
+        pool.passive,
+        Some(PassiveConfig {
+            failonstatus: vec![],
+            failontimeout: true,
+            error_limit: 5,
+            error_window: Duration::from_secs(2),
+            retry: Duration::from_secs(30),
+        })
+    );
+    assert_eq!(pool.slow_start, Some(Duration::from_secs(20)));
+}
+
+#[test]
+fn passive_health_and_slow_start_are_checked_with_positions() {
+    for (setting, needle) in [
+        ("failonstatus = [503, 99]", "failonstatus 99 is out of range 100..=599"),
+        ("failonstatus = [503, 503]", "failonstatus lists 503 twice"),
+        ("error_limit = 0", "error_limit 0 is out of range 1..=32"),
+        ("error_window = \"10\"", "invalid error_window"),
+        ("retry = \"2h\"", "retry 2h is longer than the maximum 1h"),
+        ("slow_start = \"0s\"", "slow_start must be longer than zero"),
+        ("slow_start = \"1ms\"", "slow_start 1ms is shorter than the minimum 100ms"),
+    ] {
+        let text = l7_with(&format!("{setting}\n"), "");
+        let d = errors(&text);
+        let key = setting.split(' ').next().unwrap();
+        let line = text.lines().position(|l| l.starts_with(key)).unwrap() + 1;
+        assert_eq!(position_of(&d, needle).0, line, "{setting}");
+        let value_col = position_of(&d, needle).1;
+        assert!(value_col > key.len(), "{setting}: column {value_col}");
+        assert_eq!(d.len(), 1, "{d:#?}");
+    }
+    // failonstatus of the wrong type is a TOML type error with a position.
+    let text = l7_with("failonstatus = 503\n", "");
+    let d = errors(&text);
+    assert_eq!(d[0].line, text.lines().position(|l| l.starts_with("failonstatus")).unwrap() + 1);
+}
+
+/// `vlan` is an 802.1Q VLAN id, 1..=4094, absent by default (untagged),
+/// and the same for every VIP of one address.
+#[test]
+fn vip_vlan_is_checked_and_shared_by_an_address() {
+    let pool = "\n[[pool]]\nname = \"web\"\n[[pool.backend]]\naddress = \"198.18.0.11\"\n";
+    let config = parse(&with(&format!("{WEB_VIP}{pool}")), "test.toml").unwrap();
+    assert_eq!(config.vips[0].vlan, None);
+    let tagged = WEB_VIP.replace("port = 80", "port = 80\nvlan = 200");
+    let config = parse(&with(&format!("{tagged}{pool}")), "test.toml").unwrap();
+    assert_eq!(config.vips[0].vlan, Some(200));
+    for bad in ["0", "4095", "-1"] {
+        let text = with(&format!("{}{pool}", WEB_VIP.replace("port = 80", &format!("port = 80\nvlan = {bad}"))));
+        let at = text.lines().position(|l| l.starts_with("vlan")).unwrap() + 1;
+        assert_eq!(position_of(&errors(&text), "vlan").0, at, "{bad}");
+    }
+    // A second VIP on the same address, another protocol, another VLAN.
+    let second = tagged.replace("name = \"web\"", "name = \"web2\"").replace("\"tcp\"", "\"udp\"").replace("vlan = 200", "vlan = 201");
+    let text = with(&format!("{tagged}{second}{pool}"));
+    let d = errors(&text);
+    let at = text.lines().position(|l| l == "vlan = 201").unwrap() + 1;
+    assert_eq!(position_of(&d, "must be on one VLAN").0, at);
+    // Untagged beside tagged is the same mistake; the same VLAN is fine.
+    let untagged = WEB_VIP.replace("name = \"web\"", "name = \"web2\"").replace("\"tcp\"", "\"udp\"");
+    position_of(&errors(&with(&format!("{tagged}{untagged}{pool}"))), "is untagged here but vlan 200");
+    let same = second.replace("vlan = 201", "vlan = 200");
+    parse(&with(&format!("{tagged}{same}{pool}")), "test.toml").unwrap();
 }

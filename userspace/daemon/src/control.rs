@@ -55,7 +55,7 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
     let interface = Interface::lookup(&config.interface)?;
     let options = fulcrum_l4::LoadOptions { conn_table_size: config.datapath.conn_table_size };
     let mut datapath = Datapath::load_with(options).context("loading the XDP program (needs root)")?;
-    datapath.set_node(&fulcrum_l4::NodeSettings::for_interface(&interface, &config.datapath))?;
+    datapath.set_node(&fulcrum_l4::NodeSettings::for_interface(&interface, &config))?;
     let mode = datapath.attach(&interface.name)?;
     info!(interface = %interface.name, mac = %interface.mac, ?mode, "XDP program attached");
     let counters = datapath.counter_reader()?;

@@ -7,8 +7,8 @@ use std::{collections::HashMap, net::SocketAddr, sync::Arc};
 
 use anyhow::{Context, Result};
 use fulcrum_config::{Config, LbMethod};
-use fulcrum_l7::{HostMatch, ListenerRoutes, Member, MemberStats, Pool, Proxy, ProxyConfig, Route, SharedSnapshot, Snapshot, Sticky};
-use fulcrum_state::Effective;
+use fulcrum_l7::{members::PassiveConfig, HostMatch, ListenerRoutes, Member, MemberStats, Pool, Proxy, ProxyConfig, Route, SharedSnapshot, Snapshot, Sticky};
+use fulcrum_state::{Effective, Exclusion};
 
 /// The running proxy and what it needs to publish snapshots.
 pub struct L7 {
@@ -32,7 +32,8 @@ impl L7 {
         }
         let listen = listen_addresses(config);
         let mut stats = HashMap::new();
-        let snapshot = fulcrum_l7::shared(snapshot(config, effective, &mut stats));
+        let snapshot = fulcrum_l7::shared(Snapshot::default());
+        fulcrum_l7::members::publish(&snapshot, snapshot_of(config, effective, &mut stats));
         let mut proxy_config = ProxyConfig::new(listen.clone());
         proxy_config.workers = config.l7.workers;
         let proxy = Proxy::start(proxy_config, Arc::clone(&snapshot)).context("starting the L7 proxy")?;
@@ -50,7 +51,7 @@ impl L7 {
     /// Publishes the routes and members `config` and `effective` give; new
     /// requests use them at once, requests in flight finish on the old ones.
     pub fn publish(&mut self, config: &Config, effective: &Effective) {
-        self.snapshot.store(Arc::new(snapshot(config, effective, &mut self.stats)));
+        fulcrum_l7::members::publish(&self.snapshot, snapshot_of(config, effective, &mut self.stats));
     }
 
     /// The counters of `address` in pool `pool`, if the proxy knows it.
@@ -79,16 +80,29 @@ fn listen_addresses(config: &Config) -> Vec<SocketAddr> {
     config.listeners.iter().map(|l| l.address).collect()
 }
 
-/// The proxy's view of `config`'s listeners and `effective`'s pools. A
-/// member takes requests when the effective state lets it take new
-/// traffic; `stats` keeps each member's counters across snapshots and
-/// forgets members that left the configuration.
-fn snapshot(config: &Config, effective: &Effective, stats: &mut HashMap<(String, SocketAddr), Arc<MemberStats>>) -> Snapshot {
+/// The proxy's view of `config`'s listeners and `effective`'s pools.
+/// `stats` keeps each member's counters (and passive health state) across
+/// snapshots and forgets members that left the configuration.
+///
+/// A member is usable for the proxy when the effective state lets it take
+/// sessions (healthy, not disabled or stopped); a drained one (weight 0 or
+/// `N`) is marked draining, and spares, standbys and higher lbsets come
+/// with their roles: the proxy applies the failover rule itself per
+/// request, with its own passive errors and retries (see
+/// `fulcrum_l7::members`).
+fn snapshot_of(config: &Config, effective: &Effective, stats: &mut HashMap<(String, SocketAddr), Arc<MemberStats>>) -> Snapshot {
     let mut seen = Vec::new();
     let pools: Vec<Pool> = effective
         .pools
         .iter()
         .map(|pool| Pool {
+            passive: config.pool(&pool.name).and_then(|p| p.passive.as_ref()).map(|p| PassiveConfig {
+                failonstatus: p.failonstatus.clone(),
+                failontimeout: p.failontimeout,
+                error_limit: p.error_limit,
+                error_window_ms: p.error_window.as_millis() as u64,
+                retry_ms: p.retry.as_millis() as u64,
+            }),
             name: pool.name.clone(),
             lbmethod: config.pool(&pool.name).map_or(fulcrum_l7::LbMethod::ByRequests, |p| lbmethod(p.lbmethod)),
             sticky: config.pool(&pool.name).and_then(|p| p.sticky.as_ref()).map(|s| Sticky {
@@ -107,7 +121,14 @@ fn snapshot(config: &Config, effective: &Effective, stats: &mut HashMap<(String,
                     Member {
                         address,
                         weight: m.weight,
-                        usable: m.excluded.is_none(),
+                        usable: m.takes_sessions(),
+                        draining: m.excluded == Some(Exclusion::Drained),
+                        lbset: m.lbset,
+                        role: m.role(),
+                        slow_start_ms: config
+                            .pool(&pool.name)
+                            .and_then(|p| p.slow_start)
+                            .map_or(0, |d| u32::try_from(d.as_millis()).unwrap_or(u32::MAX)),
                         route: m.route.clone().unwrap_or_default(),
                         stats: Arc::clone(stats.entry(key).or_default()),
                     }
@@ -185,7 +206,7 @@ address = "198.18.0.13"
         observed.health.insert(probe_of(web, &web.backends[0]), Verdict { health: Health::Up, detail: String::new() });
         observed.health.insert(probe_of(web, &web.backends[1]), Verdict { health: Health::Down, detail: String::new() });
         let mut stats = HashMap::new();
-        let snap = snapshot(&config, &effective(&config, &observed), &mut stats);
+        let snap = snapshot_of(&config, &effective(&config, &observed), &mut stats);
         snap.validate().unwrap();
         let routes = &snap.listeners[0].routes;
         assert_eq!(routes[0].host, HostMatch::Exact("api.example.com".into()));
@@ -211,10 +232,116 @@ address = "198.18.0.13"
         // Counters survive a new snapshot; a member that left is forgotten.
         MemberStats::get(&members[0].stats.requests);
         members[0].stats.requests.fetch_add(5, std::sync::atomic::Ordering::Relaxed);
-        let again = snapshot(&config, &effective(&config, &observed), &mut stats);
+        let again = snapshot_of(&config, &effective(&config, &observed), &mut stats);
         assert_eq!(MemberStats::get(&again.pools[0].members[0].stats.requests), 5);
         let fewer = fulcrum_config::parse(&CONFIG.replace("[[pool.backend]]\naddress = \"198.18.0.12\"\nport = 80\nweight = 3\n", ""), "t").unwrap();
-        snapshot(&fewer, &effective(&fewer, &observed), &mut stats);
+        snapshot_of(&fewer, &effective(&fewer, &observed), &mut stats);
         assert_eq!(stats.len(), 2);
+    }
+}
+
+#[cfg(test)]
+mod member_tests {
+    use fulcrum_health::Health;
+    use fulcrum_l7::members::Role;
+    use fulcrum_state::{effective, probe_of, Observed, Verdict};
+
+    use super::*;
+
+    #[test]
+    fn flags_roles_passive_and_slow_start_reach_the_proxy() {
+        let text = r#"
+interface = "eth0"
+[[listener]]
+name = "www"
+address = "127.0.0.1:8080"
+[[listener.route]]
+pool = "web"
+[[pool]]
+name = "web"
+failonstatus = [503]
+error_limit = 3
+error_window = "5s"
+retry = "30s"
+slow_start = "20s"
+[[pool.backend]]
+address = "198.18.0.11"
+port = 80
+[[pool.backend]]
+address = "198.18.0.12"
+port = 80
+status = "+N"
+[[pool.backend]]
+address = "198.18.0.13"
+port = 80
+status = "+R"
+[[pool.backend]]
+address = "198.18.0.14"
+port = 80
+status = "+D"
+[[pool.backend]]
+address = "198.18.0.15"
+port = 80
+status = "+H"
+lbset = 1
+"#;
+        let config = fulcrum_config::parse(text, "t").unwrap();
+        let mut observed = Observed::default();
+        let web = &config.pools[0];
+        for b in &web.backends {
+            observed.health.insert(probe_of(web, b), Verdict { health: Health::Up, detail: String::new() });
+        }
+        let snap = snapshot_of(&config, &effective(&config, &observed), &mut HashMap::new());
+        let pool = &snap.pools[0];
+        assert_eq!(
+            pool.passive,
+            Some(PassiveConfig { failonstatus: vec![503], failontimeout: false, error_limit: 3, error_window_ms: 5_000, retry_ms: 30_000 })
+        );
+        let m = &pool.members;
+        // usable (sessions), draining, role, lbset, slow start.
+        let got: Vec<(bool, bool, Role, u8, u32)> = m.iter().map(|m| (m.usable, m.draining, m.role, m.lbset, m.slow_start_ms)).collect();
+        assert_eq!(
+            got,
+            [
+                (true, false, Role::Active, 0, 20_000),
+                (true, true, Role::Active, 0, 20_000),
+                // The spare and the standby are usable: the proxy decides
+                // per request whether they serve.
+                (true, false, Role::HotSpare, 0, 20_000),
+                (false, false, Role::Active, 0, 20_000),
+                (true, false, Role::HotStandby, 1, 20_000),
+            ]
+        );
+    }
+
+    #[test]
+    fn passive_errors_and_comebacks_survive_snapshots() {
+        let text = "interface = \"eth0\"\n[[listener]]\nname = \"www\"\naddress = \"127.0.0.1:8080\"\n[[listener.route]]\npool = \"web\"\n[[pool]]\nname = \"web\"\nretry = \"60s\"\nslow_start = \"20s\"\n[[pool.backend]]\naddress = \"198.18.0.11\"\nport = 80\n";
+        let config = fulcrum_config::parse(text, "t").unwrap();
+        let web = &config.pools[0];
+        let verdict = |health| {
+            let mut o = Observed::default();
+            o.health.insert(probe_of(web, &web.backends[0]), Verdict { health, detail: String::new() });
+            o
+        };
+        let mut stats = HashMap::new();
+        let shared = fulcrum_l7::shared(Snapshot::default());
+        let publish = |stats: &mut HashMap<_, _>, health| {
+            fulcrum_l7::members::publish(&shared, snapshot_of(&config, &effective(&config, &verdict(health)), stats));
+            shared.load().pools[0].clone()
+        };
+        // Up from the start: no slow start.
+        let pool = publish(&mut stats, Health::Up);
+        let now = fulcrum_l7::snapshot::clock_ms64();
+        assert_eq!(fulcrum_l7::members::effective_weight(&pool.members[0], now), fulcrum_l7::members::WEIGHT_SCALE);
+        // The proxy puts it In error; a new snapshot (any change) keeps that.
+        assert!(pool.observe(0, fulcrum_l7::members::Outcome::ConnectFailed));
+        let pool = publish(&mut stats, Health::Up);
+        assert!(pool.members[0].stats.passive.in_error_now());
+        // Down by its checks, then up again: it ramps from its first step.
+        publish(&mut stats, Health::Down);
+        let pool = publish(&mut stats, Health::Up);
+        let now = fulcrum_l7::snapshot::clock_ms64();
+        assert!(fulcrum_l7::members::effective_weight(&pool.members[0], now) < fulcrum_l7::members::WEIGHT_SCALE);
     }
 }

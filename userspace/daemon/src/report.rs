@@ -4,7 +4,7 @@
 //! plan does not already say.
 use std::{net::SocketAddr, time::Duration};
 
-use fulcrum_api::{VrrpStats, ConnTableStats, L7MemberStats, ListenerStats, RouteStats, AdminStats, ApplyStats, BackendStats, ControlStats, PoolStats, StatsReport, VipBackendSlots, VipStats};
+use fulcrum_api::{VrrpStats, VipConnStats, ConnTableStats, L7MemberStats, ListenerStats, RouteStats, AdminStats, ApplyStats, BackendStats, ControlStats, PoolStats, StatsReport, VipBackendSlots, VipStats};
 use fulcrum_common::ConnEvent;
 use fulcrum_config::Config;
 use fulcrum_health::Health;
@@ -41,6 +41,8 @@ pub fn stats(
         .map(|vip| {
             let table = applied.vips.get(&vip.name);
             let counts = table.map(|t| counters.vip(t.vip_id)).unwrap_or_default();
+            let events = table.map(|t| counters.vip_conn_events(t.vip_id)).unwrap_or_default();
+            let event = |e: ConnEvent| events.iter().find(|(x, _)| *x == e).map_or(0, |(_, c)| c.packets);
             VipStats {
                 name: vip.name.clone(),
                 address: vip.address.to_string(),
@@ -56,6 +58,14 @@ pub fn stats(
                     .map(|t| t.slots.iter().map(|&(a, slots)| VipBackendSlots { address: a.to_string(), slots }).collect())
                     .unwrap_or_default(),
                 table_digest: table.filter(|t| t.table_size > 0).map(|t| format!("{:016x}", t.digest)),
+                conn_table: VipConnStats {
+                    hits: event(ConnEvent::Hit),
+                    misses: event(ConnEvent::Miss),
+                    syn_picks: event(ConnEvent::Syn),
+                    stale_repicks: event(ConnEvent::Stale),
+                    expired: event(ConnEvent::Expired),
+                    write_failures: event(ConnEvent::WriteFailed),
+                },
             }
         })
         .collect();
@@ -90,6 +100,8 @@ pub fn stats(
                         bytes: counts.bytes,
                         port: m.port,
                         l7: l7.and_then(|l7| l7.member_stats(&pool.name, SocketAddr::new(m.address, m.port))).map(l7_member),
+                        status: m.status.letters(),
+                        lbset: m.lbset,
                     }
                 })
                 .collect(),
@@ -144,5 +156,8 @@ fn l7_member(stats: &MemberStats) -> L7MemberStats {
         bytes_sent: get(&stats.bytes_sent),
         bytes_received: get(&stats.bytes_received),
         responses: std::array::from_fn(|i| get(&stats.responses[i])),
+        in_error: stats.passive.in_error_now(),
+        error_remaining_ms: stats.passive.error_remaining_ms(fulcrum_l7::snapshot::clock_ms64()),
+        times_in_error: stats.passive.times_in_error(),
     }
 }

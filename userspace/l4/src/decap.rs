@@ -6,7 +6,7 @@ use std::net::IpAddr;
 
 use aya::{
     maps::{HashMap as BpfHashMap, MapData, PerCpuArray},
-    programs::{xdp::XdpLinkId, TestRun, TestRunOptions, Xdp},
+    programs::{TestRun, TestRunOptions, Xdp},
     Ebpf,
 };
 use fulcrum_common::{addr_words, names, Counters, DecapReason};
@@ -19,7 +19,7 @@ static DECAP_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("FULCRUM_XDP_DECAP
 /// The loaded decap program and its maps.
 pub struct Decap {
     ebpf: Ebpf,
-    link: Option<XdpLinkId>,
+    attachment: Option<crate::attach::Attachment>,
     vips: BpfHashMap<MapData, [u32; 4], u32>,
     stats: PerCpuArray<MapData, Counters>,
 }
@@ -43,7 +43,7 @@ impl Decap {
         let vips = typed(ebpf.take_map(names::DECAP_VIPS).ok_or(DatapathError::MissingMap(names::DECAP_VIPS))?, names::DECAP_VIPS)?;
         let stats =
             typed(ebpf.take_map(names::DECAP_STATS).ok_or(DatapathError::MissingMap(names::DECAP_STATS))?, names::DECAP_STATS)?;
-        Ok(Decap { ebpf, link: None, vips, stats })
+        Ok(Decap { ebpf, attachment: None, vips, stats })
     }
 
     fn program(&mut self) -> &mut Xdp {
@@ -63,8 +63,9 @@ impl Decap {
     /// # Errors
     /// Neither mode could attach.
     pub fn attach(&mut self, interface: &str) -> Result<AttachMode, DatapathError> {
-        let (link, mode) = crate::attach_xdp(self.program(), interface)?;
-        self.link = Some(link);
+        let attachment = crate::attach_xdp(self.program(), interface)?;
+        let mode = attachment.mode();
+        self.attachment = Some(attachment);
         Ok(mode)
     }
 
@@ -73,8 +74,8 @@ impl Decap {
     /// # Errors
     /// The kernel refused to detach.
     pub fn detach(&mut self) -> Result<(), DatapathError> {
-        if let Some(link) = self.link.take() {
-            self.program().detach(link)?;
+        if let Some(attachment) = self.attachment.take() {
+            crate::detach_xdp(self.program(), attachment)?;
         }
         Ok(())
     }

@@ -10,8 +10,11 @@
 //! - [`plan`]: effective state -> what the maps must hold (pure).
 //! - [`maglev`]: the lookup table builder (pure).
 //! - `tables`: writes a plan into the maps (mmap'd tables, atomic flips).
+//! - `attach`: attaching by netlink, so the program outlives a crashed daemon.
 //! - [`writer`]: the thread that applies plans, coalescing bursts.
 //! - [`neighbours`]: the interface and its neighbour table, by subscription.
+//! - [`ethtool`]: receive VLAN offload, off while the program is attached.
+mod attach;
 pub mod maglev;
 pub mod neighbours;
 pub mod plan;
@@ -22,18 +25,19 @@ use std::time::Duration;
 
 use aya::{
     maps::{HashMap as BpfHashMap, Map, MapData, PerCpuArray},
-    programs::{xdp::XdpLinkId, TestRun, TestRunOptions, Xdp, XdpMode},
+    programs::{TestRun, TestRunOptions, Xdp},
     Ebpf, EbpfLoader,
 };
 pub use fulcrum_common::{ConnEntry, ConnEvent, FlowKey};
 use fulcrum_common::{names, Counters, DatapathConfig, Mac, Reason, DEFAULT_CONN_TABLE_SIZE};
 
 mod decap;
+pub mod ethtool;
 pub use decap::{Decap, DecapCounters};
 use thiserror::Error;
 
 pub use neighbours::{Interface, LinkError, NeighbourChange, Neighbours};
-pub use plan::{macs, Plan, PlanVip};
+pub use plan::{macs, Plan, PlanVip, VirtualMacs};
 pub use tables::{Applied, VipTable, WriteCounts, SLOT_REUSE_DELAY};
 pub use writer::{ApplyReport, Writer, WriterStatus};
 
@@ -53,6 +57,10 @@ pub enum DatapathError {
     Load(#[from] aya::EbpfError),
     #[error("XDP program: {0}")]
     Program(#[from] aya::programs::ProgramError),
+    #[error("attaching XDP to {0}: {1}")]
+    Attach(String, std::io::Error),
+    #[error("detaching XDP: {0}")]
+    Detach(std::io::Error),
     #[error("map {map}: {source}")]
     Map { map: &'static str, source: aya::maps::MapError },
     #[error("map {0} is missing from the XDP object")]
@@ -98,21 +106,32 @@ pub struct NodeSettings {
     pub ipip_source_v4: Option<(std::net::Ipv4Addr, u8)>,
     /// IP6IP6 outer source prefix, length >= 96 (`ipip_source_v6`).
     pub ipip_source_v6: Option<(std::net::Ipv6Addr, u8)>,
+    /// The VRRP virtual router MACs frames may arrive on besides
+    /// `self_mac` (instances with `virtual_mac = true` on this interface).
+    pub virtual_macs: VirtualMacs,
 }
 
 impl NodeSettings {
     /// `mac`, the Ethernet MTU of 1500 bytes, no IPIP source prefixes.
     pub fn new(mac: Mac) -> Self {
-        NodeSettings { self_mac: mac, mtu: 1500, ipip_source_v4: None, ipip_source_v6: None }
+        NodeSettings {
+            self_mac: mac,
+            mtu: 1500,
+            ipip_source_v4: None,
+            ipip_source_v6: None,
+            virtual_macs: VirtualMacs::default(),
+        }
     }
 
-    /// The settings for the attached `interface` and `[datapath]`.
-    pub fn for_interface(interface: &Interface, datapath: &fulcrum_config::DatapathSettings) -> Self {
+    /// The settings for the attached `interface` from `config`: its
+    /// `[datapath]` section and its VRRP instances' virtual MACs.
+    pub fn for_interface(interface: &Interface, config: &fulcrum_config::Config) -> Self {
         NodeSettings {
             self_mac: interface.mac,
             mtu: u16::try_from(interface.mtu).unwrap_or(u16::MAX),
-            ipip_source_v4: datapath.ipip_source_v4,
-            ipip_source_v6: datapath.ipip_source_v6,
+            ipip_source_v4: config.datapath.ipip_source_v4,
+            ipip_source_v6: config.datapath.ipip_source_v6,
+            virtual_macs: VirtualMacs::of(config, &interface.name),
         }
     }
 
@@ -143,6 +162,9 @@ impl NodeSettings {
             ipip_src_v4_host: v4_host,
             ipip_src_v6: v6,
             ipip_src_v6_host: v6_host,
+            _pad: 0,
+            virtual_mac_v4: self.virtual_macs.v4,
+            virtual_mac_v6: self.virtual_macs.v6,
         }
     }
 }
@@ -164,7 +186,9 @@ impl Default for LoadOptions {
 /// The loaded program and its maps.
 pub struct Datapath {
     ebpf: Ebpf,
-    link: Option<XdpLinkId>,
+    attachment: Option<attach::Attachment>,
+    /// The interface whose receive VLAN offload `attach` turned off.
+    rx_vlan_restore: Option<String>,
     config: aya::maps::Array<MapData, DatapathConfig>,
     /// `CONN_TABLE` (an LRU hash; aya reads both kinds as a hash map).
     conn_table: BpfHashMap<MapData, FlowKey, ConnEntry>,
@@ -218,12 +242,14 @@ impl Datapath {
         let config = typed(take(names::DATAPATH_CONFIG)?, names::DATAPATH_CONFIG)?;
         let vip_stats: PerCpuArray<MapData, Counters> = typed(take(names::VIP_STATS)?, names::VIP_STATS)?;
         let real_stats: PerCpuArray<MapData, Counters> = typed(take(names::REAL_STATS)?, names::REAL_STATS)?;
+        let vip_conn_stats: PerCpuArray<MapData, Counters> = typed(take(names::VIP_CONN_STATS)?, names::VIP_CONN_STATS)?;
         let reason_stats = typed(take(names::REASON_STATS)?, names::REASON_STATS)?;
         let counters = CounterReader {
             vip_stats: reopen(&vip_stats, names::VIP_STATS)?,
             real_stats: reopen(&real_stats, names::REAL_STATS)?,
             reason_stats,
             conn_stats,
+            vip_conn_stats: reopen(&vip_conn_stats, names::VIP_CONN_STATS)?,
         };
         let maps = tables::Maps {
             lookup_tables: tables::TableMemory::map(&lookup_tables)?,
@@ -233,9 +259,10 @@ impl Datapath {
             vip_real_ok,
             vip_addresses,
             vip_stats,
+            vip_conn_stats,
             real_stats,
         };
-        Ok(Datapath { ebpf, link: None, config, conn_table, maps, tables: tables::Tables::default(), counters })
+        Ok(Datapath { ebpf, attachment: None, rx_vlan_restore: None, config, conn_table, maps, tables: tables::Tables::default(), counters })
     }
 
     fn program(&mut self) -> &mut Xdp {
@@ -261,25 +288,65 @@ impl Datapath {
     }
 
     /// Attaches to `interface` in driver mode, else in generic mode (with a
-    /// warning: generic XDP runs after the skb is built, far slower).
+    /// warning: generic XDP runs after the skb is built, far slower),
+    /// replacing a program a crashed predecessor left there. The program
+    /// stays attached if the process dies without [`Datapath::detach`]
+    /// (or a drop) running: see the `attach` module for why.
+    ///
+    /// First turns the interface's receive VLAN offload off (logged, and
+    /// turned back on at detach), so 802.1Q tags stay in the frame where
+    /// the program reads them (see the `ethtool` module). If the driver
+    /// keeps it on, an error is logged and the program attaches anyway:
+    /// it then sees tagged frames as untagged.
     ///
     /// # Errors
-    /// Neither mode could attach (no such interface, another program).
+    /// Neither mode could attach (no such interface, a program attached
+    /// through a BPF link by another tool).
     pub fn attach(&mut self, interface: &str) -> Result<AttachMode, DatapathError> {
-        let (link, mode) = attach_xdp(self.program(), interface)?;
-        self.link = Some(link);
-        Ok(mode)
+        match ethtool::rx_vlan_offload(interface) {
+            Ok(false) => {}
+            Ok(true) => match ethtool::set_rx_vlan_offload(interface, false) {
+                Ok(()) => {
+                    tracing::info!(%interface, "receive VLAN offload turned off (ethtool -K {interface} rxvlan off) so XDP sees 802.1Q tags; turned back on at detach");
+                    self.rx_vlan_restore = Some(interface.to_owned());
+                }
+                Err(err) => tracing::error!(%interface, error = %err, "cannot turn receive VLAN offload off: XDP sees tagged frames untagged, so VIP VLANs are not enforced"),
+            },
+            Err(err) => tracing::warn!(%interface, error = %err, "cannot read the receive VLAN offload setting"),
+        }
+        match attach_xdp(self.program(), interface) {
+            Ok(attachment) => {
+                let mode = attachment.mode();
+                self.attachment = Some(attachment);
+                Ok(mode)
+            }
+            Err(err) => {
+                self.restore_rx_vlan();
+                Err(err)
+            }
+        }
     }
 
-    /// Detaches from the interface, if attached. Also done on drop.
+    /// Detaches from the interface, if attached and still ours, and turns
+    /// receive VLAN offload back on if `attach` turned it off. Also done
+    /// on drop.
     ///
     /// # Errors
     /// The kernel refused to detach.
     pub fn detach(&mut self) -> Result<(), DatapathError> {
-        if let Some(link) = self.link.take() {
-            self.program().detach(link)?;
+        if let Some(attachment) = self.attachment.take() {
+            detach_xdp(self.program(), attachment)?;
         }
+        self.restore_rx_vlan();
         Ok(())
+    }
+
+    fn restore_rx_vlan(&mut self) {
+        if let Some(interface) = self.rx_vlan_restore.take() {
+            if let Err(err) = ethtool::set_rx_vlan_offload(&interface, true) {
+                tracing::warn!(%interface, error = %err, "turning receive VLAN offload back on");
+            }
+        }
     }
 
     /// Makes the maps hold what `plan` says, writing only what changed.
@@ -310,6 +377,7 @@ impl Datapath {
             real_stats: reopen(&self.counters.real_stats, names::REAL_STATS)?,
             reason_stats: reopen(&self.counters.reason_stats, names::REASON_STATS)?,
             conn_stats: reopen(&self.counters.conn_stats, names::CONN_STATS)?,
+            vip_conn_stats: reopen(&self.counters.vip_conn_stats, names::VIP_CONN_STATS)?,
         })
     }
 
@@ -381,6 +449,7 @@ pub struct CounterReader {
     real_stats: PerCpuArray<MapData, Counters>,
     reason_stats: PerCpuArray<MapData, Counters>,
     conn_stats: PerCpuArray<MapData, Counters>,
+    vip_conn_stats: PerCpuArray<MapData, Counters>,
 }
 
 impl CounterReader {
@@ -404,30 +473,40 @@ impl CounterReader {
     pub fn conn_events(&self) -> Vec<(ConnEvent, Counters)> {
         ConnEvent::ALL.iter().map(|&e| (e, sum(&self.conn_stats, e as u32))).collect()
     }
+
+    /// [`CounterReader::conn_events`] of VIP id `vip_id` alone, since the
+    /// id was given to its VIP.
+    pub fn vip_conn_events(&self, vip_id: u32) -> Vec<(ConnEvent, Counters)> {
+        ConnEvent::ALL.iter().map(|&e| (e, sum(&self.vip_conn_stats, e.vip_index(vip_id)))).collect()
+    }
 }
 
-/// CLOCK_MONOTONIC in nanoseconds: the clock of `bpf_ktime_get_ns`, and
-/// so of [`ConnEntry::last_seen_ns`].
+/// CLOCK_MONOTONIC_COARSE in nanoseconds: the clock of
+/// `bpf_ktime_get_coarse_ns`, and so of [`ConnEntry::last_seen_ns`].
 pub fn monotonic_ns() -> u64 {
     // SAFETY: clock_gettime writes one timespec into the value we own.
     let now = unsafe {
         let mut now: libc::timespec = std::mem::zeroed();
-        libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now);
+        libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut now);
         now
     };
     now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
 }
 
-/// Attaches `program` to `interface` in driver mode, else in generic mode
-/// with a warning: generic XDP runs after the skb is built, at stack speed.
-pub(crate) fn attach_xdp(program: &mut Xdp, interface: &str) -> Result<(XdpLinkId, AttachMode), DatapathError> {
-    match program.attach(interface, XdpMode::Driver) {
-        Ok(link) => Ok((link, AttachMode::Driver)),
-        Err(err) => {
-            tracing::warn!(%interface, error = %err, "driver-mode XDP refused; falling back to generic (skb) mode, expect stack-speed forwarding");
-            Ok((program.attach(interface, XdpMode::Skb)?, AttachMode::Generic))
-        }
-    }
+/// Attaches `program` to `interface` by netlink (see [`attach`]).
+pub(crate) fn attach_xdp(program: &mut Xdp, interface: &str) -> Result<attach::Attachment, DatapathError> {
+    use std::os::fd::{AsFd, AsRawFd};
+    let ifindex = nix::net::if_::if_nametoindex(interface)
+        .map_err(|e| DatapathError::Attach(interface.to_string(), std::io::Error::from(e)))?;
+    let fd = program.fd()?.as_fd().as_raw_fd();
+    attach::Attachment::attach(fd, ifindex, interface).map_err(|e| DatapathError::Attach(interface.to_string(), e))
+}
+
+/// Detaches `program`, if it is still the one `attachment` put there.
+pub(crate) fn detach_xdp(program: &mut Xdp, attachment: attach::Attachment) -> Result<(), DatapathError> {
+    use std::os::fd::{AsFd, AsRawFd};
+    let fd = program.fd()?.as_fd().as_raw_fd();
+    attachment.detach(fd).map_err(DatapathError::Detach)
 }
 
 fn typed<T>(map: Map, name: &'static str) -> Result<T, DatapathError>

@@ -44,6 +44,8 @@ pub struct PlanVip {
     pub established: Vec<IpAddr>,
     /// UDP flows idle this long (milliseconds) take a fresh pick.
     pub udp_idle_timeout_ms: u32,
+    /// The 802.1Q VLAN id the VIP is reached on, 0 for untagged.
+    pub vlan: u16,
 }
 
 impl Plan {
@@ -63,6 +65,7 @@ impl Plan {
             .vips
             .iter()
             .map(|vip| {
+                let configured = config.vips.iter().find(|c| c.name == vip.name);
                 let mut members: Vec<(IpAddr, u32)> = effective
                     .pool(&vip.pool)
                     .into_iter()
@@ -87,7 +90,7 @@ impl Plan {
                         Scheduler::Maglev => 0,
                         Scheduler::IpHash => VIP_F_HASH_SRC_ONLY,
                     } | if vip.forwarding { 0 } else { VIP_F_STANDBY }
-                        | match config.vips.iter().find(|c| c.name == vip.name).map(|c| c.forwarding) {
+                        | match configured.map(|c| c.forwarding) {
                             Some(Forwarding::Ipip) => VIP_F_IPIP,
                             _ => 0,
                         },
@@ -95,6 +98,7 @@ impl Plan {
                     members,
                     established,
                     udp_idle_timeout_ms: u32::try_from(vip.udp_idle_timeout.as_millis()).unwrap_or(u32::MAX),
+                    vlan: configured.and_then(|c| c.vlan).unwrap_or(0),
                 }
             })
             .collect();
@@ -104,6 +108,51 @@ impl Plan {
     /// The MAC L2 DSR sends `address`'s traffic to, if known.
     pub fn mac(&self, address: IpAddr) -> Option<Mac> {
         self.reals.get(&address).copied().flatten()
+    }
+}
+
+/// The VRRP virtual router MACs (RFC 9568 section 7.3) the datapath
+/// balances frames to besides the interface's own: one bit per VRID and
+/// family, as `DatapathConfig::virtual_mac_v4` / `_v6` hold them.
+///
+/// With `virtual_mac = true`, the MASTER holds its addresses on a macvlan
+/// with the virtual MAC, so clients send a VIP's frames there; XDP on the
+/// parent interface sees them first. Any VRID set here admits frames to
+/// any VIP (as the kernel accepts any local address on any local MAC);
+/// the VIP's own standby flag still passes them on a BACKUP.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct VirtualMacs {
+    /// `00:00:5e:00:01:VRID`, for IPv4 frames only.
+    pub v4: [u64; 4],
+    /// `00:00:5e:00:02:VRID`, for IPv6 frames only.
+    pub v6: [u64; 4],
+}
+
+impl VirtualMacs {
+    /// Admits frames of the given family to `vrid`'s virtual router MAC.
+    pub fn insert(&mut self, vrid: u8, ipv6: bool) {
+        let (word, bit) = fulcrum_common::virtual_mac_bit(vrid);
+        let words = if ipv6 { &mut self.v6 } else { &mut self.v4 };
+        words[word] |= 1 << bit;
+    }
+
+    /// Whether frames of the given family to `vrid`'s virtual MAC are admitted.
+    pub fn contains(&self, vrid: u8, ipv6: bool) -> bool {
+        let (word, bit) = fulcrum_common::virtual_mac_bit(vrid);
+        let words = if ipv6 { &self.v6 } else { &self.v4 };
+        words[word] & (1 << bit) != 0
+    }
+
+    /// The virtual MACs of `config`'s VRRP instances with `virtual_mac`
+    /// on `interface` (the one XDP is attached to; another interface's
+    /// frames never reach the program), each in its addresses' family.
+    pub fn of(config: &Config, interface: &str) -> VirtualMacs {
+        let mut macs = VirtualMacs::default();
+        for v in config.vrrp.iter().filter(|v| v.virtual_mac && v.interface == interface) {
+            let ipv6 = v.addresses.first().is_some_and(|(a, _)| a.is_ipv6());
+            macs.insert(v.vrid, ipv6);
+        }
+        macs
     }
 }
 
@@ -172,12 +221,37 @@ weight = 3
     }
 
     #[test]
+    fn virtual_macs_of_instances_with_virtual_mac_on_the_interface() {
+        let text = format!(
+            "{CONFIG}\n[[vrrp]]\nname = \"a\"\nvrid = 51\npriority = 100\naddresses = [\"198.18.1.1\"]\nvirtual_mac = true\n\
+             [[vrrp]]\nname = \"b\"\nvrid = 52\npriority = 100\naddresses = [\"fd00:18:1::1\"]\nvirtual_mac = true\n\
+             [[vrrp]]\nname = \"c\"\nvrid = 200\npriority = 100\naddresses = [\"198.18.1.9\"]\n\
+             [[vrrp]]\nname = \"d\"\nvrid = 53\npriority = 100\ninterface = \"eth1\"\naddresses = [\"198.18.1.10\"]\nvirtual_mac = true\n"
+        );
+        let config = fulcrum_config::parse(&text, "test.toml").unwrap();
+        let macs = VirtualMacs::of(&config, "eth0");
+        assert!(macs.contains(51, false) && !macs.contains(51, true));
+        assert!(macs.contains(52, true) && !macs.contains(52, false));
+        // Without virtual_mac, or on another interface: not admitted.
+        assert!(!macs.contains(200, false) && !macs.contains(53, false));
+        let mut want = VirtualMacs::default();
+        want.insert(51, false);
+        want.insert(52, true);
+        assert_eq!(macs, want);
+        assert_eq!(want.v4, [1 << 51, 0, 0, 0]);
+    }
+
+    #[test]
     fn ipip_vips_get_their_flag() {
         let text = CONFIG.replace("pool = \"web\"\nmaglev", "pool = \"web\"\nforwarding = \"ipip\"\nmaglev")
             .replace("interface = \"eth0\"", "interface = \"eth0\"\n[datapath]\nipip_source_v4 = \"198.18.7.0/24\"");
         let config = fulcrum_config::parse(&text, "test.toml").unwrap();
         let plan = Plan::new(&effective(&config, &Observed::default()), &config, &HashMap::new());
         assert_eq!(plan.vips[0].flags, VIP_F_HASH_SRC_ONLY | VIP_F_IPIP);
+        assert_eq!(plan.vips[0].vlan, 0);
+        let tagged = fulcrum_config::parse(&CONFIG.replace("port = 80", "port = 80\nvlan = 200"), "test.toml").unwrap();
+        let plan = Plan::new(&effective(&tagged, &Observed::default()), &tagged, &HashMap::new());
+        assert_eq!(plan.vips[0].vlan, 200);
     }
 
     /// Established flows stay on every member but one down under `repick`.

@@ -31,7 +31,7 @@
 //! narrowed to the new set after, so no flow re-picks from a table that
 //! is about to go.
 use std::{
-    collections::{BTreeSet, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap},
     net::IpAddr,
     os::fd::AsFd,
     ptr::NonNull,
@@ -41,6 +41,7 @@ use std::{
 
 use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuValues, Array};
 use fulcrum_common::{
+    ConnEvent,
     addr_words, names, vip_filter_bit, VIP_F_STANDBY, vip_real_ok_bit, Counters, Mac, RealDef, VipKey, VipMeta, LOOKUP_TABLES_LEN,
     MAGLEV_MAX_TABLE_SIZE, MAX_REALS, MAX_VIPS, VIP_FILTER_WORDS, VIP_REAL_OK_WORDS,
 };
@@ -64,6 +65,7 @@ pub(crate) struct Maps {
     pub vip_real_ok: Array<MapData, u64>,
     pub vip_addresses: BpfHashMap<MapData, [u32; 4], u32>,
     pub vip_stats: PerCpuArray<MapData, Counters>,
+    pub vip_conn_stats: PerCpuArray<MapData, Counters>,
     pub real_stats: PerCpuArray<MapData, Counters>,
 }
 
@@ -116,8 +118,8 @@ pub(crate) struct Tables {
     filter: [u64; VIP_FILTER_WORDS as usize],
     /// The `VIP_REAL_OK` words as written.
     ok: Vec<u64>,
-    /// The `VIP_ADDRESSES` keys as written.
-    addresses: BTreeSet<[u32; 4]>,
+    /// The `VIP_ADDRESSES` entries as written: address -> VLAN id.
+    addresses: BTreeMap<[u32; 4], u32>,
     /// Each real id's `RealDef::generation` as written; kept when the id
     /// is freed, so the next owner gets a higher one.
     generations: Vec<u32>,
@@ -130,7 +132,7 @@ impl Default for Tables {
             reals: HashMap::new(),
             filter: [0; VIP_FILTER_WORDS as usize],
             ok: vec![0; VIP_REAL_OK_WORDS as usize],
-            addresses: BTreeSet::new(),
+            addresses: BTreeMap::new(),
             generations: vec![0; MAX_REALS as usize],
         }
     }
@@ -260,19 +262,26 @@ impl Tables {
     }
 
     /// Makes `VIP_ADDRESSES` hold the address of every VIP this node
-    /// forwards (not standby): the addresses ICMP echo is answered for.
-    /// Runs while the filter admits old and new VIPs.
+    /// forwards (not standby) with its VLAN id: where ICMP echo is
+    /// answered (the configuration puts all VIPs of an address on one
+    /// VLAN). Runs while the filter admits old and new VIPs.
     fn write_addresses(&mut self, maps: &mut Maps, plan: &Plan) -> Result<(), DatapathError> {
-        let want: BTreeSet<[u32; 4]> =
-            plan.vips.iter().filter(|v| v.flags & VIP_F_STANDBY == 0).map(|v| v.key.addr).collect();
-        for gone in self.addresses.difference(&want) {
+        let want: BTreeMap<[u32; 4], u32> = plan
+            .vips
+            .iter()
+            .filter(|v| v.flags & VIP_F_STANDBY == 0)
+            .map(|v| (v.key.addr, u32::from(v.vlan)))
+            .collect();
+        for gone in self.addresses.keys().filter(|a| !want.contains_key(*a)) {
             match maps.vip_addresses.remove(gone) {
                 Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
                 Err(source) => return Err(DatapathError::Map { map: names::VIP_ADDRESSES, source }),
             }
         }
-        for new in want.difference(&self.addresses) {
-            maps.vip_addresses.insert(new, 0, 0).map_err(map_err(names::VIP_ADDRESSES))?;
+        for (address, &vlan) in &want {
+            if self.addresses.get(address) != Some(&vlan) {
+                maps.vip_addresses.insert(address, vlan, 0).map_err(map_err(names::VIP_ADDRESSES))?;
+            }
         }
         self.addresses = want;
         Ok(())
@@ -347,6 +356,7 @@ impl Tables {
                 && w.meta.flags == vip.flags
                 && w.members == vip.members
                 && w.meta.udp_idle_timeout_ms == vip.udp_idle_timeout_ms
+                && w.meta.vlan == u32::from(vip.vlan)
                 && (w.meta.table_size == vip.table_size || w.meta.table_size == 0)
         })
     }
@@ -376,11 +386,15 @@ impl Tables {
                 let id = lowest_free(&used, MAX_VIPS)
                     .ok_or_else(|| DatapathError::Limit(format!("more than {MAX_VIPS} VIPs")))?;
                 zero(&mut maps.vip_stats, id, names::VIP_STATS)?;
+                for event in ConnEvent::ALL {
+                    zero(&mut maps.vip_conn_stats, event.vip_index(id), names::VIP_CONN_STATS)?;
+                }
                 VipMeta { vip_id: id, ..VipMeta::default() }
             }
         };
         meta.flags = vip.flags;
         meta.udp_idle_timeout_ms = vip.udp_idle_timeout_ms;
+        meta.vlan = u32::from(vip.vlan);
         let mut slots: Vec<(IpAddr, u32)> = vip.members.iter().map(|&(a, _)| (a, 0)).collect();
         if table.is_empty() {
             // Loud only when a VIP loses its last backend; a new VIP starts

@@ -20,10 +20,21 @@
 //! Sticky sessions are not a balancer's business: the proxy honours a
 //! route first and asks the balancer only when there is none (or it
 //! cannot be honoured); see "Sticky sessions" in the crate docs.
+//!
+//! Failover is not the methods' business either: [`new_balancer`] wraps
+//! every method in the rule of [`crate::members`] (lbset, hot spares and
+//! standbys, passive In error, Apache's forcerecovery), which narrows the
+//! `eligible` predicate the method sees. Weights are read through
+//! [`crate::members::weight_now`] (scaled by
+//! [`crate::members::WEIGHT_SCALE`], ramped during slow start), except by
+//! `byip`, which hashes by the configured weight.
 
 use std::net::IpAddr;
 
-use crate::snapshot::{clock_ms, LbMethod, Member, MemberStats};
+use fulcrum_common::failover::rotation;
+
+use crate::members::{is_flat, weight_now};
+use crate::snapshot::{clock_ms, clock_ms64, LbMethod, Member, MemberStats};
 
 /// Chooses a member for the next request.
 pub trait Balancer {
@@ -45,20 +56,84 @@ pub trait Balancer {
 
 /// A new balancer for `method` over a pool of `members` members. `seed`
 /// seeds `p2c`'s random choices (give each worker its own).
+/// The method is wrapped in [`Failover`], so every pick follows the
+/// failover rule of [`crate::members`].
 pub fn new_balancer(method: LbMethod, members: usize, seed: u64) -> Box<dyn Balancer> {
-    match method {
+    let inner: Box<dyn Balancer> = match method {
         LbMethod::ByRequests => Box::new(ByRequests::new(members)),
         LbMethod::ByBusyness => Box::new(ByBusyness::new(members)),
         LbMethod::ByTraffic => Box::new(ByTraffic::new(members)),
         LbMethod::ByIp => Box::new(ByIp),
         LbMethod::P2c => Box::new(P2c::new(seed)),
+    };
+    Box::new(Failover { inner, flat: None })
+}
+
+/// Whether a member may take a new request at all, as far as the snapshot
+/// says: usable, not draining, with a weight. Callers add their own
+/// conditions (not yet tried); [`Failover`] adds In error and the rotation.
+pub fn takes_traffic(m: &Member) -> bool {
+    m.usable && !m.draining && m.weight > 0
+}
+
+/// A balancing method under the failover rule of [`crate::members`]:
+/// the method picks only among the members in the current rotation
+/// (lowest usable `lbset`, spares replacing unusable members one for one,
+/// standbys last), with members In error left out unless every otherwise
+/// eligible member is In error (then they are all tried again, Apache's
+/// `forcerecovery`).
+pub struct Failover {
+    inner: Box<dyn Balancer>,
+    /// Whether the pool has a single lbset and no spare or standby (then
+    /// the rotation is every usable member). Computed at the first pick:
+    /// a balancer serves one snapshot.
+    flat: Option<bool>,
+}
+
+impl Failover {
+    fn pick_with(
+        &mut self,
+        members: &[Member],
+        client: IpAddr,
+        eligible: &dyn Fn(usize) -> bool,
+        flat: bool,
+    ) -> Option<usize> {
+        if flat {
+            return self.inner.pick(members, client, eligible);
+        }
+        let ok = |i: usize| takes_traffic(&members[i]) && eligible(i);
+        let r = rotation(members.len(), |i| members[i].lbset, |i| members[i].role, ok)?;
+        self.inner.pick(members, client, &|i| {
+            let m = &members[i];
+            r.contains(i, m.lbset, m.role, ok(i))
+        })
     }
 }
 
-/// Whether a member may take a new request at all: usable and with a
-/// weight. Callers add their own conditions (not yet tried).
-pub fn takes_traffic(m: &Member) -> bool {
-    m.usable && m.weight > 0
+impl Balancer for Failover {
+    fn pick(
+        &mut self,
+        members: &[Member],
+        client: IpAddr,
+        eligible: &dyn Fn(usize) -> bool,
+    ) -> Option<usize> {
+        let flat = *self.flat.get_or_insert_with(|| is_flat(members));
+        // One clock read, and only for a pool that has known errors.
+        let any_error_ever = members.iter().any(|m| m.stats.passive.ever_in_error());
+        let now = if any_error_ever { clock_ms64() } else { 0 };
+        let in_error = |i: usize| any_error_ever && members[i].stats.passive.in_error(now);
+        self.pick_with(members, client, &|i| eligible(i) && !in_error(i), flat)
+            .or_else(|| {
+                // forcerecovery: everything left is In error.
+                let forced = (0..members.len())
+                    .any(|i| in_error(i) && takes_traffic(&members[i]) && eligible(i));
+                if forced {
+                    self.pick_with(members, client, eligible, flat)
+                } else {
+                    None
+                }
+            })
+    }
 }
 
 /// `byrequests`: smooth weighted round robin, as nginx's
@@ -100,7 +175,7 @@ impl ByRequests {
             if !takes_traffic(m) || !eligible(i) {
                 continue;
             }
-            let w = i64::from(m.weight);
+            let w = weight_now(m) as i64;
             self.current[i] += w;
             total += w;
             if best.is_none_or(|b| self.current[i] > self.current[b]) {
@@ -216,24 +291,24 @@ impl Balancer for ByTraffic {
         }
         let base = self.baseline.as_ref().expect("set above");
         let traffic = |i: usize| ByTraffic::total(&members[i]).saturating_sub(base[i]);
+        let weight = |i: usize| u128::from(weight_now(&members[i]));
         // Compare a/wa with b/wb as a*wb vs b*wa, exactly, in u128.
         let mut best: Option<usize> = None;
-        for i in 0..members.len() {
-            if !takes_traffic(&members[i]) || !eligible(i) {
+        for (i, m) in members.iter().enumerate() {
+            if !takes_traffic(m) || !eligible(i) {
                 continue;
             }
             if best.is_none_or(|b| {
-                u128::from(traffic(i)) * u128::from(members[b].weight)
-                    < u128::from(traffic(b)) * u128::from(members[i].weight)
+                u128::from(traffic(i)) * weight(b) < u128::from(traffic(b)) * weight(i)
             }) {
                 best = Some(i);
             }
         }
         let b = best?;
-        let (tb, wb) = (u128::from(traffic(b)), u128::from(members[b].weight));
+        let (tb, wb) = (u128::from(traffic(b)), weight(b));
         self.ties
             .pick_among(members, &|i| {
-                eligible(i) && u128::from(traffic(i)) * wb == tb * u128::from(members[i].weight)
+                eligible(i) && u128::from(traffic(i)) * wb == tb * weight(i)
             })
             .or(Some(b))
     }
@@ -396,7 +471,7 @@ impl P2c {
             None if outstanding == 0 => 0.0,
             None => P2c::UNKNOWN_BUSY,
         };
-        cost / f64::from(m.weight.max(1))
+        cost / weight_now(m).max(1) as f64
     }
 
     /// [`Balancer::pick`] with an explicit clock, for tests.
@@ -714,5 +789,129 @@ mod tests {
         // Exclusion and the single-member case.
         assert_eq!(b.pick_at(&m, &|i| i == 0, 0), Some(0));
         assert_eq!(b.pick_at(&m, &|_| false, 0), None);
+    }
+
+    // ---------------------------------------------------------- failover
+
+    use crate::members::{PassiveConfig, Role};
+
+    fn roles(m: &mut [Member], r: &[(u8, Role)]) {
+        for (x, &(lbset, role)) in m.iter_mut().zip(r) {
+            x.lbset = lbset;
+            x.role = role;
+        }
+    }
+
+    /// Counts of `n` picks with every method, which must agree.
+    fn all_methods(m: &[Member], n: usize, eligible: &dyn Fn(usize) -> bool) -> Vec<Vec<usize>> {
+        [LbMethod::ByRequests, LbMethod::ByBusyness, LbMethod::ByTraffic, LbMethod::ByIp, LbMethod::P2c]
+            .into_iter()
+            .map(|method| {
+                let mut b = new_balancer(method, m.len(), 9);
+                let mut c = vec![0; m.len()];
+                for k in 0..n {
+                    if let Some(i) = b.pick(m, client(k as u32), eligible) {
+                        c[i] += 1;
+                    }
+                }
+                c
+            })
+            .collect()
+    }
+
+    /// Which members got any pick, per method.
+    fn used(m: &[Member], eligible: &dyn Fn(usize) -> bool) -> Vec<Vec<bool>> {
+        all_methods(m, 400, eligible).into_iter().map(|c| c.iter().map(|&x| x > 0).collect()).collect()
+    }
+
+    #[test]
+    fn hot_spares_replace_unusable_members_one_for_one() {
+        let (a, r, h) = (Role::Active, Role::HotSpare, Role::HotStandby);
+        let mut m = pool(&[1, 1, 1, 1, 1]);
+        roles(&mut m, &[(0, a), (0, a), (0, r), (0, r), (0, h)]);
+        let want = |v: [bool; 5]| vec![v.to_vec(); 5];
+        assert_eq!(used(&m, &|_| true), want([true, true, false, false, false]));
+        // One down: one spare, the first, for every method.
+        m[0].usable = false;
+        assert_eq!(used(&m, &|_| true), want([false, true, true, false, false]));
+        // Draining counts as unusable too (Apache), and so does a member
+        // already tried for this request: both spares now.
+        m[1].draining = true;
+        assert_eq!(used(&m, &|_| true), want([false, false, true, true, false]));
+        m[1].draining = false;
+        assert_eq!(used(&m, &|i| i != 1), want([false, false, true, true, false]));
+        // Everything else gone: the standby.
+        assert_eq!(used(&m, &|i| i > 3), want([false, false, false, false, true]));
+        assert_eq!(used(&m, &|i| i > 1 && i != 2 && i != 3), want([false, false, false, false, true]));
+        // Nothing at all.
+        let mut b = new_balancer(LbMethod::ByRequests, m.len(), 1);
+        assert_eq!(b.pick(&m, CLIENT, &|_| false), None);
+    }
+
+    #[test]
+    fn lowest_lbset_with_a_usable_member_serves() {
+        let a = Role::Active;
+        let mut m = pool(&[1, 1, 1, 1]);
+        roles(&mut m, &[(1, a), (0, a), (2, a), (0, a)]);
+        let want = |v: [bool; 4]| vec![v.to_vec(); 5];
+        assert_eq!(used(&m, &|_| true), want([false, true, false, true]));
+        m[1].usable = false;
+        m[3].weight = 0; // drained
+        assert_eq!(used(&m, &|_| true), want([true, false, false, false]));
+        // Set 1 tried (a retry): set 2.
+        assert_eq!(used(&m, &|i| i != 0), want([false, false, true, false]));
+        // Within the serving set, weights still hold.
+        let mut m = pool(&[1, 3, 9]);
+        roles(&mut m, &[(0, a), (0, a), (1, a)]);
+        let mut b = new_balancer(LbMethod::ByRequests, 3, 0);
+        assert_eq!(counts(&mut *b, &m, 400), vec![100, 300, 0]);
+    }
+
+    #[test]
+    fn members_in_error_are_skipped_until_all_are() {
+        let mut m = pool(&[1, 1, 1]);
+        let cfg = PassiveConfig { failonstatus: vec![], failontimeout: false, error_limit: 1, error_window_ms: 1_000, retry_ms: 60_000 };
+        let now = clock_ms64();
+        assert!(m[0].stats.passive.record_failure(&cfg, now));
+        let want = |v: [bool; 3]| vec![v.to_vec(); 5];
+        assert_eq!(used(&m, &|_| true), want([false, true, true]));
+        // A spare replaces a member In error.
+        roles(&mut m, &[(0, Role::Active), (0, Role::Active), (0, Role::HotSpare)]);
+        assert_eq!(used(&m, &|_| true), want([false, true, true]));
+        // All In error: forcerecovery tries them all again rather than 503.
+        m[1].stats.passive.record_failure(&cfg, now);
+        m[2].stats.passive.record_failure(&cfg, now);
+        roles(&mut m, &[(0, Role::Active); 3]);
+        assert_eq!(used(&m, &|_| true), want([true, true, true]));
+        // ...but an unusable member stays out even then.
+        m[2].usable = false;
+        assert_eq!(used(&m, &|_| true), want([true, true, false]));
+        // After retry, it is back (a fresh pool clock: just compare).
+        assert!(!m[0].stats.passive.in_error(now + 60_000));
+    }
+
+    #[test]
+    fn slow_start_ramps_a_returning_members_share() {
+        let mut m = pool(&[1, 1]);
+        for x in &mut m {
+            x.slow_start_ms = 1_000_000; // long: the ramp barely moves during the test
+        }
+        for x in &m {
+            x.stats.passive.track_usable(true, 0);
+        }
+        // Member 1 went down and came back just now: it starts near 1/16
+        // of its weight (the ramp is 1/16 of a weight step per 62.5 s).
+        m[1].stats.passive.track_usable(false, 0);
+        m[1].stats.passive.track_usable(true, clock_ms64());
+        let c = all_methods(&m, 1_700, &|_| true);
+        // byrequests: exactly 16:1 (weights 16 and 1 in scaled units).
+        assert_eq!(c[0], vec![1_600, 100]);
+        // bytraffic and p2c follow the same ratio in their own ways.
+        assert!(c[2][1] < 200, "{:?}", c[2]);
+        // byip ignores slow start (a client's member must not move).
+        assert!(c[3][1] > 600, "{:?}", c[3]);
+        // Half way through the ramp: half the weight.
+        let mid = clock_ms64() + 500_000;
+        assert_eq!(crate::members::effective_weight(&m[1], mid), 8);
     }
 }

@@ -24,6 +24,7 @@ use std::{
     io,
     mem::{self, MaybeUninit},
     pin::Pin,
+    rc::Rc,
     task::{ready, Context, Poll},
 };
 
@@ -35,6 +36,8 @@ use compio::{
     net::TcpStream,
     runtime::Submit,
 };
+
+use crate::limits::ConnClock;
 
 /// Initial capacity of a client connection's read buffer. The read buffer
 /// is held by the `recv` in flight for as long as a keep-alive connection
@@ -62,12 +65,20 @@ pub(crate) struct Stream {
     /// while a `Send` owns the buffer.
     wbuf: Vec<u8>,
     send: Option<Submit<Send<Vec<u8>, Fd>>>,
+    /// A client connection's activity clock (`None` towards members).
+    clock: Option<Rc<ConnClock>>,
 }
 
 impl Stream {
     /// `buf`: initial capacity of the read buffer (the write buffer grows
     /// with what hyper writes).
     pub(crate) fn new(stream: TcpStream, buf: usize) -> Stream {
+        Stream::with_clock(stream, buf, None)
+    }
+
+    /// A stream that reports received bytes and unsent response bytes to
+    /// `clock` (client connections, see [`crate::limits`]).
+    pub(crate) fn with_clock(stream: TcpStream, buf: usize, clock: Option<Rc<ConnClock>>) -> Stream {
         let fd = stream.to_shared_fd();
         Stream {
             stream,
@@ -79,6 +90,7 @@ impl Stream {
             eof: false,
             wbuf: Vec::new(),
             send: None,
+            clock,
         }
     }
 
@@ -107,7 +119,14 @@ impl Stream {
         // write path waits for it), so the buffer is the rest of this one.
         debug_assert!(self.wbuf.is_empty());
         self.wbuf = buf;
+        self.note_unsent();
         Poll::Ready(Ok(()))
+    }
+
+    fn note_unsent(&self) {
+        if let Some(c) = &self.clock {
+            c.set_unsent(!self.wbuf.is_empty() || self.send.is_some());
+        }
     }
 
     /// Submits the write buffer as one `Send`.
@@ -167,6 +186,8 @@ impl hyper::rt::Read for Stream {
                     unsafe { buf.set_len(n.min(buf.capacity())) };
                     if n == 0 {
                         this.eof = true;
+                    } else if let Some(c) = &this.clock {
+                        c.received();
                     }
                     this.rbuf = buf;
                 }
@@ -210,6 +231,7 @@ impl hyper::rt::Write for Stream {
                 break;
             }
         }
+        this.note_unsent();
         Poll::Ready(Ok(total))
     }
 

@@ -177,10 +177,16 @@
 //! in, like HAProxy's `cookie ... insert`. Members without a route are
 //! never named and get no cookie.
 //!
+//! ## Members and failover
+//!
+//! Draining, `lbset`, hot spares and standbys, passive health (In error
+//! for `retry`), slow start and the choice of a member for a retry are in
+//! [`members`]; every balancer is wrapped in that rule by
+//! [`balancer::new_balancer`].
+//!
 //! ## Not yet (rest of issue 10)
 //!
-//! Member status flags, lbset, spares and standbys,
-//! passive health and slow start, retry of idempotent requests on a reset,
+//! Retry of idempotent requests on a reset,
 //! ProxyPassReverse, `Forwarded` (RFC 7239), the full set of timeouts and
 //! limits with their statuses, request hygiene beyond hyper's parser,
 //! WebSocket, `Expect: 100-continue` checks, access log, graceful drain,
@@ -193,11 +199,14 @@ use std::{net::SocketAddr, time::Duration};
 pub mod balancer;
 pub mod headers;
 mod io;
+pub mod limits;
+pub mod members;
 mod proxy;
 mod runtime;
 pub mod snapshot;
 
 pub use balancer::{Balancer, ByBusyness, ByIp, ByRequests, ByTraffic, P2c};
+pub use limits::{ProxyStats, Violation};
 pub use proxy::{BoxError, ProxyBody};
 pub use runtime::{choose_driver, probe_io_uring, DriverChoice, DriverKind, Proxy, StartError};
 pub use snapshot::{
@@ -227,9 +236,39 @@ pub struct ProxyConfig {
     /// Time from sending a request to a member until its response head
     /// arrives; past it the client gets 504. Default 60 s.
     pub response_timeout: Duration,
-    /// Time for a client to send a complete request head (bounds
-    /// slowloris); hyper then closes the connection. Default 10 s.
+    /// Time from a request's first byte to the end of its head (bounds
+    /// slowloris), and for a new connection to send its first byte. Past
+    /// it the client gets 408 and the connection closes; a connection
+    /// that sent nothing at all is closed silently (a browser's
+    /// preconnect, as nginx and HAProxy's `http-ignore-probes` treat it).
+    /// Default 10 s (HAProxy `timeout http-request`, nginx
+    /// `client_header_timeout`).
     pub header_read_timeout: Duration,
+    /// How long a client's keep-alive connection may wait for its next
+    /// request; then it is closed silently. Default 15 s (HAProxy `timeout
+    /// http-keep-alive`, Apache `KeepAliveTimeout`, nginx
+    /// `keepalive_timeout`).
+    pub keepalive_timeout: Duration,
+    /// Time from a request's first byte until its body has been received
+    /// in full (bounds a slow upload, "R-U-Dead-Yet"); past it 408 and the
+    /// connection closes. Default 60 s (Apache `Timeout`).
+    pub request_timeout: Duration,
+    /// Largest request head (request line and fields), bytes; larger gets
+    /// 431. Default 32 KiB (nginx's `large_client_header_buffers` 4 8k).
+    /// hyper needs its read buffer to hold the head, so it is at least
+    /// 8 KiB.
+    pub max_header_size: usize,
+    /// Most header fields in a request; more gets 431. Default 100
+    /// (Apache `LimitRequestFields`).
+    pub max_headers: usize,
+    /// Longest request target, bytes; longer gets 414. Default 8190
+    /// (Apache `LimitRequestLine`, which includes the method and version).
+    pub max_uri_len: usize,
+    /// Largest request body, bytes, declared (Content-Length) or counted
+    /// as it streams (chunked); larger gets 413 and the connection
+    /// closes. 0: no limit. Default 1 GiB (Apache `LimitRequestBody`
+    /// since 2.4.54).
+    pub max_body_size: u64,
     /// Idle keep-alive connections kept per member and per worker.
     /// Default 32.
     pub max_idle_per_member: usize,
@@ -248,6 +287,12 @@ impl ProxyConfig {
             connect_timeout: Duration::from_secs(5),
             response_timeout: Duration::from_secs(60),
             header_read_timeout: Duration::from_secs(10),
+            keepalive_timeout: Duration::from_secs(15),
+            request_timeout: Duration::from_secs(60),
+            max_header_size: 32 * 1024,
+            max_headers: 100,
+            max_uri_len: 8190,
+            max_body_size: 1 << 30,
             max_idle_per_member: 32,
         }
     }

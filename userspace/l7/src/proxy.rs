@@ -29,6 +29,8 @@ use hyper::{
 use crate::{
     balancer::{new_balancer, Balancer},
     headers,
+    limits::{self, BodyFault, ConnClock, GuardedBody, LogLimiter, ProxyStats, Violation},
+    members::Outcome,
     snapshot::{
         clock_ms, HostMatch, LbMethod, MemberStats, SharedSnapshot, Snapshot, Sticky,
         FAILURE_PENALTY_US,
@@ -49,7 +51,14 @@ pub(crate) struct Worker {
     snapshot: SharedSnapshot,
     connect_timeout: Duration,
     response_timeout: Duration,
+    request_timeout: Duration,
+    max_uri_len: usize,
+    max_body_size: u64,
     max_idle_per_member: usize,
+    /// Proxy-wide counters, shared by all workers.
+    pub(crate) stats: Arc<ProxyStats>,
+    /// This worker's budget of log lines for refused requests.
+    log: LogLimiter,
     balancers: RefCell<Balancers>,
     /// Seeds this worker's `p2c` generators (distinct per worker).
     seed: u64,
@@ -69,16 +78,25 @@ struct Balancers {
 /// the socket; compio keeps the descriptor open until every operation
 /// still in flight on it has completed (see the crate docs).
 struct Upstream {
-    sender: SendRequest<Counted<Incoming>>,
+    sender: SendRequest<Counted<GuardedBody>>,
     _task: JoinHandle<()>,
 }
 
 impl Worker {
-    pub(crate) fn new(snapshot: SharedSnapshot, config: &ProxyConfig) -> Worker {
+    pub(crate) fn new(
+        snapshot: SharedSnapshot,
+        config: &ProxyConfig,
+        stats: Arc<ProxyStats>,
+    ) -> Worker {
         Worker {
             snapshot,
             connect_timeout: config.connect_timeout,
             response_timeout: config.response_timeout,
+            request_timeout: config.request_timeout,
+            max_uri_len: config.max_uri_len,
+            max_body_size: config.max_body_size,
+            stats,
+            log: LogLimiter::new(),
             max_idle_per_member: config.max_idle_per_member,
             balancers: RefCell::new(Balancers {
                 snapshot: None,
@@ -97,6 +115,27 @@ impl Worker {
             idle: RefCell::new(HashMap::new()),
             host_values: RefCell::new(HashMap::new()),
         }
+    }
+
+    /// Counts `v` and logs it (rate-limited per worker).
+    pub(crate) fn refused(&self, v: Violation, client: SocketAddr, why: &dyn std::fmt::Display) {
+        self.stats.count(v);
+        if self.log.allow() {
+            tracing::warn!(client = %client, status = v.status().as_u16(), violation = v.as_str(), "{why}");
+        }
+    }
+
+    /// [`Worker::refused`] and the response for it. The client's
+    /// connection closes after a 4xx: the request's body was not read, so
+    /// where the next request would start is unknown.
+    fn refuse(&self, v: Violation, client: SocketAddr, why: &dyn std::fmt::Display) -> Response<ProxyBody> {
+        self.refused(v, client, why);
+        let mut resp = local(v.status());
+        if v.status().is_client_error() {
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        resp
     }
 
     /// Picks a member of pool `pool` of `snap` with this worker's balancer
@@ -172,16 +211,31 @@ impl Worker {
 
     /// Handles one client request and never fails: every error becomes a
     /// response with the proper status.
-    /// `client` is the client's address (what `byip` hashes) and
-    /// `client_ip` the same as a header value (rendered once per
-    /// connection, for X-Forwarded-For).
+    /// `peer` is the client's address (its IP is what `byip` hashes) and
+    /// `client_ip` that IP as a header value (rendered once per
+    /// connection, for X-Forwarded-For); `clock` the connection's (see
+    /// [`crate::limits`]).
     pub(crate) async fn handle(
         self: Rc<Self>,
         req: Request<Incoming>,
         listener: SocketAddr,
-        client: IpAddr,
+        peer: SocketAddr,
         client_ip: HeaderValue,
+        clock: Rc<ConnClock>,
     ) -> Result<Response<ProxyBody>, Infallible> {
+        let started = clock.request_started();
+        let client = peer.ip();
+        if let Err(v) = limits::check_request(&req, self.max_uri_len) {
+            return Ok(self.refuse(v, peer, &format_args!("{} {} refused", req.method(), v.as_str())));
+        }
+        if self.max_body_size > 0
+            && req.body().size_hint().exact().is_some_and(|n| n > self.max_body_size)
+        {
+            return Ok(self.refuse(Violation::PayloadTooLarge, peer, &"declared request body over the limit"));
+        }
+        // A chunked request may have come with a Content-Length hyper
+        // dropped: close after it (RFC 9112 section 6.1).
+        let close_after = limits::must_close_after(&req);
         let snap = self.snapshot.load_full();
         let Some(routes) = snap.listener(listener) else {
             return Ok(local(StatusCode::NOT_FOUND));
@@ -230,27 +284,28 @@ impl Worker {
             // weight: weight 0 drains a member of *new* sessions only
             // (Apache's Draining), its existing sessions stay.
             let choice = match named_idx {
-                Some(i) if !tried[i] && pool.members[i].usable => Some(i),
+                Some(i) if !tried[i] && pool.members[i].takes_sessions() => Some(i),
                 // Apache: a route that cannot be honoured (unknown, member
                 // unusable or failing) with nofailover is 503.
                 _ if named.is_some() && sticky.is_some_and(|s| s.nofailover) => {
-                    return Ok(local(StatusCode::SERVICE_UNAVAILABLE));
+                    return Ok(self.refuse(Violation::ServiceUnavailable, peer, &format_args!("pool {}: sticky route unusable and nofailover", pool.name)));
                 }
                 _ => self.pick(&snap, route.pool, client, &|i| !tried[i]),
             };
             let Some(idx) = choice else {
-                let status = if tried.iter().any(|&t| t) {
-                    StatusCode::BAD_GATEWAY
+                let v = if tried.iter().any(|&t| t) {
+                    Violation::BadGateway
                 } else {
-                    StatusCode::SERVICE_UNAVAILABLE
+                    Violation::ServiceUnavailable
                 };
-                return Ok(local(status));
+                return Ok(self.refuse(v, peer, &format_args!("pool {}: no member left to try", pool.name)));
             };
             let member = &pool.members[idx];
             match self.ready_connection(member.address).await {
                 Ok(up) => break (idx, up),
                 Err(e) => {
                     MemberStats::add(&member.stats.failures, 1);
+                    pool.observe(idx, Outcome::ConnectFailed);
                     if p2c {
                         member.stats.observe_latency(FAILURE_PENALTY_US, clock_ms());
                     }
@@ -288,6 +343,14 @@ impl Worker {
         }
         parts.uri = origin_form(&parts.uri);
         parts.version = http::Version::HTTP_11;
+        let fault = Rc::new(BodyFault::default());
+        let body = GuardedBody::new(
+            body,
+            self.max_body_size,
+            started + self.request_timeout,
+            fault.clone(),
+            peer,
+        );
         let up_req = Request::from_parts(
             parts,
             Counted {
@@ -316,18 +379,24 @@ impl Worker {
                 // Dropping `up` cancels its connection task: the late
                 // response, if any, is discarded with the connection.
                 MemberStats::add(&stats.failures, 1);
-                tracing::warn!(pool = %pool.name, member = %member.address, "response timeout");
-                return Ok(local(StatusCode::GATEWAY_TIMEOUT));
+                pool.observe(idx, Outcome::Timeout);
+                return Ok(self.refuse(Violation::GatewayTimeout, peer, &format_args!("pool {}: member {}: response timeout", pool.name, member.address)));
             }
             Ok(Err(e)) => {
+                // The client's body broke the exchange (too large, too
+                // slow): the client's fault, not the member's.
+                if let Some(v) = fault.get() {
+                    return Ok(self.refuse(v, peer, &"request body refused while forwarding"));
+                }
                 MemberStats::add(&stats.failures, 1);
-                tracing::warn!(pool = %pool.name, member = %member.address, error = %e, "upstream error");
-                return Ok(local(StatusCode::BAD_GATEWAY));
+                pool.observe(idx, Outcome::Broken);
+                return Ok(self.refuse(Violation::BadGateway, peer, &format_args!("pool {}: member {}: upstream error: {e}", pool.name, member.address)));
             }
             Ok(Ok(resp)) => resp,
         };
         let class = (resp.status().as_u16() / 100).clamp(1, 5) as usize - 1;
         MemberStats::add(&stats.responses[class], 1);
+        pool.observe(idx, Outcome::Status(resp.status().as_u16()));
 
         let (mut parts, body) = resp.into_parts();
         let reusable = !headers::wants_close(&parts.headers);
@@ -352,7 +421,13 @@ impl Worker {
             },
             _outstanding: outstanding,
             p2c,
+            passive: pool.passive.is_some().then(|| (snap.clone(), route.pool, idx)),
         };
+        if close_after {
+            parts
+                .headers
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         let mut resp = Response::from_parts(parts, ProxyBody::Relay(relay));
         if let ProxyBody::Relay(r) = resp.body_mut() {
             // A body-less response (204, 304, empty) is complete already.
@@ -607,6 +682,9 @@ pub struct Relay {
     _outstanding: Outstanding,
     /// Record a broken body as a latency penalty (`p2c` pools).
     p2c: bool,
+    /// Where to report a broken body to passive health (pools with it):
+    /// the request's snapshot, pool index, member index.
+    passive: Option<(Arc<Snapshot>, usize, usize)>,
 }
 
 impl Relay {
@@ -616,6 +694,41 @@ impl Relay {
                 w.checkin(addr, up);
             }
         }
+    }
+}
+
+/// A response body on its way to the client: when hyper drops it (fully
+/// written to the connection's buffer, or abandoned), the connection
+/// becomes idle for its clock.
+pub(crate) struct Tracked {
+    pub(crate) body: ProxyBody,
+    pub(crate) clock: Rc<ConnClock>,
+    pub(crate) keepalive: Duration,
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        self.clock.response_done(self.keepalive);
+    }
+}
+
+impl Body for Tracked {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
     }
 }
 
@@ -648,6 +761,9 @@ impl Body for ProxyBody {
                         MemberStats::add(&r.body.stats.failures, 1);
                         if r.p2c {
                             r.body.stats.observe_latency(FAILURE_PENALTY_US, clock_ms());
+                        }
+                        if let Some((snap, pool, member)) = &r.passive {
+                            snap.pools[*pool].observe(*member, Outcome::Broken);
                         }
                     }
                     Poll::Pending => {}

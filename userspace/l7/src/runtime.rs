@@ -25,7 +25,12 @@ use compio::{
 use cyper_core::CompioTimer;
 use socket2::{Domain, Protocol, Socket, Type};
 
-use crate::{proxy::Worker, snapshot::SharedSnapshot, ProxyConfig};
+use crate::{
+    limits::{self, ConnClock, Expired, ProxyStats, Violation},
+    proxy::Worker,
+    snapshot::SharedSnapshot,
+    ProxyConfig,
+};
 
 /// Which compio driver to use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -165,6 +170,7 @@ pub struct Proxy {
     shutdown: Arc<Shutdown>,
     local_addrs: Vec<SocketAddr>,
     driver: DriverKind,
+    stats: Arc<ProxyStats>,
 }
 
 impl Proxy {
@@ -208,6 +214,7 @@ impl Proxy {
         }
 
         let shutdown = Arc::new(Shutdown::default());
+        let stats = Arc::new(ProxyStats::default());
         let config = Arc::new(config);
         let (ready_tx, ready_rx) = mpsc::channel::<(usize, io::Result<()>)>();
         let mut proxy = Proxy {
@@ -215,6 +222,7 @@ impl Proxy {
             shutdown: shutdown.clone(),
             local_addrs: local_addrs.clone(),
             driver,
+            stats: stats.clone(),
         };
         for (w, listeners) in sockets.into_iter().enumerate() {
             let cpu = config
@@ -231,6 +239,7 @@ impl Proxy {
                 snapshot: snapshot.clone(),
                 config: config.clone(),
                 shutdown: shutdown.clone(),
+                stats: stats.clone(),
             };
             let tx = ready_tx.clone();
             let t = thread::Builder::new()
@@ -266,6 +275,11 @@ impl Proxy {
     /// The driver the workers run on.
     pub fn driver(&self) -> DriverKind {
         self.driver
+    }
+
+    /// The proxy-wide counters (refused requests by status, idle closes).
+    pub fn stats(&self) -> Arc<ProxyStats> {
+        self.stats.clone()
     }
 
     /// Stops accepting, closes the listeners, and ends every worker thread,
@@ -314,6 +328,7 @@ struct WorkerArgs {
     snapshot: SharedSnapshot,
     config: Arc<ProxyConfig>,
     shutdown: Arc<Shutdown>,
+    stats: Arc<ProxyStats>,
 }
 
 fn worker_main(args: WorkerArgs, ready: mpsc::Sender<(usize, io::Result<()>)>) {
@@ -353,6 +368,7 @@ fn worker_main(args: WorkerArgs, ready: mpsc::Sender<(usize, io::Result<()>)>) {
         snapshot,
         config,
         shutdown,
+        stats,
         ..
     } = args;
     rt.block_on(async move {
@@ -366,7 +382,7 @@ fn worker_main(args: WorkerArgs, ready: mpsc::Sender<(usize, io::Result<()>)>) {
                 }
             }
         }
-        let worker = Rc::new(Worker::new(snapshot, &config));
+        let worker = Rc::new(Worker::new(snapshot, &config, stats));
         let loops: Vec<_> = compio_listeners
             .into_iter()
             .zip(addrs)
@@ -442,22 +458,98 @@ async fn serve(
     worker: Rc<Worker>,
     config: Arc<ProxyConfig>,
 ) {
+    worker
+        .stats
+        .connections
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let clock = Rc::new(ConnClock::new(config.header_read_timeout));
+    // Kept to write a 408 after hyper's connection is gone; compio closes
+    // the descriptor only when this and every operation naming it are done.
+    let fd = compio::driver::ToSharedFd::to_shared_fd(&stream);
     let client_ip = http::HeaderValue::from_str(&peer.ip().to_string())
         .expect("an IP address is a valid header value");
-    let svc = hyper::service::service_fn(move |req| {
-        worker
-            .clone()
-            .handle(req, listener, peer.ip(), client_ip.clone())
-    });
+    let svc = {
+        let worker = worker.clone();
+        let clock = clock.clone();
+        let keepalive = config.keepalive_timeout;
+        hyper::service::service_fn(move |req| {
+            let worker = worker.clone();
+            let clock = clock.clone();
+            let client_ip = client_ip.clone();
+            async move {
+                let resp = worker
+                    .handle(req, listener, peer, client_ip, clock.clone())
+                    .await?;
+                Ok::<_, std::convert::Infallible>(resp.map(|body| crate::proxy::Tracked {
+                    body,
+                    clock,
+                    keepalive,
+                }))
+            }
+        })
+    };
     let mut http = hyper::server::conn::http1::Builder::new();
+    // Our own clock replaces hyper's header timer (see `limits`).
     http.timer(CompioTimer)
-        .header_read_timeout(config.header_read_timeout)
-        .keep_alive(true);
-    let stream = crate::io::Stream::new(stream, crate::io::CLIENT_BUF);
-    if let Err(e) = http.serve_connection(stream, svc).await {
-        // Client resets, parse errors (hyper has already answered 4xx when
-        // it could), header read timeouts.
-        tracing::debug!(client = %peer, error = %e, "client connection ended with an error");
+        .header_read_timeout(None)
+        .keep_alive(true)
+        .max_buf_size(config.max_header_size.max(8192))
+        .max_header_size(config.max_header_size)
+        .max_headers(config.max_headers);
+    let outcome = {
+        let stream = crate::io::Stream::with_clock(stream, crate::io::CLIENT_BUF, Some(clock.clone()));
+        let mut conn = pin!(http.serve_connection(stream, svc));
+        let mut watch = pin!(limits::watch(&clock, config.header_read_timeout));
+        poll_fn(|cx| {
+            if let Poll::Ready(r) = conn.as_mut().poll(cx) {
+                return Poll::Ready(Ok(r));
+            }
+            watch.as_mut().poll(cx).map(Err)
+        })
+        .await
+        // The connection (and its stream) is dropped here: compio cancels a
+        // receive in flight and keeps its buffer and descriptor until the
+        // cancellation completes.
+    };
+    match outcome {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            // hyper has answered what it could not parse (400, 431, 414)
+            // and closed; anything else is the client going away.
+            let v = if e.is_parse_too_large() {
+                Some(Violation::HeaderFieldsTooLarge)
+            } else if e.is_parse() {
+                Some(Violation::BadRequest)
+            } else {
+                None
+            };
+            match v {
+                Some(v) => worker.refused(v, peer, &e),
+                None => {
+                    tracing::debug!(client = %peer, error = %e, "client connection ended with an error")
+                }
+            }
+        }
+        Err(Expired::Idle) => {
+            worker
+                .stats
+                .idle_closed
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        Err(Expired::Head) => {
+            worker.refused(Violation::RequestTimeout, peer, &"request head not received in time");
+            if !clock.unsent() {
+                let op = compio::driver::op::Send::new(
+                    fd.clone(),
+                    limits::REQUEST_TIMEOUT_RESPONSE.to_vec(),
+                    compio::driver::op::SendFlags::NOSIGNAL,
+                );
+                // Best effort and bounded: a client that does not read gets
+                // no more time than this.
+                let _ = compio::time::timeout(Duration::from_secs(1), compio::runtime::submit(op)).await;
+                let _ = socket2::SockRef::from(&fd).shutdown(std::net::Shutdown::Write);
+            }
+        }
     }
 }
 

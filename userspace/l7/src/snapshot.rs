@@ -23,6 +23,8 @@ use std::{
 
 use arc_swap::ArcSwap;
 
+use crate::members::{PassiveConfig, PassiveState, Role};
+
 /// The cell the control plane swaps snapshots into and the workers read
 /// from. `ArcSwap::store` from any thread; workers `load_full` per request.
 pub type SharedSnapshot = Arc<ArcSwap<Snapshot>>;
@@ -238,6 +240,9 @@ pub struct Pool {
     pub members: Vec<Member>,
     /// Sticky sessions, if the pool has them.
     pub sticky: Option<Sticky>,
+    /// Passive health checks, if the pool has them (see
+    /// [`crate::members`]).
+    pub passive: Option<PassiveConfig>,
 }
 
 impl Pool {
@@ -248,6 +253,7 @@ impl Pool {
             lbmethod,
             members,
             sticky: None,
+            passive: None,
         }
     }
 
@@ -268,9 +274,21 @@ pub struct Member {
     pub address: SocketAddr,
     /// Apache `loadfactor`: the relative share of requests. 0 takes nothing.
     pub weight: u32,
-    /// Whether the member may take new requests (healthy and not disabled,
-    /// as the control plane decided). An unusable member gets nothing.
+    /// Whether the member may take requests (healthy, neither disabled nor
+    /// stopped, as the control plane decided). An unusable member gets
+    /// nothing, not even its sticky sessions.
     pub usable: bool,
+    /// Apache Draining (`N`, or weight 0 from the control plane): no new
+    /// sessions, but requests that name it through a sticky session still
+    /// go to it.
+    pub draining: bool,
+    /// Apache `lbset`: lower sets serve first (see [`crate::members`]).
+    pub lbset: u8,
+    /// Hot spare (`R`), hot standby (`H`) or neither.
+    pub role: Role,
+    /// Slow start (the pool's `slow_start`) in milliseconds; 0: none. See
+    /// [`crate::members::effective_weight`].
+    pub slow_start_ms: u32,
     /// Apache `route`: the member's name in sticky cookies and URL
     /// parameters. Empty: the member is never named by a sticky session
     /// (and the proxy sets no cookie for it).
@@ -286,6 +304,10 @@ impl Member {
             address,
             weight,
             usable: true,
+            draining: false,
+            lbset: 0,
+            role: Role::Active,
+            slow_start_ms: 0,
             route: String::new(),
             stats: Arc::default(),
         }
@@ -319,16 +341,25 @@ pub struct MemberStats {
     /// yet. Written only for pools balanced with `p2c`. Read it with
     /// [`MemberStats::latency_us`].
     pub latency: AtomicU64,
+    /// Passive health (In error) and comeback time for slow start; see
+    /// [`crate::members`].
+    pub passive: PassiveState,
 }
 
 /// Milliseconds since a process-wide monotonic epoch (the first call),
 /// truncated to 32 bits: the clock of [`MemberStats::latency`].
 pub fn clock_ms() -> u32 {
+    clock_ms64() as u32
+}
+
+/// Milliseconds since the same epoch as [`clock_ms`], not truncated: the
+/// clock of passive health and slow start ([`crate::members`]).
+pub fn clock_ms64() -> u64 {
     static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
     EPOCH
         .get_or_init(std::time::Instant::now)
         .elapsed()
-        .as_millis() as u32
+        .as_millis() as u64
 }
 
 /// Time constant of the Peak-EWMA decay, in milliseconds: linkerd's and

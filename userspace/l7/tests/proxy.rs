@@ -105,7 +105,7 @@ impl Backend {
             headers,
             body_len,
         });
-        if let Some(ms) = path.strip_prefix("/sleep/") {
+        if let Some((_, ms)) = path.split_once("/sleep/") {
             tokio::time::sleep(Duration::from_millis(ms.parse().unwrap())).await;
         }
         let mut resp = Response::builder();
@@ -241,12 +241,24 @@ impl Harness {
         pools: Vec<Pool>,
         routes: Vec<Route>,
     ) -> Harness {
+        Harness::start_with(driver, workers, pools, routes, |_| {})
+    }
+
+    /// [`Harness::start`] with the configuration adjusted by `tweak`.
+    fn start_with(
+        driver: DriverChoice,
+        workers: usize,
+        pools: Vec<Pool>,
+        routes: Vec<Route>,
+        tweak: impl FnOnce(&mut ProxyConfig),
+    ) -> Harness {
         let snap = shared(Snapshot::default());
         let mut cfg = ProxyConfig::new(vec!["127.0.0.1:0".parse().unwrap()]);
         cfg.workers = workers;
         cfg.driver = driver;
         cfg.connect_timeout = Duration::from_secs(1);
         cfg.response_timeout = Duration::from_millis(500);
+        tweak(&mut cfg);
         let proxy = Proxy::start(cfg, snap.clone()).expect("proxy starts");
         let expected = match driver {
             DriverChoice::Polling => DriverKind::Polling,
@@ -319,6 +331,13 @@ both_drivers!(
     sticky_app_cookie_and_url_parameter,
     sticky_failover_restamps_the_cookie,
     sticky_nofailover_gives_503,
+    limits_get_their_statuses,
+    slow_request_head_gets_408,
+    idle_keep_alive_is_closed,
+    slow_request_body_gets_408,
+    ambiguous_requests_are_refused,
+    both_framings_are_forwarded_chunked_and_close,
+    pipelined_requests_are_answered_in_order,
 );
 
 // --------------------------------------------------------------- scenarios
@@ -1022,5 +1041,271 @@ fn sticky_nofailover_gives_503(driver: DriverChoice) {
     let r = get(h.addr, "x", "/");
     assert_eq!((r.status, r.body.as_str()), (200, "b"));
     assert_eq!(r.headers["set-cookie"], "ROUTEID=.b; Path=/; HttpOnly");
+    h.proxy.shutdown();
+}
+
+// ------------------------------------------------- timeouts, limits, hygiene
+
+/// Sends `raw` and reads until the proxy closes the connection: each
+/// refusal below must close (the framing of what follows is unknown).
+fn refused(addr: SocketAddr, raw: &[u8]) -> Reply {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(raw).unwrap();
+    let mut buf = Vec::new();
+    // A reset after the response (unread request bytes) still leaves the
+    // response readable before it.
+    let _ = s.read_to_end(&mut buf);
+    parse(&buf)
+}
+
+fn limits_get_their_statuses(driver: DriverChoice) {
+    let a = Backend::start("a");
+    let h = Harness::start_with(
+        driver,
+        1,
+        vec![pool("p", &[(a.addr, 1)])],
+        vec![route("*", "/", 0)],
+        |c| {
+            c.max_uri_len = 100;
+            c.max_header_size = 2048;
+            c.max_headers = 20;
+            c.max_body_size = 1000;
+        },
+    );
+    let stats = h.proxy.stats();
+    let long_uri = format!("GET /{} HTTP/1.1\r\nHost: x\r\n\r\n", "u".repeat(150));
+    let big_field = format!("GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n", "b".repeat(3000));
+    let huge_head = format!("GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n", "b".repeat(100_000));
+    let many: String = (0..30).map(|i| format!("X-F{i}: 1\r\n")).collect();
+    let many_fields = format!("GET / HTTP/1.1\r\nHost: x\r\n{many}\r\n");
+    let declared = format!("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1001\r\n\r\n{}", "d".repeat(1001));
+    let chunk = format!("{:x}\r\n{}\r\n", 600, "c".repeat(600));
+    let chunked = format!("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n{chunk}{chunk}0\r\n\r\n");
+    for (raw, status) in [
+        (&long_uri, 414),
+        (&big_field, 431),
+        (&huge_head, 431),
+        (&many_fields, 431),
+        (&declared, 413),
+        (&chunked, 413),
+    ] {
+        let r = refused(h.addr, raw.as_bytes());
+        assert_eq!(r.status, status, "{}", &raw[..40]);
+        // The proxy keeps serving.
+        let ok = get(h.addr, "x", "/");
+        assert_eq!((ok.status, ok.body.as_str()), (200, "a"));
+    }
+    // Only the chunked body can have started towards the member (the
+    // proxy cannot know its size in advance); it never arrived whole.
+    assert!(a.seen.lock().unwrap().iter().all(|s| s.body_len < 1200 || s.body_len == usize::MAX));
+    // Within the limits, the same shapes pass.
+    let r = send_raw(h.addr, &format!("POST / HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 1000\r\n\r\n{}", "d".repeat(1000)));
+    assert_eq!(r.status, 200);
+    assert_eq!(stats.violations(Violation::UriTooLong), 1);
+    assert_eq!(stats.violations(Violation::HeaderFieldsTooLarge), 3);
+    assert_eq!(stats.violations(Violation::PayloadTooLarge), 2);
+    assert_eq!(stats.violations(Violation::BadRequest), 0);
+    h.proxy.shutdown();
+}
+
+fn slow_request_head_gets_408(driver: DriverChoice) {
+    let a = Backend::start("a");
+    let timeout = Duration::from_millis(300);
+    let h = Harness::start_with(
+        driver,
+        1,
+        vec![pool("p", &[(a.addr, 1)])],
+        vec![route("*", "/", 0)],
+        |c| c.header_read_timeout = timeout,
+    );
+    let stats = h.proxy.stats();
+    // Half a head, then silence: 408 and the connection closes.
+    let t = Instant::now();
+    let r = refused(h.addr, b"GET / HTTP/1.1\r\nHost: x\r\n");
+    assert_eq!(r.status, 408);
+    assert_eq!(r.headers["connection"], "close");
+    assert!(t.elapsed() >= timeout);
+    // A connection that never sends a byte is closed without an answer.
+    let mut silent = TcpStream::connect(h.addr).unwrap();
+    silent.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut buf = Vec::new();
+    silent.read_to_end(&mut buf).unwrap();
+    assert!(buf.is_empty(), "{buf:?}");
+    // A slowloris feeding a byte at a time gets no more than the timeout.
+    let mut s = TcpStream::connect(h.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let t = Instant::now();
+    let mut answer = Vec::new();
+    for b in b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa" {
+        if s.write_all(&[*b]).is_err() {
+            break;
+        }
+        thread::sleep(Duration::from_millis(20));
+        if t.elapsed() > Duration::from_secs(5) {
+            break;
+        }
+    }
+    let _ = s.read_to_end(&mut answer);
+    assert_eq!(parse(&answer).status, 408);
+    assert!(t.elapsed() < Duration::from_secs(5), "the slow head was not cut");
+    assert_eq!(stats.violations(Violation::RequestTimeout), 2);
+    assert_eq!(stats.idle_closed.load(Ordering::Relaxed), 1);
+    assert_eq!(a.hits(), 0);
+    h.proxy.shutdown();
+}
+
+fn idle_keep_alive_is_closed(driver: DriverChoice) {
+    let a = Backend::start("a");
+    let h = Harness::start_with(
+        driver,
+        1,
+        vec![pool("p", &[(a.addr, 1)])],
+        vec![route("*", "/", 0)],
+        |c| {
+            c.header_read_timeout = Duration::from_millis(200);
+            c.keepalive_timeout = Duration::from_millis(800);
+        },
+    );
+    let stats = h.proxy.stats();
+    let mut s = TcpStream::connect(h.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    assert_eq!(read_one(&mut s).status, 200);
+    // Idle for longer than the header timeout but within keep-alive: the
+    // connection is still there.
+    thread::sleep(Duration::from_millis(400));
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    assert_eq!(read_one(&mut s).status, 200);
+    // Then past keep-alive: closed, silently.
+    let t = Instant::now();
+    let mut rest = Vec::new();
+    s.read_to_end(&mut rest).unwrap();
+    assert!(rest.is_empty());
+    assert!(t.elapsed() >= Duration::from_millis(700));
+    assert_eq!(stats.idle_closed.load(Ordering::Relaxed), 1);
+    assert_eq!(stats.violations(Violation::RequestTimeout), 0);
+    h.proxy.shutdown();
+}
+
+fn slow_request_body_gets_408(driver: DriverChoice) {
+    let a = Backend::start("a");
+    let h = Harness::start_with(
+        driver,
+        1,
+        vec![pool("p", &[(a.addr, 1)])],
+        vec![route("*", "/", 0)],
+        |c| {
+            c.request_timeout = Duration::from_millis(400);
+            c.response_timeout = Duration::from_secs(5);
+        },
+    );
+    let stats = h.proxy.stats();
+    let r = refused(h.addr, b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc");
+    assert_eq!(r.status, 408);
+    assert_eq!(r.headers["connection"], "close");
+    assert_eq!(stats.violations(Violation::RequestTimeout), 1);
+    // The member saw at most a truncated request, never a complete one.
+    assert!(a.seen.lock().unwrap().iter().all(|s| s.body_len != 10));
+    assert_eq!(get(h.addr, "x", "/").status, 200);
+    h.proxy.shutdown();
+}
+
+fn ambiguous_requests_are_refused(driver: DriverChoice) {
+    let a = Backend::start("a");
+    let h = Harness::start(
+        driver,
+        1,
+        vec![pool("p", &[(a.addr, 1)])],
+        vec![route("*", "/", 0)],
+    );
+    let stats = h.proxy.stats();
+    // Another client's keep-alive connection, served between the bad ones.
+    let mut other = TcpStream::connect(h.addr).unwrap();
+    other.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let cases: [&[u8]; 11] = [
+        // HTTP/1.1 without Host; with two.
+        b"GET / HTTP/1.1\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n",
+        // Absolute form naming another host than Host.
+        b"GET http://y/ HTTP/1.1\r\nHost: x\r\n\r\n",
+        // Differing and invalid Content-Length.
+        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
+        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3, 4\r\n\r\nabcd",
+        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: +3\r\n\r\nabc",
+        // obs-fold (RFC 9112 section 5.2).
+        b"GET / HTTP/1.1\r\nHost: x\r\nX-A: 1\r\n 2\r\n\r\n",
+        // Transfer-Encoding whose last coding is not chunked; unknown; in
+        // HTTP/1.0.
+        b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, gzip\r\n\r\n0\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: xchunked\r\n\r\n0\r\n\r\n",
+        b"POST / HTTP/1.0\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        // A space before the colon (RFC 9112 section 5.1: must be 400).
+        b"GET / HTTP/1.1\r\nHost : x\r\n\r\n",
+    ];
+    for (i, raw) in cases.iter().enumerate() {
+        let r = refused(h.addr, raw);
+        assert_eq!(r.status, 400, "case {i}: {}", String::from_utf8_lossy(raw));
+        other.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        assert_eq!(read_one(&mut other).status, 200, "after case {i}");
+    }
+    assert_eq!(a.hits(), cases.len(), "only the other client's requests");
+    assert_eq!(stats.violations(Violation::BadRequest), cases.len() as u64);
+    // HTTP/1.0 without Host is valid; the same absolute form with a
+    // matching Host is too.
+    assert_eq!(send_raw(h.addr, "GET / HTTP/1.0\r\n\r\n").status, 200);
+    assert_eq!(send_raw(h.addr, "GET http://x:80/p HTTP/1.1\r\nHost: X\r\nConnection: close\r\n\r\n").status, 200);
+    assert_eq!(a.seen.lock().unwrap().last().unwrap().path, "/p");
+    h.proxy.shutdown();
+}
+
+fn both_framings_are_forwarded_chunked_and_close(driver: DriverChoice) {
+    let a = Backend::start("a");
+    let h = Harness::start(
+        driver,
+        1,
+        vec![pool("p", &[(a.addr, 1)])],
+        vec![route("*", "/", 0)],
+    );
+    // A smuggling attempt: a front end trusting Content-Length would see
+    // one request with a 36-byte body; chunked framing sees an empty body
+    // and then `GET /smuggled`. The proxy reads it chunked (RFC 9112
+    // section 6.3), forwards only chunked framing and closes afterwards,
+    // so the bytes after the chunked body are never read as a request.
+    let raw = b"POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: 36\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n";
+    let r = refused(h.addr, raw);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.headers["connection"], "close");
+    let seen = a.seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_eq!(seen[0].path, "/up");
+    assert_eq!(seen[0].body_len, 0);
+    assert!(seen[0].headers.get("content-length").is_none_or(|v| v == "0"));
+    // Repeated identical Content-Length is folded into one by hyper.
+    let r = send_raw(h.addr, "POST /two HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nabc");
+    assert_eq!(r.status, 200);
+    let seen = a.seen.lock().unwrap().clone();
+    assert_eq!(seen[1].headers.get_all("content-length").iter().count(), 1);
+    assert_eq!(seen[1].body_len, 3);
+    h.proxy.shutdown();
+}
+
+fn pipelined_requests_are_answered_in_order(driver: DriverChoice) {
+    let (a, b) = (Backend::start("a"), Backend::start("b"));
+    let h = Harness::start(
+        driver,
+        1,
+        vec![pool("a", &[(a.addr, 1)]), pool("b", &[(b.addr, 1)])],
+        vec![route("*", "/a", 0), route("*", "/b", 1)],
+    );
+    let mut s = TcpStream::connect(h.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    // The first is the slowest: answers still come in request order.
+    s.write_all(
+        b"GET /a/sleep/200 HTTP/1.1\r\nHost: x\r\n\r\nGET /b HTTP/1.1\r\nHost: x\r\n\r\nGET /a HTTP/1.1\r\nHost: x\r\n\r\n",
+    )
+    .unwrap();
+    let bodies: Vec<String> = (0..3).map(|_| read_one(&mut s).body).collect();
+    assert_eq!(bodies, ["a", "b", "a"]);
     h.proxy.shutdown();
 }

@@ -6,6 +6,31 @@
 //! two; its result says, per pool, which members take new traffic and why
 //! the others do not, and lists the VIPs that use each pool.
 //!
+//! # Member status flags
+//!
+//! Apache mod_proxy_balancer's flags mean the same for an L4 VIP and an L7
+//! route, because both read the one [`Effective`] state:
+//!
+//! | flag | L7 route | L4 VIP |
+//! |---|---|---|
+//! | `D` disabled | no new requests; sticky sessions fail over | no new flows; established flows stay |
+//! | `S` stopped | as `D` | as `D` |
+//! | `N` draining (or weight 0) | no new sessions; requests naming it (sticky) still go to it | no new flows; established flows stay |
+//! | `R` hot spare | replaces an unusable member of its `lbset`, one for one | the same, per VIP table |
+//! | `H` hot standby | only when nothing else of its `lbset` is usable | the same |
+//! | `E` in error | set by the proxy's passive checks for `retry` | not applied: L4 follows active checks only |
+//!
+//! Flags come from the configuration (`status = "+H"`) and, at run time,
+//! from [`Observed::admin_status`], which replaces a member's configured
+//! flags (the balancer-manager's "set status"), so an administrative
+//! change is one more observation through the same function. The choice of
+//! which usable members serve (lowest `lbset`, spares, standbys) is
+//! [`fulcrum_common::failover`]; a usable member left out by it is
+//! excluded as [`Exclusion::Standby`]. The L7 proxy applies the same rule
+//! again per request with what only it sees (passive errors, members
+//! already tried), so it receives spares, standbys and higher sets as
+//! usable members with their roles.
+//!
 //! Nothing here knows how traffic is forwarded (L2 DSR, IPIP) or whether a
 //! pool serves the XDP datapath or the L7 proxy: those consumers take an
 //! [`Effective`] and add their own details (the L4 datapath its MACs).
@@ -13,7 +38,8 @@
 use std::{collections::HashMap, net::IpAddr};
 
 use fulcrum_common::Mac;
-use fulcrum_config::{BackendConfig, Config, PoolConfig, Protocol, Scheduler};
+use fulcrum_common::failover::{rotation, Role};
+use fulcrum_config::{BackendConfig, Config, MemberStatus, PoolConfig, Protocol, Scheduler};
 use fulcrum_health::{Health, Probe};
 
 /// What the node has observed since it read its configuration.
@@ -31,6 +57,10 @@ pub struct Observed {
     /// instance's addresses. An instance with no entry has not reported
     /// yet: it is not MASTER.
     pub vrrp_master: HashMap<String, bool>,
+    /// Status flags an administrator set at run time, by pool name and
+    /// member address; they replace the member's configured flags until
+    /// removed. Empty unless something sets them.
+    pub admin_status: HashMap<(String, IpAddr), MemberStatus>,
 }
 
 /// A health check's latest verdict.
@@ -97,6 +127,25 @@ pub struct Member {
     pub check: Option<String>,
     /// Why it takes no new traffic; `None` means it does.
     pub excluded: Option<Exclusion>,
+    /// Its status flags: configured, or set at run time
+    /// ([`Observed::admin_status`]).
+    pub status: MemberStatus,
+    /// Apache `lbset`: lower sets serve first.
+    pub lbset: u8,
+}
+
+impl Member {
+    /// Whether requests that name this member through a sticky session
+    /// may go to it: it is healthy and neither disabled nor stopped (a
+    /// draining member, a spare or standby not in use keep their sessions).
+    pub fn takes_sessions(&self) -> bool {
+        matches!(self.excluded, None | Some(Exclusion::Drained) | Some(Exclusion::Standby))
+    }
+
+    /// Its role in failover (hot spare, hot standby or neither).
+    pub fn role(&self) -> Role {
+        self.status.role
+    }
 }
 
 /// A VIP: where its traffic comes in and which pool serves it.
@@ -128,17 +177,30 @@ pub enum Exclusion {
     HealthUnknown,
     /// Its health check failed `fall` times.
     Down,
-    /// Weight 0: drained by the operator.
+    /// Weight 0 or status `N`: drained by the operator (sticky sessions
+    /// to it are still honoured by the L7 proxy).
     Drained,
+    /// Status `D`: disabled by the operator.
+    Disabled,
+    /// Status `S`: stopped by the operator.
+    Stopped,
+    /// Usable, but not needed now: a hot spare with no failed member to
+    /// replace, a hot standby while others serve, or a member of a higher
+    /// `lbset` than the one serving.
+    Standby,
 }
 
 impl Exclusion {
-    /// Short stable name for the admin API: `health_unknown`, `down`, `drained`.
+    /// Short stable name for the admin API: `health_unknown`, `down`,
+    /// `drained`, `disabled`, `stopped`, `standby`.
     pub fn as_str(self) -> &'static str {
         match self {
             Exclusion::HealthUnknown => "health_unknown",
             Exclusion::Down => "down",
             Exclusion::Drained => "drained",
+            Exclusion::Disabled => "disabled",
+            Exclusion::Stopped => "stopped",
+            Exclusion::Standby => "standby",
         }
     }
 }
@@ -170,7 +232,7 @@ pub fn effective(config: &Config, observed: &Observed) -> Effective {
         .iter()
         .map(|pool| EffectivePool {
             name: pool.name.clone(),
-            members: pool.backends.iter().map(|b| member(pool, b, observed)).collect(),
+            members: members(pool, observed),
         })
         .collect();
     let vips = config
@@ -194,17 +256,39 @@ pub fn effective(config: &Config, observed: &Observed) -> Effective {
     Effective { pools, vips }
 }
 
+/// The pool's members with their own exclusions, then those usable ones
+/// that the failover rule leaves out marked [`Exclusion::Standby`].
+fn members(pool: &PoolConfig, observed: &Observed) -> Vec<Member> {
+    let mut members: Vec<Member> = pool.backends.iter().map(|b| member(pool, b, observed)).collect();
+    let usable = |m: &Member| m.excluded.is_none();
+    if let Some(r) = rotation(members.len(), |i| members[i].lbset, |i| members[i].role(), |i| usable(&members[i])) {
+        for (i, m) in members.iter_mut().enumerate() {
+            if usable(m) && !r.contains(i, m.lbset, m.role(), true) {
+                m.excluded = Some(Exclusion::Standby);
+            }
+        }
+    }
+    members
+}
+
 fn member(pool: &PoolConfig, backend: &BackendConfig, observed: &Observed) -> Member {
     let probe = probe_of(pool, backend);
     let verdict = observed.health.get(&probe);
     let health = verdict.map(|v| v.health);
+    let status = observed.admin_status.get(&(pool.name.clone(), backend.address)).copied().unwrap_or(backend.status);
+    // Health first, so that an L4 VIP's `on_marked_down` still sees a
+    // down member as down whatever its flags.
     let excluded = match health {
         None => Some(Exclusion::HealthUnknown),
         Some(Health::Down) => Some(Exclusion::Down),
-        Some(Health::Up) if backend.weight == 0 => Some(Exclusion::Drained),
+        Some(Health::Up) if status.stopped => Some(Exclusion::Stopped),
+        Some(Health::Up) if status.disabled => Some(Exclusion::Disabled),
+        Some(Health::Up) if backend.weight == 0 || status.draining => Some(Exclusion::Drained),
         Some(Health::Up) => None,
     };
     Member {
+        status,
+        lbset: backend.lbset,
         address: backend.address,
         port: backend.port,
         weight: backend.weight,
@@ -357,5 +441,97 @@ addresses = ["198.18.1.1/32"]
         assert_eq!(forwarding(&observed), [true, true]);
         observed.vrrp_master.insert("vi4".into(), false);
         assert_eq!(forwarding(&observed), [false, true]);
+    }
+}
+
+#[cfg(test)]
+mod status_tests {
+    use super::*;
+
+    /// A pool "web" of backends 198.18.0.1x, each line's extra keys given.
+    fn config(backends: &[&str]) -> Config {
+        let mut text = String::from(
+            "interface = \"eth0\"\n[[vip]]\nname = \"web\"\naddress = \"198.18.1.1\"\nport = 80\nprotocol = \"tcp\"\nscheduler = \"maglev\"\npool = \"web\"\n[[pool]]\nname = \"web\"\n",
+        );
+        for (i, extra) in backends.iter().enumerate() {
+            text.push_str(&format!("[[pool.backend]]\naddress = \"198.18.0.{}\"\n{extra}\n", 10 + i));
+        }
+        fulcrum_config::parse(&text, "t").unwrap()
+    }
+
+    /// Every backend up except those listed down.
+    fn observed(config: &Config, down: &[usize]) -> Observed {
+        let pool = &config.pools[0];
+        let health = pool
+            .backends
+            .iter()
+            .enumerate()
+            .map(|(i, b)| {
+                let health = if down.contains(&i) { Health::Down } else { Health::Up };
+                (probe_of(pool, b), Verdict { health, detail: String::new() })
+            })
+            .collect();
+        Observed { health, ..Observed::default() }
+    }
+
+    fn exclusions(config: &Config, observed: &Observed) -> Vec<Option<&'static str>> {
+        effective(config, observed).pools[0].members.iter().map(|m| m.excluded.map(Exclusion::as_str)).collect()
+    }
+
+    #[test]
+    fn flags_exclude_members_for_l4_and_l7_alike() {
+        let c = config(&["status = \"+D\"", "status = \"+S\"", "status = \"+N\"", "weight = 0", "", "status = \"+D\""]);
+        let mut o = observed(&c, &[5]);
+        assert_eq!(
+            exclusions(&c, &o),
+            [Some("disabled"), Some("stopped"), Some("drained"), Some("drained"), None, Some("down")]
+        );
+        let eff = effective(&c, &o);
+        let pool = &eff.pools[0];
+        // Only the unflagged member is in the L4 table; a draining member
+        // keeps its sticky sessions, a disabled or stopped one does not.
+        assert_eq!(pool.active().map(|m| m.address).collect::<Vec<_>>(), [IpAddr::from([198, 18, 0, 14])]);
+        let sessions: Vec<bool> = pool.members.iter().map(Member::takes_sessions).collect();
+        assert_eq!(sessions, [false, false, true, true, true, false]);
+        assert_eq!(pool.members[0].status.letters(), "D");
+        // At run time an administrator clears D on the first member and
+        // sets it on the fifth: the same function, one more observation.
+        o.admin_status.insert(("web".into(), IpAddr::from([198, 18, 0, 10])), MemberStatus::default());
+        o.admin_status.insert(
+            ("web".into(), IpAddr::from([198, 18, 0, 14])),
+            MemberStatus { disabled: true, ..MemberStatus::default() },
+        );
+        assert_eq!(
+            exclusions(&c, &o),
+            [None, Some("stopped"), Some("drained"), Some("drained"), Some("disabled"), Some("down")]
+        );
+    }
+
+    #[test]
+    fn spares_standbys_and_lbsets_follow_apache() {
+        let c = config(&["", "", "status = \"+R\"", "status = \"+R\"", "status = \"+H\"", "lbset = 1"]);
+        // All up: the two actives serve; spares, standby and set 1 wait.
+        let standby = Some("standby");
+        assert_eq!(exclusions(&c, &observed(&c, &[])), [None, None, standby, standby, standby, standby]);
+        // One active down: one spare replaces it.
+        assert_eq!(exclusions(&c, &observed(&c, &[0])), [Some("down"), None, None, standby, standby, standby]);
+        // Both actives down, and the first spare too: the second spare alone.
+        assert_eq!(
+            exclusions(&c, &observed(&c, &[0, 1, 2])),
+            [Some("down"), Some("down"), Some("down"), None, standby, standby]
+        );
+        // Actives and spares down: the hot standby.
+        assert_eq!(
+            exclusions(&c, &observed(&c, &[0, 1, 2, 3])),
+            [Some("down"), Some("down"), Some("down"), Some("down"), None, standby]
+        );
+        // Set 0 entirely down: set 1 serves.
+        assert_eq!(
+            exclusions(&c, &observed(&c, &[0, 1, 2, 3, 4])),
+            [Some("down"), Some("down"), Some("down"), Some("down"), Some("down"), None]
+        );
+        // A draining active counts as unusable: a spare replaces it.
+        let c = config(&["status = \"+N\"", "", "status = \"+R\""]);
+        assert_eq!(exclusions(&c, &observed(&c, &[])), [Some("drained"), None, None]);
     }
 }

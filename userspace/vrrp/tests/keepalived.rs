@@ -1,7 +1,8 @@
 //! Interoperability with keepalived (the Debian package, 2.2.7 here): a
 //! fulcrum instance and a keepalived instance in one virtual router, in
-//! the namespace lab (tests/common), VRRPv2 with a PASS password and
-//! VRRPv3. Each must elect the right Master and hand over both ways.
+//! the namespace lab (tests/common), VRRPv2 with a PASS password, VRRPv3
+//! over IPv4 and VRRPv3 over IPv6. Each must elect the right Master and
+//! hand over both ways.
 //! Needs root; skipped (with a message) when keepalived is not installed.
 
 mod common;
@@ -107,9 +108,15 @@ fn keepalived_conf(version: Version, priority: u8, advert: &str, vip: IpAddr) ->
         "global_defs {{\n    router_id fulcrum_interop\n    vrrp_version {v}\n}}\n\
          vrrp_instance VI_1 {{\n    state BACKUP\n    interface eth0\n    virtual_router_id 51\n\
          \x20   priority {priority}\n    advert_int {advert}\n{auth}\
-         \x20   virtual_ipaddress {{\n        {vip}/32 dev eth0\n    }}\n}}\n",
+         \x20   virtual_ipaddress {{\n        {vip}/{len} dev eth0\n    }}\n}}\n",
         v = version.number(),
+        len = host_prefix(vip),
     )
+}
+
+/// 32 for IPv4, 128 for IPv6: keepalived's default, and ours.
+fn host_prefix(vip: IpAddr) -> u8 {
+    if vip.is_ipv4() { 32 } else { 128 }
 }
 
 fn fulcrum_conf(version: Version, priority: u8, interval: Centiseconds, vip: IpAddr) -> InstanceConfig {
@@ -123,7 +130,7 @@ fn fulcrum_conf(version: Version, priority: u8, interval: Centiseconds, vip: IpA
         preempt: true,
         preempt_delay: Duration::ZERO,
         password: (version == Version::V2).then(|| b"s3cret".to_vec()),
-        vips: vec![Vip { address: vip, prefix_len: 32 }],
+        vips: vec![Vip { address: vip, prefix_len: host_prefix(vip) }],
         unicast_peers: Vec::new(),
         v4_checksum: Ipv4ChecksumMode::default(),
         garp: Garp::default(),
@@ -141,13 +148,13 @@ fn fulcrum_conf(version: Version, priority: u8, interval: Centiseconds, vip: IpA
 /// 4. fulcrum at priority 50: keepalived (100) preempts it; fulcrum is a
 ///    Backup accepting keepalived's adverts.
 /// 5. keepalived stops (SIGTERM, priority 0): fulcrum takes over.
-fn interop(version: Version, interval: Centiseconds, advert: &str) -> Result<()> {
+fn interop(version: Version, interval: Centiseconds, advert: &str, v6: bool) -> Result<()> {
     if !Path::new(KEEPALIVED).exists() {
         eprintln!("SKIPPED: {KEEPALIVED} not installed (apt-get install keepalived)");
         return Ok(());
     }
     let lab = VrrpLab::up(2)?;
-    let vip = IpAddr::V4(lab.vip4());
+    let vip = if v6 { IpAddr::V6(lab.vip6()) } else { IpAddr::V4(lab.vip4()) };
     let dir = PathBuf::from("/run/fulcrum-vrrp-tests").join(&lab.prefix);
     let mdi = |_p: u8| interval.as_duration() * 4; // generous: 3 intervals + skew
     let mut ka = Keepalived::start(&lab.router(2), &dir, &keepalived_conf(version, 100, advert, vip))?;
@@ -198,10 +205,17 @@ fn interop(version: Version, interval: Centiseconds, advert: &str) -> Result<()>
 
 #[test]
 fn keepalived_vrrpv2_with_password() -> Result<()> {
-    interop(Version::V2, Centiseconds::from_secs(1), "1")
+    interop(Version::V2, Centiseconds::from_secs(1), "1", false)
 }
 
 #[test]
 fn keepalived_vrrpv3() -> Result<()> {
-    interop(Version::V3, Centiseconds(50), "0.5")
+    interop(Version::V3, Centiseconds(50), "0.5", false)
+}
+
+/// VRRPv3 over IPv6 (RFC 9568 section 5.1.2): adverts to ff02::12 from
+/// link-local sources, the VIP announced by unsolicited NA.
+#[test]
+fn keepalived_vrrpv3_ipv6() -> Result<()> {
+    interop(Version::V3, Centiseconds(50), "0.5", true)
 }

@@ -673,3 +673,65 @@ fn preempt_delay_is_honoured_over_the_wire() -> Result<()> {
     eprintln!("preempt delay: r1 Master {gap:?} after its return (delay {delay:?}, bound {bound:?})");
     Ok(())
 }
+
+/// The IPv6 link-local addresses on `dev` in `ns`.
+fn link_locals(ns: &str, dev: &str) -> Vec<String> {
+    common::ip(&["-n", ns, "-o", "-6", "addr", "show", "dev", dev, "scope", "link"])
+        .map(|out| {
+            out.split_whitespace()
+                .filter_map(|w| w.strip_suffix("/64"))
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// `virtual_mac = true` for IPv6: the macvlan `vrrp6.51` has the virtual
+/// MAC 00:00:5e:00:02:33 (RFC 9568 section 7.3), no link-local address of
+/// its own (one derived from the shared MAC would be the same on both
+/// routers) but its parent's, so the Master's adverts leave from the
+/// virtual MAC with the source address the election compares (section
+/// 5.1.2.1). The Backup hears them from r1's link-local; the observer
+/// resolves the VIP to the virtual MAC before and after a handover.
+#[test]
+fn ipv6_virtual_mac_follows_the_master() -> Result<()> {
+    const VMAC: &str = "00:00:5e:00:02:33";
+    let lab = VrrpLab::up(2)?;
+    let vip = IpAddr::V6(lab.vip6());
+    let vcfg = |name: &str, prio: u8| InstanceConfig { virtual_mac: true, ..config(name, vip, prio) };
+    let (r1, rx1) = lab.spawn(1, vcfg("r1", 200))?;
+    wait_state(&rx1, State::Master, Duration::from_secs(3))?;
+    let (r2, rx2) = lab.spawn(2, vcfg("r2", 100))?;
+    wait_for(Duration::from_secs(1), "r2 in Backup", || r2.state() == State::Backup)?;
+    let (ns1, ns2) = (lab.router(1), lab.router(2));
+    let l1 = link_line(&ns1, "vrrp6.51").expect("r1 has vrrp6.51");
+    assert!(l1.contains(VMAC) && l1.contains(",UP"), "r1's macvlan: {l1}");
+    assert!(addr_on(&ns1, "vrrp6.51", vip), "the VIP is on r1's macvlan");
+    assert!(lab.holders(vip).is_empty(), "and on no eth0");
+    let parent_ll = link_locals(&ns1, "eth0");
+    assert_eq!(link_locals(&ns1, "vrrp6.51"), parent_ll, "the macvlan carries eth0's link-local only");
+    // r2 keeps hearing r1's adverts, from r1's link-local, for longer than
+    // a Master_Down_Interval: they leave through the macvlan unhindered.
+    let heard = r2.counters().adverts_accepted;
+    std::thread::sleep(master_down_interval_v3(100, INTERVAL));
+    assert_eq!(r2.state(), State::Backup);
+    assert!(r2.counters().adverts_accepted > heard, "r2 hears r1's adverts");
+    assert_eq!(r2.master_address().map(|a| a.to_string()), parent_ll.first().cloned());
+    let c = r1.counters();
+    assert!(c.adverts_sent > 0 && c.send_errors == 0 && c.netlink_errors == 0, "{c:?}");
+    wait_for(Duration::from_secs(3), "the observer reaching the VIP on r1", || lab.observer_reaches(vip))?;
+    assert_eq!(lab.observer_neighbour(vip).as_deref(), Some(VMAC));
+    while rx2.try_recv().is_ok() {}
+
+    r1.stop();
+    wait_state(&rx2, State::Master, Duration::from_secs(2))?;
+    assert!(link_line(&ns1, "vrrp6.51").is_none(), "a graceful stop deletes the macvlan");
+    wait_for(Duration::from_secs(1), "the VIP on r2's macvlan", || addr_on(&ns2, "vrrp6.51", vip))?;
+    assert_eq!(link_locals(&ns2, "vrrp6.51"), link_locals(&ns2, "eth0"));
+    wait_for(Duration::from_secs(3), "the observer reaching the VIP on r2", || lab.observer_reaches(vip))?;
+    assert_eq!(lab.observer_neighbour(vip).as_deref(), Some(VMAC), "same MAC after failover");
+    let c = r2.counters();
+    assert!(c.adverts_sent > 0 && c.send_errors == 0 && c.netlink_errors == 0, "{c:?}");
+    r2.stop();
+    Ok(())
+}

@@ -169,11 +169,12 @@ pub struct InstanceConfig {
     /// for it). The VIPs are added to the macvlan instead of the
     /// interface; the gratuitous ARPs / unsolicited NAs are sent from
     /// the virtual MAC, NAs with the Router flag set (RFC 9568 sections
-    /// 6.4.2, 7.2); IPv4 adverts are sent through the macvlan, so from
-    /// the virtual MAC (section 7.3). IPv6 adverts still leave from the
-    /// interface's own MAC: their source must be a link-local address of
-    /// the sending device, and the macvlan's is not the interface's (a
-    /// known gap). For IPv4 the shell sets the interface's `arp_ignore`
+    /// 6.4.2, 7.2); adverts are sent through the macvlan, so from the
+    /// virtual MAC (section 7.3). For IPv6 the macvlan generates no
+    /// link-local address (one from the shared MAC would be the same on
+    /// every router) and carries the interface's instead, as keepalived
+    /// does, so adverts keep the source address the election compares
+    /// (section 5.1.2.1). For IPv4 the shell sets the interface's `arp_ignore`
     /// to 1 and `arp_announce` to 2, so that the interface neither
     /// answers ARP for the VIPs nor names a VIP as the sender of its own
     /// ARP requests (replies to clients leave through the interface),

@@ -13,8 +13,9 @@ use futures_util::TryStreamExt;
 use rtnetlink::packet_route::address::{
     AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage, AddressScope,
 };
-use rtnetlink::packet_route::link::{LinkAttribute, LinkXdp};
-use rtnetlink::packet_route::link::MacVlanMode;
+use rtnetlink::packet_route::link::{
+    AfSpecInet6, AfSpecUnspec, In6AddrGenMode, LinkAttribute, LinkXdp, MacVlanMode,
+};
 use rtnetlink::packet_route::AddressFamily;
 use rtnetlink::{LinkMacVlan, LinkUnspec};
 
@@ -237,6 +238,21 @@ impl Netlink {
             self.handle.link().add(msg).execute().await.map_err(nl_err)
         })?;
         Ok(self.link(name)?.index)
+    }
+
+    /// Turns off IPv6 address generation on link `index` (down, so none
+    /// was generated yet): a virtual-MAC macvlan must not derive its
+    /// link-local address from the shared MAC, which every router of the
+    /// group has, but carry the parent's (see `Runner::open`).
+    pub fn link_no_addr_gen(&self, index: u32) -> io::Result<()> {
+        self.rt.block_on(async {
+            let msg = LinkUnspec::new_with_index(index)
+                .append_extra_attribute(LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet6(
+                    vec![AfSpecInet6::AddrGenMode(In6AddrGenMode::None)],
+                )]))
+                .build();
+            self.handle.link().set(msg).execute().await.map_err(nl_err)
+        })
     }
 
     /// Sets link `index` up or down.

@@ -13,7 +13,7 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use super::netlink::{self, Netlink};
 use super::sockets::{AdvertSocket, Announcer, GROUP_V4, GROUP_V6};
 use super::{
-    machine_config, Command, Counters, InstanceConfig, Membership, ShellError, StateChange, Status,
+    machine_config, Command, Counters, InstanceConfig, Membership, ShellError, StateChange, Status, Vip,
     LOG_EVERY,
 };
 use crate::auth::{self, Signer, Verifier};
@@ -67,8 +67,8 @@ impl RateLimit {
 struct Vmac {
     index: u32,
     up: bool,
-    /// IPv4 adverts go out through the macvlan (from the virtual MAC).
-    tx: Option<AdvertSocket>,
+    /// Adverts go out through the macvlan (from the virtual MAC).
+    tx: AdvertSocket,
 }
 
 /// Writes a sysctl of the calling thread's network namespace (/proc/sys
@@ -216,13 +216,26 @@ impl Runner {
                     write_sysctl(&format!("{conf}/arp_announce"), "2")
                         .map_err(io("setting arp_announce on the interface"))?;
                 }
-                let tx = match source {
-                    IpAddr::V4(_) => Some(
-                        AdvertSocket::open(&name_v, index, source, false)
-                            .map_err(io("opening the macvlan's VRRP socket"))?,
-                    ),
-                    IpAddr::V6(_) => None,
-                };
+                if let IpAddr::V6(ll) = source {
+                    // As keepalived does: no link-local of its own (one
+                    // from the shared MAC would be the same on every
+                    // router, a DAD conflict at each handover) but the
+                    // parent's, so adverts leave from the virtual MAC with
+                    // the source the election compares (RFC 9568 section
+                    // 5.1.2.1: the link-local address of the sending
+                    // interface). Kept while the macvlan is down between
+                    // Master periods.
+                    netlink
+                        .link_no_addr_gen(index)
+                        .map_err(io("turning off the macvlan's IPv6 address generation"))?;
+                    write_sysctl(&format!("net/ipv6/conf/{name_v}/keep_addr_on_down"), "1")
+                        .map_err(io("setting keep_addr_on_down on the macvlan"))?;
+                    netlink
+                        .add(index, &Vip { address: IpAddr::V6(ll), prefix_len: 64 })
+                        .map_err(io("adding the link-local address to the macvlan"))?;
+                }
+                let tx = AdvertSocket::open(&name_v, index, source, false)
+                    .map_err(io("opening the macvlan's VRRP socket"))?;
                 let announcer = Announcer::open(index, cfg.vmac(), true)
                     .map_err(io("opening the packet socket"))?;
                 Ok((Vmac { index, up: false, tx }, announcer))
@@ -612,7 +625,7 @@ impl Runner {
                 })
                 .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))
                 .and_then(|bytes| {
-                    match self.vmac.as_ref().and_then(|v| v.tx.as_ref()) {
+                    match self.vmac.as_ref().map(|v| &v.tx) {
                         Some(tx) => tx.send(&bytes, dst),
                         None => self.socket.send(&bytes, dst),
                     }
