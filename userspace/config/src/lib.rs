@@ -17,7 +17,7 @@
 //! listen = "127.0.0.1:9180"     # default 127.0.0.1:9180
 //!
 //! [datapath]                    # optional; changing it needs a restart
-//! conn_table_size = 1000000     # default 1000000; 1024..=67108864 flows, ~121 bytes each
+//! conn_table_size = 1000000     # default 1000000; 1024..=67108864 flows, ~137 bytes each
 //!
 //! [[vip]]
 //! name = "web"                  # unique
@@ -200,7 +200,7 @@ pub const DEFAULT_CONN_TABLE_SIZE: u32 = fulcrum_common::DEFAULT_CONN_TABLE_SIZE
 /// every established flow.
 pub const MIN_CONN_TABLE_SIZE: u32 = 1024;
 /// Largest connection table: 2^26 (67,108,864) flows, about 7.6 GiB of
-/// kernel memory preallocated at start (about 121 bytes an entry).
+/// kernel memory preallocated at start (about 137 bytes an entry).
 pub const MAX_CONN_TABLE_SIZE: u32 = 1 << 26;
 /// How long a UDP flow may be idle before it takes a fresh pick, when a
 /// UDP VIP does not set `udp_idle_timeout`: 30 s, Katran's
