@@ -489,6 +489,45 @@ fn l7_proxy_spreads_requests_and_skips_a_down_backend() {
     assert_eq!(served.values().sum::<u32>(), BATCH);
 }
 
+/// SIGHUP applies a new configuration to the L7 proxy without dropping the
+/// requests in flight: a request the backend holds for 1.5 s, sent before
+/// the reload, is answered 200; requests after it follow the new weights.
+#[test]
+fn l7_reload_keeps_requests_in_flight() {
+    let mut f = Fixture::lab_only();
+    f.start();
+    let slow = std::thread::spawn({
+        let client = f.lab.ns("client");
+        move || {
+            in_netns(&client, || -> Result<String> {
+                let mut s = TcpStream::connect_timeout(&L7, Duration::from_secs(1)).context("connect")?;
+                s.set_read_timeout(Some(Duration::from_secs(5)))?;
+                write!(s, "GET /slow/1500 HTTP/1.1\r\nHost: {L7}\r\nConnection: close\r\n\r\n")?;
+                let mut resp = String::new();
+                s.read_to_string(&mut resp).context("read")?;
+                Ok(resp.lines().next().unwrap_or_default().to_string())
+            })
+            .unwrap()
+        }
+    });
+    // The request has reached a backend: the proxy counted it.
+    let in_flight = |s: &Stats| s.pools.iter().flat_map(|p| &p.backends).filter_map(|b| b.l7).map(|l| l.requests).sum::<u64>();
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while in_flight(&f.stats()) == 0 {
+        assert!(Instant::now() < deadline, "the slow request never reached a backend");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let config = f.lab.run_dir().join("fulcrum.toml");
+    std::fs::write(&config, config_toml().replacen("weight = 1", "weight = 0", 1)).unwrap();
+    f.hup();
+    wait_log(&f, |log| log.contains("configuration reloaded")).unwrap_or_else(|log| panic!("no reload in the log:\n{log}"));
+    let status = slow.join().unwrap().unwrap();
+    assert_eq!(status, "HTTP/1.1 200 OK", "the request in flight across the reload");
+    f.wait_applied();
+    let served = f.batch_at(L7);
+    assert_eq!(served.get("real1"), None, "real1 is drained but the proxy used it: {served:?}");
+}
+
 // ---- connection table: long-lived flows across table changes -----------------
 
 /// The config of the long-lived-flows test: the test VIPs, their pool made of
