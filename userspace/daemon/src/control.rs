@@ -307,6 +307,9 @@ impl Control {
         // New backends' routes are looked up by the dump this asks for.
         self.neighbours.watch(backend_addresses(&self.config));
         self.submit(arrived);
+        if let Some(l7) = &self.l7 {
+            l7.reopen_access_log();
+        }
         info!(path = %path.display(), "configuration reloaded");
     }
 }

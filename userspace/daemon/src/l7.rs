@@ -68,6 +68,11 @@ impl L7 {
         listen_addresses(config) == self.listen
     }
 
+    /// Opens the access log's file again (SIGHUP, for log rotation).
+    pub fn reopen_access_log(&self) {
+        self.proxy.reopen_access_log();
+    }
+
     /// Publishes the routes and members `config` and `effective` give; new
     /// requests use them at once, requests in flight finish on the old ones.
     pub fn publish(&mut self, config: &Config, effective: &Effective) {

@@ -6,7 +6,11 @@
 //! when the writer falls behind by [`QUEUE`] records, further records are
 //! dropped and counted ([`crate::ProxyStats::access_log_dropped`]) rather
 //! than delaying requests. The writer appends to the file, flushing after
-//! each batch it finds queued. A request is logged when its response has
+//! each batch it finds queued. [`crate::Proxy::reopen_access_log`] (the
+//! daemon calls it on SIGHUP, as nginx reopens its logs on USR1 and Apache
+//! on a graceful restart) makes the writer open the path again before its
+//! next batch, so `logrotate` can rename the file and have new records go
+//! to a fresh one. A request is logged when its response has
 //! been written out (or abandoned by the client), with the bytes of body
 //! sent. Requests that hyper refuses before they reach the proxy (a head
 //! it cannot parse) and heads that time out are counted in
@@ -20,7 +24,7 @@ use std::{
     net::{IpAddr, SocketAddr},
     path::PathBuf,
     sync::{
-        atomic::Ordering,
+        atomic::{AtomicBool, Ordering},
         mpsc::{self, Receiver, SyncSender, TrySendError},
         Arc,
     },
@@ -102,6 +106,14 @@ impl Sender {
 /// The writer thread; joined (after every [`Sender`] is gone) on drop.
 pub(crate) struct Writer {
     thread: Option<thread::JoinHandle<()>>,
+    reopen: Arc<AtomicBool>,
+}
+
+impl Writer {
+    /// Asks the writer to open the path again before its next batch.
+    pub(crate) fn reopen(&self) {
+        self.reopen.store(true, Ordering::Relaxed);
+    }
 }
 
 impl Drop for Writer {
@@ -115,29 +127,40 @@ impl Drop for Writer {
 /// Opens the file and starts the writer thread; records the queue has no
 /// room for are counted in `stats`.
 pub(crate) fn start(config: &AccessLogConfig, stats: Arc<ProxyStats>) -> io::Result<(Sender, Writer)> {
-    let file = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&config.path)?;
+    let file = open(&config.path)?;
     let (tx, rx) = mpsc::sync_channel(QUEUE);
-    let format = config.format;
+    let reopen = Arc::new(AtomicBool::new(false));
+    let (path, format, flag) = (config.path.clone(), config.format, reopen.clone());
     let thread = thread::Builder::new()
         .name("fulcrum-l7-log".into())
-        .spawn(move || write_loop(rx, file, format))?;
+        .spawn(move || write_loop(rx, file, &path, format, &flag))?;
     Ok((
         Sender { tx, stats },
         Writer {
             thread: Some(thread),
+            reopen,
         },
     ))
 }
 
-fn write_loop(rx: Receiver<Record>, file: File, format: AccessLogFormat) {
+fn open(path: &std::path::Path) -> io::Result<File> {
+    OpenOptions::new().create(true).append(true).open(path)
+}
+
+fn write_loop(rx: Receiver<Record>, file: File, path: &std::path::Path, format: AccessLogFormat, reopen: &AtomicBool) {
     let mut out = BufWriter::with_capacity(64 * 1024, file);
     let mut line = String::new();
     let mut failed = false;
     // Ends when every worker (every Sender) is gone.
     while let Ok(first) = rx.recv() {
+        if reopen.swap(false, Ordering::Relaxed) {
+            // Everything queued before the request goes to the old file.
+            let _ = out.flush();
+            match open(path) {
+                Ok(f) => out = BufWriter::with_capacity(64 * 1024, f),
+                Err(e) => tracing::error!(path = %path.display(), error = %e, "reopening the access log failed; still writing to the old file"),
+            }
+        }
         let mut next = Some(first);
         while let Some(r) = next {
             line.clear();

@@ -373,6 +373,14 @@ impl Proxy {
         self.stats.clone()
     }
 
+    /// Opens the access log's file again (for log rotation) before the
+    /// next records are written; nothing without an access log.
+    pub fn reopen_access_log(&self) {
+        if let Some(w) = &self.access_log {
+            w.reopen();
+        }
+    }
+
     /// Graceful stop: closes the listeners (new connections are refused),
     /// lets every request in flight finish (its response says
     /// `Connection: close`), closes idle keep-alive connections at once,

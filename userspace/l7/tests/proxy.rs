@@ -401,6 +401,7 @@ both_drivers!(
     shutdown_drains_requests_in_flight,
     shutdown_drain_is_bounded,
     access_log_combined_and_json,
+    access_log_reopens_for_rotation,
     websocket_is_tunnelled_both_ways,
     expect_100_continue,
     only_idempotent_requests_are_retried_after_a_reset,
@@ -1503,6 +1504,37 @@ fn shutdown_drain_is_bounded(driver: DriverChoice) {
     let mut rest = Vec::new();
     let _ = s.read_to_end(&mut rest);
     assert!(rest.is_empty(), "{}", String::from_utf8_lossy(&rest));
+}
+
+/// Log rotation: the file is renamed away, `reopen_access_log` is called
+/// (the daemon does on SIGHUP), and the next records go to a new file at
+/// the configured path while the earlier one stays in the renamed file.
+fn access_log_reopens_for_rotation(driver: DriverChoice) {
+    let a = Backend::start("a");
+    let path = std::env::temp_dir().join(format!("fulcrum-l7-rotate-{}-{driver:?}.log", std::process::id()));
+    let rotated = path.with_extension("log.1");
+    let _ = std::fs::remove_file(&path);
+    let _ = std::fs::remove_file(&rotated);
+    let h = Harness::start_with(driver, 1, vec![pool("p", &[(a.addr, 1)])], vec![route("www.example", "/", 0)], |c| {
+        c.access_log = Some(AccessLogConfig { path: path.clone(), format: AccessLogFormat::Combined })
+    });
+    let lines = |p: &std::path::Path| std::fs::read_to_string(p).unwrap_or_default().lines().map(str::to_string).collect::<Vec<_>>();
+    assert_eq!(get(h.addr, "www.example", "/before").status, 200);
+    // The writer flushes each batch: wait for the line, bounded.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while lines(&path).is_empty() {
+        assert!(std::time::Instant::now() < deadline, "the first record was never written");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::fs::rename(&path, &rotated).unwrap();
+    h.proxy.reopen_access_log();
+    assert_eq!(get(h.addr, "www.example", "/after").status, 200);
+    h.proxy.shutdown();
+    let (old, new) = (lines(&rotated), lines(&path));
+    let _ = std::fs::remove_file(&path);
+    let _ = std::fs::remove_file(&rotated);
+    assert!(old.len() == 1 && old[0].contains("/before"), "rotated file: {old:?}");
+    assert!(new.len() == 1 && new[0].contains("/after"), "new file: {new:?}");
 }
 
 fn access_log_combined_and_json(driver: DriverChoice) {
