@@ -96,7 +96,7 @@
 //!
 //! [[listener]]
 //! name = "www"                  # unique
-//! address = "198.18.0.2:8080"   # unique; changing it needs a restart
+//! address = "198.18.0.2:8080"   # unique; reloadable (a new proxy starts, the old drains)
 //! [[listener.route]]            # tried in file order, at least one
 //! host = "*.example.com"        # optional: exact, or *.suffix; default any
 //! path = "/app/"                # optional path prefix; default "/"

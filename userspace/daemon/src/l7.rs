@@ -1,6 +1,7 @@
-//! The L7 proxy as the daemon runs it: started once with the configured
+//! The L7 proxy as the daemon runs it: started with the configured
 //! listeners, then fed a new routing snapshot whenever the effective state
-//! changes. The proxy runs on its own threads (compio, one io_uring each),
+//! changes; a reload that changes the listeners or `[l7]` starts a new
+//! proxy beside it and drains the old one. The proxy runs on its own threads (compio, one io_uring each),
 //! never on the control loop's tokio runtime; publishing a snapshot is one
 //! atomic pointer swap.
 use std::{collections::HashMap, net::SocketAddr, sync::Arc};
@@ -27,11 +28,28 @@ impl L7 {
     /// # Errors
     /// A listener address cannot be bound, or no I/O driver works.
     pub fn start(config: &Config, effective: &Effective) -> Result<Option<L7>> {
+        L7::start_with(config, effective, HashMap::new())
+    }
+
+    /// A new proxy for a reload that changes the listeners or `[l7]`: it
+    /// opens its sockets beside the running proxy's (every listener has
+    /// `SO_REUSEPORT`, so the same address may be bound twice), and the
+    /// members' counters carry over. The caller then shuts the running
+    /// proxy down, which drains its requests in flight, as nginx's old
+    /// workers do after a reload. `None` when the new configuration has no
+    /// listener.
+    ///
+    /// # Errors
+    /// As [`L7::start`]; the running proxy is untouched.
+    pub fn restart(&self, config: &Config, effective: &Effective) -> Result<Option<L7>> {
+        L7::start_with(config, effective, self.stats.clone())
+    }
+
+    fn start_with(config: &Config, effective: &Effective, mut stats: HashMap<(String, SocketAddr), Arc<MemberStats>>) -> Result<Option<L7>> {
         if config.listeners.is_empty() {
             return Ok(None);
         }
         let listen = listen_addresses(config);
-        let mut stats = HashMap::new();
         let snapshot = fulcrum_l7::shared(Snapshot::default());
         fulcrum_l7::members::publish(&snapshot, snapshot_of(config, effective, &mut stats));
         let mut proxy_config = ProxyConfig::new(listen.clone());
@@ -61,9 +79,8 @@ impl L7 {
         Ok(Some(L7 { proxy, snapshot, listen, stats }))
     }
 
-    /// Whether `config` listens where the running proxy does: the sockets
-    /// are opened at start, so a reload may change routes and pools but not
-    /// the listener addresses.
+    /// Whether `config` listens where the running proxy does (else a
+    /// reload needs a new proxy: [`L7::restart`]).
     pub fn listens_as(&self, config: &Config) -> bool {
         listen_addresses(config) == self.listen
     }
