@@ -31,7 +31,7 @@ const TABLE: u32 = 251;
 /// The UDP idle timeout of the test VIPs, in milliseconds.
 const UDP_IDLE_MS: u32 = 30_000;
 /// Connection table entries in tests: small, since every test loads its
-/// own program (the default million preallocates about 115 MiB).
+/// own program (the default million preallocates about 130 MiB).
 const CONN_TABLE: u32 = 65536;
 
 const VIP4: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 1);
@@ -1119,7 +1119,7 @@ fn a_miss_writes_the_maglev_pick_entries_are_followed_and_a_syn_repicks() {
         dp.conn_entry(&key4(s, 80, IPPROTO_TCP)).unwrap().real_gen
     };
     let other_id = dp.applied().reals[&real(other).0].0;
-    dp.set_conn_entry(&key4(sport, 80, IPPROTO_TCP), ConnEntry { real_id: other_id, real_gen: other_gen, last_seen_ns: 0 }).unwrap();
+    dp.set_conn_entry(&key4(sport, 80, IPPROTO_TCP), ConnEntry { real_id: other_id, real_gen: other_gen, ..ConnEntry::default() }).unwrap();
     let hits = conn(&dp, ConnEvent::Hit);
     assert_eq!(send_all(&mut dp, [sport])[&sport], other);
     assert_eq!(conn(&dp, ConnEvent::Hit), hits + 1);
@@ -1265,17 +1265,17 @@ fn udp_entries_expire_after_the_idle_timeout() {
     let secs = |s: u64| s * 1_000_000_000;
 
     // Idle 5 s of 30: followed, and the last-seen time refreshed.
-    dp.set_conn_entry(&key, ConnEntry { real_id: other_id, real_gen: gen, last_seen_ns: now - secs(5) }).unwrap();
+    dp.set_conn_entry(&key, ConnEntry { real_id: other_id, real_gen: gen, last_seen_ns: now - secs(5), ..ConnEntry::default() }).unwrap();
     assert_eq!(sent_to(&run(&mut dp, &f, XDP_TX, Reason::Tx)), other);
     assert!(dp.conn_entry(&key).unwrap().last_seen_ns >= now, "refreshed");
     // Seen just now: followed, not rewritten.
     let fresh = fulcrum_l4::monotonic_ns();
-    dp.set_conn_entry(&key, ConnEntry { real_id: other_id, real_gen: gen, last_seen_ns: fresh }).unwrap();
+    dp.set_conn_entry(&key, ConnEntry { real_id: other_id, real_gen: gen, last_seen_ns: fresh, ..ConnEntry::default() }).unwrap();
     assert_eq!(sent_to(&run(&mut dp, &f, XDP_TX, Reason::Tx)), other);
     assert_eq!(dp.conn_entry(&key).unwrap().last_seen_ns, fresh, "not rewritten within a second");
     // Idle 31 s: expired, the table's pick, a new entry.
     let expired = conn(&dp, ConnEvent::Expired);
-    dp.set_conn_entry(&key, ConnEntry { real_id: other_id, real_gen: gen, last_seen_ns: now - secs(31) }).unwrap();
+    dp.set_conn_entry(&key, ConnEntry { real_id: other_id, real_gen: gen, last_seen_ns: now - secs(31), ..ConnEntry::default() }).unwrap();
     assert_eq!(sent_to(&run(&mut dp, &f, XDP_TX, Reason::Tx)), pick);
     assert_eq!(conn(&dp, ConnEvent::Expired), expired + 1);
     let renewed = dp.conn_entry(&key).unwrap();
@@ -1453,6 +1453,11 @@ fn ipv4_vip_packets_are_encapsulated_in_ipip_to_the_maglev_real() {
         let IpAddr::V4(real) = maglev_real(&reals, hash) else { unreachable!() };
         assert_eq!(outer[16..20], real.octets());
         assert_eq!(out[34..], input[14..], "inner packet untouched");
+        // The flow's next packet takes the short established path (its
+        // entry now holds the VIP's facts): the same bytes.
+        let hits = conn(&dp, ConnEvent::Hit);
+        assert_eq!(run(&mut dp, &input, XDP_TX, Reason::Tx), out, "established, sport {sport}");
+        assert_eq!(conn(&dp, ConnEvent::Hit), hits + 1);
     }
     assert!(sources.len() > 1, "flows get different outer sources: {sources:?}");
 }
@@ -1864,7 +1869,7 @@ fn icmp_too_big_about_a_vip_flow_goes_to_the_real_of_that_flow() {
     let pick = maglev_pick(&[(1, 1), (2, 1), (3, 1)], v4_hash(CLIENT4, sport, 80));
     let other = if pick == 1 { 2 } else { 1 };
     let other_id = dp.applied().reals[&real(other).0].0;
-    let entry = ConnEntry { real_id: other_id, real_gen: gens[&other], last_seen_ns: 0 };
+    let entry = ConnEntry { real_id: other_id, real_gen: gens[&other], ..ConnEntry::default() };
     dp.set_conn_entry(&key4(sport, 80, IPPROTO_TCP), entry).unwrap();
     let hits = conn(&dp, ConnEvent::Hit);
     let f = frag_needed4(VIP4, 3, 4, &quote(&tcp4(VIP4, CLIENT4, 80, sport), 20));
@@ -1921,4 +1926,73 @@ fn icmp_too_big_about_an_ipip_vip_flow_is_encapsulated_like_the_flow() {
     assert_eq!(out[14 + 6], 41, "IP6IP6");
     assert_eq!(out[14 + 8..14 + 40], flow[14 + 8..14 + 40], "the flow's outer source and real");
     assert_eq!(out[54..], input[14..]);
+}
+
+/// An established flow's packets skip the `VIPS` lookup while the entry's
+/// copy of the VIP facts is current, and follow every change of the VIP:
+/// standby, VLAN, UDP idle timeout, removal and return.
+#[test]
+fn established_flows_follow_every_vip_change_on_the_short_path() {
+    let mut state = lab_state();
+    let mut dp = loaded(&state);
+    let f = tcp4(CLIENT4, VIP4, 7001, 80);
+    let pick = sent_to(&run(&mut dp, &f, XDP_TX, Reason::Tx));
+    let key = key4(7001, 80, IPPROTO_TCP);
+    let entry = dp.conn_entry(&key).unwrap();
+    let id = dp.applied().vips["v4tcp"].vip_id;
+    assert_eq!((u32::from(entry.vip_id), entry.vip_vlan, entry.vip_flags), (id, 0, 0));
+    assert_ne!(entry.vip_gen, 0);
+    for _ in 0..3 {
+        assert_eq!(sent_to(&run(&mut dp, &f, XDP_TX, Reason::Tx)), pick);
+    }
+    assert_eq!(dp.conn_entry(&key).unwrap(), entry, "hits on current facts write nothing");
+
+    // Standby, then MASTER again: passed, then forwarded with new facts.
+    state.vips[0].flags |= fulcrum_common::VIP_F_STANDBY;
+    dp.apply(&state).unwrap();
+    assert_eq!(run(&mut dp, &f, XDP_PASS, Reason::PassNotMaster), f);
+    state.vips[0].flags &= !fulcrum_common::VIP_F_STANDBY;
+    dp.apply(&state).unwrap();
+    assert_eq!(sent_to(&run(&mut dp, &f, XDP_TX, Reason::Tx)), pick);
+    let refreshed = dp.conn_entry(&key).unwrap();
+    assert!(refreshed.vip_gen > entry.vip_gen, "the full path refreshed the facts");
+    assert_eq!(refreshed.real_id, entry.real_id, "and kept the real");
+
+    // Onto VLAN 42 (every VIP of the address): untagged frames no longer match.
+    for v in state.vips.iter_mut().filter(|v| v.key.addr == addr_words(VIP4.into())) {
+        v.vlan = 42;
+    }
+    dp.apply(&state).unwrap();
+    assert_eq!(run(&mut dp, &f, XDP_PASS, Reason::PassVlanMismatch), f);
+    let tagged42 = tagged(&f, 0x8100, 42);
+    assert_eq!(sent_to(&run(&mut dp, &tagged42, XDP_TX, Reason::Tx)), pick);
+    assert_eq!(dp.conn_entry(&key).unwrap().vip_vlan, 42);
+    assert_eq!(sent_to(&run(&mut dp, &tagged42, XDP_TX, Reason::Tx)), pick);
+
+    // A UDP flow: a shorter idle timeout reaches its entry.
+    let u = udp4(CLIENT4, VIP4, 7002, 53);
+    let tagged_u = tagged(&u, 0x8100, 42);
+    run(&mut dp, &tagged_u, XDP_TX, Reason::Tx);
+    let ukey = key4(7002, 53, IPPROTO_UDP);
+    assert_eq!(dp.conn_entry(&ukey).unwrap().udp_idle_timeout_ms, UDP_IDLE_MS);
+    state.vips[1].udp_idle_timeout_ms = 2_000;
+    dp.apply(&state).unwrap();
+    run(&mut dp, &tagged_u, XDP_TX, Reason::Tx);
+    assert_eq!(dp.conn_entry(&ukey).unwrap().udp_idle_timeout_ms, 2_000);
+
+    // Removed: passed, though its entries stay in the table.
+    let removed = state.vips.remove(0);
+    dp.apply(&state).unwrap();
+    assert_eq!(run(&mut dp, &tagged42, XDP_PASS, Reason::PassNotVip), tagged42);
+    assert!(dp.conn_entry(&key).is_some());
+    // Another VIP takes the id: the old entry's facts do not apply to it.
+    state.vips.push(vip("other", VIP4.into(), 8443, Protocol::Tcp, 0, &[1, 2, 3]));
+    state.vips.last_mut().unwrap().vlan = 42;
+    dp.apply(&state).unwrap();
+    assert_eq!(dp.applied().vips["other"].vip_id, id);
+    assert_eq!(run(&mut dp, &tagged42, XDP_PASS, Reason::PassNotVip), tagged42);
+    // Back (on a new id): the flow keeps its real.
+    state.vips.push(removed);
+    dp.apply(&state).unwrap();
+    assert_eq!(sent_to(&run(&mut dp, &tagged42, XDP_TX, Reason::Tx)), pick);
 }

@@ -489,6 +489,82 @@ fn l7_proxy_spreads_requests_and_skips_a_down_backend() {
     assert_eq!(served.values().sum::<u32>(), BATCH);
 }
 
+/// From the client: `GET /slow/1500` to `addr` on a new connection,
+/// started on a thread; returns the status line.
+fn slow_request(f: &Fixture, addr: SocketAddr) -> std::thread::JoinHandle<String> {
+    let client = f.lab.ns("client");
+    std::thread::spawn(move || {
+        in_netns(&client, || -> Result<String> {
+            let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).context("connect")?;
+            s.set_read_timeout(Some(Duration::from_secs(5)))?;
+            write!(s, "GET /slow/1500 HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
+            let mut resp = String::new();
+            s.read_to_string(&mut resp).context("read")?;
+            Ok(resp.lines().next().unwrap_or_default().to_string())
+        })
+        .unwrap()
+        .unwrap_or_else(|e| format!("failed: {e:#}"))
+    })
+}
+
+/// Waits until the proxy has sent a request to some backend.
+fn wait_l7_request(f: &Fixture) {
+    let sent = |s: &Stats| s.pools.iter().flat_map(|p| &p.backends).filter_map(|b| b.l7).map(|l| l.requests).sum::<u64>();
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while sent(&f.stats()) == 0 {
+        assert!(Instant::now() < deadline, "the slow request never reached a backend");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// SIGHUP applies a new configuration to the L7 proxy without dropping the
+/// requests in flight: a request the backend holds for 1.5 s, sent before
+/// the reload, is answered 200; requests after it follow the new weights.
+#[test]
+fn l7_reload_keeps_requests_in_flight() {
+    let mut f = Fixture::lab_only();
+    f.start();
+    let slow = slow_request(&f, L7);
+    wait_l7_request(&f);
+    let config = f.lab.run_dir().join("fulcrum.toml");
+    std::fs::write(&config, config_toml().replacen("weight = 1", "weight = 0", 1)).unwrap();
+    f.hup();
+    wait_log(&f, |log| log.contains("configuration reloaded")).unwrap_or_else(|log| panic!("no reload in the log:\n{log}"));
+    assert_eq!(slow.join().unwrap(), "HTTP/1.1 200 OK", "the request in flight across the reload");
+    f.wait_applied();
+    let served = f.batch_at(L7);
+    assert_eq!(served.get("real1"), None, "real1 is drained but the proxy used it: {served:?}");
+}
+
+/// A reload that moves the listener (8080 -> 8081) starts a new proxy on
+/// the new address, while the old one finishes its request in flight and
+/// then stops listening, as nginx's old workers do.
+#[test]
+fn l7_reload_moves_the_listener_and_drains_the_old_proxy() {
+    let mut f = Fixture::lab_only();
+    f.start();
+    let moved = SocketAddr::new(L7.ip(), 8081);
+    let slow = slow_request(&f, L7);
+    wait_l7_request(&f);
+    let config = f.lab.run_dir().join("fulcrum.toml");
+    std::fs::write(&config, config_toml().replace(&format!("address = \"{L7}\""), &format!("address = \"{moved}\""))).unwrap();
+    f.hup();
+    wait_log(&f, |log| log.contains("configuration reloaded")).unwrap_or_else(|log| panic!("no reload in the log:\n{log}"));
+    let served = f.batch_at(moved);
+    assert_eq!(served.values().sum::<u32>(), BATCH, "{served:?}");
+    assert_eq!(slow.join().unwrap(), "HTTP/1.1 200 OK", "the old proxy's request in flight");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let refused = in_netns(&f.lab.ns("client"), || TcpStream::connect_timeout(&L7, Duration::from_millis(500)).is_err()).unwrap();
+        if refused {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the old listener {L7} still accepts after its drain");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(f.stats().listeners[0].address, moved.to_string());
+}
+
 // ---- connection table: long-lived flows across table changes -----------------
 
 /// The config of the long-lived-flows test: the test VIPs, their pool made of

@@ -246,6 +246,16 @@ impl Pair {
         }
     }
 
+    /// Starts lb, waits for its reals and MASTER, then lb2 and BACKUP.
+    fn start_master_then_backup(&mut self) {
+        self.start("lb");
+        self.wait_reals_up("lb", Duration::from_secs(10)).unwrap();
+        self.wait_state("lb", "MASTER", Duration::from_secs(5)).unwrap();
+        self.start("lb2");
+        self.wait_reals_up("lb2", Duration::from_secs(10)).unwrap();
+        self.wait_state("lb2", "BACKUP", Duration::from_secs(5)).unwrap();
+    }
+
     /// Whether `host` holds the VIP on eth0.
     fn holds_vip(&self, host: &str) -> bool {
         self.lab.has_address(host, VIP4.into()).unwrap()
@@ -566,12 +576,7 @@ fn vrrp_failover_keeps_the_vip_and_its_flows() {
     let (mac_lb, mac_lb2) = (p.lab.mac("lb").unwrap(), p.lab.mac("lb2").unwrap());
 
     // 1. lb first, then lb2: one Master, one Backup.
-    p.start("lb");
-    p.wait_reals_up("lb", Duration::from_secs(10)).unwrap();
-    p.wait_state("lb", "MASTER", Duration::from_secs(5)).unwrap();
-    p.start("lb2");
-    p.wait_reals_up("lb2", Duration::from_secs(10)).unwrap();
-    p.wait_state("lb2", "BACKUP", Duration::from_secs(5)).unwrap();
+    p.start_master_then_backup();
     // A Backup that heard a higher priority stays Backup.
     std::thread::sleep(master_down_interval(PRIORITY_LB2) * 2);
     assert_eq!(p.vrrp_state("lb").unwrap(), "MASTER");
@@ -770,12 +775,7 @@ fn tracked_pool_hands_over_and_back() {
     let mut p = Pair::up_with(tracking_toml);
     let lb_addr = host4("lb").unwrap().to_string();
     let lb2_addr = host4("lb2").unwrap().to_string();
-    p.start("lb");
-    p.wait_reals_up("lb", Duration::from_secs(10)).unwrap();
-    p.wait_state("lb", "MASTER", Duration::from_secs(5)).unwrap();
-    p.start("lb2");
-    p.wait_reals_up("lb2", Duration::from_secs(10)).unwrap();
-    p.wait_state("lb2", "BACKUP", Duration::from_secs(5)).unwrap();
+    p.start_master_then_backup();
     let vi4 = p.vi4("lb").unwrap();
     assert_eq!((vi4.priority, vi4.configured_priority), (PRIORITY_LB, PRIORITY_LB), "{vi4:?}");
     assert_eq!(vi4.master_address.as_deref(), Some(lb_addr.as_str()), "{vi4:?}");
@@ -836,12 +836,7 @@ fn vmac_toml(priority: u8) -> String {
 fn virtual_mac_vip_keeps_the_clients_neighbour_and_flows_across_a_failover() {
     const VMAC: &str = "00:00:5e:00:01:33";
     let mut p = Pair::up_with(vmac_toml);
-    p.start("lb");
-    p.wait_reals_up("lb", Duration::from_secs(10)).unwrap();
-    p.wait_state("lb", "MASTER", Duration::from_secs(5)).unwrap();
-    p.start("lb2");
-    p.wait_reals_up("lb2", Duration::from_secs(10)).unwrap();
-    p.wait_state("lb2", "BACKUP", Duration::from_secs(5)).unwrap();
+    p.start_master_then_backup();
     assert!(p.lab.exec("lb", &["ip", "-o", "addr", "show", "dev", "vrrp.51"]).unwrap().contains(&VIP4.to_string()));
 
     let lb_before = p.stats("lb");

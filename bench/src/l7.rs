@@ -819,7 +819,7 @@ pub fn serve_proxy(listen: SocketAddr, backend: SocketAddr, polling: bool, max_i
     let snap = shared(Snapshot {
         listeners: vec![ListenerRoutes {
             address: listen,
-            routes: vec![Route { host: HostMatch::Any, path_prefix: "/".into(), pool: 0, preserve_host: false }],
+            routes: vec![Route { host: HostMatch::Any, path_prefix: "/".into(), pool: 0, preserve_host: false, proxy_pass_reverse: false }],
         }],
         pools: vec![Pool::new("bench", LbMethod::ByRequests, vec![Member::new(backend, 1)])],
     });

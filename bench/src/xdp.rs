@@ -299,8 +299,16 @@ pub fn run(repeat: u32, rounds: usize, cpu: usize, conn_table_size: Option<u32>,
         established_rows * per_row
     );
     let reasons = datapath.counters().reasons();
-    let not_vip = reasons.iter().find(|(r, _)| *r == Reason::PassNotVip).map_or(0, |(_, c)| c.packets);
-    ensure!(not_vip == per_row, "non-VIP passes {not_vip} != {per_row}");
+    let reason = |want: Reason| reasons.iter().find(|(r, _)| *r == want).map_or(0, |(_, c)| c.packets);
+    // Every run of a datapath row was counted once, as its row's verdict:
+    // a frame left unrestored would show up as another reason.
+    let datapath_rows = rows.iter().filter(|r| matches!(&r.target, Target::Datapath) || matches!(&r.target, Target::Harnessed(t, _) if matches!(**t, Target::Datapath)));
+    let tx_rows = datapath_rows.clone().filter(|r| r.want == XDP_TX).count() as u64;
+    let pass_rows = datapath_rows.filter(|r| r.want == XDP_PASS).count() as u64;
+    let total: u64 = reasons.iter().map(|(_, c)| c.packets).sum();
+    ensure!(reason(Reason::Tx) == tx_rows * per_row, "XDP_TX verdicts {} != {}", reason(Reason::Tx), tx_rows * per_row);
+    ensure!(reason(Reason::PassNotVip) == pass_rows * per_row, "non-VIP passes {} != {}", reason(Reason::PassNotVip), pass_rows * per_row);
+    ensure!(total == (tx_rows + pass_rows) * per_row, "{total} verdicts for {} runs: {reasons:?}", (tx_rows + pass_rows) * per_row);
 
     let noop_ns = medians[0];
     let harness_ns = medians[1] - noop_ns;

@@ -44,6 +44,7 @@ pub mod names {
     pub const CONN_TABLE: &str = "CONN_TABLE";
     pub const CONN_STATS: &str = "CONN_STATS";
     pub const VIP_CONN_STATS: &str = "VIP_CONN_STATS";
+    pub const VIP_GEN: &str = "VIP_GEN";
     pub const VIP_REAL_OK: &str = "VIP_REAL_OK";
     pub const VIP_ADDRESSES: &str = "VIP_ADDRESSES";
     /// The decapsulation program (`fulcrum-xdp-decap`, its own object) and its maps.
@@ -53,7 +54,7 @@ pub mod names {
 }
 
 /// Connection table entries when the configuration does not say
-/// (`[datapath] conn_table_size`): one million 5-tuples, about 115 MiB of
+/// (`[datapath] conn_table_size`): one million 5-tuples, about 130 MiB of
 /// kernel memory preallocated at load (see `docs/architecture.md`).
 pub const DEFAULT_CONN_TABLE_SIZE: u32 = 1_000_000;
 
@@ -163,6 +164,14 @@ pub struct VipMeta {
     /// untagged (or priority-tagged, VID 0) frames only. A frame on
     /// another VLAN is `Reason::PassVlanMismatch`.
     pub vlan: u32,
+    /// Bumped by user space each time the facts a connection-table hit
+    /// relies on change (flags, VLAN, UDP idle timeout) or the id is given
+    /// to another VIP; `VIP_GEN[vip_id]` is set to it after this entry is
+    /// written, and bumped again after the VIP is removed. An entry whose
+    /// [`ConnEntry::vip_gen`] equals `VIP_GEN[vip_id]` may skip the `VIPS`
+    /// lookup (see `docs/architecture.md`, "The established-flow path").
+    pub gen: u32,
+    pub _pad: u32,
 }
 
 impl VipMeta {
@@ -206,11 +215,13 @@ pub struct FlowKey {
     pub proto: u32,
 }
 
-/// Value of `CONN_TABLE`: the real a flow was sent to.
+/// Value of `CONN_TABLE`: the real a flow was sent to, and a copy of the
+/// VIP facts its packets need, so that an established flow's packet is
+/// forwarded without the `VIPS` hash lookup (about 40 ns here).
 ///
 /// Everything encapsulation needs is reached through `real_id` (the
-/// real's address will live in `REALS`), and IPIP's per-flow outer source
-/// is derived from the packet's 5-tuple, so the entry stays this small.
+/// real's address lives in `REALS`), and IPIP's per-flow outer source
+/// is derived from the packet's 5-tuple.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ConnEntry {
@@ -221,6 +232,19 @@ pub struct ConnEntry {
     /// `bpf_ktime_get_coarse_ns` (CLOCK_MONOTONIC_COARSE, nanoseconds) of the flow's last
     /// packet, refreshed at most every [`CONN_TOUCH_NS`]; read only for UDP.
     pub last_seen_ns: u64,
+    /// The VIP's [`VipMeta::gen`] when the facts below were copied from
+    /// its `VIPS` entry. While `VIP_GEN[vip_id]` equals it, a packet of
+    /// the flow is forwarded without the `VIPS` lookup; otherwise (0 never
+    /// matches) it takes the full path, which refreshes these fields.
+    pub vip_gen: u32,
+    /// [`VipMeta::vip_id`].
+    pub vip_id: u16,
+    /// [`VipMeta::vlan`].
+    pub vip_vlan: u16,
+    /// [`VipMeta::flags`].
+    pub vip_flags: u32,
+    /// [`VipMeta::udp_idle_timeout_ms`].
+    pub udp_idle_timeout_ms: u32,
 }
 
 /// A UDP entry's `last_seen_ns` is rewritten only when it is older than
@@ -550,10 +574,10 @@ mod conn_tests {
     #[test]
     fn layouts_are_what_the_kernel_side_expects() {
         assert_eq!(core::mem::size_of::<FlowKey>(), 40);
-        assert_eq!(core::mem::size_of::<ConnEntry>(), 16);
+        assert_eq!(core::mem::size_of::<ConnEntry>(), 32);
         assert_eq!(core::mem::size_of::<RealDef>(), 32);
         assert_eq!(core::mem::size_of::<DatapathConfig>(), 104);
-        assert_eq!(core::mem::size_of::<VipMeta>(), 24);
+        assert_eq!(core::mem::size_of::<VipMeta>(), 32);
         assert_eq!(vip_real_ok_bit(MAX_VIPS - 1, MAX_REALS - 1).0, VIP_REAL_OK_WORDS - 1);
     }
 }

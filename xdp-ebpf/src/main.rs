@@ -1,9 +1,11 @@
 //! fulcrum's L4 datapath: an XDP program that forwards VIP traffic to a
-//! backend chosen from a Maglev lookup table, in L2 DSR mode.
+//! backend chosen from a Maglev lookup table, in L2 DSR or IPIP mode.
 //!
 //! The pipeline reads top to bottom, one small function a stage:
-//! `parse` -> `lookup_vip` -> `addressed_to_us` -> `select_real` (the
-//! connection table, else `pick_real` from the Maglev table) ->
+//! `parse` -> `vip_filter_admits` -> `established_flow` (a connection-table
+//! entry with current VIP facts: no `VIPS` lookup) or `full_path`
+//! (`lookup_vip` -> `addressed_to_us` -> `select_real`: the connection
+//! table, else `pick_real` from the Maglev table) -> `forward`:
 //! `rewrite_l2` (L2 DSR) or `encap::encapsulate` (IPIP / IP6IP6, per VIP)
 //! -> `XDP_TX`. Two side exits answer from XDP: an echo request to a VIP
 //! address gets its reply (`icmp::echo_reply`), and a packet too big to
@@ -98,26 +100,101 @@ fn balance(ctx: &XdpContext, bytes: u64) -> (u32, Reason) {
         Ok(Packet::Echo(echo)) => return answer_echo(ctx, &echo),
         Err(reason) => return (XDP_PASS, reason),
     };
-    let Some(vip) = lookup_vip(&flow.vip) else {
+    if !vip_filter_admits(&flow.vip.addr) {
         return (XDP_PASS, Reason::PassNotVip);
-    };
-    if u32::from(flow.vid) != vip.vlan {
-        return (XDP_PASS, Reason::PassVlanMismatch);
     }
-    if vip.flags & VIP_F_STANDBY != 0 {
-        return (XDP_PASS, Reason::PassNotMaster);
+    let (vip, to_us, real_id, real) = match established_flow(ctx, &flow, bytes) {
+        Ok(found) => found,
+        Err(looked) => match full_path(ctx, &flow, bytes, looked) {
+            Ok(found) => found,
+            Err(done) => return done,
+        },
+    };
+    forward(ctx, &flow, &vip, &to_us, real_id, real, bytes)
+}
+
+/// A packet of an established flow whose connection-table entry holds
+/// current VIP facts (`ConnEntry::vip_gen` equal to `VIP_GEN[vip_id]`):
+/// everything `full_path` would find, without the `VIPS` hash lookup
+/// (about 40 ns here). When any check fails, the full path decides,
+/// counts and refreshes the entry, handed what was looked up so the
+/// table is searched once: a SYN or an ICMP error, no entry, facts of an
+/// older generation (the VIP changed or left), another VLAN, a standby
+/// VIP, not our MAC, a stale real, an idle UDP flow.
+#[inline(always)]
+fn established_flow(ctx: &XdpContext, flow: &Flow, bytes: u64) -> Result<(VipMeta, ToUs, u32, &'static RealDef), Looked> {
+    if flow.syn || flow.icmp_error {
+        return Err(Looked::Not);
+    }
+    let Some(entry) = CONN_TABLE.get_ptr_mut(&flow_key(flow)) else {
+        return Err(Looked::Entry(None));
+    };
+    let fallback = Looked::Entry(Some(entry));
+    // SAFETY: a pointer into the LRU element, valid for this RCU read
+    // section. `refresh_vip_facts` stores the generation after the facts,
+    // so a matching generation vouches for facts at least that new.
+    let (gen, vip_id, vlan, flags, udp_idle_timeout_ms) = unsafe {
+        let gen = core::ptr::read_volatile(&(*entry).vip_gen);
+        (gen, (*entry).vip_id, (*entry).vip_vlan, (*entry).vip_flags, (*entry).udp_idle_timeout_ms)
+    };
+    let vip_id = u32::from(vip_id);
+    let current = VIP_GEN.get(vip_id).is_some_and(|&now| now == gen);
+    if gen == 0 || !current || vlan != flow.vid || flags & VIP_F_STANDBY != 0 {
+        return Err(fallback);
     }
     let Some(to_us) = addressed_to_us(ctx, flow.is_v6) else {
-        return (XDP_PASS, Reason::PassNotForUs);
+        return Err(fallback);
     };
-    let (own_mac, config) = (to_us.own, to_us.config);
+    let vip = VipMeta { vip_id, flags, table_size: 0, table_slot: 0, udp_idle_timeout_ms, vlan: u32::from(vlan), gen, _pad: 0 };
+    let Ok((real_id, real)) = established(&vip, flow, entry) else {
+        return Err(fallback);
+    };
+    count(&VIP_STATS, vip_id, bytes);
+    count_conn(&vip, ConnEvent::Hit, bytes);
+    Ok((vip, to_us, real_id, real))
+}
+
+/// What `established_flow` found in the connection table, for the full path.
+enum Looked {
+    /// Nothing looked up: a SYN (always a fresh pick) or an ICMP error.
+    Not,
+    /// The flow's entry, if it has one (a pointer into the LRU element,
+    /// valid for this run).
+    Entry(Option<*mut ConnEntry>),
+}
+
+/// The VIP, this node's view of the frame and the real, through the
+/// `VIPS` lookup and the connection table's rules (`select_real`); or
+/// the action for a packet that is not forwarded.
+#[inline(always)]
+fn full_path(ctx: &XdpContext, flow: &Flow, bytes: u64, looked: Looked) -> Result<(VipMeta, ToUs, u32, &'static RealDef), (u32, Reason)> {
+    let Some(vip) = lookup_vip(&flow.vip) else {
+        return Err((XDP_PASS, Reason::PassNotVip));
+    };
+    if u32::from(flow.vid) != vip.vlan {
+        return Err((XDP_PASS, Reason::PassVlanMismatch));
+    }
+    if vip.flags & VIP_F_STANDBY != 0 {
+        return Err((XDP_PASS, Reason::PassNotMaster));
+    }
+    let Some(to_us) = addressed_to_us(ctx, flow.is_v6) else {
+        return Err((XDP_PASS, Reason::PassNotForUs));
+    };
     count(&VIP_STATS, vip.vip_id, bytes);
     // No log line here: a per-packet record would let any sender flood
     // the log ring; the DropNoBackend counter says it instead.
-    let selected = if flow.icmp_error { flow_owner(&vip, &flow) } else { select_real(&vip, &flow, bytes) };
+    let selected = if flow.icmp_error { flow_owner(&vip, flow) } else { select_real(&vip, flow, bytes, looked) };
     let Some((real_id, real)) = selected else {
-        return (XDP_DROP, Reason::DropNoBackend);
+        return Err((XDP_DROP, Reason::DropNoBackend));
     };
+    Ok((vip, to_us, real_id, real))
+}
+
+/// Sends the packet to `real`: L2 DSR or IPIP/IP6IP6 per the VIP, or the
+/// ICMP error when it would not fit the MTU once encapsulated.
+#[inline(always)]
+fn forward(ctx: &XdpContext, flow: &Flow, vip: &VipMeta, to_us: &ToUs, real_id: u32, real: &RealDef, bytes: u64) -> (u32, Reason) {
+    let (own_mac, config) = (to_us.own, to_us.config);
     if vip.flags & VIP_F_IPIP != 0 {
         if encap::too_big(&flow, config) {
             // Never an ICMP error about an ICMP error (RFC 1122 section
@@ -125,9 +202,9 @@ fn balance(ctx: &XdpContext, bytes: u64) -> (u32, Reason) {
             if flow.icmp_error {
                 return (XDP_DROP, Reason::DropTooBig);
             }
-            return icmp::too_big(ctx, &flow, to_us.local, config);
+            return icmp::too_big(ctx, flow, to_us.local, config);
         }
-        if encap::encapsulate(ctx, &flow, real, own_mac, config).is_none() {
+        if encap::encapsulate(ctx, flow, real, own_mac, config).is_none() {
             return (XDP_DROP, Reason::DropNoHeadroom);
         }
     } else if rewrite_l2(ctx, real, own_mac).is_none() {
@@ -442,16 +519,21 @@ fn parse_ports(ctx: &XdpContext, offset: usize, end: usize, proto: u8) -> Result
 
 // ---- lookup ----------------------------------------------------------------
 
-/// The VIP `key` names, if any. Most traffic an edge node sees is for
+/// Whether `addr` may be a VIP's. Most traffic an edge node sees is for
 /// other addresses: the address filter turns most of it away with one
-/// array load, and only the rest pays for the hash lookup.
+/// array load, and only the rest pays for the hash lookups.
+#[inline(always)]
+fn vip_filter_admits(addr: &[u32; 4]) -> bool {
+    let bit = vip_filter_bit(addr);
+    match VIP_FILTER.get(bit / 64) {
+        Some(word) => *word & (1u64 << (bit % 64)) != 0,
+        None => false,
+    }
+}
+
+/// The VIP `key` names, if any (after `vip_filter_admits`).
 #[inline(always)]
 fn lookup_vip(key: &VipKey) -> Option<VipMeta> {
-    let bit = vip_filter_bit(&key.addr);
-    let word = VIP_FILTER.get(bit / 64)?;
-    if *word & (1u64 << (bit % 64)) == 0 {
-        return None;
-    }
     // SAFETY: the value is copied out at once. VIPS is BPF_F_NO_PREALLOC:
     // user space replaces an entry by linking a new element, and the old
     // one is freed only after this RCU read section ends, so the copy is
@@ -464,9 +546,7 @@ fn lookup_vip(key: &VipKey) -> Option<VipMeta> {
 /// a `VipKey`. The same filter first.
 #[inline(always)]
 fn vip_address_vlan(addr: &[u32; 4]) -> Option<u32> {
-    let bit = vip_filter_bit(addr);
-    let word = VIP_FILTER.get(bit / 64)?;
-    if *word & (1u64 << (bit % 64)) == 0 {
+    if !vip_filter_admits(addr) {
         return None;
     }
     // SAFETY: the value is copied out at once (see `lookup_vip`).
@@ -522,17 +602,23 @@ fn addressed_to_us(ctx: &XdpContext, is_v6: bool) -> Option<ToUs> {
 /// packet without an entry (evicted, or a flow another node started
 /// before this one took over the VIP) also takes the Maglev pick, which
 /// is where that node sent it too whenever both tables agree. `None` when
-/// a pick is needed and the VIP has no healthy backend.
+/// a pick is needed and the VIP has no healthy backend. `looked` is the
+/// entry `established_flow` already found, so the table is searched once.
 #[inline(always)]
-fn select_real(vip: &VipMeta, flow: &Flow, bytes: u64) -> Option<(u32, &'static RealDef)> {
-    let key = FlowKey { src: flow.saddr, dst: flow.vip.addr, ports: flow.ports, proto: u32::from(flow.vip.proto) };
+fn select_real(vip: &VipMeta, flow: &Flow, bytes: u64, looked: Looked) -> Option<(u32, &'static RealDef)> {
+    let key = flow_key(flow);
     let event = if flow.syn {
         ConnEvent::Syn
     } else {
-        match CONN_TABLE.get_ptr_mut(&key) {
+        let entry = match looked {
+            Looked::Entry(entry) => entry,
+            Looked::Not => CONN_TABLE.get_ptr_mut(&key),
+        };
+        match entry {
             None => ConnEvent::Miss,
             Some(entry) => match established(vip, flow, entry) {
                 Ok(found) => {
+                    refresh_vip_facts(vip, entry);
                     count_conn(vip, ConnEvent::Hit, bytes);
                     return Some(found);
                 }
@@ -545,13 +631,47 @@ fn select_real(vip: &VipMeta, flow: &Flow, bytes: u64) -> Option<(u32, &'static 
     // TCP entries have no idle timeout (the LRU alone ends them), so only
     // UDP pays for the clock read.
     let last_seen_ns = if flow.vip.proto == IPPROTO_UDP { now_ns() } else { 0 };
-    let entry = ConnEntry { real_id, real_gen: real.generation, last_seen_ns };
+    let entry = ConnEntry {
+        real_id,
+        real_gen: real.generation,
+        last_seen_ns,
+        vip_gen: vip.gen,
+        vip_id: vip.vip_id as u16,
+        vip_vlan: vip.vlan as u16,
+        vip_flags: vip.flags,
+        udp_idle_timeout_ms: vip.udp_idle_timeout_ms,
+    };
     let event = match CONN_TABLE.insert(&key, &entry, 0) {
         Ok(()) => event,
         Err(_) => ConnEvent::WriteFailed,
     };
     count_conn(vip, event, bytes);
     Some((real_id, real))
+}
+
+/// The connection-table key of the flow.
+#[inline(always)]
+fn flow_key(flow: &Flow) -> FlowKey {
+    FlowKey { src: flow.saddr, dst: flow.vip.addr, ports: flow.ports, proto: u32::from(flow.vip.proto) }
+}
+
+/// Copies the VIP's current facts into a usable entry that holds an older
+/// generation's (the VIP changed, or the entry came from a test or a
+/// node that wrote none), so the flow's next packets take
+/// `established_flow`. The generation is stored last: a reader that sees
+/// it sees the facts. In place: the entry's real and time stay.
+#[inline(always)]
+fn refresh_vip_facts(vip: &VipMeta, entry: *mut ConnEntry) {
+    // SAFETY: as in `entry_real`; aligned stores into the element.
+    unsafe {
+        if (*entry).vip_gen != vip.gen {
+            core::ptr::write_volatile(&mut (*entry).vip_id, vip.vip_id as u16);
+            core::ptr::write_volatile(&mut (*entry).vip_vlan, vip.vlan as u16);
+            core::ptr::write_volatile(&mut (*entry).vip_flags, vip.flags);
+            core::ptr::write_volatile(&mut (*entry).udp_idle_timeout_ms, vip.udp_idle_timeout_ms);
+            core::ptr::write_volatile(&mut (*entry).vip_gen, vip.gen);
+        }
+    }
 }
 
 /// Counts a connection-table event node-wide and for the VIP.
@@ -611,7 +731,7 @@ fn entry_real(vip: &VipMeta, entry: *mut ConnEntry) -> Option<(u32, &'static Rea
 /// refreshed: an error says nothing about the flow's own activity.
 #[inline(always)]
 fn flow_owner(vip: &VipMeta, flow: &Flow) -> Option<(u32, &'static RealDef)> {
-    let key = FlowKey { src: flow.saddr, dst: flow.vip.addr, ports: flow.ports, proto: u32::from(flow.vip.proto) };
+    let key = flow_key(flow);
     if let Some(found) = CONN_TABLE.get_ptr_mut(&key).and_then(|entry| entry_real(vip, entry)) {
         return Some(found);
     }

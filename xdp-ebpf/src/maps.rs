@@ -63,6 +63,14 @@ pub static CONN_TABLE: LruHashMap<FlowKey, ConnEntry> = LruHashMap::with_max_ent
 #[map]
 pub static VIP_REAL_OK: Array<u64> = Array::with_max_entries(VIP_REAL_OK_WORDS, 0);
 
+/// VIP id -> the `VipMeta::gen` of the VIP that holds the id now (0: none
+/// yet). A connection-table entry copied from a `VIPS` value of this
+/// generation is current. User space writes it after the `VIPS` entry,
+/// and bumps it after removing one, so an entry copied from a value that
+/// is gone never matches (see `VipMeta::gen`).
+#[map]
+pub static VIP_GEN: Array<u32> = Array::with_max_entries(MAX_VIPS, 0);
+
 /// Entry 0: node-wide settings.
 #[map]
 pub static DATAPATH_CONFIG: Array<DatapathConfig> = Array::with_max_entries(1, 0);

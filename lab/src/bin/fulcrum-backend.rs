@@ -5,7 +5,8 @@
 //! each request through the load balancer:
 //!
 //! - every path answers `200` with body `"<name>\n"` and the header
-//!   `X-Served-By: <name>`;
+//!   `X-Served-By: <name>`; `/slow/<ms>` does so after `<ms>` milliseconds
+//!   (at most 10 s), to hold a request in flight;
 //! - `/health` answers `200 ok`, or `503 unhealthy` while the health file
 //!   exists. Creating or removing that file is how the lab (a different
 //!   process, possibly in another network namespace) flips the backend's
@@ -165,6 +166,9 @@ async fn respond(
     req: Request<Incoming>,
     identity: Arc<Identity>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
+    if let Some(ms) = req.uri().path().strip_prefix("/slow/").and_then(|ms| ms.parse::<u64>().ok()) {
+        tokio::time::sleep(std::time::Duration::from_millis(ms.min(10_000))).await;
+    }
     let (status, body) = if req.uri().path() == "/health" {
         if identity.health_file.exists() {
             (StatusCode::SERVICE_UNAVAILABLE, Bytes::from_static(b"unhealthy\n"))

@@ -27,6 +27,7 @@ fn report() -> StatsReport {
         listeners: Vec::new(),
         vrrp: Vec::new(),
         conn_table: Default::default(),
+        l7: Default::default(),
     }
 }
 

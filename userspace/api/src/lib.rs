@@ -39,6 +39,27 @@ pub struct StatsReport {
     /// VRRP instances, in configuration order; empty without VRRP.
     #[serde(default)]
     pub vrrp: Vec<VrrpStats>,
+    /// The L7 proxy's own counters; zero without L7.
+    #[serde(default)]
+    pub l7: L7ProxyStats,
+}
+
+/// The L7 proxy's counters over all its workers since start.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct L7ProxyStats {
+    /// Client connections accepted.
+    pub connections: u64,
+    /// Connections closed for idling (keep-alive timeout, or nothing sent
+    /// within the header read timeout).
+    pub idle_closed: u64,
+    /// Access log records dropped because the writer fell behind.
+    pub access_log_dropped: u64,
+    /// Requests the proxy refused or could not serve, by kind:
+    /// `bad_request` (400), `method_not_allowed` (405, CONNECT), `request_timeout` (408), `payload_too_large`
+    /// (413), `uri_too_long` (414), `header_fields_too_large` (431),
+    /// `bad_gateway` (502), `service_unavailable` (503),
+    /// `gateway_timeout` (504).
+    pub refused: BTreeMap<String, u64>,
 }
 
 /// One VRRP instance on this node.
@@ -389,6 +410,18 @@ pub fn render(report: &StatsReport) -> String {
             out,
             "VRRP {} vrid={} on {} {} priority={} (configured {}) master={} addresses={} adverts sent={} received={} discarded={}",
             v.name, v.vrid, v.interface, v.state, v.priority, v.configured_priority, v.master_address.as_deref().unwrap_or("-"), v.addresses.join(","), v.adverts_sent, v.adverts_accepted, discarded
+        );
+    }
+    if !report.listeners.is_empty() {
+        let l7 = &report.l7;
+        let refused: Vec<String> = l7.refused.iter().filter(|(_, n)| **n > 0).map(|(k, n)| format!("{k}={n}")).collect();
+        let _ = writeln!(
+            out,
+            "L7 connections={} idle_closed={} access_log_dropped={} refused: {}",
+            l7.connections,
+            l7.idle_closed,
+            l7.access_log_dropped,
+            if refused.is_empty() { "none".to_owned() } else { refused.join(" ") }
         );
     }
     for listener in &report.listeners {

@@ -17,7 +17,7 @@
 //! listen = "127.0.0.1:9180"     # default 127.0.0.1:9180
 //!
 //! [datapath]                    # optional; changing it needs a restart
-//! conn_table_size = 1000000     # default 1000000; 1024..=67108864 flows, ~121 bytes each
+//! conn_table_size = 1000000     # default 1000000; 1024..=67108864 flows, ~137 bytes each
 //!
 //! [[vip]]
 //! name = "web"                  # unique
@@ -79,15 +79,30 @@
 //! # health_check.port says otherwise.
 //! [l7]                          # optional
 //! workers = 2                   # default: the number of CPUs; 1..=256
+//! connect_timeout = "5s"        # to a member; then the next member, at last 502
+//! response_timeout = "60s"      # request sent to response head; then 504
+//! header_read_timeout = "10s"   # a request head (slowloris); then 408
+//! keepalive_timeout = "15s"     # idle client connection; then closed
+//! request_timeout = "60s"       # a whole request with its body; then 408
+//! drain_timeout = "10s"         # at shutdown, for requests in flight
+//! websocket_idle_timeout = "1h" # an upgraded connection with no traffic
+//! max_header_size = 32768       # bytes; then 431
+//! max_headers = 100             # header fields; then 431
+//! max_uri_len = 8190            # bytes; then 414
+//! max_body_size = 1073741824    # bytes, 0 = no limit; then 413
+//! forwarded = "x-forwarded"     # x-forwarded | rfc7239 | both
+//! access_log = "/var/log/fulcrum/access.log"   # optional, absolute path
+//! access_log_format = "combined"  # combined (Apache's + upstream, timings) | json
 //!
 //! [[listener]]
 //! name = "www"                  # unique
-//! address = "198.18.0.2:8080"   # unique; changing it needs a restart
+//! address = "198.18.0.2:8080"   # unique; reloadable (a new proxy starts, the old drains)
 //! [[listener.route]]            # tried in file order, at least one
 //! host = "*.example.com"        # optional: exact, or *.suffix; default any
 //! path = "/app/"                # optional path prefix; default "/"
 //! pool = "web"                  # names a [[pool]]
 //! preserve_host = false         # Apache ProxyPreserveHost; default false
+//! proxy_pass_reverse = false    # Apache ProxyPassReverse; default false
 //!
 //! # VRRP (RFC 9568; RFC 3768 for version 2), keepalived's vrrp_instance.
 //! # The MASTER adds the addresses to its interface and announces them; a
@@ -200,7 +215,7 @@ pub const DEFAULT_CONN_TABLE_SIZE: u32 = fulcrum_common::DEFAULT_CONN_TABLE_SIZE
 /// every established flow.
 pub const MIN_CONN_TABLE_SIZE: u32 = 1024;
 /// Largest connection table: 2^26 (67,108,864) flows, about 7.6 GiB of
-/// kernel memory preallocated at start (about 121 bytes an entry).
+/// kernel memory preallocated at start (about 137 bytes an entry).
 pub const MAX_CONN_TABLE_SIZE: u32 = 1 << 26;
 /// How long a UDP flow may be idle before it takes a fresh pick, when a
 /// UDP VIP does not set `udp_idle_timeout`: 30 s, Katran's
@@ -650,12 +665,77 @@ pub enum OnMarkedDown {
     Repick,
 }
 
-/// The L7 proxy's settings (`[l7]`).
+/// The L7 proxy's settings (`[l7]`). Timeouts and limits apply to every
+/// listener; the proxy answers each violation with its status (see
+/// `fulcrum_l7::Violation`). Durations are written like `"10s"` or
+/// `"500ms"`, 10 ms..=24 h.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct L7Config {
     /// Proxy worker threads, one io_uring each, 1..=[`MAX_L7_WORKERS`];
     /// default: the number of CPUs.
     pub workers: usize,
+    /// TCP connect to a member; a failure tries another member, then
+    /// 502. Default 5 s (Apache `connectiontimeout=`).
+    pub connect_timeout: Duration,
+    /// Request sent to a member until its response head; then 504.
+    /// Default 60 s (Apache `ProxyTimeout`).
+    pub response_timeout: Duration,
+    /// First byte of a request to the end of its head (and a new
+    /// connection's first byte); then 408. Default 10 s (HAProxy `timeout
+    /// http-request`).
+    pub header_read_timeout: Duration,
+    /// A client's keep-alive connection between requests; then closed.
+    /// Default 15 s (Apache `KeepAliveTimeout`).
+    pub keepalive_timeout: Duration,
+    /// First byte of a request until its body is in; then 408. Default
+    /// 60 s.
+    pub request_timeout: Duration,
+    /// At shutdown, how long requests in flight may finish before they
+    /// are cut. Default 10 s.
+    pub drain_timeout: Duration,
+    /// A WebSocket tunnel with no byte either way is closed after this.
+    /// Default 1 h (HAProxy `timeout tunnel`).
+    pub websocket_idle_timeout: Duration,
+    /// Largest request head, bytes, 1 KiB..=1 MiB; default 32 KiB; over: 431.
+    pub max_header_size: usize,
+    /// Most request header fields, 1..=1000; default 100
+    /// (Apache `LimitRequestFields`); over: 431.
+    pub max_headers: usize,
+    /// Longest request target, bytes, 64..=65534; default 8190 (Apache
+    /// `LimitRequestLine`); over: 414.
+    pub max_uri_len: usize,
+    /// Largest request body, bytes; 0 = no limit; default 1 GiB (Apache
+    /// `LimitRequestBody`); over: 413.
+    pub max_body_size: u64,
+    /// Which forwarding fields the proxy adds to requests.
+    pub forwarded: ForwardedFields,
+    /// The access log file (absolute path), if any; written by its own
+    /// thread.
+    pub access_log: Option<std::path::PathBuf>,
+    /// `combined` (Apache's, plus upstream and timings) or `json`.
+    pub access_log_json: bool,
+}
+
+/// The fields that tell a member about the client (`[l7] forwarded`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum ForwardedFields {
+    /// `x-forwarded`: X-Forwarded-For, -Proto and -Host, as Apache and
+    /// nginx set them (the default).
+    #[default]
+    XForwarded,
+    /// `rfc7239`: the standard `Forwarded` field (RFC 7239) only.
+    Rfc7239,
+    /// `both`: both kinds.
+    Both,
+}
+
+impl ForwardedFields {
+    /// Every value with its configuration name.
+    pub const ALL: [(&'static str, ForwardedFields); 3] = [
+        ("x-forwarded", ForwardedFields::XForwarded),
+        ("rfc7239", ForwardedFields::Rfc7239),
+        ("both", ForwardedFields::Both),
+    ];
 }
 
 /// Most L7 worker threads.
@@ -688,6 +768,10 @@ pub struct RouteConfig {
     /// Send the client's Host to the backend (Apache `ProxyPreserveHost
     /// On`) instead of the member's address.
     pub preserve_host: bool,
+    /// Rewrite Location, Content-Location and URI response fields that
+    /// point at a member of the pool back to the Host the client asked
+    /// for (Apache `ProxyPassReverse`).
+    pub proxy_pass_reverse: bool,
 }
 
 /// How the L7 proxy picks a member of a pool for a request, by Apache

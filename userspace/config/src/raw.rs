@@ -41,6 +41,20 @@ pub(super) struct RawDatapath {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawL7 {
     pub workers: Option<Spanned<i64>>,
+    pub connect_timeout: Option<Spanned<String>>,
+    pub response_timeout: Option<Spanned<String>>,
+    pub header_read_timeout: Option<Spanned<String>>,
+    pub keepalive_timeout: Option<Spanned<String>>,
+    pub request_timeout: Option<Spanned<String>>,
+    pub drain_timeout: Option<Spanned<String>>,
+    pub websocket_idle_timeout: Option<Spanned<String>>,
+    pub access_log: Option<Spanned<String>>,
+    pub access_log_format: Option<Spanned<String>>,
+    pub max_header_size: Option<Spanned<i64>>,
+    pub max_headers: Option<Spanned<i64>>,
+    pub max_uri_len: Option<Spanned<i64>>,
+    pub max_body_size: Option<Spanned<i64>>,
+    pub forwarded: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -59,6 +73,7 @@ pub(super) struct RawRoute {
     pub path: Option<Spanned<String>>,
     pub pool: Spanned<String>,
     pub preserve_host: Option<bool>,
+    pub proxy_pass_reverse: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -22,7 +22,7 @@ use super::{
     MIN_CONN_TABLE_SIZE, MIN_UDP_IDLE_TIMEOUT,
 };
 use super::{
-    L7Config, LbMethod, MemberStatus, PassiveConfig, Role, DEFAULT_ERROR_WINDOW, DEFAULT_RETRY, MAX_ERROR_LIMIT, MAX_LBSET, ListenerConfig, StickyConfig, RouteConfig, TrackConfig, TrackKind, VrrpAuthKey, VrrpConfig, VrrpNotify, MAX_L7_WORKERS, MIN_VRRP_AUTH_KEY_LEN,
+    ForwardedFields, L7Config, LbMethod, MemberStatus, PassiveConfig, Role, DEFAULT_ERROR_WINDOW, DEFAULT_RETRY, MAX_ERROR_LIMIT, MAX_LBSET, ListenerConfig, StickyConfig, RouteConfig, TrackConfig, TrackKind, VrrpAuthKey, VrrpConfig, VrrpNotify, MAX_L7_WORKERS, MIN_VRRP_AUTH_KEY_LEN,
     AdminConfig, BackendConfig, CheckKind, Config, Diagnostic, HealthCheckConfig, PoolConfig,
     VipConfig, DEFAULT_ADMIN_LISTEN, DEFAULT_FALL, DEFAULT_INTERVAL, DEFAULT_MAGLEV_TABLE_SIZE,
     DEFAULT_RISE, DEFAULT_TIMEOUT, MAX_INTERVAL, MAX_RISE_FALL, MAX_WEIGHT, MIN_INTERVAL,
@@ -914,7 +914,69 @@ impl Checker<'_> {
             .and_then(|r| r.workers.as_ref())
             .and_then(|w| self.int_in(w, 1..=MAX_L7_WORKERS as i64, "workers"))
             .unwrap_or(cpus);
-        L7Config { workers }
+        let limit = Duration::from_millis(10)..=Duration::from_secs(24 * 3600);
+        let mut d = |v: Option<&Spanned<String>>, default: u64, what: &str| {
+            self.duration(v, Duration::from_secs(default), limit.clone(), what).unwrap_or(Duration::from_secs(default))
+        };
+        let connect_timeout = d(raw.and_then(|r| r.connect_timeout.as_ref()), 5, "connect_timeout");
+        let response_timeout = d(raw.and_then(|r| r.response_timeout.as_ref()), 60, "response_timeout");
+        let header_read_timeout = d(raw.and_then(|r| r.header_read_timeout.as_ref()), 10, "header_read_timeout");
+        let keepalive_timeout = d(raw.and_then(|r| r.keepalive_timeout.as_ref()), 15, "keepalive_timeout");
+        let request_timeout = d(raw.and_then(|r| r.request_timeout.as_ref()), 60, "request_timeout");
+        let drain_timeout = d(raw.and_then(|r| r.drain_timeout.as_ref()), 10, "drain_timeout");
+        let websocket_idle_timeout = d(raw.and_then(|r| r.websocket_idle_timeout.as_ref()), 3600, "websocket_idle_timeout");
+        let mut n = |v: Option<&Spanned<i64>>, range: RangeInclusive<i64>, default: i64, what: &str| {
+            v.and_then(|v| self.int_in::<i64>(v, range, what)).unwrap_or(default)
+        };
+        let max_header_size = n(raw.and_then(|r| r.max_header_size.as_ref()), 1024..=1 << 20, 32 * 1024, "max_header_size") as usize;
+        let max_headers = n(raw.and_then(|r| r.max_headers.as_ref()), 1..=1000, 100, "max_headers") as usize;
+        let max_uri_len = n(raw.and_then(|r| r.max_uri_len.as_ref()), 64..=65534, 8190, "max_uri_len") as usize;
+        let max_body_size = n(raw.and_then(|r| r.max_body_size.as_ref()), 0..=i64::MAX, 1 << 30, "max_body_size") as u64;
+        let forwarded = match raw.and_then(|r| r.forwarded.as_ref()) {
+            None => ForwardedFields::default(),
+            Some(v) => match ForwardedFields::ALL.iter().find(|(name, _)| name == v.get_ref()) {
+                Some((_, f)) => *f,
+                None => {
+                    self.error(v.span(), format!("unknown forwarded {:?}: supported are \"x-forwarded\", \"rfc7239\", \"both\"", v.get_ref()));
+                    ForwardedFields::default()
+                }
+            },
+        };
+        let access_log = raw.and_then(|r| r.access_log.as_ref()).and_then(|p| {
+            let path = std::path::PathBuf::from(p.get_ref());
+            if path.is_absolute() {
+                Some(path)
+            } else {
+                self.error(p.span(), format!("access_log {:?} must be an absolute path", p.get_ref()));
+                None
+            }
+        });
+        let access_log_json = match raw.and_then(|r| r.access_log_format.as_ref()) {
+            None => false,
+            Some(f) if f.get_ref() == "combined" => false,
+            Some(f) if f.get_ref() == "json" => true,
+            Some(f) => {
+                self.error(f.span(), format!("unknown access_log_format {:?}: supported are \"combined\", \"json\"", f.get_ref()));
+                false
+            }
+        };
+        L7Config {
+            access_log,
+            access_log_json,
+            workers,
+            connect_timeout,
+            response_timeout,
+            header_read_timeout,
+            keepalive_timeout,
+            request_timeout,
+            drain_timeout,
+            websocket_idle_timeout,
+            max_header_size,
+            max_headers,
+            max_uri_len,
+            max_body_size,
+            forwarded,
+        }
     }
 
     fn listeners(&mut self, raw: &[RawListener], pools: &[RawPool]) -> Vec<ListenerConfig> {
@@ -963,7 +1025,13 @@ impl Checker<'_> {
         if !pools.iter().any(|p| p.name.get_ref() == r.pool.get_ref()) {
             self.error(r.pool.span(), format!("route names pool {:?}, which is not defined", r.pool.get_ref()));
         }
-        RouteConfig { host, path, pool: r.pool.get_ref().clone(), preserve_host: r.preserve_host.unwrap_or(false) }
+        RouteConfig {
+            host,
+            path,
+            pool: r.pool.get_ref().clone(),
+            preserve_host: r.preserve_host.unwrap_or(false),
+            proxy_pass_reverse: r.proxy_pass_reverse.unwrap_or(false),
+        }
     }
 
     fn health_check(&mut self, pool: &RawPool, vips: &[RawVip]) -> HealthCheckConfig {

@@ -942,6 +942,7 @@ pool = "app"
 preserve_host = true
 [[listener.route]]
 pool = "app"
+proxy_pass_reverse = true
 
 [[pool]]
 name = "app"
@@ -964,8 +965,8 @@ fn listeners_routes_and_l7_members_resolve() {
     assert_eq!(
         listener.routes,
         vec![
-            RouteConfig { host: Some("*.example.com".into()), path: "/app/".into(), pool: "app".into(), preserve_host: true },
-            RouteConfig { host: None, path: "/".into(), pool: "app".into(), preserve_host: false },
+            RouteConfig { host: Some("*.example.com".into()), path: "/app/".into(), pool: "app".into(), preserve_host: true, proxy_pass_reverse: false },
+            RouteConfig { host: None, path: "/".into(), pool: "app".into(), preserve_host: false, proxy_pass_reverse: true },
         ]
     );
     let pool = config.pool("app").unwrap();
@@ -974,6 +975,56 @@ fn listeners_routes_and_l7_members_resolve() {
     assert_eq!(pool.health_check.port, 8081);
     assert_eq!((pool.backends[0].port, pool.backends[0].route.as_deref()), (8081, Some("real1")));
     assert_eq!(pool.backends[1].route, None);
+}
+
+#[test]
+fn l7_timeouts_and_limits_resolve_with_defaults() {
+    let config = parse(&with(L7), "test.toml").unwrap();
+    let l7 = &config.l7;
+    assert_eq!(
+        (l7.connect_timeout, l7.response_timeout, l7.header_read_timeout, l7.keepalive_timeout, l7.request_timeout),
+        (Duration::from_secs(5), Duration::from_secs(60), Duration::from_secs(10), Duration::from_secs(15), Duration::from_secs(60))
+    );
+    assert_eq!((l7.max_header_size, l7.max_headers, l7.max_uri_len, l7.max_body_size), (32 * 1024, 100, 8190, 1 << 30));
+    assert_eq!(l7.forwarded, ForwardedFields::XForwarded);
+
+    let set = L7.replace(
+        "workers = 2",
+        "workers = 2\nconnect_timeout = \"2s\"\nresponse_timeout = \"30s\"\nheader_read_timeout = \"5s\"\n\
+         keepalive_timeout = \"1m\"\nrequest_timeout = \"2m\"\ndrain_timeout = \"3s\"\nwebsocket_idle_timeout = \"5m\"\nmax_header_size = 16384\nmax_headers = 50\n\
+         max_uri_len = 4096\nmax_body_size = 0\nforwarded = \"both\"\n\
+         access_log = \"/var/log/fulcrum/access.log\"\naccess_log_format = \"json\"",
+    );
+    let config = parse(&with(&set), "test.toml").unwrap();
+    let l7 = &config.l7;
+    assert_eq!(
+        (l7.connect_timeout, l7.response_timeout, l7.header_read_timeout, l7.keepalive_timeout, l7.request_timeout),
+        (Duration::from_secs(2), Duration::from_secs(30), Duration::from_secs(5), Duration::from_secs(60), Duration::from_secs(120))
+    );
+    assert_eq!((l7.max_header_size, l7.max_headers, l7.max_uri_len, l7.max_body_size), (16384, 50, 4096, 0));
+    assert_eq!((l7.drain_timeout, l7.websocket_idle_timeout), (Duration::from_secs(3), Duration::from_secs(300)));
+    assert_eq!((l7.access_log.as_deref(), l7.access_log_json), (Some(std::path::Path::new("/var/log/fulcrum/access.log")), true));
+    assert_eq!(l7.forwarded, ForwardedFields::Both);
+
+    let bad = L7.replace(
+        "workers = 2",
+        "workers = 2\nheader_read_timeout = \"soon\"\nkeepalive_timeout = \"0s\"\nmax_header_size = 10\n\
+         max_headers = 0\nmax_uri_len = 100000\nmax_body_size = -1\nforwarded = \"x-real-ip\"\n\
+         access_log = \"access.log\"\naccess_log_format = \"common\"",
+    );
+    let text = with(&bad);
+    let d = errors(&text);
+    let at = |needle: &str| text.lines().position(|l| l.contains(needle)).unwrap() + 1;
+    assert_eq!(position_of(&d, "invalid header_read_timeout").0, at("\"soon\""));
+    assert_eq!(position_of(&d, "keepalive_timeout must be longer than zero").0, at("keepalive_timeout"));
+    assert_eq!(position_of(&d, "max_header_size 10 is out of range").0, at("max_header_size"));
+    assert_eq!(position_of(&d, "max_headers 0 is out of range").0, at("max_headers"));
+    assert_eq!(position_of(&d, "max_uri_len 100000 is out of range").0, at("max_uri_len"));
+    assert_eq!(position_of(&d, "max_body_size -1 is out of range").0, at("max_body_size"));
+    assert_eq!(position_of(&d, "unknown forwarded").0, at("x-real-ip"));
+    assert_eq!(position_of(&d, "must be an absolute path").0, at("\"access.log\""));
+    assert_eq!(position_of(&d, "unknown access_log_format").0, at("\"common\""));
+    assert_eq!(d.len(), 9, "{d:#?}");
 }
 
 #[test]

@@ -296,8 +296,24 @@ impl Control {
             return;
         }
         if !same_listeners || new.l7 != self.config.l7 {
-            error!("reload rejected: changing L7 listener addresses or `[l7]` needs a restart; the running configuration is kept");
-            return;
+            let effective = fulcrum_state::effective(&new, &self.observed);
+            let next = match &self.l7 {
+                Some(l7) => l7.restart(&new, &effective),
+                None => L7::start(&new, &effective),
+            };
+            match next {
+                Ok(next) => {
+                    if let Some(old) = std::mem::replace(&mut self.l7, next) {
+                        // Draining takes up to `[l7] drain_timeout`: not on the loop.
+                        std::thread::spawn(move || old.shutdown());
+                    }
+                    info!("L7 listeners or [l7] changed: a new proxy serves, the old one drains its requests in flight");
+                }
+                Err(err) => {
+                    error!("reload rejected: the new L7 proxy could not start ({err:#}); the running configuration is kept");
+                    return;
+                }
+            }
         }
         let targets = targets(&new);
         let probes: Vec<Probe> = targets.iter().map(|(p, _)| p.clone()).collect();
@@ -307,6 +323,9 @@ impl Control {
         // New backends' routes are looked up by the dump this asks for.
         self.neighbours.watch(backend_addresses(&self.config));
         self.submit(arrived);
+        if let Some(l7) = &self.l7 {
+            l7.reopen_access_log();
+        }
         info!(path = %path.display(), "configuration reloaded");
     }
 }

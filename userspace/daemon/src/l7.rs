@@ -1,6 +1,7 @@
-//! The L7 proxy as the daemon runs it: started once with the configured
+//! The L7 proxy as the daemon runs it: started with the configured
 //! listeners, then fed a new routing snapshot whenever the effective state
-//! changes. The proxy runs on its own threads (compio, one io_uring each),
+//! changes; a reload that changes the listeners or `[l7]` starts a new
+//! proxy beside it and drains the old one. The proxy runs on its own threads (compio, one io_uring each),
 //! never on the control loop's tokio runtime; publishing a snapshot is one
 //! atomic pointer swap.
 use std::{collections::HashMap, net::SocketAddr, sync::Arc};
@@ -27,25 +28,66 @@ impl L7 {
     /// # Errors
     /// A listener address cannot be bound, or no I/O driver works.
     pub fn start(config: &Config, effective: &Effective) -> Result<Option<L7>> {
+        L7::start_with(config, effective, HashMap::new())
+    }
+
+    /// A new proxy for a reload that changes the listeners or `[l7]`: it
+    /// opens its sockets beside the running proxy's (every listener has
+    /// `SO_REUSEPORT`, so the same address may be bound twice), and the
+    /// members' counters carry over. The caller then shuts the running
+    /// proxy down, which drains its requests in flight, as nginx's old
+    /// workers do after a reload. `None` when the new configuration has no
+    /// listener.
+    ///
+    /// # Errors
+    /// As [`L7::start`]; the running proxy is untouched.
+    pub fn restart(&self, config: &Config, effective: &Effective) -> Result<Option<L7>> {
+        L7::start_with(config, effective, self.stats.clone())
+    }
+
+    fn start_with(config: &Config, effective: &Effective, mut stats: HashMap<(String, SocketAddr), Arc<MemberStats>>) -> Result<Option<L7>> {
         if config.listeners.is_empty() {
             return Ok(None);
         }
         let listen = listen_addresses(config);
-        let mut stats = HashMap::new();
         let snapshot = fulcrum_l7::shared(Snapshot::default());
         fulcrum_l7::members::publish(&snapshot, snapshot_of(config, effective, &mut stats));
         let mut proxy_config = ProxyConfig::new(listen.clone());
         proxy_config.workers = config.l7.workers;
+        proxy_config.connect_timeout = config.l7.connect_timeout;
+        proxy_config.response_timeout = config.l7.response_timeout;
+        proxy_config.header_read_timeout = config.l7.header_read_timeout;
+        proxy_config.keepalive_timeout = config.l7.keepalive_timeout;
+        proxy_config.request_timeout = config.l7.request_timeout;
+        proxy_config.drain_timeout = config.l7.drain_timeout;
+        proxy_config.websocket_idle_timeout = config.l7.websocket_idle_timeout;
+        proxy_config.access_log = config.l7.access_log.clone().map(|path| fulcrum_l7::AccessLogConfig {
+            path,
+            format: if config.l7.access_log_json { fulcrum_l7::AccessLogFormat::Json } else { fulcrum_l7::AccessLogFormat::Combined },
+        });
+        proxy_config.max_header_size = config.l7.max_header_size;
+        proxy_config.max_headers = config.l7.max_headers;
+        proxy_config.max_uri_len = config.l7.max_uri_len;
+        proxy_config.max_body_size = config.l7.max_body_size;
+        proxy_config.forwarded = match config.l7.forwarded {
+            fulcrum_config::ForwardedFields::XForwarded => fulcrum_l7::ForwardedFields::XForwarded,
+            fulcrum_config::ForwardedFields::Rfc7239 => fulcrum_l7::ForwardedFields::Rfc7239,
+            fulcrum_config::ForwardedFields::Both => fulcrum_l7::ForwardedFields::Both,
+        };
         let proxy = Proxy::start(proxy_config, Arc::clone(&snapshot)).context("starting the L7 proxy")?;
         tracing::info!(listen = ?listen, workers = config.l7.workers, driver = ?proxy.driver(), "L7 proxy listening");
         Ok(Some(L7 { proxy, snapshot, listen, stats }))
     }
 
-    /// Whether `config` listens where the running proxy does: the sockets
-    /// are opened at start, so a reload may change routes and pools but not
-    /// the listener addresses.
+    /// Whether `config` listens where the running proxy does (else a
+    /// reload needs a new proxy: [`L7::restart`]).
     pub fn listens_as(&self, config: &Config) -> bool {
         listen_addresses(config) == self.listen
+    }
+
+    /// Opens the access log's file again (SIGHUP, for log rotation).
+    pub fn reopen_access_log(&self) {
+        self.proxy.reopen_access_log();
     }
 
     /// Publishes the routes and members `config` and `effective` give; new
@@ -59,7 +101,13 @@ impl L7 {
         self.stats.get(&(pool.to_owned(), address)).map(Arc::as_ref)
     }
 
-    /// Stops accepting and joins the worker threads.
+    /// The proxy's own counters (refused requests by kind, connections).
+    pub fn proxy_stats(&self) -> Arc<fulcrum_l7::ProxyStats> {
+        self.proxy.stats()
+    }
+
+    /// Graceful stop: stops accepting, lets requests in flight finish
+    /// (at most `[l7] drain_timeout`), then joins the worker threads.
     pub fn shutdown(self) {
         self.proxy.shutdown();
     }
@@ -150,6 +198,7 @@ fn snapshot_of(config: &Config, effective: &Effective, stats: &mut HashMap<(Stri
                     path_prefix: r.path.clone(),
                     pool: pools.iter().position(|p| p.name == r.pool).expect("validated config: route pools exist"),
                     preserve_host: r.preserve_host,
+                    proxy_pass_reverse: r.proxy_pass_reverse,
                 })
                 .collect(),
         })

@@ -4,7 +4,7 @@
 //! plan does not already say.
 use std::{net::SocketAddr, time::Duration};
 
-use fulcrum_api::{VrrpStats, VipConnStats, ConnTableStats, L7MemberStats, ListenerStats, RouteStats, AdminStats, ApplyStats, BackendStats, ControlStats, PoolStats, StatsReport, VipBackendSlots, VipStats};
+use fulcrum_api::{VrrpStats, VipConnStats, ConnTableStats, L7MemberStats, L7ProxyStats, ListenerStats, RouteStats, AdminStats, ApplyStats, BackendStats, ControlStats, PoolStats, StatsReport, VipBackendSlots, VipStats};
 use fulcrum_common::ConnEvent;
 use fulcrum_config::Config;
 use fulcrum_health::Health;
@@ -144,7 +144,18 @@ pub fn stats(
         expired: event(ConnEvent::Expired),
         write_failures: event(ConnEvent::WriteFailed),
     };
-    StatsReport { vips, pools, reasons, control, listeners, vrrp, conn_table }
+    let l7 = l7.map(|l| l7_proxy(&l.proxy_stats())).unwrap_or_default();
+    StatsReport { vips, pools, reasons, control, listeners, vrrp, conn_table, l7 }
+}
+
+fn l7_proxy(stats: &fulcrum_l7::ProxyStats) -> L7ProxyStats {
+    let get = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+    L7ProxyStats {
+        connections: get(&stats.connections),
+        idle_closed: get(&stats.idle_closed),
+        access_log_dropped: get(&stats.access_log_dropped),
+        refused: fulcrum_l7::Violation::ALL.iter().map(|v| (v.as_str().to_owned(), stats.violations(*v))).collect(),
+    }
 }
 
 fn l7_member(stats: &MemberStats) -> L7MemberStats {

@@ -173,7 +173,7 @@ impl NodeSettings {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LoadOptions {
     /// Connection table entries (flows); the kernel preallocates them all
-    /// (about 121 bytes each).
+    /// (about 137 bytes each).
     pub conn_table_size: u32,
 }
 
@@ -237,6 +237,7 @@ impl Datapath {
         let vip_filter = typed(take(names::VIP_FILTER)?, names::VIP_FILTER)?;
         let vip_real_ok = typed(take(names::VIP_REAL_OK)?, names::VIP_REAL_OK)?;
         let vip_addresses = typed(take(names::VIP_ADDRESSES)?, names::VIP_ADDRESSES)?;
+        let vip_gen = typed(take(names::VIP_GEN)?, names::VIP_GEN)?;
         let conn_table = typed(take(names::CONN_TABLE)?, names::CONN_TABLE)?;
         let conn_stats = typed(take(names::CONN_STATS)?, names::CONN_STATS)?;
         let config = typed(take(names::DATAPATH_CONFIG)?, names::DATAPATH_CONFIG)?;
@@ -260,6 +261,7 @@ impl Datapath {
             vip_addresses,
             vip_stats,
             vip_conn_stats,
+            vip_gen,
             real_stats,
         };
         Ok(Datapath { ebpf, attachment: None, rx_vlan_restore: None, config, conn_table, maps, tables: tables::Tables::default(), counters })

@@ -66,6 +66,7 @@ pub(crate) struct Maps {
     pub vip_addresses: BpfHashMap<MapData, [u32; 4], u32>,
     pub vip_stats: PerCpuArray<MapData, Counters>,
     pub vip_conn_stats: PerCpuArray<MapData, Counters>,
+    pub vip_gen: Array<MapData, u32>,
     pub real_stats: PerCpuArray<MapData, Counters>,
 }
 
@@ -123,6 +124,10 @@ pub(crate) struct Tables {
     /// Each real id's `RealDef::generation` as written; kept when the id
     /// is freed, so the next owner gets a higher one.
     generations: Vec<u32>,
+    /// Each VIP id's last `VipMeta::gen` given out, kept when the id is freed.
+    vip_gens: Vec<u32>,
+    /// `VIP_GEN` as written.
+    vip_gens_written: Vec<u32>,
 }
 
 impl Default for Tables {
@@ -134,6 +139,8 @@ impl Default for Tables {
             ok: vec![0; VIP_REAL_OK_WORDS as usize],
             addresses: BTreeMap::new(),
             generations: vec![0; MAX_REALS as usize],
+            vip_gens: vec![0; MAX_VIPS as usize],
+            vip_gens_written: vec![0; MAX_VIPS as usize],
         }
     }
 }
@@ -256,7 +263,27 @@ impl Tables {
             // The id's next VIP starts with no real its flows may stay on.
             let vip_id = written.meta.vip_id;
             self.write_ok_bits(maps, vip_id, &[], false)?;
+            // After the removal: entries copied from the removed value
+            // never match again, and no value carries the new generation.
+            let gen = self.bump_vip_gen(vip_id);
+            self.write_vip_gen(maps, vip_id, gen)?;
             self.vips.remove(&name);
+        }
+        Ok(())
+    }
+
+    /// The next `VipMeta::gen` of VIP id `id`: never 0, never reused.
+    fn bump_vip_gen(&mut self, id: u32) -> u32 {
+        let gen = &mut self.vip_gens[id as usize];
+        *gen = gen.wrapping_add(1).max(1);
+        *gen
+    }
+
+    /// Sets `VIP_GEN[id]`, if it does not hold `gen` already.
+    fn write_vip_gen(&mut self, maps: &mut Maps, id: u32, gen: u32) -> Result<(), DatapathError> {
+        if self.vip_gens_written[id as usize] != gen {
+            maps.vip_gen.set(id, gen, 0).map_err(map_err(names::VIP_GEN))?;
+            self.vip_gens_written[id as usize] = gen;
         }
         Ok(())
     }
@@ -392,9 +419,15 @@ impl Tables {
                 VipMeta { vip_id: id, ..VipMeta::default() }
             }
         };
+        let facts = (meta.flags, meta.udp_idle_timeout_ms, meta.vlan);
         meta.flags = vip.flags;
         meta.udp_idle_timeout_ms = vip.udp_idle_timeout_ms;
         meta.vlan = u32::from(vip.vlan);
+        // Connection-table entries copy these facts: a change, or a new
+        // VIP on the id, gets a new generation (see `VipMeta::gen`).
+        if meta.gen == 0 || facts != (meta.flags, meta.udp_idle_timeout_ms, meta.vlan) {
+            meta.gen = self.bump_vip_gen(meta.vip_id);
+        }
         let mut slots: Vec<(IpAddr, u32)> = vip.members.iter().map(|&(a, _)| (a, 0)).collect();
         if table.is_empty() {
             // Loud only when a VIP loses its last backend; a new VIP starts
@@ -422,6 +455,9 @@ impl Tables {
             fence(Ordering::SeqCst);
         }
         maps.vips.insert(vip.key, meta, 0).map_err(map_err(names::VIPS))?;
+        // After the entry: no value of an older generation can be read
+        // once this says the new one is current.
+        self.write_vip_gen(maps, meta.vip_id, meta.gen)?;
         let flipped = (meta.table_size != 0).then(Instant::now);
         let table = VipTable {
             vip_id: meta.vip_id,

@@ -132,6 +132,116 @@ pub fn add_forwarded_value(
     }
 }
 
+/// Which forwarding fields the proxy adds to a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ForwardedFields {
+    /// X-Forwarded-For, -Proto and -Host ([`add_forwarded`]), as Apache
+    /// and nginx send them.
+    #[default]
+    XForwarded,
+    /// The standard `Forwarded` field ([`add_rfc7239`]) only. The
+    /// client's own X-Forwarded-Proto and -Host are removed (nothing
+    /// vouches for them); its X-Forwarded-For is passed on unchanged.
+    Rfc7239,
+    /// Both.
+    Both,
+}
+
+/// Appends this hop's element to the `Forwarded` field (RFC 7239 section
+/// 4): `for=` the client's address (an IPv6 address quoted and in
+/// brackets, section 6), `proto=`, and `host=` the Host the client sent
+/// (quoted when it is not a token, as a host with a port is). Earlier
+/// elements are kept, all `Forwarded` fields folded into one list, so the
+/// member sees the whole chain in order (section 5.2).
+pub fn add_rfc7239(
+    headers: &mut HeaderMap,
+    client: IpAddr,
+    proto: &'static str,
+    host: Option<&HeaderValue>,
+) {
+    let mut element = match client {
+        IpAddr::V4(a) => format!("for={a}"),
+        IpAddr::V6(a) => format!("for=\"[{a}]\""),
+    };
+    element.push_str(";proto=");
+    element.push_str(proto);
+    if let Some(h) = host.and_then(|h| h.to_str().ok()).filter(|h| !h.is_empty()) {
+        element.push_str(";host=");
+        let token = h.bytes().all(|c| c.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&c));
+        if token {
+            element.push_str(h);
+        } else {
+            element.push('"');
+            for c in h.chars() {
+                if c == '"' || c == '\\' {
+                    element.push('\\');
+                }
+                element.push(c);
+            }
+            element.push('"');
+        }
+    }
+    let mut list = String::new();
+    for v in headers.get_all(header::FORWARDED) {
+        if let Ok(s) = v.to_str() {
+            let s = s.trim();
+            if !s.is_empty() {
+                list.push_str(s);
+                list.push_str(", ");
+            }
+        }
+    }
+    list.push_str(&element);
+    // Built from visible ASCII only.
+    if let Ok(v) = HeaderValue::from_str(&list) {
+        headers.insert(header::FORWARDED, v);
+    }
+}
+
+/// The response fields [`reverse_location`] rewrites: Location,
+/// Content-Location and URI, as Apache's `ProxyPassReverse`.
+pub fn reverse_fields() -> [HeaderName; 3] {
+    [
+        header::LOCATION,
+        header::CONTENT_LOCATION,
+        HeaderName::from_static("uri"),
+    ]
+}
+
+/// Apache's `ProxyPassReverse` for one field value: an absolute
+/// `http`/`https` URI whose authority is a member's address (`is_member`
+/// gets the IP and the port, the scheme's default port when none is
+/// written) becomes `http://<public_host><path>`; anything else (relative
+/// references, other hosts) is left alone and `None` returned. The path
+/// is kept: fulcrum forwards the path unchanged, so a member's path is
+/// already the public one.
+pub fn reverse_location(
+    value: &HeaderValue,
+    is_member: impl Fn(IpAddr, u16) -> bool,
+    public_host: &HeaderValue,
+    proto: &'static str,
+) -> Option<HeaderValue> {
+    let uri: http::Uri = value.to_str().ok()?.parse().ok()?;
+    let default_port = match uri.scheme_str()? {
+        "http" => 80,
+        "https" => 443,
+        _ => return None,
+    };
+    let authority = uri.authority()?;
+    let host = authority.host();
+    let ip: IpAddr = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host)
+        .parse()
+        .ok()?;
+    if !is_member(ip, authority.port_u16().unwrap_or(default_port)) {
+        return None;
+    }
+    let rest = uri.path_and_query().map_or("/", |pq| pq.as_str());
+    HeaderValue::from_str(&format!("{proto}://{}{rest}", public_host.to_str().ok()?)).ok()
+}
+
 /// The host part of a Host value or authority, lowercase, without port:
 /// `Example.COM:8080` -> `example.com`, `[::1]:80` -> `[::1]`.
 /// `None` if the value is empty or not text.
@@ -197,6 +307,45 @@ mod tests {
         add_forwarded(&mut h, "::1".parse().unwrap(), "http", None);
         assert_eq!(h["x-forwarded-for"], "::1");
         assert!(h.get("x-forwarded-host").is_none());
+    }
+
+    #[test]
+    fn rfc7239_elements() {
+        let mut h = HeaderMap::new();
+        let host: HeaderValue = "example.com".parse().unwrap();
+        add_rfc7239(&mut h, "192.0.2.60".parse().unwrap(), "http", Some(&host));
+        assert_eq!(h["forwarded"], "for=192.0.2.60;proto=http;host=example.com");
+        let port: HeaderValue = "example.com:8080".parse().unwrap();
+        add_rfc7239(&mut h, "2001:db8::1".parse().unwrap(), "http", Some(&port));
+        assert_eq!(
+            h["forwarded"],
+            "for=192.0.2.60;proto=http;host=example.com, for=\"[2001:db8::1]\";proto=http;host=\"example.com:8080\""
+        );
+        let mut h = HeaderMap::new();
+        h.append(header::FORWARDED, "for=a".parse().unwrap());
+        h.append(header::FORWARDED, "for=b".parse().unwrap());
+        add_rfc7239(&mut h, "10.0.0.1".parse().unwrap(), "http", None);
+        assert_eq!(h.get_all(header::FORWARDED).iter().count(), 1);
+        assert_eq!(h["forwarded"], "for=a, for=b, for=10.0.0.1;proto=http");
+    }
+
+    #[test]
+    fn proxy_pass_reverse() {
+        let member = |ip: IpAddr, port: u16| ip == "10.0.0.1".parse::<IpAddr>().unwrap() && port == 8080;
+        let m80 = |ip: IpAddr, port: u16| ip == "fd00::1".parse::<IpAddr>().unwrap() && port == 80;
+        let public: HeaderValue = "www.example.com".parse().unwrap();
+        let rev = |v: &str, f: &dyn Fn(IpAddr, u16) -> bool| {
+            reverse_location(&v.parse().unwrap(), f, &public, "http").map(|v| v.to_str().unwrap().to_owned())
+        };
+        assert_eq!(rev("http://10.0.0.1:8080/a/b?c=1", &member).as_deref(), Some("http://www.example.com/a/b?c=1"));
+        assert_eq!(rev("http://10.0.0.1:8080", &member).as_deref(), Some("http://www.example.com/"));
+        assert_eq!(rev("http://10.0.0.1/a", &member), None);
+        assert_eq!(rev("http://10.0.0.2:8080/a", &member), None);
+        assert_eq!(rev("/relative", &member), None);
+        assert_eq!(rev("ftp://10.0.0.1:8080/a", &member), None);
+        assert_eq!(rev("http://other.example/a", &member), None);
+        assert_eq!(rev("http://[fd00::1]/x", &m80).as_deref(), Some("http://www.example.com/x"));
+        assert_eq!(rev("http://[fd00::1]:80/x", &m80).as_deref(), Some("http://www.example.com/x"));
     }
 
     #[test]

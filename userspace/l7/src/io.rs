@@ -67,6 +67,8 @@ pub(crate) struct Stream {
     send: Option<Submit<Send<Vec<u8>, Fd>>>,
     /// A client connection's activity clock (`None` towards members).
     clock: Option<Rc<ConnClock>>,
+    /// Total bytes received, for a member connection's retry decision.
+    received: Option<Rc<std::cell::Cell<u64>>>,
 }
 
 impl Stream {
@@ -91,7 +93,14 @@ impl Stream {
             wbuf: Vec::new(),
             send: None,
             clock,
+            received: None,
         }
+    }
+
+    /// Adds every received byte count to `total`.
+    pub(crate) fn counting(mut self, total: Rc<std::cell::Cell<u64>>) -> Stream {
+        self.received = Some(total);
+        self
     }
 
     /// Drives the `Send` in flight, if any, to completion. A short send
@@ -186,8 +195,13 @@ impl hyper::rt::Read for Stream {
                     unsafe { buf.set_len(n.min(buf.capacity())) };
                     if n == 0 {
                         this.eof = true;
-                    } else if let Some(c) = &this.clock {
-                        c.received();
+                    } else {
+                        if let Some(c) = &this.clock {
+                            c.received();
+                        }
+                        if let Some(t) = &this.received {
+                            t.set(t.get() + n as u64);
+                        }
                     }
                     this.rbuf = buf;
                 }

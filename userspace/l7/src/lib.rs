@@ -20,182 +20,20 @@
 //!
 //! # Design record
 //!
-//! (To move to `docs/l7.md`.)
-//!
-//! ## Runtime: compio 0.19
-//!
-//! compio 0.19.2 is the newest non-beta release (0.20 is a beta) and
-//! builds on Rust 1.95. Its `Runtime` is single-threaded with one driver
-//! (one ring) each, which is exactly thread-per-core: [`Proxy::start`]
-//! starts [`ProxyConfig::workers`] OS threads, each with its own runtime
-//! and its own listening socket per address, all with `SO_REUSEPORT` so
-//! the kernel spreads connections over the workers. Sockets are built
-//! with socket2 on the starting thread (so errors surface before any
-//! thread starts and port 0 resolves once for all workers) and handed to
-//! each runtime with `TcpListener::from_std`. A worker can be pinned to a
-//! CPU ([`ProxyConfig::cpu_affinity`], via compio's `thread_affinity`).
-//! Nothing is shared between workers on the request path except the
-//! snapshot load (one atomic) and the counters (relaxed atomics).
-//!
-//! ## Drivers and the io_uring probe
-//!
-//! With both compio features `io-uring` and `polling`, compio builds its
-//! "fusion" driver, which picks io_uring or polling *at runtime* per
-//! runtime. Left to itself (no `driver_type`), compio probes opcode
-//! support and silently falls back to polling when a ring cannot be
-//! created (its only notice is a `compio-log` line, which is off unless
-//! its `enable_log` feature is set). fulcrum does not rely on that: at
-//! start it probes once by creating a ring with the driver type forced to
-//! io_uring ([`probe_io_uring`]); `io_uring_setup` fails with EPERM when
-//! `kernel.io_uring_disabled` forbids it and with ENOSYS under a seccomp
-//! filter. With [`DriverChoice::Auto`] a failure gives one warning line
-//! and every worker is built with the driver forced to polling; the
-//! workers are then never left to compio's own per-runtime choice, so all
-//! run the same driver and [`Proxy::driver`] says which. Tests force
-//! [`DriverChoice::Polling`] to run the whole suite on the fallback; the
-//! decision itself is tested with an injected probe ([`choose_driver`]).
-//!
-//! ## HTTP over completions: the adapter
-//!
-//! hyper's `rt::Read`/`rt::Write` are readiness-style (`poll_read` into a
-//! borrowed buffer); io_uring needs the buffer to stay owned by the
-//! kernel operation until its completion. Our adapter (`io::Stream`, in
-//! place of cyper-core's `HyperStream` and the compio-io `compat` layer
-//! under it) works directly on compio's operations:
-//!
-//! - Reads: the stream owns a read buffer (`Vec<u8>`, 4 KiB on client
-//!   connections, 16 KiB to members). `poll_read` serves hyper from what is
-//!   buffered; if empty it submits a `Recv` that *moves* the buffer into the
-//!   operation and gets it back with the completion, then copies into
-//!   hyper's slice. So hyper's borrowed buffer is never handed to the
-//!   kernel. Cost: one copy per read. The slice is hyper's uninitialised
-//!   memory, written without zero-filling it first (cyper zero-fills 8 KiB
-//!   or more per read).
-//! - Writes: `poll_write_vectored` copies hyper's queued buffers (head and
-//!   body) into the stream's write buffer and returns; `poll_flush` (or
-//!   64 KiB buffered) submits the owned buffer as one `Send` and completes
-//!   when it is back, resubmitting the rest after a short send.
-//! - The operation futures (`compio::runtime::Submit`) live unboxed in the
-//!   stream: no allocation per read or write, no waker bookkeeping, no
-//!   `SendWrapper` thread check (connections never leave their worker).
-//! - hyper's executor and timer: http1 needs no executor (we spawn the
-//!   connection futures ourselves with `compio::runtime::spawn`); the
-//!   timer (`header_read_timeout`) is cyper's `CompioTimer` over
-//!   `compio::time::sleep`.
-//!
-//! ## io_uring setup
-//!
-//! Each worker's ring is created with `IORING_SETUP_SINGLE_ISSUER` and
-//! `IORING_SETUP_DEFER_TASKRUN` (Linux 6.1; on a kernel that refuses them,
-//! a plain ring): completions that the network stack produces on another
-//! CPU no longer interrupt the worker with an IPI to run their task work;
-//! the worker reaps them in a batch when it enters the ring to wait. This
-//! was the largest single gain in `cargo xtask bench l7` (see
-//! bench/RESULTS.md).
-//!
-//! ## Cancellation and timeouts
-//!
-//! Dropping a compio operation future does not cancel the kernel
-//! operation by itself; compio's `Submit` future, when dropped while
-//! submitted, asks the driver to cancel (an `IORING_OP_ASYNC_CANCEL`) and
-//! hands the operation (its owned buffer and a clone of the socket's
-//! `SharedFd`) to the driver, which frees it only when the completion
-//! (success, error or `ECANCELED`) arrives. The descriptor is closed when
-//! the last `SharedFd` clone is dropped, so never while an operation that
-//! names it is in flight: a late completion cannot land on a descriptor
-//! number reused by a newer socket. Our timeouts rely on exactly this:
-//! `compio::time::timeout` drops the inner future at the deadline. For a
-//! backend response timeout (504) the proxy also drops the connection's
-//! [`JoinHandle`](compio::runtime::JoinHandle), which cancels the task
-//! that drives it; the connection is never returned to the pool. A
-//! response body broken midway likewise discards its connection.
-//!
-//! ## Request path
-//!
-//! One snapshot load per request (`load_full`, an `Arc` kept until the
-//! request ends, so a swap never affects requests in flight); the
-//! listener's routes in order (Host exact or `*.suffix`, then path
-//! prefix): no route gives 404. In a sticky pool the member the request
-//! names is used if it is usable (see Sticky sessions); otherwise the
-//! worker's balancer for the pool picks a usable member (none: 503). A connection comes from the worker's idle
-//! pool for that member (checked open and ready; a closed one is dropped
-//! and costs nothing since nothing was sent) or is opened within
-//! [`ProxyConfig::connect_timeout`]. A connect failure counts a failure
-//! and tries another member not yet tried; when all were tried, 502. The
-//! request goes out with hop-by-hop fields removed (RFC 9110 7.6.1, and
-//! fields named in Connection except Host and Content-Length),
-//! X-Forwarded-For appended, X-Forwarded-Proto and -Host set, Host kept
-//! or replaced by the member's ([`Route::preserve_host`]), and an
-//! origin-form target. No response head within
-//! [`ProxyConfig::response_timeout`] gives 504; another exchange error,
-//! 502. The response's hop-by-hop fields are removed and its body relayed
-//! as it arrives; at its end the connection returns to the idle pool
-//! (at most [`ProxyConfig::max_idle_per_member`] per member and worker),
-//! unless the member said `Connection: close`. Malformed requests are
-//! answered by hyper (400, 431 for too large a head) and that connection
-//! is closed; other connections are unaffected.
-//!
-//! ## Balancing
-//!
-//! [`Balancer`] is a small pure trait (pick among members that a
-//! predicate allows, given the client's address). Each worker keeps its
-//! own balancer per pool of the current snapshot (no shared state, no
-//! lock); scheduling state restarts with a new snapshot. The live inputs
-//! (`outstanding`, bytes, the `p2c` latency) are the members'
-//! [`MemberStats`] atomics, shared by all workers, so `bybusyness` and
-//! `p2c` see the load every worker puts on a member. The methods, their
-//! formulas and sources are in [`balancer`]: `byrequests` (nginx's smooth
-//! weighted round robin), `bybusyness`, `bytraffic` (Apache's), `byip`
-//! (weighted rendezvous hashing) and `p2c` (Mitzenmacher's two choices
-//! over Finagle's Peak-EWMA load). The proxy measures latency (request
-//! sent to response head) only in `p2c` pools, so the others pay no clock
-//! reads.
-//!
-//! ## Sticky sessions
-//!
-//! A pool with [`Pool::sticky`] (Apache `stickysession=`) reads a route
-//! from the request: the URL parameter ([`Sticky::param`], `;name=v` in
-//! the path or `name=v` in the query) first, then the cookie
-//! ([`Sticky::cookie`]), as mod_proxy_balancer's `find_session_route`
-//! does; the route is what follows the value's first `.`
-//! (`ROUTEID=.r1`, `JSESSIONID=abc.r1`). The member with that
-//! [`Member::route`] takes the request when it is usable, even at weight
-//! 0 (draining stops new sessions, not existing ones). When the route is
-//! unknown, the member unusable, or its connect fails, the request goes
-//! to the balancer like a new session, unless [`Sticky::nofailover`]: then
-//! 503, as Apache's `nofailover=On` (which also covers an unknown route).
-//!
-//! The proxy sets `COOKIE=session.route; Path=/; HttpOnly` (plus `Secure`
-//! with [`Sticky::secure`]) on a response whenever the member that served
-//! it has a route and the request did not name that route: a new session,
-//! a failover (re-stamp), or an unknown route. The session id in front of
-//! the dot is kept from the request, so `JSESSIONID=abc.r1` failing over
-//! becomes `abc.r2` (what a replicated Tomcat cluster expects). If the
-//! response already sets a cookie of that name, the application's wins
-//! and nothing is added. Apache itself sets no cookie (operators add one
-//! with mod_headers and `BALANCER_ROUTE_CHANGED`); fulcrum does it built
-//! in, like HAProxy's `cookie ... insert`. Members without a route are
-//! never named and get no cookie.
-//!
-//! ## Members and failover
-//!
-//! Draining, `lbset`, hot spares and standbys, passive health (In error
-//! for `retry`), slow start and the choice of a member for a retry are in
-//! [`members`]; every balancer is wrapped in that rule by
-//! [`balancer::new_balancer`].
-//!
-//! ## Not yet (rest of issue 10)
-//!
-//! Retry of idempotent requests on a reset,
-//! ProxyPassReverse, `Forwarded` (RFC 7239), the full set of timeouts and
-//! limits with their statuses, request hygiene beyond hyper's parser,
-//! WebSocket, `Expect: 100-continue` checks, access log, graceful drain,
-//! TLS, HTTP/2, benchmarks.
+//! `docs/l7.md` records the design and why: the runtime (compio, one ring
+//! per worker, the io_uring probe and the polling fallback), buffer
+//! ownership in the hyper adapter (`io.rs`), cancellation (dropping an
+//! operation never closes a descriptor under it), the timeouts and limits
+//! with their statuses ([`limits`]), request hygiene, retries, forwarding
+//! fields, ProxyPassReverse, WebSocket tunnels, the access log
+//! ([`access_log`]) and the graceful drain. Member status, lbset, spares
+//! and standbys, passive health and slow start are in [`members`].
 
 #![warn(missing_docs)]
 
 use std::{net::SocketAddr, time::Duration};
 
+pub mod access_log;
 pub mod balancer;
 pub mod headers;
 mod io;
@@ -204,8 +42,11 @@ pub mod members;
 mod proxy;
 mod runtime;
 pub mod snapshot;
+mod websocket;
 
 pub use balancer::{Balancer, ByBusyness, ByIp, ByRequests, ByTraffic, P2c};
+pub use access_log::{AccessLogConfig, AccessLogFormat};
+pub use headers::ForwardedFields;
 pub use limits::{ProxyStats, Violation};
 pub use proxy::{BoxError, ProxyBody};
 pub use runtime::{choose_driver, probe_io_uring, DriverChoice, DriverKind, Proxy, StartError};
@@ -269,6 +110,17 @@ pub struct ProxyConfig {
     /// closes. 0: no limit. Default 1 GiB (Apache `LimitRequestBody`
     /// since 2.4.54).
     pub max_body_size: u64,
+    /// Which forwarding fields requests get: X-Forwarded-*, RFC 7239
+    /// `Forwarded`, or both. Default X-Forwarded-*.
+    pub forwarded: headers::ForwardedFields,
+    /// How long an upgraded (WebSocket) connection may carry no byte in
+    /// either direction before both sides are closed. Default 1 h.
+    pub websocket_idle_timeout: Duration,
+    /// The access log, if any (see [`access_log`]).
+    pub access_log: Option<AccessLogConfig>,
+    /// How long [`Proxy::shutdown`] lets requests in flight finish
+    /// before cutting them. Default 10 s.
+    pub drain_timeout: Duration,
     /// Idle keep-alive connections kept per member and per worker.
     /// Default 32.
     pub max_idle_per_member: usize,
@@ -293,6 +145,10 @@ impl ProxyConfig {
             max_headers: 100,
             max_uri_len: 8190,
             max_body_size: 1 << 30,
+            forwarded: headers::ForwardedFields::XForwarded,
+            websocket_idle_timeout: Duration::from_secs(3600),
+            access_log: None,
+            drain_timeout: Duration::from_secs(10),
             max_idle_per_member: 32,
         }
     }

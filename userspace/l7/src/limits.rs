@@ -10,8 +10,8 @@
 //! ends, not at the next request's first byte; it would close idle
 //! connections at the header timeout and an idle timeout longer than it
 //! could never apply. hyper also closes without a response where the
-//! operator expects a 408. So the stream ([`crate::io::Stream`]) and the
-//! service report what they see to a [`ConnClock`], and [`watch`] runs
+//! operator expects a 408. So the stream (`io::Stream`) and the
+//! service report what they see to a `ConnClock`, and `watch` runs
 //! next to the connection with a timer at the deadline that implies.
 
 use std::{
@@ -37,6 +37,9 @@ pub enum Violation {
     /// refuse (missing or repeated Host, Host disagreeing with an
     /// absolute-form target, repeated Content-Length).
     BadRequest,
+    /// 405: `CONNECT`: a reverse proxy opens no tunnels to hosts the
+    /// client names (nginx and HAProxy refuse it too).
+    MethodNotAllowed,
     /// 408: the request head, or the whole request with its body, did not
     /// arrive in time ([`crate::ProxyConfig::header_read_timeout`],
     /// [`crate::ProxyConfig::request_timeout`]).
@@ -58,8 +61,9 @@ pub enum Violation {
 
 impl Violation {
     /// Every violation, in the order of [`ProxyStats`]'s counters.
-    pub const ALL: [Violation; 8] = [
+    pub const ALL: [Violation; 9] = [
         Violation::BadRequest,
+        Violation::MethodNotAllowed,
         Violation::RequestTimeout,
         Violation::PayloadTooLarge,
         Violation::UriTooLong,
@@ -73,6 +77,7 @@ impl Violation {
     pub fn status(self) -> StatusCode {
         match self {
             Violation::BadRequest => StatusCode::BAD_REQUEST,
+            Violation::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Violation::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Violation::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Violation::UriTooLong => StatusCode::URI_TOO_LONG,
@@ -87,6 +92,7 @@ impl Violation {
     pub fn as_str(self) -> &'static str {
         match self {
             Violation::BadRequest => "bad_request",
+            Violation::MethodNotAllowed => "method_not_allowed",
             Violation::RequestTimeout => "request_timeout",
             Violation::PayloadTooLarge => "payload_too_large",
             Violation::UriTooLong => "uri_too_long",
@@ -117,6 +123,8 @@ pub struct ProxyStats {
     pub idle_closed: AtomicU64,
     /// Client connections accepted.
     pub connections: AtomicU64,
+    /// Access log records dropped because the writer fell behind.
+    pub access_log_dropped: AtomicU64,
 }
 
 impl ProxyStats {
@@ -309,8 +317,12 @@ pub(crate) const REQUEST_TIMEOUT_RESPONSE: &[u8] =
 /// - an absolute-form target whose authority's host differs from Host
 ///   (RFC 9112 says to ignore Host then; refusing is stricter and never
 ///   lets the two parts of the proxy chain disagree);
-/// - a target longer than `max_uri_len` gets 414 instead.
+/// - a target longer than `max_uri_len` gets 414 instead;
+/// - `CONNECT` gets 405.
 pub(crate) fn check_request<B>(req: &Request<B>, max_uri_len: usize) -> Result<(), Violation> {
+    if req.method() == http::Method::CONNECT {
+        return Err(Violation::MethodNotAllowed);
+    }
     let uri_len = req
         .uri()
         .path_and_query()
@@ -371,9 +383,11 @@ impl BodyFault {
 pub(crate) struct BodyRefused(Violation);
 
 /// A client's request body on its way to a member, cut at `max` bytes
-/// (413) or at the whole-request deadline (408).
+/// (413) or at the whole-request deadline (408); a body the client breaks
+/// itself is a 400.
 pub(crate) struct GuardedBody {
-    inner: Incoming,
+    /// `None`: no body (a replayed request).
+    inner: Option<Incoming>,
     /// Bytes still allowed; `u64::MAX` for no limit.
     left: u64,
     deadline: Instant,
@@ -384,7 +398,7 @@ pub(crate) struct GuardedBody {
 
 impl GuardedBody {
     pub(crate) fn new(
-        inner: Incoming,
+        inner: Option<Incoming>,
         max: u64,
         deadline: Instant,
         fault: std::rc::Rc<BodyFault>,
@@ -420,7 +434,10 @@ impl Body for GuardedBody {
         if this.fault.get().is_some() {
             return Poll::Ready(None);
         }
-        match Pin::new(&mut this.inner).poll_frame(cx) {
+        let Some(inner) = this.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match Pin::new(inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(f))) => {
                 if let Some(d) = f.data_ref() {
                     let n = d.len() as u64;
@@ -434,7 +451,12 @@ impl Body for GuardedBody {
                 }
                 Poll::Ready(Some(Ok(f)))
             }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
+            Poll::Ready(Some(Err(e))) => {
+                // The client broke its own body (malformed chunk, reset
+                // mid-body): its fault, never counted against the member.
+                this.fault.0.set(Some(Violation::BadRequest));
+                Poll::Ready(Some(Err(Box::new(e))))
+            }
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => {
                 let deadline = this.deadline;
@@ -450,11 +472,13 @@ impl Body for GuardedBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.fault.get().is_some() || self.inner.is_end_stream()
+        self.fault.get().is_some() || self.inner.as_ref().is_none_or(Body::is_end_stream)
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        self.inner
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), Body::size_hint)
     }
 }
 
@@ -497,13 +521,21 @@ mod tests {
             Err(Violation::UriTooLong)
         );
         assert_eq!(check_request(&req("/012345678", &["a"]), 10), Ok(()));
+        let mut connect = req("/", &["a:443"]);
+        *connect.method_mut() = http::Method::CONNECT;
+        assert_eq!(check_request(&connect, 100), Err(Violation::MethodNotAllowed));
     }
 
     #[test]
     fn statuses_and_names_are_distinct() {
-        let mut s: Vec<_> = Violation::ALL.iter().map(|v| v.status()).collect();
+        let mut s: Vec<_> = Violation::ALL.iter().map(|v| v.status().as_u16()).collect();
+        s.sort_unstable();
         s.dedup();
         assert_eq!(s.len(), Violation::ALL.len());
+        let mut n: Vec<_> = Violation::ALL.iter().map(|v| v.as_str()).collect();
+        n.sort_unstable();
+        n.dedup();
+        assert_eq!(n.len(), Violation::ALL.len());
         let stats = ProxyStats::default();
         stats.count(Violation::UriTooLong);
         assert_eq!(stats.violations(Violation::UriTooLong), 1);

@@ -9,7 +9,7 @@ use std::{
     cell::RefCell,
     collections::HashMap,
     convert::Infallible,
-    future::poll_fn,
+    future::{poll_fn, Future},
     net::{IpAddr, SocketAddr},
     pin::Pin,
     rc::Rc,
@@ -27,10 +27,12 @@ use hyper::{
 };
 
 use crate::{
+    access_log,
     balancer::{new_balancer, Balancer},
     headers,
+    websocket,
     limits::{self, BodyFault, ConnClock, GuardedBody, LogLimiter, ProxyStats, Violation},
-    members::Outcome,
+    members::{Outcome, Tried},
     snapshot::{
         clock_ms, HostMatch, LbMethod, MemberStats, SharedSnapshot, Snapshot, Sticky,
         FAILURE_PENALTY_US,
@@ -54,11 +56,14 @@ pub(crate) struct Worker {
     request_timeout: Duration,
     max_uri_len: usize,
     max_body_size: u64,
+    forwarded: headers::ForwardedFields,
     max_idle_per_member: usize,
     /// Proxy-wide counters, shared by all workers.
     pub(crate) stats: Arc<ProxyStats>,
     /// This worker's budget of log lines for refused requests.
     log: LogLimiter,
+    /// The access log's queue, if one is configured.
+    pub(crate) access_log: Option<access_log::Sender>,
     balancers: RefCell<Balancers>,
     /// Seeds this worker's `p2c` generators (distinct per worker).
     seed: u64,
@@ -77,9 +82,26 @@ struct Balancers {
 /// task driving the connection. Dropping it cancels the task, which drops
 /// the socket; compio keeps the descriptor open until every operation
 /// still in flight on it has completed (see the crate docs).
-struct Upstream {
+pub(crate) struct Upstream {
     sender: SendRequest<Counted<GuardedBody>>,
-    _task: JoinHandle<()>,
+    /// Ends with the stream (and the bytes read past the 101 head) when
+    /// the connection was upgraded, see [`crate::websocket`].
+    task: JoinHandle<Option<(crate::io::Stream, Bytes)>>,
+    /// Set before sending a WebSocket upgrade request.
+    upgrading: Rc<std::cell::Cell<bool>>,
+    /// Bytes received from the member so far: unchanged across a failed
+    /// exchange means it answered nothing.
+    received: Rc<std::cell::Cell<u64>>,
+}
+
+/// Where the request path leaves the member's connection after a `101
+/// Switching Protocols`, for the client connection to join the two.
+pub(crate) type UpgradeSlot = Rc<RefCell<Option<Upstream>>>;
+
+/// The member's side of an upgraded connection: its stream and the bytes
+/// it sent past the 101 head, once hyper has let go of it.
+pub(crate) async fn upgraded(up: Upstream) -> Option<(crate::io::Stream, Bytes)> {
+    up.task.await.ok().flatten()
 }
 
 impl Worker {
@@ -87,6 +109,7 @@ impl Worker {
         snapshot: SharedSnapshot,
         config: &ProxyConfig,
         stats: Arc<ProxyStats>,
+        access_log: Option<access_log::Sender>,
     ) -> Worker {
         Worker {
             snapshot,
@@ -95,8 +118,10 @@ impl Worker {
             request_timeout: config.request_timeout,
             max_uri_len: config.max_uri_len,
             max_body_size: config.max_body_size,
+            forwarded: config.forwarded,
             stats,
             log: LogLimiter::new(),
+            access_log,
             max_idle_per_member: config.max_idle_per_member,
             balancers: RefCell::new(Balancers {
                 snapshot: None,
@@ -194,18 +219,32 @@ impl Worker {
             .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timeout"))??;
         // Small requests and responses: do not wait for Nagle.
         stream.set_nodelay(true)?;
-        let (sender, conn) =
-            hyper::client::conn::http1::handshake(crate::io::Stream::new(stream, UPSTREAM_BUF))
-                .await
-                .map_err(std::io::Error::other)?;
+        let received = Rc::new(std::cell::Cell::new(0));
+        let (sender, conn) = hyper::client::conn::http1::handshake(
+            crate::io::Stream::new(stream, UPSTREAM_BUF).counting(received.clone()),
+        )
+        .await
+        .map_err(std::io::Error::other)?;
+        let upgrading = Rc::new(std::cell::Cell::new(false));
+        let flag = upgrading.clone();
         let task = compio::runtime::spawn(async move {
             // The connection ends when the member closes it, on an error,
-            // or when `Upstream` is dropped (which cancels this task).
-            let _ = conn.await;
+            // after a 101 (hyper then leaves the stream to us), or when
+            // `Upstream` is dropped (which cancels this task).
+            let mut conn = conn;
+            let r = poll_fn(|cx| Pin::new(&mut conn).poll(cx)).await;
+            if r.is_ok() && flag.get() {
+                let parts = conn.into_parts();
+                Some((parts.io, parts.read_buf))
+            } else {
+                None
+            }
         });
         Ok(Upstream {
             sender,
-            _task: task,
+            task,
+            upgrading,
+            received,
         })
     }
 
@@ -222,6 +261,7 @@ impl Worker {
         peer: SocketAddr,
         client_ip: HeaderValue,
         clock: Rc<ConnClock>,
+        upgrade: UpgradeSlot,
     ) -> Result<Response<ProxyBody>, Infallible> {
         let started = clock.request_started();
         let client = peer.ip();
@@ -268,50 +308,179 @@ impl Worker {
         let named_idx = named.as_ref().and_then(|n| pool.member_by_route(&n.route));
         let p2c = pool.lbmethod == LbMethod::P2c;
 
+        // Rewrite the request for the member: everything but Host, which
+        // depends on the member, is done once.
+        let websocket = websocket::is_websocket(&req);
+        let (mut parts, body) = req.into_parts();
+        let client_host = parts.headers.get(header::HOST).cloned();
+        let upgrade_to = websocket.then(|| parts.headers.get(header::UPGRADE).cloned()).flatten();
+        headers::remove_hop_by_hop(&mut parts.headers);
+        if let Some(u) = &upgrade_to {
+            // Upgrade is hop-by-hop: asked again of the member, by us.
+            parts.headers.insert(header::UPGRADE, u.clone());
+            parts
+                .headers
+                .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        } else {
+            // An expectation the proxy has met itself: hyper answers the
+            // client's `Expect: 100-continue` when the body is first read
+            // (after a member was found), and the body then follows at
+            // once, so the member must not wait for it twice.
+            parts.headers.remove(header::EXPECT);
+        }
+        match self.forwarded {
+            headers::ForwardedFields::XForwarded => {
+                headers::add_forwarded_value(&mut parts.headers, &client_ip, "http", client_host.as_ref());
+            }
+            headers::ForwardedFields::Rfc7239 => {
+                parts.headers.remove("x-forwarded-proto");
+                parts.headers.remove("x-forwarded-host");
+                headers::add_rfc7239(&mut parts.headers, client, "http", client_host.as_ref());
+            }
+            headers::ForwardedFields::Both => {
+                headers::add_forwarded_value(&mut parts.headers, &client_ip, "http", client_host.as_ref());
+                headers::add_rfc7239(&mut parts.headers, client, "http", client_host.as_ref());
+            }
+        }
+        parts.uri = origin_form(&parts.uri);
+        parts.version = http::Version::HTTP_11;
+        // An idempotent request without a body can be sent again to
+        // another member if the first resets before answering a byte
+        // (RFC 9110 section 9.2.2); a body is streamed, not kept, so a
+        // request with one is never replayed.
+        // The copy is kept only where another member could take it.
+        let replay = (is_idempotent(&parts.method)
+            && body.is_end_stream()
+            && !websocket
+            && pool.members.len() > 1)
+            .then(|| (parts.method.clone(), parts.uri.clone(), parts.headers.clone()));
+        let mut first = Some((parts, body));
+        let fault = Rc::new(BodyFault::default());
+
         // Pick a member and get a connection; on a connect failure try
         // another member (the request has not left the proxy yet, so this
         // is safe for every method), until none is left.
-        let mut tried_small = [false; 32];
-        let mut tried_vec;
-        let tried: &mut [bool] = if pool.members.len() <= tried_small.len() {
-            &mut tried_small[..pool.members.len()]
-        } else {
-            tried_vec = vec![false; pool.members.len()];
-            &mut tried_vec
-        };
-        let (idx, mut up) = loop {
-            // A named member is honoured while it is usable, whatever its
-            // weight: weight 0 drains a member of *new* sessions only
-            // (Apache's Draining), its existing sessions stay.
-            let choice = match named_idx {
-                Some(i) if !tried[i] && pool.members[i].takes_sessions() => Some(i),
-                // Apache: a route that cannot be honoured (unknown, member
-                // unusable or failing) with nofailover is 503.
-                _ if named.is_some() && sticky.is_some_and(|s| s.nofailover) => {
-                    return Ok(self.refuse(Violation::ServiceUnavailable, peer, &format_args!("pool {}: sticky route unusable and nofailover", pool.name)));
-                }
-                _ => self.pick(&snap, route.pool, client, &|i| !tried[i]),
-            };
-            let Some(idx) = choice else {
-                let v = if tried.iter().any(|&t| t) {
-                    Violation::BadGateway
-                } else {
-                    Violation::ServiceUnavailable
+        let mut tried = Tried::new(pool.members.len());
+        let (idx, up, resp, outstanding, upstream_us) = loop {
+            let (idx, mut up) = loop {
+                // A named member is honoured while it is usable, whatever its
+                // weight: weight 0 drains a member of *new* sessions only
+                // (Apache's Draining), its existing sessions stay.
+                let choice = match named_idx {
+                    Some(i) if !tried.contains(i) && pool.members[i].takes_sessions() => Some(i),
+                    // Apache: a route that cannot be honoured (unknown, member
+                    // unusable or failing) with nofailover is 503.
+                    _ if named.is_some() && sticky.is_some_and(|s| s.nofailover) => {
+                        return Ok(self.refuse(Violation::ServiceUnavailable, peer, &format_args!("pool {}: sticky route unusable and nofailover", pool.name)));
+                    }
+                    _ => self.pick(&snap, route.pool, client, &|i| !tried.contains(i)),
                 };
-                return Ok(self.refuse(v, peer, &format_args!("pool {}: no member left to try", pool.name)));
+                let Some(idx) = choice else {
+                    let v = if tried.any() {
+                        Violation::BadGateway
+                    } else {
+                        Violation::ServiceUnavailable
+                    };
+                    return Ok(self.refuse(v, peer, &format_args!("pool {}: no member left to try", pool.name)));
+                };
+                let member = &pool.members[idx];
+                match self.ready_connection(member.address).await {
+                    Ok(up) => break (idx, up),
+                    Err(e) => {
+                        MemberStats::add(&member.stats.failures, 1);
+                        pool.observe(idx, Outcome::ConnectFailed);
+                        if p2c {
+                            member.stats.observe_latency(FAILURE_PENALTY_US, clock_ms());
+                        }
+                        tracing::warn!(pool = %pool.name, member = %member.address, error = %e, "connect failed; trying another member");
+                        tried.insert(idx);
+                    }
+                }
             };
             let member = &pool.members[idx];
-            match self.ready_connection(member.address).await {
-                Ok(up) => break (idx, up),
-                Err(e) => {
-                    MemberStats::add(&member.stats.failures, 1);
-                    pool.observe(idx, Outcome::ConnectFailed);
-                    if p2c {
-                        member.stats.observe_latency(FAILURE_PENALTY_US, clock_ms());
-                    }
-                    tracing::warn!(pool = %pool.name, member = %member.address, error = %e, "connect failed; trying another member");
-                    tried[idx] = true;
+            let stats = &member.stats;
+            let (mut parts, body) = match first.take() {
+                Some((parts, body)) => (parts, Some(body)),
+                None => {
+                    let (method, uri, headers) = replay.as_ref().expect("only replayable requests are sent twice");
+                    let (mut parts, ()) = Request::new(()).into_parts();
+                    (parts.method, parts.uri, parts.headers) = (method.clone(), uri.clone(), headers.clone());
+                    parts.version = http::Version::HTTP_11;
+                    (parts, None)
                 }
+            };
+            if !route.preserve_host || client_host.is_none() {
+                let v = self
+                    .host_values
+                    .borrow_mut()
+                    .entry(member.address)
+                    .or_insert_with(|| member_host(member.address))
+                    .clone();
+                parts.headers.insert(header::HOST, v);
+            }
+            let body = GuardedBody::new(
+                body,
+                self.max_body_size,
+                started + self.request_timeout,
+                fault.clone(),
+                peer,
+            );
+            let up_req = Request::from_parts(
+                parts,
+                Counted {
+                    inner: body,
+                    stats: stats.clone(),
+                    sent: true,
+                },
+            );
+
+            MemberStats::add(&stats.requests, 1);
+            up.upgrading.set(websocket);
+            let outstanding = Outstanding::new(stats.clone());
+            let received_before = up.received.get();
+            // Only p2c and the access log read latency: otherwise no clock
+            // reads.
+            let t0 = (p2c || self.access_log.is_some()).then(Instant::now);
+            let mut upstream_us = None;
+            let sent =
+                compio::time::timeout(self.response_timeout, up.sender.send_request(up_req)).await;
+            if let Some(t) = t0 {
+                // Time to the response head, in microseconds; a failure or a
+                // 5xx counts as at least the penalty (see `P2c`).
+                let us = u32::try_from(t.elapsed().as_micros()).unwrap_or(u32::MAX);
+                upstream_us = Some(u64::from(us));
+                if p2c {
+                    let ok = matches!(&sent, Ok(Ok(r)) if !r.status().is_server_error());
+                    let sample = if ok { us } else { us.max(FAILURE_PENALTY_US) };
+                    stats.observe_latency(sample, clock_ms());
+                }
+            }
+            match sent {
+                Err(_) => {
+                    // Dropping `up` cancels its connection task: the late
+                    // response, if any, is discarded with the connection.
+                    MemberStats::add(&stats.failures, 1);
+                    pool.observe(idx, Outcome::Timeout);
+                    return Ok(self.refuse(Violation::GatewayTimeout, peer, &format_args!("pool {}: member {}: response timeout", pool.name, member.address)));
+                }
+                Ok(Err(e)) => {
+                    // The client's body broke the exchange (too large, too
+                    // slow): the client's fault, not the member's.
+                    if let Some(v) = fault.get() {
+                        return Ok(self.refuse(v, peer, &"request body refused while forwarding"));
+                    }
+                    MemberStats::add(&stats.failures, 1);
+                    pool.observe(idx, Outcome::Broken);
+                    if replay.is_some() && up.received.get() == received_before {
+                        // Not a byte of an answer: the member did not
+                        // act on it in a way the client could see.
+                        tracing::warn!(pool = %pool.name, member = %member.address, error = %e, "no response; retrying the idempotent request on another member");
+                        tried.insert(idx);
+                        continue;
+                    }
+                    return Ok(self.refuse(Violation::BadGateway, peer, &format_args!("pool {}: member {}: upstream error: {e}", pool.name, member.address)));
+                }
+                Ok(Ok(resp)) => break (idx, up, resp, outstanding, upstream_us),
             }
         };
         let member = &pool.members[idx];
@@ -326,79 +495,28 @@ impl Worker {
             }
             set_cookie_value(s, n.map_or("", |n| n.session.as_str()), &member.route)
         });
-
-        // Rewrite the request for the member.
-        let (mut parts, body) = req.into_parts();
-        let client_host = parts.headers.get(header::HOST).cloned();
-        headers::remove_hop_by_hop(&mut parts.headers);
-        headers::add_forwarded_value(&mut parts.headers, &client_ip, "http", client_host.as_ref());
-        if !route.preserve_host || client_host.is_none() {
-            let v = self
-                .host_values
-                .borrow_mut()
-                .entry(member.address)
-                .or_insert_with(|| member_host(member.address))
-                .clone();
-            parts.headers.insert(header::HOST, v);
-        }
-        parts.uri = origin_form(&parts.uri);
-        parts.version = http::Version::HTTP_11;
-        let fault = Rc::new(BodyFault::default());
-        let body = GuardedBody::new(
-            body,
-            self.max_body_size,
-            started + self.request_timeout,
-            fault.clone(),
-            peer,
-        );
-        let up_req = Request::from_parts(
-            parts,
-            Counted {
-                inner: body,
-                stats: stats.clone(),
-                sent: true,
-            },
-        );
-
-        MemberStats::add(&stats.requests, 1);
-        let outstanding = Outstanding::new(stats.clone());
-        // Only p2c reads latency: other methods skip the clock reads.
-        let started = p2c.then(Instant::now);
-        let sent =
-            compio::time::timeout(self.response_timeout, up.sender.send_request(up_req)).await;
-        if let Some(t) = started {
-            // Time to the response head, in microseconds; a failure or a
-            // 5xx counts as at least the penalty (see `P2c`).
-            let us = u32::try_from(t.elapsed().as_micros()).unwrap_or(u32::MAX);
-            let ok = matches!(&sent, Ok(Ok(r)) if !r.status().is_server_error());
-            let sample = if ok { us } else { us.max(FAILURE_PENALTY_US) };
-            stats.observe_latency(sample, clock_ms());
-        }
-        let resp = match sent {
-            Err(_) => {
-                // Dropping `up` cancels its connection task: the late
-                // response, if any, is discarded with the connection.
-                MemberStats::add(&stats.failures, 1);
-                pool.observe(idx, Outcome::Timeout);
-                return Ok(self.refuse(Violation::GatewayTimeout, peer, &format_args!("pool {}: member {}: response timeout", pool.name, member.address)));
-            }
-            Ok(Err(e)) => {
-                // The client's body broke the exchange (too large, too
-                // slow): the client's fault, not the member's.
-                if let Some(v) = fault.get() {
-                    return Ok(self.refuse(v, peer, &"request body refused while forwarding"));
-                }
-                MemberStats::add(&stats.failures, 1);
-                pool.observe(idx, Outcome::Broken);
-                return Ok(self.refuse(Violation::BadGateway, peer, &format_args!("pool {}: member {}: upstream error: {e}", pool.name, member.address)));
-            }
-            Ok(Ok(resp)) => resp,
-        };
         let class = (resp.status().as_u16() / 100).clamp(1, 5) as usize - 1;
         MemberStats::add(&stats.responses[class], 1);
         pool.observe(idx, Outcome::Status(resp.status().as_u16()));
 
         let (mut parts, body) = resp.into_parts();
+        if websocket && parts.status == StatusCode::SWITCHING_PROTOCOLS {
+            // The member agreed: answer 101 to the client and leave the
+            // member's connection for the client connection to join.
+            let member_upgrade = parts.headers.get(header::UPGRADE).cloned();
+            headers::remove_hop_by_hop(&mut parts.headers);
+            parts.headers.insert(
+                header::UPGRADE,
+                member_upgrade.or(upgrade_to).unwrap_or(HeaderValue::from_static("websocket")),
+            );
+            parts
+                .headers
+                .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            drop(body);
+            *upgrade.borrow_mut() = Some(up);
+            return Ok(Response::from_parts(parts, ProxyBody::Full(None)));
+        }
+        up.upgrading.set(false);
         let reusable = !headers::wants_close(&parts.headers);
         headers::remove_hop_by_hop(&mut parts.headers);
         if let (Some(s), Some(v)) = (sticky, stamp) {
@@ -423,10 +541,36 @@ impl Worker {
             p2c,
             passive: pool.passive.is_some().then(|| (snap.clone(), route.pool, idx)),
         };
+        if let (true, Some(public)) = (route.proxy_pass_reverse, &client_host) {
+            let is_member = |ip: IpAddr, port: u16| {
+                pool.members.iter().any(|m| m.address.ip() == ip && m.address.port() == port)
+            };
+            for name in headers::reverse_fields() {
+                if !parts.headers.contains_key(&name) {
+                    continue;
+                }
+                let values: Vec<HeaderValue> = parts
+                    .headers
+                    .get_all(&name)
+                    .iter()
+                    .map(|v| headers::reverse_location(v, is_member, public, "http").unwrap_or_else(|| v.clone()))
+                    .collect();
+                parts.headers.remove(&name);
+                for v in values {
+                    parts.headers.append(&name, v);
+                }
+            }
+        }
         if close_after {
             parts
                 .headers
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        if self.access_log.is_some() {
+            parts.extensions.insert(Answered {
+                member: member.address,
+                upstream_us,
+            });
         }
         let mut resp = Response::from_parts(parts, ProxyBody::Relay(relay));
         if let ProxyBody::Relay(r) = resp.body_mut() {
@@ -467,6 +611,20 @@ fn poll_ready_now<B>(s: &mut SendRequest<B>, cx: &mut Context<'_>) -> Poll<Optio
         Poll::Ready(Err(_)) => Some(false),
         Poll::Pending => None,
     })
+}
+
+/// Methods a client may repeat with the same effect (RFC 9110 section
+/// 9.2.2), so the proxy may too.
+fn is_idempotent(m: &http::Method) -> bool {
+    matches!(
+        *m,
+        http::Method::GET
+            | http::Method::HEAD
+            | http::Method::OPTIONS
+            | http::Method::TRACE
+            | http::Method::PUT
+            | http::Method::DELETE
+    )
 }
 
 /// The Host the request named: the Host field, or the authority of an
@@ -697,18 +855,78 @@ impl Relay {
     }
 }
 
+/// Which member answered a relayed response (a response extension, set
+/// only when the access log is on).
+#[derive(Debug, Clone, Copy)]
+struct Answered {
+    member: SocketAddr,
+    upstream_us: Option<u64>,
+}
+
+/// An access log record waiting for its response to be written.
+pub(crate) struct PendingLog {
+    record: access_log::Record,
+    started: Instant,
+    sender: access_log::Sender,
+}
+
+impl PendingLog {
+    /// Takes what is logged of the request before the proxy consumes it.
+    pub(crate) fn new<B>(req: &Request<B>, client: IpAddr, sender: access_log::Sender) -> PendingLog {
+        let field = |name: header::HeaderName| {
+            req.headers()
+                .get(name)
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        };
+        PendingLog {
+            record: access_log::Record {
+                client,
+                time: std::time::SystemTime::now(),
+                method: req.method().clone(),
+                target: req.uri().to_string(),
+                version: req.version(),
+                host: field(header::HOST),
+                referer: field(header::REFERER),
+                user_agent: field(header::USER_AGENT),
+                status: 0,
+                bytes: 0,
+                upstream: None,
+                request_us: 0,
+                upstream_us: None,
+            },
+            started: Instant::now(),
+            sender,
+        }
+    }
+
+    /// Notes the status and the member of the response.
+    pub(crate) fn responded<B>(mut self, resp: &Response<B>) -> PendingLog {
+        self.record.status = resp.status().as_u16();
+        if let Some(a) = resp.extensions().get::<Answered>() {
+            self.record.upstream = Some(a.member);
+            self.record.upstream_us = a.upstream_us;
+        }
+        self
+    }
+}
+
 /// A response body on its way to the client: when hyper drops it (fully
 /// written to the connection's buffer, or abandoned), the connection
-/// becomes idle for its clock.
+/// becomes idle for its clock and the request is logged.
 pub(crate) struct Tracked {
     pub(crate) body: ProxyBody,
     pub(crate) clock: Rc<ConnClock>,
     pub(crate) keepalive: Duration,
+    pub(crate) log: Option<PendingLog>,
 }
 
 impl Drop for Tracked {
     fn drop(&mut self) {
         self.clock.response_done(self.keepalive);
+        if let Some(mut l) = self.log.take() {
+            l.record.request_us = u64::try_from(l.started.elapsed().as_micros()).unwrap_or(u64::MAX);
+            l.sender.send(l.record);
+        }
     }
 }
 
@@ -720,7 +938,14 @@ impl Body for Tracked {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        Pin::new(&mut self.body).poll_frame(cx)
+        let this = &mut *self;
+        let r = Pin::new(&mut this.body).poll_frame(cx);
+        if let (Some(l), Poll::Ready(Some(Ok(f)))) = (this.log.as_mut(), &r) {
+            if let Some(d) = f.data_ref() {
+                l.record.bytes += d.len() as u64;
+            }
+        }
+        r
     }
 
     fn is_end_stream(&self) -> bool {

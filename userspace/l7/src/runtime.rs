@@ -6,7 +6,7 @@ use std::{
     future::{poll_fn, Future},
     io,
     net::SocketAddr,
-    pin::pin,
+    pin::{pin, Pin},
     rc::Rc,
     sync::{
         atomic::{AtomicBool, Ordering},
@@ -80,6 +80,14 @@ pub enum StartError {
         /// The configured address.
         addr: SocketAddr,
         /// The socket call's error.
+        source: io::Error,
+    },
+    /// The access log file could not be opened.
+    #[error("access log {path}: {source}")]
+    AccessLog {
+        /// The configured file.
+        path: std::path::PathBuf,
+        /// The error.
         source: io::Error,
     },
     /// A worker thread or its runtime could not start.
@@ -162,6 +170,71 @@ impl Shutdown {
     }
 }
 
+/// A worker's live client connections, for the graceful drain at
+/// shutdown: each connection task registers here, and once `draining` is
+/// set every one is asked to finish its request in flight and close
+/// (hyper's `graceful_shutdown`).
+#[derive(Default)]
+pub(crate) struct Drain {
+    draining: std::cell::Cell<bool>,
+    live: std::cell::Cell<usize>,
+    /// Wakers of the connection tasks (to see `draining`) and of the
+    /// worker waiting for `live` to reach 0.
+    wakers: std::cell::RefCell<Vec<Waker>>,
+    idle: std::cell::RefCell<Option<Waker>>,
+}
+
+impl Drain {
+    fn start(&self) {
+        self.draining.set(true);
+        for w in self.wakers.borrow_mut().drain(..) {
+            w.wake();
+        }
+    }
+
+    /// Whether the drain has begun; if not, `waker` is woken when it does.
+    fn draining(&self, waker: &Waker) -> bool {
+        if self.draining.get() {
+            return true;
+        }
+        let mut ws = self.wakers.borrow_mut();
+        if !ws.iter().any(|w| w.will_wake(waker)) {
+            ws.push(waker.clone());
+        }
+        false
+    }
+
+    /// Ready when no connection is left.
+    fn poll_idle(&self, waker: &Waker) -> Poll<()> {
+        if self.live.get() == 0 {
+            return Poll::Ready(());
+        }
+        *self.idle.borrow_mut() = Some(waker.clone());
+        Poll::Pending
+    }
+}
+
+/// Counts one connection as live for as long as it exists.
+struct Live(Rc<Drain>);
+
+impl Live {
+    fn new(d: Rc<Drain>) -> Live {
+        d.live.set(d.live.get() + 1);
+        Live(d)
+    }
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        self.0.live.set(self.0.live.get() - 1);
+        if self.0.live.get() == 0 {
+            if let Some(w) = self.0.idle.borrow_mut().take() {
+                w.wake();
+            }
+        }
+    }
+}
+
 /// A running proxy: its worker threads and how to stop them.
 ///
 /// Dropping it stops the workers too (and waits for them).
@@ -171,6 +244,8 @@ pub struct Proxy {
     local_addrs: Vec<SocketAddr>,
     driver: DriverKind,
     stats: Arc<ProxyStats>,
+    /// Joined after the workers, so every record they sent is written.
+    access_log: Option<crate::access_log::Writer>,
 }
 
 impl Proxy {
@@ -215,6 +290,18 @@ impl Proxy {
 
         let shutdown = Arc::new(Shutdown::default());
         let stats = Arc::new(ProxyStats::default());
+        let (log_sender, log_writer) = match &config.access_log {
+            None => (None, None),
+            Some(c) => {
+                let (s, w) = crate::access_log::start(c, stats.clone()).map_err(|source| {
+                    StartError::AccessLog {
+                        path: c.path.clone(),
+                        source,
+                    }
+                })?;
+                (Some(s), Some(w))
+            }
+        };
         let config = Arc::new(config);
         let (ready_tx, ready_rx) = mpsc::channel::<(usize, io::Result<()>)>();
         let mut proxy = Proxy {
@@ -223,6 +310,7 @@ impl Proxy {
             local_addrs: local_addrs.clone(),
             driver,
             stats: stats.clone(),
+            access_log: log_writer,
         };
         for (w, listeners) in sockets.into_iter().enumerate() {
             let cpu = config
@@ -240,6 +328,7 @@ impl Proxy {
                 config: config.clone(),
                 shutdown: shutdown.clone(),
                 stats: stats.clone(),
+                access_log: log_sender.clone(),
             };
             let tx = ready_tx.clone();
             let t = thread::Builder::new()
@@ -249,6 +338,8 @@ impl Proxy {
             proxy.threads.push(t);
         }
         drop(ready_tx);
+        // Only the workers hold senders now: the writer ends after them.
+        drop(log_sender);
         for _ in 0..config.workers {
             match ready_rx.recv() {
                 Ok((_, Ok(()))) => {}
@@ -282,18 +373,43 @@ impl Proxy {
         self.stats.clone()
     }
 
-    /// Stops accepting, closes the listeners, and ends every worker thread,
-    /// cutting connections still open (graceful drain is not implemented
-    /// yet). Returns when all threads have exited.
+    /// Opens the access log's file again (for log rotation) before the
+    /// next records are written; nothing without an access log.
+    pub fn reopen_access_log(&self) {
+        if let Some(w) = &self.access_log {
+            w.reopen();
+        }
+    }
+
+    /// Graceful stop: closes the listeners (new connections are refused),
+    /// lets every request in flight finish (its response says
+    /// `Connection: close`), closes idle keep-alive connections at once,
+    /// and cuts whatever is still open after
+    /// [`ProxyConfig::drain_timeout`]. Returns when all worker threads
+    /// have exited. Dropping the `Proxy` does the same.
     pub fn shutdown(mut self) {
         self.stop();
     }
 
     fn stop(&mut self) {
-        self.shutdown.trigger();
-        for t in self.threads.drain(..) {
-            let _ = t.join();
+        let shutdown = self.shutdown.clone();
+        let threads: Vec<_> = self.threads.drain(..).collect();
+        let stop = move || {
+            shutdown.trigger();
+            for t in threads {
+                let _ = t.join();
+            }
+        };
+        if thread::panicking() {
+            // Dropped while unwinding (a failed assertion in a test, say):
+            // compio aborts the process when a task is woken from a
+            // panicking thread (its `panic_guard` cannot tell where the
+            // panic came from), so the wake-up comes from a fresh thread.
+            let _ = thread::spawn(stop).join();
+        } else {
+            stop();
         }
+        self.access_log.take();
     }
 }
 
@@ -329,6 +445,7 @@ struct WorkerArgs {
     config: Arc<ProxyConfig>,
     shutdown: Arc<Shutdown>,
     stats: Arc<ProxyStats>,
+    access_log: Option<crate::access_log::Sender>,
 }
 
 fn worker_main(args: WorkerArgs, ready: mpsc::Sender<(usize, io::Result<()>)>) {
@@ -369,6 +486,7 @@ fn worker_main(args: WorkerArgs, ready: mpsc::Sender<(usize, io::Result<()>)>) {
         config,
         shutdown,
         stats,
+        access_log,
         ..
     } = args;
     rt.block_on(async move {
@@ -382,7 +500,8 @@ fn worker_main(args: WorkerArgs, ready: mpsc::Sender<(usize, io::Result<()>)>) {
                 }
             }
         }
-        let worker = Rc::new(Worker::new(snapshot, &config, stats));
+        let worker = Rc::new(Worker::new(snapshot, &config, stats, access_log));
+        let drain = Rc::new(Drain::default());
         let loops: Vec<_> = compio_listeners
             .into_iter()
             .zip(addrs)
@@ -393,12 +512,27 @@ fn worker_main(args: WorkerArgs, ready: mpsc::Sender<(usize, io::Result<()>)>) {
                     worker.clone(),
                     config.clone(),
                     shutdown.clone(),
+                    drain.clone(),
                 ))
             })
             .collect();
         let _ = ready.send((index, Ok(())));
         for l in loops {
             let _ = l.await;
+        }
+        // The listeners are closed: drain the connections, bounded.
+        drain.start();
+        let drained = compio::time::timeout(
+            config.drain_timeout,
+            poll_fn(|cx| drain.poll_idle(cx.waker())),
+        )
+        .await;
+        if drained.is_err() {
+            tracing::warn!(
+                worker = index,
+                connections = drain.live.get(),
+                "L7 drain timeout: cutting the connections still open"
+            );
         }
     });
     // Dropping the runtime cancels the connection tasks still running.
@@ -424,6 +558,7 @@ async fn accept_loop(
     worker: Rc<Worker>,
     config: Arc<ProxyConfig>,
     shutdown: Arc<Shutdown>,
+    drain: Rc<Drain>,
 ) {
     loop {
         let mut accept = pin!(listener.accept());
@@ -438,7 +573,8 @@ async fn accept_loop(
             None => return,
             Some(Ok((stream, peer))) => {
                 let _ = stream.set_nodelay(true);
-                let task = serve(stream, addr, peer, worker.clone(), config.clone());
+                let live = Live::new(drain.clone());
+                let task = serve(stream, addr, peer, worker.clone(), config.clone(), live);
                 compio::runtime::spawn(task).detach();
             }
             Some(Err(e)) => {
@@ -457,6 +593,7 @@ async fn serve(
     peer: SocketAddr,
     worker: Rc<Worker>,
     config: Arc<ProxyConfig>,
+    live: Live,
 ) {
     worker
         .stats
@@ -468,22 +605,31 @@ async fn serve(
     let fd = compio::driver::ToSharedFd::to_shared_fd(&stream);
     let client_ip = http::HeaderValue::from_str(&peer.ip().to_string())
         .expect("an IP address is a valid header value");
+    let slot = crate::proxy::UpgradeSlot::default();
     let svc = {
         let worker = worker.clone();
         let clock = clock.clone();
         let keepalive = config.keepalive_timeout;
+        let slot = slot.clone();
         hyper::service::service_fn(move |req| {
             let worker = worker.clone();
             let clock = clock.clone();
             let client_ip = client_ip.clone();
+            let slot = slot.clone();
             async move {
+                let log = worker
+                    .access_log
+                    .clone()
+                    .map(|sender| crate::proxy::PendingLog::new(&req, peer.ip(), sender));
                 let resp = worker
-                    .handle(req, listener, peer, client_ip, clock.clone())
+                    .handle(req, listener, peer, client_ip, clock.clone(), slot)
                     .await?;
+                let log = log.map(|l| l.responded(&resp));
                 Ok::<_, std::convert::Infallible>(resp.map(|body| crate::proxy::Tracked {
                     body,
                     clock,
                     keepalive,
+                    log,
                 }))
             }
         })
@@ -496,21 +642,53 @@ async fn serve(
         .max_buf_size(config.max_header_size.max(8192))
         .max_header_size(config.max_header_size)
         .max_headers(config.max_headers);
+    let stream = crate::io::Stream::with_clock(stream, crate::io::CLIENT_BUF, Some(clock.clone()));
+    // Not pinned on the stack: after a 101 the connection is taken apart
+    // (`into_parts`) to get the stream back.
+    let mut conn = http.serve_connection(stream, svc);
     let outcome = {
-        let stream = crate::io::Stream::with_clock(stream, crate::io::CLIENT_BUF, Some(clock.clone()));
-        let mut conn = pin!(http.serve_connection(stream, svc));
+        let mut conn = Pin::new(&mut conn);
         let mut watch = pin!(limits::watch(&clock, config.header_read_timeout));
+        let mut asked_to_close = false;
         poll_fn(|cx| {
+            if !asked_to_close && live.0.draining(cx.waker()) {
+                // Finish the request in flight (if any), then close.
+                asked_to_close = true;
+                conn.as_mut().graceful_shutdown();
+            }
             if let Poll::Ready(r) = conn.as_mut().poll(cx) {
                 return Poll::Ready(Ok(r));
             }
             watch.as_mut().poll(cx).map(Err)
         })
         .await
-        // The connection (and its stream) is dropped here: compio cancels a
-        // receive in flight and keeps its buffer and descriptor until the
-        // cancellation completes.
     };
+    let upgraded = slot.borrow_mut().take();
+    let conn = match (&outcome, upgraded) {
+        (Ok(Ok(())), Some(up)) => {
+            let client = conn.into_parts();
+            if let Some(member) = crate::proxy::upgraded(up).await {
+                let end = crate::websocket::tunnel(
+                    (client.io, client.read_buf),
+                    member,
+                    config.websocket_idle_timeout,
+                )
+                .await;
+                match end {
+                    crate::websocket::End::Failed(e) => {
+                        tracing::debug!(client = %peer, error = %e, "upgraded connection failed")
+                    }
+                    end => tracing::debug!(client = %peer, ?end, "upgraded connection ended"),
+                }
+            }
+            return;
+        }
+        _ => conn,
+    };
+    // The connection (and its stream) is dropped here: compio cancels a
+    // receive in flight and keeps its buffer and descriptor until the
+    // cancellation completes.
+    drop(conn);
     match outcome {
         Ok(Ok(())) => {}
         Ok(Err(e)) => {

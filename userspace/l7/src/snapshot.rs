@@ -102,6 +102,10 @@ pub struct Route {
     /// Send the client's Host to the member (Apache `ProxyPreserveHost On`);
     /// otherwise the member's `address:port` (port omitted when 80).
     pub preserve_host: bool,
+    /// Rewrite Location, Content-Location and URI response fields that
+    /// point at a member of the pool back to the client's Host (Apache
+    /// `ProxyPassReverse`); see [`crate::headers::reverse_location`].
+    pub proxy_pass_reverse: bool,
 }
 
 impl Route {
@@ -450,6 +454,7 @@ mod tests {
                     path_prefix: "/".into(),
                     pool: 0,
                     preserve_host: false,
+                    proxy_pass_reverse: false,
                 }],
             }],
             pools: vec![],

@@ -225,6 +225,7 @@ impl Harness {
                     path_prefix: "/".into(),
                     pool: 0,
                     preserve_host: false,
+                    proxy_pass_reverse: false,
                 }],
             }],
             pools: vec![pool],

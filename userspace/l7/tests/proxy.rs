@@ -59,6 +59,8 @@ struct Backend {
     seen: Arc<Mutex<Vec<Seen>>>,
     /// When set, every answer is a 500 (a member failing fast).
     fail: Arc<std::sync::atomic::AtomicBool>,
+    /// The accept loop and every connection task, for `kill`.
+    tasks: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
 }
 
 impl Backend {
@@ -73,28 +75,74 @@ impl Backend {
             conns: Arc::default(),
             seen: Arc::default(),
             fail: Arc::default(),
+            tasks: Arc::default(),
         };
         let bb = b.clone();
-        tokio_rt().spawn(async move {
+        let accept = tokio_rt().spawn(async move {
             loop {
                 let Ok((s, _)) = listener.accept().await else {
                     return;
                 };
                 bb.conns.fetch_add(1, Ordering::SeqCst);
-                let bb = bb.clone();
-                tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(move |req| bb.clone().answer(req));
+                let b2 = bb.clone();
+                let conn = tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req| b2.clone().answer(req));
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+                        .with_upgrades()
                         .await;
                 });
+                bb.tasks.lock().unwrap().push(conn.abort_handle());
             }
         });
+        b.tasks.lock().unwrap().push(accept.abort_handle());
         b
     }
 
-    async fn answer(self, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+    /// The process dies: the listener closes and every connection is
+    /// dropped mid-exchange.
+    fn kill(&self) {
+        for t in self.tasks.lock().unwrap().drain(..) {
+            t.abort();
+        }
+    }
+
+    async fn answer(self, mut req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
         self.hits.fetch_add(1, Ordering::SeqCst);
+        if req.uri().path() == "/ws" && req.headers().contains_key("upgrade") {
+            // A tunnel that echoes what it gets in upper case (the proxy
+            // copies bytes; it does not look at WebSocket frames).
+            self.seen.lock().unwrap().push(Seen {
+                path: "/ws".into(),
+                headers: req.headers().clone(),
+                body_len: 0,
+            });
+            let on = hyper::upgrade::on(&mut req);
+            tokio::spawn(async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let Ok(up) = on.await else { return };
+                let mut io = hyper_util::rt::TokioIo::new(up);
+                let mut buf = [0u8; 1024];
+                loop {
+                    match io.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => {
+                            buf[..n].make_ascii_uppercase();
+                            if io.write_all(&buf[..n]).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+            });
+            return Ok(Response::builder()
+                .status(101)
+                .header("upgrade", "websocket")
+                .header("connection", "upgrade")
+                .header("sec-websocket-accept", "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=")
+                .body(Full::new(Bytes::new()))
+                .unwrap());
+        }
         let path = req.uri().path().to_string();
         let headers = req.headers().clone();
         let body_len = http_body_util::BodyExt::collect(req.into_body())
@@ -111,6 +159,15 @@ impl Backend {
         let mut resp = Response::builder();
         if self.fail.load(Ordering::SeqCst) {
             resp = resp.status(500);
+        }
+        if path == "/redirect" {
+            // Links to itself by address, as a member behind a proxy
+            // without ProxyPreserveHost does.
+            resp = resp
+                .status(302)
+                .header("location", format!("http://{}/moved?x=1", self.addr))
+                .header("content-location", format!("http://{}/c", self.addr))
+                .header("uri", "http://elsewhere.example/u");
         }
         if path == "/login" {
             // An application session cookie carrying the route, as
@@ -222,6 +279,7 @@ fn route(host: &str, prefix: &str, pool: usize) -> Route {
         path_prefix: prefix.into(),
         pool,
         preserve_host: false,
+        proxy_pass_reverse: false,
     }
 }
 
@@ -338,6 +396,18 @@ both_drivers!(
     ambiguous_requests_are_refused,
     both_framings_are_forwarded_chunked_and_close,
     pipelined_requests_are_answered_in_order,
+    rfc7239_forwarded_is_added,
+    proxy_pass_reverse_rewrites_member_urls,
+    shutdown_drains_requests_in_flight,
+    shutdown_drain_is_bounded,
+    access_log_combined_and_json,
+    access_log_reopens_for_rotation,
+    websocket_is_tunnelled_both_ways,
+    expect_100_continue,
+    only_idempotent_requests_are_retried_after_a_reset,
+    backend_killed_under_wrk_loses_no_idempotent_request,
+    timeouts_under_load_never_touch_reused_descriptors,
+    broken_request_body_is_the_clients_fault,
 );
 
 // --------------------------------------------------------------- scenarios
@@ -1251,6 +1321,10 @@ fn ambiguous_requests_are_refused(driver: DriverChoice) {
     }
     assert_eq!(a.hits(), cases.len(), "only the other client's requests");
     assert_eq!(stats.violations(Violation::BadRequest), cases.len() as u64);
+    // No tunnels to hosts the client names.
+    let r = refused(h.addr, b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n");
+    assert_eq!(r.status, 405);
+    assert_eq!(a.hits(), cases.len());
     // HTTP/1.0 without Host is valid; the same absolute form with a
     // matching Host is too.
     assert_eq!(send_raw(h.addr, "GET / HTTP/1.0\r\n\r\n").status, 200);
@@ -1307,5 +1381,522 @@ fn pipelined_requests_are_answered_in_order(driver: DriverChoice) {
     .unwrap();
     let bodies: Vec<String> = (0..3).map(|_| read_one(&mut s).body).collect();
     assert_eq!(bodies, ["a", "b", "a"]);
+    h.proxy.shutdown();
+}
+
+fn rfc7239_forwarded_is_added(driver: DriverChoice) {
+    for (fields, xff, fwd) in [
+        (ForwardedFields::Rfc7239, false, true),
+        (ForwardedFields::Both, true, true),
+        (ForwardedFields::XForwarded, true, false),
+    ] {
+        let a = Backend::start("a");
+        let h = Harness::start_with(
+            driver,
+            1,
+            vec![pool("p", &[(a.addr, 1)])],
+            vec![route("*", "/", 0)],
+            |c| c.forwarded = fields,
+        );
+        let r = send_raw(
+            h.addr,
+            "GET / HTTP/1.1\r\nHost: www.example:8080\r\nForwarded: for=192.0.2.9;proto=https\r\n\
+             X-Forwarded-Proto: https\r\nConnection: close\r\n\r\n",
+        );
+        assert_eq!(r.status, 200);
+        let seen = a.seen.lock().unwrap().pop().unwrap();
+        let hd = &seen.headers;
+        if fwd {
+            assert_eq!(
+                hd["forwarded"],
+                "for=192.0.2.9;proto=https, for=127.0.0.1;proto=http;host=\"www.example:8080\"",
+                "{fields:?}"
+            );
+        } else {
+            assert_eq!(hd["forwarded"], "for=192.0.2.9;proto=https", "{fields:?}");
+        }
+        if xff {
+            assert_eq!(hd["x-forwarded-for"], "127.0.0.1", "{fields:?}");
+            assert_eq!(hd["x-forwarded-proto"], "http", "{fields:?}");
+        } else {
+            // The client's claim of https is not passed on as if vouched for.
+            assert!(hd.get("x-forwarded-for").is_none(), "{fields:?}");
+            assert!(hd.get("x-forwarded-proto").is_none(), "{fields:?}");
+        }
+        h.proxy.shutdown();
+    }
+}
+
+fn proxy_pass_reverse_rewrites_member_urls(driver: DriverChoice) {
+    let a = Backend::start("a");
+    let mut rev = route("rev.example", "/", 0);
+    rev.proxy_pass_reverse = true;
+    let h = Harness::start(
+        driver,
+        1,
+        vec![pool("p", &[(a.addr, 1)])],
+        vec![rev, route("*", "/", 0)],
+    );
+    let r = get(h.addr, "rev.example:8443", "/redirect");
+    assert_eq!(r.status, 302);
+    assert_eq!(r.headers["location"], "http://rev.example:8443/moved?x=1");
+    assert_eq!(r.headers["content-location"], "http://rev.example:8443/c");
+    // Not a member's URL: untouched.
+    assert_eq!(r.headers["uri"], "http://elsewhere.example/u");
+    // A route without proxy_pass_reverse passes the member's URL through.
+    let r = get(h.addr, "plain.example", "/redirect");
+    assert_eq!(r.headers["location"], format!("http://{}/moved?x=1", a.addr));
+    h.proxy.shutdown();
+}
+
+fn shutdown_drains_requests_in_flight(driver: DriverChoice) {
+    let a = Backend::start("a");
+    let h = Harness::start(
+        driver,
+        2,
+        vec![pool("p", &[(a.addr, 1)])],
+        vec![route("*", "/", 0)],
+    );
+    let addr = h.addr;
+    // An idle keep-alive connection, and requests still being answered.
+    let mut idle = TcpStream::connect(addr).unwrap();
+    idle.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    idle.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    assert_eq!(read_one(&mut idle).status, 200);
+    let slow: Vec<_> = (0..4)
+        .map(|_| thread::spawn(move || get(addr, "x", "/sleep/400")))
+        .collect();
+    wait_for("the slow requests to reach a", || a.hits() == 5);
+    let stopper = thread::spawn(move || h.proxy.shutdown());
+    // The idle connection is closed without waiting for the others.
+    let mut rest = Vec::new();
+    idle.read_to_end(&mut rest).unwrap();
+    assert!(rest.is_empty());
+    for t in slow {
+        let r = t.join().unwrap();
+        assert_eq!((r.status, r.body.as_str()), (200, "a"));
+    }
+    stopper.join().unwrap();
+    // Nobody listens any more.
+    assert!(TcpStream::connect(addr).is_err());
+}
+
+fn shutdown_drain_is_bounded(driver: DriverChoice) {
+    let a = Backend::start("a");
+    let h = Harness::start_with(
+        driver,
+        1,
+        vec![pool("p", &[(a.addr, 1)])],
+        vec![route("*", "/", 0)],
+        |c| {
+            c.response_timeout = Duration::from_secs(30);
+            c.drain_timeout = Duration::from_millis(300);
+        },
+    );
+    let mut s = TcpStream::connect(h.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    s.write_all(b"GET /sleep/10000 HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    wait_for("the request to reach a", || a.hits() == 1);
+    let t = Instant::now();
+    h.proxy.shutdown();
+    // Cut at the drain timeout, long before the member would answer.
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    let mut rest = Vec::new();
+    let _ = s.read_to_end(&mut rest);
+    assert!(rest.is_empty(), "{}", String::from_utf8_lossy(&rest));
+}
+
+/// Log rotation: the file is renamed away, `reopen_access_log` is called
+/// (the daemon does on SIGHUP), and the next records go to a new file at
+/// the configured path while the earlier one stays in the renamed file.
+fn access_log_reopens_for_rotation(driver: DriverChoice) {
+    let a = Backend::start("a");
+    let path = std::env::temp_dir().join(format!("fulcrum-l7-rotate-{}-{driver:?}.log", std::process::id()));
+    let rotated = path.with_extension("log.1");
+    let _ = std::fs::remove_file(&path);
+    let _ = std::fs::remove_file(&rotated);
+    let h = Harness::start_with(driver, 1, vec![pool("p", &[(a.addr, 1)])], vec![route("www.example", "/", 0)], |c| {
+        c.access_log = Some(AccessLogConfig { path: path.clone(), format: AccessLogFormat::Combined })
+    });
+    let lines = |p: &std::path::Path| std::fs::read_to_string(p).unwrap_or_default().lines().map(str::to_string).collect::<Vec<_>>();
+    assert_eq!(get(h.addr, "www.example", "/before").status, 200);
+    // The writer flushes each batch: wait for the line, bounded.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while lines(&path).is_empty() {
+        assert!(std::time::Instant::now() < deadline, "the first record was never written");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::fs::rename(&path, &rotated).unwrap();
+    h.proxy.reopen_access_log();
+    assert_eq!(get(h.addr, "www.example", "/after").status, 200);
+    h.proxy.shutdown();
+    let (old, new) = (lines(&rotated), lines(&path));
+    let _ = std::fs::remove_file(&path);
+    let _ = std::fs::remove_file(&rotated);
+    assert!(old.len() == 1 && old[0].contains("/before"), "rotated file: {old:?}");
+    assert!(new.len() == 1 && new[0].contains("/after"), "new file: {new:?}");
+}
+
+fn access_log_combined_and_json(driver: DriverChoice) {
+    for format in [AccessLogFormat::Combined, AccessLogFormat::Json] {
+        let a = Backend::start("a");
+        let path = std::env::temp_dir().join(format!(
+            "fulcrum-l7-access-{}-{:?}-{format:?}.log",
+            std::process::id(),
+            driver
+        ));
+        let _ = std::fs::remove_file(&path);
+        let h = Harness::start_with(
+            driver,
+            2,
+            vec![pool("p", &[(a.addr, 1)])],
+            vec![route("www.example", "/", 0)],
+            |c| {
+                c.access_log = Some(AccessLogConfig {
+                    path: path.clone(),
+                    format,
+                })
+            },
+        );
+        let r = send_raw(
+            h.addr,
+            "GET /x?y=1 HTTP/1.1\r\nHost: www.example\r\nUser-Agent: test/1 \"q\"\r\n\
+             Referer: http://r.example/\r\nConnection: close\r\n\r\n",
+        );
+        assert_eq!(r.status, 200);
+        assert_eq!(get(h.addr, "other.example", "/none").status, 404);
+        // Shutdown writes out every record.
+        h.proxy.shutdown();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let _ = std::fs::remove_file(&path);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        let (ok, missing) = if lines[0].contains("/x?y=1") {
+            (lines[0], lines[1])
+        } else {
+            (lines[1], lines[0])
+        };
+        match format {
+            AccessLogFormat::Combined => {
+                let prefix = "127.0.0.1 - - [";
+                assert!(ok.starts_with(prefix), "{ok}");
+                assert!(
+                    ok.contains("] \"GET /x?y=1 HTTP/1.1\" 200 1 \"http://r.example/\" \"test/1 \\\"q\\\"\" upstream="),
+                    "{ok}"
+                );
+                assert!(ok.contains(&format!("upstream={} request_us=", a.addr)), "{ok}");
+                assert!(!ok.ends_with("upstream_us=-"), "{ok}");
+                assert!(missing.contains("\"GET /none HTTP/1.1\" 404 "), "{missing}");
+                assert!(missing.contains("upstream=- "), "{missing}");
+            }
+            AccessLogFormat::Json => {
+                let v: serde_json::Value = serde_json::from_str(ok).unwrap();
+                assert_eq!(v["status"], 200);
+                assert_eq!(v["bytes"], 1);
+                assert_eq!(v["target"], "/x?y=1");
+                assert_eq!(v["host"], "www.example");
+                assert_eq!(v["user_agent"], "test/1 \"q\"");
+                assert_eq!(v["upstream"], a.addr.to_string());
+                assert!(v["upstream_us"].as_u64().is_some());
+                let v: serde_json::Value = serde_json::from_str(missing).unwrap();
+                assert_eq!(v["status"], 404);
+                assert!(v["upstream"].is_null());
+            }
+        }
+    }
+}
+
+/// Reads a response head (through the blank line) byte by byte, leaving
+/// what follows unread.
+fn read_head(s: &mut TcpStream) -> Reply {
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    while !buf.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut byte).unwrap();
+        buf.push(byte[0]);
+    }
+    parse(&buf)
+}
+
+fn websocket_is_tunnelled_both_ways(driver: DriverChoice) {
+    let a = Backend::start("a");
+    let h = Harness::start_with(
+        driver,
+        1,
+        vec![pool("p", &[(a.addr, 1)])],
+        vec![route("*", "/", 0)],
+        |c| c.websocket_idle_timeout = Duration::from_millis(500),
+    );
+    let mut s = TcpStream::connect(h.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    // The first bytes of the new protocol come right behind the head.
+    s.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: keep-alive, Upgrade\r\nUpgrade: websocket\r\n\
+          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\nearly",
+    )
+    .unwrap();
+    let r = read_head(&mut s);
+    assert_eq!(r.status, 101);
+    assert_eq!(r.headers["upgrade"], "websocket");
+    assert_eq!(r.headers["connection"], "upgrade");
+    assert_eq!(r.headers["sec-websocket-accept"], "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+    let mut got = [0u8; 5];
+    s.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"EARLY");
+    for msg in [&b"ping"[..], b"a longer message", b"x"] {
+        s.write_all(msg).unwrap();
+        let mut got = vec![0u8; msg.len()];
+        s.read_exact(&mut got).unwrap();
+        assert_eq!(got, msg.to_ascii_uppercase());
+    }
+    let seen = a.seen.lock().unwrap().last().unwrap().clone();
+    assert_eq!(seen.headers["upgrade"], "websocket");
+    assert_eq!(seen.headers["connection"], "upgrade");
+    assert_eq!(seen.headers["sec-websocket-key"], "dGhlIHNhbXBsZSBub25jZQ==");
+    // Idle past its own timeout: closed.
+    let mut rest = Vec::new();
+    let _ = s.read_to_end(&mut rest);
+    assert!(rest.is_empty());
+    // Other upgrades are not tunnelled: a plain request without Upgrade.
+    let r = send_raw(
+        h.addr,
+        "GET /plain HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, close\r\nUpgrade: h2c\r\n\r\n",
+    );
+    assert_eq!((r.status, r.body.as_str()), (200, "a"));
+    let seen = a.seen.lock().unwrap().last().unwrap().clone();
+    assert_eq!(seen.path, "/plain");
+    assert!(seen.headers.get("upgrade").is_none());
+    // The proxy still serves after the tunnel.
+    assert_eq!(get(h.addr, "x", "/").status, 200);
+    h.proxy.shutdown();
+}
+
+fn expect_100_continue(driver: DriverChoice) {
+    let a = Backend::start("a");
+    let h = Harness::start_with(
+        driver,
+        1,
+        vec![pool("p", &[(a.addr, 1)])],
+        vec![route("*", "/", 0)],
+        |c| c.max_body_size = 100,
+    );
+    let mut s = TcpStream::connect(h.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"POST /up HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n")
+        .unwrap();
+    // The client waits for the interim answer before sending its body.
+    let r = read_head(&mut s);
+    assert_eq!(r.status, 100);
+    s.write_all(b"hello").unwrap();
+    let r = read_one(&mut s);
+    assert_eq!((r.status, r.body.as_str()), (200, "a"));
+    let seen = a.seen.lock().unwrap().last().unwrap().clone();
+    assert_eq!(seen.body_len, 5);
+    assert!(seen.headers.get("expect").is_none());
+    // Too large: refused at once, no 100, the body never sent.
+    let mut s = TcpStream::connect(h.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"POST /up HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 500\r\n\r\n")
+        .unwrap();
+    let mut all = Vec::new();
+    let _ = s.read_to_end(&mut all);
+    assert_eq!(parse(&all).status, 413);
+    assert_eq!(a.hits(), 1);
+    h.proxy.shutdown();
+}
+
+/// A member that reads a request head and closes the connection without a
+/// byte of answer, counting the heads it got.
+fn closing_member() -> (SocketAddr, Arc<AtomicUsize>) {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let heads = Arc::new(AtomicUsize::new(0));
+    let h = heads.clone();
+    thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { return };
+            let mut buf = Vec::new();
+            let mut byte = [0u8; 1];
+            while !buf.ends_with(b"\r\n\r\n") {
+                if s.read_exact(&mut byte).is_err() {
+                    break;
+                }
+                buf.push(byte[0]);
+            }
+            h.fetch_add(1, Ordering::SeqCst);
+        }
+    });
+    (addr, heads)
+}
+
+fn only_idempotent_requests_are_retried_after_a_reset(driver: DriverChoice) {
+    let (closer, heads) = closing_member();
+    let good = Backend::start("good");
+    let h = Harness::start(
+        driver,
+        1,
+        vec![pool("p", &[(closer, 1), (good.addr, 1)])],
+        vec![route("*", "/", 0)],
+    );
+    // Smooth round robin with equal weights takes the first member first.
+    for method in ["GET", "HEAD", "DELETE"] {
+        let before = heads.load(Ordering::SeqCst);
+        let r = send_raw(h.addr, &format!("{method} /x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"));
+        assert_eq!(r.status, 200, "{method}");
+        // Whichever member came first, the request got its answer; when
+        // it was the closing one, it was asked once only.
+        assert!(heads.load(Ordering::SeqCst) - before <= 1);
+    }
+    assert!(heads.load(Ordering::SeqCst) >= 1, "the closing member was never tried");
+    let served = good.hits();
+    // Not idempotent, or with a body: never sent twice, 502.
+    let mut posts = 0;
+    let mut refused = 0;
+    for _ in 0..4 {
+        let before = heads.load(Ordering::SeqCst);
+        let r = send_raw(h.addr, "POST /x HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 3\r\n\r\nabc");
+        posts += 1;
+        if heads.load(Ordering::SeqCst) > before {
+            assert_eq!(r.status, 502);
+            refused += 1;
+        } else {
+            assert_eq!(r.status, 200);
+        }
+    }
+    assert!(refused >= 1 && refused < posts + 1);
+    assert_eq!(good.hits(), served + (posts - refused), "a refused POST reached the other member");
+    h.proxy.shutdown();
+}
+
+/// Parses wrk's summary: (requests, non-2xx/3xx responses, socket errors).
+fn wrk_summary(out: &str) -> (u64, u64, u64) {
+    let requests = out
+        .lines()
+        .find_map(|l| l.trim().split_once(" requests in "))
+        .map(|(n, _)| n.trim().parse().unwrap())
+        .unwrap_or_else(|| panic!("no request count in wrk output:\n{out}"));
+    let non_2xx = out
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Non-2xx or 3xx responses:"))
+        .map_or(0, |n| n.trim().parse().unwrap());
+    let socket_errors = out
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Socket errors:"))
+        .map_or(0, |rest| {
+            rest.split(',')
+                .filter_map(|part| part.split_whitespace().last())
+                .map(|n| n.parse::<u64>().unwrap())
+                .sum()
+        });
+    (requests, non_2xx, socket_errors)
+}
+
+fn backend_killed_under_wrk_loses_no_idempotent_request(driver: DriverChoice) {
+    if std::process::Command::new("wrk").arg("--version").output().is_err() {
+        eprintln!("SKIPPED: wrk is not installed");
+        return;
+    }
+    let (a, b) = (Backend::start("a"), Backend::start("b"));
+    let h = Harness::start_with(
+        driver,
+        2,
+        vec![pool("p", &[(a.addr, 1), (b.addr, 1)])],
+        vec![route("*", "/", 0)],
+        |c| c.response_timeout = Duration::from_secs(5),
+    );
+    // Bounded: 3 s, 16 connections; each request waits 2 ms at the
+    // member so that some are in flight when `a` dies.
+    let wrk = std::process::Command::new("wrk")
+        .args(["-t2", "-c16", "-d3s", "--timeout", "2s"])
+        .arg(format!("http://{}/sleep/2", h.addr))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for("load on a", || a.hits() > 200);
+    a.kill();
+    let killed_at = (a.hits(), b.hits());
+    let out = wrk.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    let (requests, non_2xx, socket_errors) = wrk_summary(&text);
+    assert_eq!((non_2xx, socket_errors), (0, 0), "{text}");
+    assert!(requests > killed_at.0 as u64, "{text}");
+    // `b` carried the load after the kill.
+    assert!(b.hits() > killed_at.1 + 100, "b={} {text}", b.hits());
+    h.proxy.shutdown();
+}
+
+fn timeouts_under_load_never_touch_reused_descriptors(driver: DriverChoice) {
+    // Connections cut by timeouts (their receive cancelled) while new
+    // connections keep arriving: descriptor numbers are reused at once, so
+    // a late completion on a closed descriptor would land on a new
+    // connection and garble or cut its exchange.
+    let a = Backend::start("a");
+    let h = Harness::start_with(
+        driver,
+        1,
+        vec![pool("p", &[(a.addr, 1)])],
+        vec![route("*", "/", 0)],
+        |c| {
+            c.header_read_timeout = Duration::from_millis(100);
+            c.keepalive_timeout = Duration::from_millis(100);
+        },
+    );
+    let addr = h.addr;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let clients: Vec<_> = (0..2)
+        .map(|_| {
+            let stop = stop.clone();
+            thread::spawn(move || {
+                let mut n = 0;
+                while !stop.load(Ordering::SeqCst) && n < 2000 {
+                    let r = get(addr, "x", "/");
+                    assert_eq!((r.status, r.body.as_str()), (200, "a"));
+                    n += 1;
+                }
+                n
+            })
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let mut slow = 0;
+    while Instant::now() < deadline && slow < 200 {
+        let batch: Vec<TcpStream> = (0..20)
+            .map(|_| {
+                let mut s = TcpStream::connect(addr).unwrap();
+                s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").unwrap();
+                s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                s
+            })
+            .collect();
+        for mut s in batch {
+            let mut buf = Vec::new();
+            let _ = s.read_to_end(&mut buf);
+            // Exactly the 408, never another connection's answer.
+            assert_eq!(parse(&buf).status, 408);
+            assert!(buf.ends_with(b"408 Request Timeout\n"), "{}", String::from_utf8_lossy(&buf));
+            slow += 1;
+        }
+    }
+    stop.store(true, Ordering::SeqCst);
+    let served: usize = clients.into_iter().map(|c| c.join().unwrap()).sum();
+    assert!(served > 0 && slow > 0);
+    assert_eq!(h.proxy.stats().violations(Violation::RequestTimeout), slow as u64);
+    h.proxy.shutdown();
+}
+
+fn broken_request_body_is_the_clients_fault(driver: DriverChoice) {
+    let a = Backend::start("a");
+    let h = Harness::start(
+        driver,
+        1,
+        vec![pool("p", &[(a.addr, 1)])],
+        vec![route("*", "/", 0)],
+    );
+    let r = refused(h.addr, b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\n");
+    assert_eq!(r.status, 400);
+    assert_eq!(MemberStats::get(&h.member(0, 0).stats.failures), 0);
+    assert_eq!(h.proxy.stats().violations(Violation::BadRequest), 1);
     h.proxy.shutdown();
 }

@@ -66,6 +66,7 @@ fn ipv4_election_and_graceful_handover() -> Result<()> {
     assert_eq!(r1.state(), State::Master);
     assert_eq!(r2.state(), State::Backup);
     assert_eq!(lab.holders(vip), vec![1], "VIP on the Master only");
+    assert_eq!(scheduling_policy("vrrp-r1"), Some(SCHED_RR), "instance threads run in real time");
     while rx2.try_recv().is_ok() {}
 
     let stop = Instant::now();
@@ -502,6 +503,23 @@ fn hmac_peers_elect_and_a_wrong_key_is_ignored() -> Result<()> {
     Ok(())
 }
 
+/// `SCHED_RR` in `/proc/.../stat`.
+const SCHED_RR: u32 = 2;
+
+/// The scheduling policy (field 41 of `/proc/self/task/TID/stat`) of this
+/// process's thread named `name`, if there is one.
+fn scheduling_policy(name: &str) -> Option<u32> {
+    std::fs::read_dir("/proc/self/task").ok()?.flatten().find_map(|task| {
+        let comm = std::fs::read_to_string(task.path().join("comm")).ok()?;
+        if comm.trim() != name {
+            return None;
+        }
+        let stat = std::fs::read_to_string(task.path().join("stat")).ok()?;
+        // Fields after the `)` that ends comm start at field 3.
+        stat.rsplit_once(')')?.1.split_whitespace().nth(41 - 3)?.parse().ok()
+    })
+}
+
 /// `ip -n NS -o link show DEV`, or `None` if there is no such device.
 fn link_line(ns: &str, dev: &str) -> Option<String> {
     common::ip(&["-n", ns, "-o", "link", "show", "dev", dev]).ok()
@@ -517,6 +535,17 @@ fn addr_on(ns: &str, dev: &str, addr: IpAddr) -> bool {
         .unwrap_or(false)
 }
 
+/// r1 (200) Master and r2 (100) Backup, both with `virtual_mac = true`
+/// for `vip`; returns them and r2's reports.
+fn virtual_mac_pair(lab: &VrrpLab, vip: IpAddr) -> Result<(Instance, Instance, std::sync::mpsc::Receiver<StateChange>)> {
+    let vcfg = |name: &str, prio: u8| InstanceConfig { virtual_mac: true, ..config(name, vip, prio) };
+    let (r1, rx1) = lab.spawn(1, vcfg("r1", 200))?;
+    wait_state(&rx1, State::Master, Duration::from_secs(3))?;
+    let (r2, rx2) = lab.spawn(2, vcfg("r2", 100))?;
+    wait_for(Duration::from_secs(1), "r2 in Backup", || r2.state() == State::Backup)?;
+    Ok((r1, r2, rx2))
+}
+
 /// `virtual_mac = true`: the Master's VIP sits on the macvlan `vrrp.51`
 /// and resolves, at the observer, to the virtual router MAC
 /// 00:00:5e:00:01:33 (RFC 9568 section 7.3, VRID 51 = 0x33); after a
@@ -529,11 +558,7 @@ fn ipv4_virtual_mac_follows_the_master() -> Result<()> {
     const VMAC: &str = "00:00:5e:00:01:33";
     let lab = VrrpLab::up(2)?;
     let vip = IpAddr::V4(lab.vip4());
-    let vcfg = |name: &str, prio: u8| InstanceConfig { virtual_mac: true, ..config(name, vip, prio) };
-    let (r1, rx1) = lab.spawn(1, vcfg("r1", 200))?;
-    wait_state(&rx1, State::Master, Duration::from_secs(3))?;
-    let (r2, rx2) = lab.spawn(2, vcfg("r2", 100))?;
-    wait_for(Duration::from_secs(1), "r2 in Backup", || r2.state() == State::Backup)?;
+    let (r1, r2, rx2) = virtual_mac_pair(&lab, vip)?;
     let (ns1, ns2) = (lab.router(1), lab.router(2));
     assert!(addr_on(&ns1, "vrrp.51", vip), "the VIP is on r1's macvlan");
     assert!(lab.holders(vip).is_empty(), "and on no eth0");
@@ -698,11 +723,7 @@ fn ipv6_virtual_mac_follows_the_master() -> Result<()> {
     const VMAC: &str = "00:00:5e:00:02:33";
     let lab = VrrpLab::up(2)?;
     let vip = IpAddr::V6(lab.vip6());
-    let vcfg = |name: &str, prio: u8| InstanceConfig { virtual_mac: true, ..config(name, vip, prio) };
-    let (r1, rx1) = lab.spawn(1, vcfg("r1", 200))?;
-    wait_state(&rx1, State::Master, Duration::from_secs(3))?;
-    let (r2, rx2) = lab.spawn(2, vcfg("r2", 100))?;
-    wait_for(Duration::from_secs(1), "r2 in Backup", || r2.state() == State::Backup)?;
+    let (r1, r2, rx2) = virtual_mac_pair(&lab, vip)?;
     let (ns1, ns2) = (lab.router(1), lab.router(2));
     let l1 = link_line(&ns1, "vrrp6.51").expect("r1 has vrrp6.51");
     assert!(l1.contains(VMAC) && l1.contains(",UP"), "r1's macvlan: {l1}");

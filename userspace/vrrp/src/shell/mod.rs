@@ -494,6 +494,30 @@ pub fn spawn_synced(
     spawn_inner(cfg, reports, Some((group.clone(), member)))
 }
 
+/// The real-time priority of every instance's thread (SCHED_RR, 1..=99;
+/// keepalived's `vrrp_rt_priority`). An instance thread sleeps in `poll`
+/// almost always; real time lets it send its adverts and run its timers
+/// on time however busy the node is with table writes, health checks or
+/// L7 load, so that a loaded Master is not taken for a dead one. The
+/// kernel's real-time throttling (`sched_rt_runtime_us`) still bounds it.
+pub const REALTIME_PRIORITY: i32 = 10;
+
+/// Puts the calling thread in SCHED_RR at [`REALTIME_PRIORITY`], with
+/// SCHED_RESET_ON_FORK so that processes it starts are ordinary; without
+/// CAP_SYS_NICE it stays as it is, with one warning.
+#[allow(unsafe_code)]
+fn raise_to_realtime(instance: &str) {
+    let param = libc::sched_param { sched_priority: REALTIME_PRIORITY };
+    // SAFETY: plain syscall on this thread with a valid parameter block.
+    let rc = unsafe {
+        libc::pthread_setschedparam(libc::pthread_self(), libc::SCHED_RR | libc::SCHED_RESET_ON_FORK, &param)
+    };
+    if rc != 0 {
+        let error = std::io::Error::from_raw_os_error(rc);
+        tracing::warn!(%instance, %error, "VRRP thread stays at normal priority (SCHED_RR needs CAP_SYS_NICE): adverts may be late under load");
+    }
+}
+
 fn spawn_inner(
     cfg: InstanceConfig,
     reports: mpsc::Sender<StateChange>,
@@ -544,9 +568,13 @@ fn spawn_inner(
         }
     };
     let status = runner.status();
+    let runner_name = name.clone();
     let thread = std::thread::Builder::new()
         .name(format!("vrrp-{name}"))
-        .spawn(move || runner.run())
+        .spawn(move || {
+            raise_to_realtime(&runner_name);
+            runner.run()
+        })
         .map_err(|source| ShellError::Io {
             name: name.clone(),
             what: "spawning the thread",
