@@ -29,12 +29,6 @@ use std::{fs::OpenOptions, io::Write, path::Path, path::PathBuf};
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
-/// mimalloc instead of glibc's malloc: the L7 proxy allocates per request
-/// (hyper's head buffers, header maps, the client's oneshot); -2% CPU per
-/// proxied request, bench/RESULTS.md ("l7: release profile and allocator").
-#[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Parser)]
 #[command(name = "fulcrum-bench")]
 struct Cli {

@@ -5,12 +5,6 @@ use clap::{Parser, Subcommand};
 use fulcrum_config as config;
 use tracing_subscriber::EnvFilter;
 
-/// mimalloc instead of glibc's malloc: the L7 proxy allocates per request
-/// (hyper's head buffers, header maps, the client's oneshot); -2% CPU per
-/// proxied request, bench/RESULTS.md ("l7: release profile and allocator").
-#[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Parser)]
 #[command(name = "fulcrum", version, about = "Kernel-assisted L4/L7 load balancer")]
 struct Cli {
