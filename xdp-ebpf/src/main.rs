@@ -2,8 +2,9 @@
 //! backend chosen from a Maglev lookup table, in L2 DSR or IPIP mode.
 //!
 //! The pipeline reads top to bottom, one small function a stage:
-//! `parse` -> `vip_filter_admits` -> `established_flow` (a connection-table
-//! entry with current VIP facts: no `VIPS` lookup) or `full_path`
+//! `parse` -> `vip_filter_admits` -> `route`, once per address family
+//! (the family's connection table, `ConnTable`): `established_flow` (a
+//! connection-table entry with current VIP facts: no `VIPS` lookup) or `full_path`
 //! (`lookup_vip` -> `addressed_to_us` -> `select_real`: the connection
 //! table, else `pick_real` from the Maglev table) -> `forward`:
 //! `rewrite_l2` (L2 DSR) or `encap::encapsulate` (IPIP / IP6IP6, per VIP)
