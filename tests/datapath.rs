@@ -1300,6 +1300,40 @@ fn the_connection_table_is_sized_at_load_and_evicts_beyond_it() {
     assert_eq!(conn(&dp, ConnEvent::WriteFailed), 0);
 }
 
+/// Each address family has its own table of `conn_table_size` flows
+/// (`CONN_TABLE_V4` with 16-byte keys, `CONN_TABLE_V6`): IPv6 flows past
+/// the size evict IPv6 flows, never IPv4 ones, and `conn_entry` finds each
+/// family's entries under the same `FlowKey` form.
+#[test]
+fn each_family_has_its_own_connection_table_of_the_configured_size() {
+    let mut dp = Datapath::load_with(LoadOptions { conn_table_size: 4096 }).unwrap();
+    dp.set_self_mac(SELF_MAC).unwrap();
+    dp.apply(&lab_state()).unwrap();
+    for sport in 1..=100u16 {
+        run(&mut dp, &syn4(sport), XDP_TX, Reason::Tx);
+    }
+    for sport in 1..=10000u16 {
+        run(&mut dp, &tcp6(CLIENT6, VIP6, sport, 80), XDP_TX, Reason::Tx);
+    }
+    let live = dp.conn_entries();
+    assert!(live <= 100 + 4096 && live > 100 + 1000, "{live} entries");
+    for sport in 1..=100u16 {
+        assert!(dp.conn_entry(&key4(sport, 80, IPPROTO_TCP)).is_some(), "IPv4 flow {sport} evicted by IPv6 flows");
+    }
+    let key6 = |sport: u16| FlowKey {
+        src: addr_words(CLIENT6.into()),
+        dst: addr_words(VIP6.into()),
+        ports: ports_word(sport.to_be(), 80u16.to_be()),
+        proto: u32::from(IPPROTO_TCP),
+    };
+    assert!(dp.conn_entry(&key6(10000)).is_some());
+    // The most recent IPv6 flows are kept, the oldest evicted.
+    assert!(dp.conn_entry(&key6(1)).is_none());
+    assert_eq!(conn(&dp, ConnEvent::Syn), 100);
+    assert_eq!(conn(&dp, ConnEvent::Miss), 10000);
+    assert_eq!(conn(&dp, ConnEvent::WriteFailed), 0);
+}
+
 /// A VIP whose VRRP instance is BACKUP here is passed to the kernel, not
 /// forwarded; becoming MASTER is a flag flip, and its flows resume.
 #[test]

@@ -41,7 +41,10 @@ pub mod names {
     pub const REAL_STATS: &str = "REAL_STATS";
     pub const REASON_STATS: &str = "REASON_STATS";
     pub const VIP_FILTER: &str = "VIP_FILTER";
-    pub const CONN_TABLE: &str = "CONN_TABLE";
+    /// The connection table of IPv4 flows (`FlowKeyV4` keys).
+    pub const CONN_TABLE_V4: &str = "CONN_TABLE_V4";
+    /// The connection table of IPv6 flows (`FlowKey` keys).
+    pub const CONN_TABLE_V6: &str = "CONN_TABLE_V6";
     pub const CONN_STATS: &str = "CONN_STATS";
     pub const VIP_CONN_STATS: &str = "VIP_CONN_STATS";
     pub const VIP_GEN: &str = "VIP_GEN";
@@ -53,9 +56,10 @@ pub mod names {
     pub const DECAP_STATS: &str = "DECAP_STATS";
 }
 
-/// Connection table entries when the configuration does not say
-/// (`[datapath] conn_table_size`): one million 5-tuples, about 130 MiB of
-/// kernel memory preallocated at load (see `docs/architecture.md`).
+/// Connection table entries per address family when the configuration
+/// does not say (`[datapath] conn_table_size`): one million IPv4 flows and
+/// one million IPv6 flows, about 113 + 137 MB of kernel memory
+/// preallocated at load (see `docs/architecture.md`).
 pub const DEFAULT_CONN_TABLE_SIZE: u32 = 1_000_000;
 
 /// Words of the `VIP_REAL_OK` bitmap: one bit per (VIP id, real id).
@@ -200,8 +204,11 @@ pub struct RealDef {
     pub addr: [u32; 4],
 }
 
-/// Key of the `CONN_TABLE` LRU map: a flow's 5-tuple as the packet carries
-/// it, addresses in the IPv4-mapped form of [`VipKey::addr`].
+/// A flow's 5-tuple as the packet carries it, addresses in the
+/// IPv4-mapped form of [`VipKey::addr`]: the key of `CONN_TABLE_V6` (40
+/// bytes). IPv4 flows are kept in `CONN_TABLE_V4` under the 16-byte
+/// [`FlowKeyV4`] ([`FlowKey::v4`]); user space may name either kind of
+/// flow with a `FlowKey`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct FlowKey {
@@ -215,7 +222,38 @@ pub struct FlowKey {
     pub proto: u32,
 }
 
-/// Value of `CONN_TABLE`: the real a flow was sent to, and a copy of the
+impl FlowKey {
+    /// The `CONN_TABLE_V4` key of the flow, if both addresses are
+    /// IPv4-mapped (an IPv4 flow).
+    pub fn v4(&self) -> Option<FlowKeyV4> {
+        let mapped = |a: &[u32; 4]| a[0] == 0 && a[1] == 0 && a[2] == V4_MAPPED_WORD;
+        (mapped(&self.src) && mapped(&self.dst)).then_some(FlowKeyV4 {
+            src: self.src[3],
+            dst: self.dst[3],
+            ports: self.ports,
+            proto: self.proto,
+        })
+    }
+}
+
+/// Key of the `CONN_TABLE_V4` LRU map: an IPv4 flow's 5-tuple, raw
+/// network-order words as loaded from the packet. 16 bytes instead of
+/// [`FlowKey`]'s 40: the kernel hashes (`jhash2`) and compares every key
+/// byte on each lookup and update, and copies it into the element on
+/// update, so the short key makes an IPv4 connection-table hit about 8 ns
+/// cheaper here (`bench/RESULTS.md`) and its element 24 bytes smaller.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKeyV4 {
+    pub src: u32,
+    pub dst: u32,
+    /// Source and destination port, see [`ports_word`].
+    pub ports: u32,
+    /// The IP protocol number, widened to a word (see [`FlowKey::proto`]).
+    pub proto: u32,
+}
+
+/// Value of `CONN_TABLE_V4` and `CONN_TABLE_V6`: the real a flow was sent to, and a copy of the
 /// VIP facts its packets need, so that an established flow's packet is
 /// forwarded without the `VIPS` hash lookup (about 40 ns here).
 ///
@@ -532,6 +570,7 @@ mod pod {
     unsafe impl aya::Pod for super::DatapathConfig {}
     unsafe impl aya::Pod for super::Counters {}
     unsafe impl aya::Pod for super::FlowKey {}
+    unsafe impl aya::Pod for super::FlowKeyV4 {}
     unsafe impl aya::Pod for super::ConnEntry {}
 }
 
@@ -572,8 +611,24 @@ mod conn_tests {
     }
 
     #[test]
+    fn only_ipv4_flows_have_a_v4_key() {
+        let v4 = |a: [u8; 4]| addr_words(core::net::IpAddr::from(a));
+        let v6 = addr_words(core::net::IpAddr::from([0xfd00, 0, 0, 0, 0, 0, 0, 1]));
+        let key = FlowKey { src: v4([198, 18, 0, 1]), dst: v4([198, 18, 1, 1]), ports: 7, proto: 6 };
+        assert_eq!(
+            key.v4(),
+            Some(FlowKeyV4 { src: key.src[3], dst: key.dst[3], ports: 7, proto: 6 })
+        );
+        assert_eq!(FlowKey { src: v6, ..key }.v4(), None);
+        assert_eq!(FlowKey { dst: v6, ..key }.v4(), None);
+        // An IPv4-compatible (not -mapped) address is IPv6.
+        assert_eq!(FlowKey { src: [0, 0, 0, key.src[3]], ..key }.v4(), None);
+    }
+
+    #[test]
     fn layouts_are_what_the_kernel_side_expects() {
         assert_eq!(core::mem::size_of::<FlowKey>(), 40);
+        assert_eq!(core::mem::size_of::<FlowKeyV4>(), 16);
         assert_eq!(core::mem::size_of::<ConnEntry>(), 32);
         assert_eq!(core::mem::size_of::<RealDef>(), 32);
         assert_eq!(core::mem::size_of::<DatapathConfig>(), 104);

@@ -104,7 +104,7 @@ pub struct VrrpStats {
 /// before it took over the VIP) and every UDP flow's first packet.
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ConnTableStats {
-    /// Entries the table holds at most (`[datapath] conn_table_size`).
+    /// Entries each address family's table holds at most (`[datapath] conn_table_size`).
     pub size: u32,
     /// Packets that found a usable entry and followed it.
     pub hits: u64,

@@ -17,7 +17,7 @@
 //! listen = "127.0.0.1:9180"     # default 127.0.0.1:9180
 //!
 //! [datapath]                    # optional; changing it needs a restart
-//! conn_table_size = 1000000     # default 1000000; 1024..=67108864 flows, ~137 bytes each
+//! conn_table_size = 1000000     # default 1000000; 1024..=67108864 flows per address family (IPv4 ~113, IPv6 ~137 bytes each)
 //!
 //! [[vip]]
 //! name = "web"                  # unique
@@ -207,15 +207,17 @@ pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9180";
 /// Maglev lookup table size, in slots, when a VIP does not set one: the
 /// largest the datapath supports ([`fulcrum_common::MAGLEV_MAX_TABLE_SIZE`]).
 pub const DEFAULT_MAGLEV_TABLE_SIZE: u32 = fulcrum_common::MAGLEV_MAX_TABLE_SIZE;
-/// Connection table entries (flows) when `[datapath] conn_table_size` is
-/// not set: [`fulcrum_common::DEFAULT_CONN_TABLE_SIZE`], one million.
+/// Connection table entries (flows) per address family when `[datapath]
+/// conn_table_size` is not set: [`fulcrum_common::DEFAULT_CONN_TABLE_SIZE`],
+/// one million.
 pub const DEFAULT_CONN_TABLE_SIZE: u32 = fulcrum_common::DEFAULT_CONN_TABLE_SIZE;
 /// Smallest connection table: 1024 flows. The kernel splits the table
 /// over the CPUs' LRU lists; much smaller, a few busy seconds evict
 /// every established flow.
 pub const MIN_CONN_TABLE_SIZE: u32 = 1024;
-/// Largest connection table: 2^26 (67,108,864) flows, about 7.6 GiB of
-/// kernel memory preallocated at start (about 137 bytes an entry).
+/// Largest connection table: 2^26 (67,108,864) flows per address family,
+/// about 16 GiB of kernel memory preallocated at start for both (about
+/// 113 bytes an IPv4 entry, 137 an IPv6 one).
 pub const MAX_CONN_TABLE_SIZE: u32 = 1 << 26;
 /// How long a UDP flow may be idle before it takes a fresh pick, when a
 /// UDP VIP does not set `udp_idle_timeout`: 30 s, Katran's
@@ -613,8 +615,9 @@ impl Config {
 /// they size kernel maps.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct DatapathSettings {
-    /// Connection table entries (flows), [`MIN_CONN_TABLE_SIZE`]..=
-    /// [`MAX_CONN_TABLE_SIZE`]; default [`DEFAULT_CONN_TABLE_SIZE`].
+    /// Connection table entries (flows) of each address family's table,
+    /// [`MIN_CONN_TABLE_SIZE`]..=[`MAX_CONN_TABLE_SIZE`]; default
+    /// [`DEFAULT_CONN_TABLE_SIZE`].
     pub conn_table_size: u32,
     /// `ipip_source_v4 = "a.b.c.d/len"`: the outer source addresses of
     /// IPIP packets, one per flow: the prefix with its host bits taken

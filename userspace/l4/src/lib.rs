@@ -28,7 +28,7 @@ use aya::{
     programs::{TestRun, TestRunOptions, Xdp},
     Ebpf, EbpfLoader,
 };
-pub use fulcrum_common::{ConnEntry, ConnEvent, FlowKey};
+pub use fulcrum_common::{ConnEntry, ConnEvent, FlowKey, FlowKeyV4};
 use fulcrum_common::{names, Counters, DatapathConfig, Mac, Reason, DEFAULT_CONN_TABLE_SIZE};
 
 mod decap;
@@ -172,8 +172,9 @@ impl NodeSettings {
 /// What is fixed when the program loads: the sizes of its maps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LoadOptions {
-    /// Connection table entries (flows); the kernel preallocates them all
-    /// (about 137 bytes each).
+    /// Connection table entries (flows) per address family: the IPv4 and
+    /// the IPv6 table each hold this many. The kernel preallocates them
+    /// all (about 113 bytes per IPv4 entry, 137 per IPv6 entry).
     pub conn_table_size: u32,
 }
 
@@ -190,8 +191,10 @@ pub struct Datapath {
     /// The interface whose receive VLAN offload `attach` turned off.
     rx_vlan_restore: Option<String>,
     config: aya::maps::Array<MapData, DatapathConfig>,
-    /// `CONN_TABLE` (an LRU hash; aya reads both kinds as a hash map).
-    conn_table: BpfHashMap<MapData, FlowKey, ConnEntry>,
+    /// `CONN_TABLE_V4` and `CONN_TABLE_V6` (LRU hashes; aya reads both
+    /// kinds as hash maps).
+    conn_table_v4: BpfHashMap<MapData, FlowKeyV4, ConnEntry>,
+    conn_table_v6: BpfHashMap<MapData, FlowKey, ConnEntry>,
     maps: tables::Maps,
     tables: tables::Tables,
     counters: CounterReader,
@@ -223,7 +226,10 @@ impl Datapath {
         if object.is_empty() {
             return Err(DatapathError::NoObject);
         }
-        let mut ebpf = EbpfLoader::new().map_max_entries(names::CONN_TABLE, options.conn_table_size).load(object)?;
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries(names::CONN_TABLE_V4, options.conn_table_size)
+            .map_max_entries(names::CONN_TABLE_V6, options.conn_table_size)
+            .load(object)?;
         let program: &mut Xdp =
             ebpf.program_mut(names::PROGRAM).ok_or(DatapathError::MissingMap(names::PROGRAM))?.try_into()?;
         program.load()?;
@@ -238,7 +244,8 @@ impl Datapath {
         let vip_real_ok = typed(take(names::VIP_REAL_OK)?, names::VIP_REAL_OK)?;
         let vip_addresses = typed(take(names::VIP_ADDRESSES)?, names::VIP_ADDRESSES)?;
         let vip_gen = typed(take(names::VIP_GEN)?, names::VIP_GEN)?;
-        let conn_table = typed(take(names::CONN_TABLE)?, names::CONN_TABLE)?;
+        let conn_table_v4 = typed(take(names::CONN_TABLE_V4)?, names::CONN_TABLE_V4)?;
+        let conn_table_v6 = typed(take(names::CONN_TABLE_V6)?, names::CONN_TABLE_V6)?;
         let conn_stats = typed(take(names::CONN_STATS)?, names::CONN_STATS)?;
         let config = typed(take(names::DATAPATH_CONFIG)?, names::DATAPATH_CONFIG)?;
         let vip_stats: PerCpuArray<MapData, Counters> = typed(take(names::VIP_STATS)?, names::VIP_STATS)?;
@@ -264,7 +271,7 @@ impl Datapath {
             vip_gen,
             real_stats,
         };
-        Ok(Datapath { ebpf, attachment: None, rx_vlan_restore: None, config, conn_table, maps, tables: tables::Tables::default(), counters })
+        Ok(Datapath { ebpf, attachment: None, rx_vlan_restore: None, config, conn_table_v4, conn_table_v6, maps, tables: tables::Tables::default(), counters })
     }
 
     fn program(&mut self) -> &mut Xdp {
@@ -385,8 +392,13 @@ impl Datapath {
 
     /// The connection table's entry for `key`, if any (for tests and
     /// diagnostics; the datapath alone writes entries in operation).
+    /// An IPv4 flow's key (both addresses IPv4-mapped) names its entry in
+    /// the IPv4 table, any other in the IPv6 table.
     pub fn conn_entry(&self, key: &FlowKey) -> Option<ConnEntry> {
-        self.conn_table.get(key, 0).ok()
+        match key.v4() {
+            Some(v4) => self.conn_table_v4.get(&v4, 0).ok(),
+            None => self.conn_table_v6.get(key, 0).ok(),
+        }
     }
 
     /// Writes a connection-table entry, as the datapath would: for tests
@@ -395,13 +407,17 @@ impl Datapath {
     /// # Errors
     /// The map update failed.
     pub fn set_conn_entry(&mut self, key: &FlowKey, entry: ConnEntry) -> Result<(), DatapathError> {
-        self.conn_table.insert(key, entry, 0).map_err(|source| DatapathError::Map { map: names::CONN_TABLE, source })
+        match key.v4() {
+            Some(v4) => self.conn_table_v4.insert(v4, entry, 0).map_err(|source| DatapathError::Map { map: names::CONN_TABLE_V4, source }),
+            None => self.conn_table_v6.insert(key, entry, 0).map_err(|source| DatapathError::Map { map: names::CONN_TABLE_V6, source }),
+        }
     }
 
-    /// Live connection-table entries, by walking the map: one syscall per
-    /// entry (about a second per million), so not for `/stats`.
+    /// Live connection-table entries of both families, by walking the
+    /// maps: one syscall per entry (about a second per million), so not
+    /// for `/stats`.
     pub fn conn_entries(&self) -> usize {
-        self.conn_table.keys().filter(Result::is_ok).count()
+        self.conn_table_v4.keys().filter(Result::is_ok).count() + self.conn_table_v6.keys().filter(Result::is_ok).count()
     }
 
     /// The program's counters.
