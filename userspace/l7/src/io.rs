@@ -278,12 +278,10 @@ impl hyper::rt::Write for Stream {
 /// Parking an idle client connection (see `crate::park`): added for it,
 /// used between two hyper connections over the same stream.
 impl Stream {
-    /// Drives the `Recv` in flight, if any, to its completion, after the
-    /// caller cancelled it (a `CancelToken` registered when it was
-    /// submitted). Ready when no receive is in flight. Bytes it received
-    /// (the cancellation raced with a request) stay buffered and are
-    /// served first by the next read; end of stream is remembered;
-    /// `ECANCELED` frees the buffer. Any other error is returned.
+    /// Waits for the `Recv` in flight, if any, to complete. Ready when no
+    /// receive is in flight. The bytes it received are appended to the
+    /// buffered ones (served first by the next read); end of stream is
+    /// remembered. An error is returned.
     pub(crate) fn poll_settle_recv(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let Some(op) = self.recv.as_mut() else {
             return Poll::Ready(Ok(()));
@@ -291,28 +289,33 @@ impl Stream {
         let compio::BufResult(res, op) = ready!(Pin::new(op).poll(cx));
         self.recv = None;
         let mut buf = compio::buf::IntoInner::into_inner(op);
-        match res {
-            Ok(n) => {
-                // SAFETY: as in `poll_read`: the kernel wrote `n` bytes at
-                // the start of the empty buffer.
-                unsafe { buf.set_len(n.min(buf.capacity())) };
-                if n == 0 {
-                    self.eof = true;
-                } else {
-                    if let Some(c) = &self.clock {
-                        c.received();
-                    }
-                    if let Some(t) = &self.received {
-                        t.set(t.get() + n as u64);
-                    }
-                }
-                self.rbuf = buf;
-                self.rpos = 0;
-                Poll::Ready(Ok(()))
+        let n = res?;
+        // SAFETY: as in `poll_read`: the kernel wrote `n` bytes at the start
+        // of the empty buffer.
+        unsafe { buf.set_len(n.min(buf.capacity())) };
+        if n == 0 {
+            self.eof = true;
+        } else {
+            if let Some(c) = &self.clock {
+                c.received();
             }
-            Err(e) if e.raw_os_error() == Some(libc::ECANCELED) => Poll::Ready(Ok(())),
-            Err(e) => Poll::Ready(Err(e)),
+            if let Some(t) = &self.received {
+                t.set(t.get() + n as u64);
+            }
         }
+        if self.rpos < self.rbuf.len() {
+            // Bytes kept from before the receive come first.
+            self.rbuf.extend_from_slice(&buf);
+        } else {
+            self.rbuf = buf;
+            self.rpos = 0;
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Whether a receive is in flight.
+    pub(crate) fn receiving(&self) -> bool {
+        self.recv.is_some()
     }
 
     /// Whether a read would return at once: unread bytes, or end of
@@ -321,12 +324,12 @@ impl Stream {
         self.eof || self.rpos < self.rbuf.len()
     }
 
-    /// Frees both buffers down to capacity 0, keeping `prefix` followed by
-    /// the unread bytes (exactly sized) to be read first. Call with no
-    /// operation in flight (after `poll_settle_recv`, with nothing left to
-    /// send).
+    /// Frees the write buffer and the read buffer (capacity 0), keeping
+    /// `prefix` followed by the unread bytes (exactly sized) to be read
+    /// first. A receive in flight keeps its own buffer. Call with nothing
+    /// left to send.
     pub(crate) fn park(&mut self, prefix: &[u8]) {
-        debug_assert!(self.recv.is_none() && self.send.is_none() && self.wbuf.is_empty());
+        debug_assert!(self.send.is_none() && self.wbuf.is_empty());
         let unread = &self.rbuf[self.rpos.min(self.rbuf.len())..];
         let mut kept = Vec::with_capacity(prefix.len() + unread.len());
         kept.extend_from_slice(prefix);

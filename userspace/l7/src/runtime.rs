@@ -688,15 +688,25 @@ async fn serve(
             .stats
             .parked
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let op = compio::driver::op::PollOnce::new(fd.clone(), compio::driver::op::Interest::Readable);
-        let mut readable = pin!(compio::runtime::submit(op));
+        // With a receive in flight (hyper's, left by the park), its
+        // completion is the wake-up and its bytes are kept (it cannot be
+        // cancelled without risking them, see docs/l7.md); without one, a
+        // poll for readability that holds no buffer.
+        let mut readable = (!stream.receiving()).then(|| {
+            let op = compio::driver::op::PollOnce::new(fd.clone(), compio::driver::op::Interest::Readable);
+            Box::pin(compio::runtime::submit(op))
+        });
         let woke = poll_fn(|cx| {
             if live.0.draining(live.1, cx.waker()) {
                 // Idle: nothing in flight to finish.
                 return Poll::Ready(Woke::Drain);
             }
-            if let Poll::Ready(compio::BufResult(r, _)) = readable.as_mut().poll(cx) {
-                return Poll::Ready(Woke::Readable(r.map(drop)));
+            let ready = match readable.as_mut() {
+                Some(op) => op.as_mut().poll(cx).map(|compio::BufResult(r, _)| r.map(drop)),
+                None => stream.poll_settle_recv(cx),
+            };
+            if let Poll::Ready(r) = ready {
+                return Poll::Ready(Woke::Readable(r));
             }
             watch.as_mut().poll(cx).map(Woke::Expired)
         })
@@ -862,19 +872,10 @@ where
         (Ok(Ok(())), None) if c.ctl.parking.get() => {
             let parts = conn.into_parts();
             let mut stream = parts.io.stream;
-            // The receive hyper left in flight holds a buffer: cancel it
-            // and take its completion, which carries the bytes of a
-            // request that arrived meanwhile, if any.
-            c.ctl.cancel_recv();
-            if let Err(e) = poll_fn(|cx| stream.poll_settle_recv(cx)).await {
-                tracing::debug!(client = %c.peer, error = %e, "client connection ended with an error");
-                return Round::Done;
-            }
-            // Bytes (or the end of the stream) that raced with the
-            // cancellation are served at once; hyper's read-ahead alone (a
-            // partial head) waits with the connection.
-            let fresh = stream.has_input();
+            // hyper's read-ahead (a partial head) is kept; the receive
+            // hyper left in flight stays (see `park`).
             stream.park(&parts.read_buf);
+            let fresh = stream.has_input() && !stream.receiving();
             return Round::Parked {
                 stream,
                 service: parts.service,
