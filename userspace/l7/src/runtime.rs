@@ -601,8 +601,8 @@ async fn accept_loop(
 /// the worker drains.
 ///
 /// The hyper connection lives in its own boxed future (`run_http`), so
-/// while parked this task holds only the stream (no buffer), the service's
-/// handles, the watchdog and one poll operation.
+/// while parked this task holds only the stream (with the receive in
+/// flight, see `park`), the service's handles and the watchdog.
 async fn serve(
     stream: compio::net::TcpStream,
     listener: SocketAddr,
@@ -681,7 +681,7 @@ async fn serve(
         stream = s;
         svc = service;
         if fresh {
-            // Bytes arrived while parking: serve them now.
+            // Input no receive waits for (end of stream, unread bytes).
             continue;
         }
         worker
@@ -753,9 +753,10 @@ enum Round<S> {
     /// Closed, timed out, failed, or upgraded and tunnelled to its end:
     /// the client connection is done.
     Done,
-    /// Parked: hyper's connection is gone; `stream` holds no buffer but
-    /// the bytes that arrived ahead of the next request (if any).
-    /// `fresh`: bytes arrived while parking, serve them at once.
+    /// Parked: hyper's connection is gone; `stream` keeps only the bytes
+    /// hyper had read ahead (if any) and the receive in flight (if any).
+    /// `fresh`: the stream has input no receive is waiting for (unread
+    /// bytes, end of stream): serve it at once.
     Parked {
         stream: crate::io::Stream,
         service: S,
