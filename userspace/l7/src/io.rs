@@ -275,6 +275,71 @@ impl hyper::rt::Write for Stream {
     }
 }
 
+/// Parking an idle client connection (see `crate::park`): added for it,
+/// used between two hyper connections over the same stream.
+impl Stream {
+    /// Waits for the `Recv` in flight, if any, to complete. Ready when no
+    /// receive is in flight. The bytes it received are appended to the
+    /// buffered ones (served first by the next read); end of stream is
+    /// remembered. An error is returned.
+    pub(crate) fn poll_settle_recv(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let Some(op) = self.recv.as_mut() else {
+            return Poll::Ready(Ok(()));
+        };
+        let compio::BufResult(res, op) = ready!(Pin::new(op).poll(cx));
+        self.recv = None;
+        let mut buf = compio::buf::IntoInner::into_inner(op);
+        let n = res?;
+        // SAFETY: as in `poll_read`: the kernel wrote `n` bytes at the start
+        // of the empty buffer.
+        unsafe { buf.set_len(n.min(buf.capacity())) };
+        if n == 0 {
+            self.eof = true;
+        } else {
+            if let Some(c) = &self.clock {
+                c.received();
+            }
+            if let Some(t) = &self.received {
+                t.set(t.get() + n as u64);
+            }
+        }
+        if self.rpos < self.rbuf.len() {
+            // Bytes kept from before the receive come first.
+            self.rbuf.extend_from_slice(&buf);
+        } else {
+            self.rbuf = buf;
+            self.rpos = 0;
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Whether a receive is in flight.
+    pub(crate) fn receiving(&self) -> bool {
+        self.recv.is_some()
+    }
+
+    /// Whether a read would return at once: unread bytes, or end of
+    /// stream seen.
+    pub(crate) fn has_input(&self) -> bool {
+        self.eof || self.rpos < self.rbuf.len()
+    }
+
+    /// Frees the write buffer and the read buffer (capacity 0), keeping
+    /// `prefix` followed by the unread bytes (exactly sized) to be read
+    /// first. A receive in flight keeps its own buffer. Call with nothing
+    /// left to send.
+    pub(crate) fn park(&mut self, prefix: &[u8]) {
+        debug_assert!(self.send.is_none() && self.wbuf.is_empty());
+        let unread = &self.rbuf[self.rpos.min(self.rbuf.len())..];
+        let mut kept = Vec::with_capacity(prefix.len() + unread.len());
+        kept.extend_from_slice(prefix);
+        kept.extend_from_slice(unread);
+        self.rbuf = kept;
+        self.rpos = 0;
+        self.wbuf = Vec::new();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::{

@@ -123,6 +123,10 @@ pub struct ProxyStats {
     pub idle_closed: AtomicU64,
     /// Client connections accepted.
     pub connections: AtomicU64,
+    /// Times an idle keep-alive client connection was parked: its HTTP
+    /// state and buffers freed while it waits for its next request (see
+    /// [`crate::ProxyConfig::park_after`]).
+    pub parked: AtomicU64,
     /// Access log records dropped because the writer fell behind.
     pub access_log_dropped: AtomicU64,
 }
@@ -251,6 +255,12 @@ impl ConnClock {
 
     pub(crate) fn unsent(&self) -> bool {
         self.unsent.get()
+    }
+
+    /// When the connection became idle (no request in progress, not a
+    /// byte of the next one received), or `None` while it is not idle.
+    pub(crate) fn idle_since(&self) -> Option<Instant> {
+        (self.phase.get() == Phase::Idle).then(|| self.since.get())
     }
 }
 

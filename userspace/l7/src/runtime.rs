@@ -27,6 +27,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::{
     limits::{self, ConnClock, Expired, ProxyStats, Violation},
+    park::ParkCtl,
     proxy::Worker,
     snapshot::SharedSnapshot,
     ProxyConfig,
@@ -173,33 +174,44 @@ impl Shutdown {
 /// A worker's live client connections, for the graceful drain at
 /// shutdown: each connection task registers here, and once `draining` is
 /// set every one is asked to finish its request in flight and close
-/// (hyper's `graceful_shutdown`).
+/// (hyper's `graceful_shutdown`; a parked connection closes at once).
 #[derive(Default)]
 pub(crate) struct Drain {
     draining: std::cell::Cell<bool>,
     live: std::cell::Cell<usize>,
-    /// Wakers of the connection tasks (to see `draining`) and of the
-    /// worker waiting for `live` to reach 0.
-    wakers: std::cell::RefCell<Vec<Waker>>,
+    next_id: std::cell::Cell<u64>,
+    /// Wakers of the live connection tasks (to see `draining`), by
+    /// connection: removed when the connection ends, so a finished task's
+    /// waker (and with it the task's memory) is not kept.
+    wakers: std::cell::RefCell<std::collections::HashMap<u64, Waker>>,
+    /// The worker waiting for `live` to reach 0.
     idle: std::cell::RefCell<Option<Waker>>,
 }
 
 impl Drain {
     fn start(&self) {
         self.draining.set(true);
-        for w in self.wakers.borrow_mut().drain(..) {
+        let wakers = std::mem::take(&mut *self.wakers.borrow_mut());
+        for (_, w) in wakers {
             w.wake();
         }
     }
 
-    /// Whether the drain has begun; if not, `waker` is woken when it does.
-    fn draining(&self, waker: &Waker) -> bool {
+    /// Whether the drain has begun; if not, connection `id`'s `waker` is
+    /// woken when it does.
+    fn draining(&self, id: u64, waker: &Waker) -> bool {
         if self.draining.get() {
             return true;
         }
-        let mut ws = self.wakers.borrow_mut();
-        if !ws.iter().any(|w| w.will_wake(waker)) {
-            ws.push(waker.clone());
+        match self.wakers.borrow_mut().entry(id) {
+            std::collections::hash_map::Entry::Occupied(mut e) => {
+                if !e.get().will_wake(waker) {
+                    e.insert(waker.clone());
+                }
+            }
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert(waker.clone());
+            }
         }
         false
     }
@@ -214,18 +226,22 @@ impl Drain {
     }
 }
 
-/// Counts one connection as live for as long as it exists.
-struct Live(Rc<Drain>);
+/// Counts one connection as live for as long as it exists; `.1` is its
+/// id in [`Drain`].
+struct Live(Rc<Drain>, u64);
 
 impl Live {
     fn new(d: Rc<Drain>) -> Live {
         d.live.set(d.live.get() + 1);
-        Live(d)
+        let id = d.next_id.get();
+        d.next_id.set(id + 1);
+        Live(d, id)
     }
 }
 
 impl Drop for Live {
     fn drop(&mut self) {
+        self.0.wakers.borrow_mut().remove(&self.1);
         self.0.live.set(self.0.live.get() - 1);
         if self.0.live.get() == 0 {
             if let Some(w) = self.0.idle.borrow_mut().take() {
@@ -587,6 +603,14 @@ async fn accept_loop(
     }
 }
 
+/// One client connection: hyper serves it; after `park_after` idle it is
+/// parked (see [`crate::park`]) and a new hyper connection takes over on
+/// its next byte, as often as it goes idle, until it closes, times out, or
+/// the worker drains.
+///
+/// The hyper connection lives in its own boxed future (`run_http`), so
+/// while parked this task holds only the stream (with the receive in
+/// flight, see `park`), the service's handles and the watchdog.
 async fn serve(
     stream: compio::net::TcpStream,
     listener: SocketAddr,
@@ -600,18 +624,22 @@ async fn serve(
         .connections
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let clock = Rc::new(ConnClock::new(config.header_read_timeout));
-    // Kept to write a 408 after hyper's connection is gone; compio closes
-    // the descriptor only when this and every operation naming it are done.
+    // Kept to write a 408 after hyper's connection is gone, and to wait
+    // for readability while parked; compio closes the descriptor only when
+    // this and every operation naming it are done.
     let fd = compio::driver::ToSharedFd::to_shared_fd(&stream);
+    let ctl = Rc::new(ParkCtl::default());
     let client_ip = http::HeaderValue::from_str(&peer.ip().to_string())
         .expect("an IP address is a valid header value");
     let slot = crate::proxy::UpgradeSlot::default();
-    let svc = {
+    let mut svc = {
         let worker = worker.clone();
         let clock = clock.clone();
         let keepalive = config.keepalive_timeout;
         let slot = slot.clone();
+        let ctl = ctl.clone();
         hyper::service::service_fn(move |req| {
+            ctl.requests.set(ctl.requests.get() + 1);
             let worker = worker.clone();
             let clock = clock.clone();
             let client_ip = client_ip.clone();
@@ -634,57 +662,237 @@ async fn serve(
             }
         })
     };
+    let mut stream = crate::io::Stream::with_clock(stream, crate::io::CLIENT_BUF, Some(clock.clone()));
+    let mut watch = pin!(limits::watch(&clock, config.header_read_timeout));
+    let conn = Conn {
+        peer,
+        worker: &worker,
+        config: &config,
+        live: &live,
+        clock: &clock,
+        ctl: &ctl,
+        slot: &slot,
+        fd: &fd,
+    };
+    loop {
+        // Boxed: hyper's connection is the bulk of this task's state and
+        // is freed while parked.
+        let round = Box::pin(run_http(&conn, stream, svc, watch.as_mut())).await;
+        let Round::Parked {
+            stream: s,
+            service,
+            fresh,
+        } = round
+        else {
+            return;
+        };
+        stream = s;
+        svc = service;
+        if fresh {
+            // Input no receive waits for (end of stream, unread bytes).
+            continue;
+        }
+        worker
+            .stats
+            .parked
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // With a receive in flight (hyper's, left by the park), its
+        // completion is the wake-up and its bytes are kept (it cannot be
+        // cancelled without risking them, see docs/l7.md); without one, a
+        // poll for readability that holds no buffer.
+        let mut readable = (!stream.receiving()).then(|| {
+            let op = compio::driver::op::PollOnce::new(fd.clone(), compio::driver::op::Interest::Readable);
+            Box::pin(compio::runtime::submit(op))
+        });
+        let woke = poll_fn(|cx| {
+            if live.0.draining(live.1, cx.waker()) {
+                // Idle: nothing in flight to finish.
+                return Poll::Ready(Woke::Drain);
+            }
+            let ready = match readable.as_mut() {
+                Some(op) => op.as_mut().poll(cx).map(|compio::BufResult(r, _)| r.map(drop)),
+                None => stream.poll_settle_recv(cx),
+            };
+            if let Poll::Ready(r) = ready {
+                return Poll::Ready(Woke::Readable(r));
+            }
+            watch.as_mut().poll(cx).map(Woke::Expired)
+        })
+        .await;
+        match woke {
+            Woke::Readable(Ok(())) => {}
+            Woke::Readable(Err(e)) => {
+                tracing::debug!(client = %peer, error = %e, "parked connection failed");
+                return;
+            }
+            Woke::Expired(e) => {
+                conn.expired(e).await;
+                return;
+            }
+            Woke::Drain => return,
+        }
+    }
+}
+
+/// How a parked connection's wait ended.
+enum Woke {
+    Readable(io::Result<()>),
+    Expired(Expired),
+    Drain,
+}
+
+/// What one client connection's serve loop and its hyper rounds share.
+struct Conn<'a> {
+    peer: SocketAddr,
+    worker: &'a Rc<Worker>,
+    config: &'a ProxyConfig,
+    live: &'a Live,
+    clock: &'a Rc<ConnClock>,
+    ctl: &'a Rc<ParkCtl>,
+    slot: &'a crate::proxy::UpgradeSlot,
+    fd: &'a compio::driver::SharedFd<socket2::Socket>,
+}
+
+/// How one hyper connection over a client connection ended.
+// Returned once per hyper connection and unpacked at once: boxing the
+// large variant would only add an allocation per park.
+#[allow(clippy::large_enum_variant)]
+enum Round<S> {
+    /// Closed, timed out, failed, or upgraded and tunnelled to its end:
+    /// the client connection is done.
+    Done,
+    /// Parked: hyper's connection is gone; `stream` keeps only the bytes
+    /// hyper had read ahead (if any) and the receive in flight (if any).
+    /// `fresh`: the stream has input no receive is waiting for (unread
+    /// bytes, end of stream): serve it at once.
+    Parked {
+        stream: crate::io::Stream,
+        service: S,
+        fresh: bool,
+    },
+}
+
+/// Serves one hyper connection over `stream` until it ends or is parked
+/// (see [`crate::park`]).
+async fn run_http<S, B, W>(
+    c: &Conn<'_>,
+    stream: crate::io::Stream,
+    svc: S,
+    mut watch: Pin<&mut W>,
+) -> Round<S>
+where
+    S: hyper::service::Service<
+        http::Request<hyper::body::Incoming>,
+        Response = http::Response<B>,
+        Error = std::convert::Infallible,
+    >,
+    B: hyper::body::Body + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    W: Future<Output = Expired>,
+{
     let mut http = hyper::server::conn::http1::Builder::new();
     // Our own clock replaces hyper's header timer (see `limits`).
     http.timer(CompioTimer)
         .header_read_timeout(None)
         .keep_alive(true)
-        .max_buf_size(config.max_header_size.max(8192))
-        .max_header_size(config.max_header_size)
-        .max_headers(config.max_headers);
-    let stream = crate::io::Stream::with_clock(stream, crate::io::CLIENT_BUF, Some(clock.clone()));
-    // Not pinned on the stack: after a 101 the connection is taken apart
-    // (`into_parts`) to get the stream back.
-    let mut conn = http.serve_connection(stream, svc);
+        // A client that sends its request and then its FIN (`shutdown(WR)`)
+        // still gets the answer, as from HAProxy (without `option
+        // abortonclose`) and nginx; hyper's default drops the request.
+        .half_close(true)
+        .max_buf_size(c.config.max_header_size.max(8192))
+        .max_header_size(c.config.max_header_size)
+        .max_headers(c.config.max_headers);
+    c.ctl.parking.set(false);
+    // Parked only once a request completed on this hyper connection (see
+    // `ParkCtl::requests`).
+    let first_request = c.ctl.requests.get();
+    let park_after = c.config.park_after;
+    // Not pinned on the stack: after a 101, or when parking, the
+    // connection is taken apart (`into_parts`) to get the stream back.
+    let mut conn = http.serve_connection(crate::park::ParkIo::new(stream, c.ctl.clone()), svc);
     let outcome = {
         let mut conn = Pin::new(&mut conn);
-        let mut watch = pin!(limits::watch(&clock, config.header_read_timeout));
         let mut asked_to_close = false;
-        poll_fn(|cx| {
-            if !asked_to_close && live.0.draining(cx.waker()) {
+        // Armed while the connection is idle; when it fires the idle
+        // period is checked again (it may have ended and a new one begun),
+        // so a busy connection sets at most one timer per `park_after`.
+        let mut park_timer: Option<Pin<Box<dyn Future<Output = ()>>>> = None;
+        poll_fn(|cx| loop {
+            if !asked_to_close && c.live.0.draining(c.live.1, cx.waker()) {
                 // Finish the request in flight (if any), then close.
                 asked_to_close = true;
+                c.ctl.parking.set(false);
                 conn.as_mut().graceful_shutdown();
             }
             if let Poll::Ready(r) = conn.as_mut().poll(cx) {
                 return Poll::Ready(Ok(r));
             }
-            watch.as_mut().poll(cx).map(Err)
+            if let Poll::Ready(e) = watch.as_mut().poll(cx) {
+                return Poll::Ready(Err(e));
+            }
+            if asked_to_close || c.ctl.parking.get() {
+                return Poll::Pending;
+            }
+            let idle = c.clock.idle_since().filter(|_| {
+                c.ctl.requests.get() > first_request && !c.clock.unsent()
+            });
+            let Some(since) = idle else {
+                park_timer = None;
+                return Poll::Pending;
+            };
+            let timer = park_timer.get_or_insert_with(|| {
+                Box::pin(compio::time::sleep_until(since + park_after))
+            });
+            if timer.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            park_timer = None;
+            if std::time::Instant::now() < since + park_after {
+                // A later idle period than the one the timer was set for.
+                continue;
+            }
+            // hyper closes an idle connection at once, writing nothing;
+            // `ParkIo` keeps it from shutting the socket down.
+            c.ctl.parking.set(true);
+            conn.as_mut().graceful_shutdown();
         })
         .await
     };
-    let upgraded = slot.borrow_mut().take();
-    let conn = match (&outcome, upgraded) {
+    let upgraded = c.slot.borrow_mut().take();
+    match (&outcome, upgraded) {
         (Ok(Ok(())), Some(up)) => {
             let client = conn.into_parts();
             if let Some(member) = crate::proxy::upgraded(up).await {
                 let end = crate::websocket::tunnel(
-                    (client.io, client.read_buf),
+                    (client.io.stream, client.read_buf),
                     member,
-                    config.websocket_idle_timeout,
+                    c.config.websocket_idle_timeout,
                 )
                 .await;
                 match end {
                     crate::websocket::End::Failed(e) => {
-                        tracing::debug!(client = %peer, error = %e, "upgraded connection failed")
+                        tracing::debug!(client = %c.peer, error = %e, "upgraded connection failed")
                     }
-                    end => tracing::debug!(client = %peer, ?end, "upgraded connection ended"),
+                    end => tracing::debug!(client = %c.peer, ?end, "upgraded connection ended"),
                 }
             }
-            return;
+            return Round::Done;
         }
-        _ => conn,
-    };
+        (Ok(Ok(())), None) if c.ctl.parking.get() => {
+            let parts = conn.into_parts();
+            let mut stream = parts.io.stream;
+            // hyper's read-ahead (a partial head) is kept; the receive
+            // hyper left in flight stays (see `park`).
+            stream.park(&parts.read_buf);
+            let fresh = stream.has_input() && !stream.receiving();
+            return Round::Parked {
+                stream,
+                service: parts.service,
+                fresh,
+            };
+        }
+        _ => {}
+    }
     // The connection (and its stream) is dropped here: compio cancels a
     // receive in flight and keeps its buffer and descriptor until the
     // cancellation completes.
@@ -702,35 +910,50 @@ async fn serve(
                 None
             };
             match v {
-                Some(v) => worker.refused(v, peer, &e),
+                Some(v) => c.worker.refused(v, c.peer, &e),
                 None => {
-                    tracing::debug!(client = %peer, error = %e, "client connection ended with an error")
+                    tracing::debug!(client = %c.peer, error = %e, "client connection ended with an error")
                 }
             }
         }
-        Err(Expired::Idle) => {
-            worker
-                .stats
-                .idle_closed
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        }
-        Err(Expired::Head) => {
-            worker.refused(Violation::RequestTimeout, peer, &"request head not received in time");
-            if !clock.unsent() {
-                let op = compio::driver::op::Send::new(
-                    fd.clone(),
-                    limits::REQUEST_TIMEOUT_RESPONSE.to_vec(),
-                    compio::driver::op::SendFlags::NOSIGNAL,
+        Err(e) => c.expired(e).await,
+    }
+    Round::Done
+}
+
+impl Conn<'_> {
+    /// Ends a connection its watchdog expired: silently when idle, with a
+    /// 408 when a request head was too slow.
+    async fn expired(&self, e: Expired) {
+        match e {
+            Expired::Idle => {
+                self.worker
+                    .stats
+                    .idle_closed
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            Expired::Head => {
+                self.worker.refused(
+                    Violation::RequestTimeout,
+                    self.peer,
+                    &"request head not received in time",
                 );
-                // Best effort and bounded: a client that does not read gets
-                // no more time than this.
-                let _ = compio::time::timeout(Duration::from_secs(1), compio::runtime::submit(op)).await;
-                let _ = socket2::SockRef::from(&fd).shutdown(std::net::Shutdown::Write);
+                if !self.clock.unsent() {
+                    let op = compio::driver::op::Send::new(
+                        self.fd.clone(),
+                        limits::REQUEST_TIMEOUT_RESPONSE.to_vec(),
+                        compio::driver::op::SendFlags::NOSIGNAL,
+                    );
+                    // Best effort and bounded: a client that does not read
+                    // gets no more time than this.
+                    let _ = compio::time::timeout(Duration::from_secs(1), compio::runtime::submit(op))
+                        .await;
+                    let _ = socket2::SockRef::from(self.fd).shutdown(std::net::Shutdown::Write);
+                }
             }
         }
     }
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;
