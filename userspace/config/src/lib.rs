@@ -86,6 +86,7 @@
 //! request_timeout = "60s"       # a whole request with its body; then 408
 //! drain_timeout = "10s"         # at shutdown, for requests in flight
 //! websocket_idle_timeout = "1h" # an upgraded connection with no traffic
+//! park_after = "250ms"          # idle client connection: its buffers freed
 //! max_header_size = 32768       # bytes; then 431
 //! max_headers = 100             # header fields; then 431
 //! max_uri_len = 8190            # bytes; then 414
@@ -696,6 +697,11 @@ pub struct L7Config {
     /// At shutdown, how long requests in flight may finish before they
     /// are cut. Default 10 s.
     pub drain_timeout: Duration,
+    /// A client's keep-alive connection idle this long is parked: hyper's
+    /// connection and its buffers are freed until the next request
+    /// arrives (`docs/l7.md`, "Parking idle connections"). Default
+    /// [`DEFAULT_PARK_AFTER`].
+    pub park_after: Duration,
     /// A WebSocket tunnel with no byte either way is closed after this.
     /// Default 1 h (HAProxy `timeout tunnel`).
     pub websocket_idle_timeout: Duration,
@@ -740,6 +746,10 @@ impl ForwardedFields {
         ("both", ForwardedFields::Both),
     ];
 }
+
+/// `[l7] park_after` when not set: 250 ms, long beyond the gap between a
+/// busy client's requests, short against a keep-alive timeout.
+pub const DEFAULT_PARK_AFTER: Duration = Duration::from_millis(250);
 
 /// Most L7 worker threads.
 pub const MAX_L7_WORKERS: usize = 256;

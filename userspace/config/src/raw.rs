@@ -48,6 +48,7 @@ pub(super) struct RawL7 {
     pub request_timeout: Option<Spanned<String>>,
     pub drain_timeout: Option<Spanned<String>>,
     pub websocket_idle_timeout: Option<Spanned<String>>,
+    pub park_after: Option<Spanned<String>>,
     pub access_log: Option<Spanned<String>>,
     pub access_log_format: Option<Spanned<String>>,
     pub max_header_size: Option<Spanned<i64>>,

@@ -22,7 +22,7 @@ use super::{
     MIN_CONN_TABLE_SIZE, MIN_UDP_IDLE_TIMEOUT,
 };
 use super::{
-    ForwardedFields, L7Config, LbMethod, MemberStatus, PassiveConfig, Role, DEFAULT_ERROR_WINDOW, DEFAULT_RETRY, MAX_ERROR_LIMIT, MAX_LBSET, ListenerConfig, StickyConfig, RouteConfig, TrackConfig, TrackKind, VrrpAuthKey, VrrpConfig, VrrpNotify, MAX_L7_WORKERS, MIN_VRRP_AUTH_KEY_LEN,
+    ForwardedFields, L7Config, DEFAULT_PARK_AFTER, LbMethod, MemberStatus, PassiveConfig, Role, DEFAULT_ERROR_WINDOW, DEFAULT_RETRY, MAX_ERROR_LIMIT, MAX_LBSET, ListenerConfig, StickyConfig, RouteConfig, TrackConfig, TrackKind, VrrpAuthKey, VrrpConfig, VrrpNotify, MAX_L7_WORKERS, MIN_VRRP_AUTH_KEY_LEN,
     AdminConfig, BackendConfig, CheckKind, Config, Diagnostic, HealthCheckConfig, PoolConfig,
     VipConfig, DEFAULT_ADMIN_LISTEN, DEFAULT_FALL, DEFAULT_INTERVAL, DEFAULT_MAGLEV_TABLE_SIZE,
     DEFAULT_RISE, DEFAULT_TIMEOUT, MAX_INTERVAL, MAX_RISE_FALL, MAX_WEIGHT, MIN_INTERVAL,
@@ -925,6 +925,9 @@ impl Checker<'_> {
         let request_timeout = d(raw.and_then(|r| r.request_timeout.as_ref()), 60, "request_timeout");
         let drain_timeout = d(raw.and_then(|r| r.drain_timeout.as_ref()), 10, "drain_timeout");
         let websocket_idle_timeout = d(raw.and_then(|r| r.websocket_idle_timeout.as_ref()), 3600, "websocket_idle_timeout");
+        let park_after = self
+            .duration(raw.and_then(|r| r.park_after.as_ref()), DEFAULT_PARK_AFTER, limit.clone(), "park_after")
+            .unwrap_or(DEFAULT_PARK_AFTER);
         let mut n = |v: Option<&Spanned<i64>>, range: RangeInclusive<i64>, default: i64, what: &str| {
             v.and_then(|v| self.int_in::<i64>(v, range, what)).unwrap_or(default)
         };
@@ -971,6 +974,7 @@ impl Checker<'_> {
             request_timeout,
             drain_timeout,
             websocket_idle_timeout,
+            park_after,
             max_header_size,
             max_headers,
             max_uri_len,

@@ -991,7 +991,7 @@ fn l7_timeouts_and_limits_resolve_with_defaults() {
     let set = L7.replace(
         "workers = 2",
         "workers = 2\nconnect_timeout = \"2s\"\nresponse_timeout = \"30s\"\nheader_read_timeout = \"5s\"\n\
-         keepalive_timeout = \"1m\"\nrequest_timeout = \"2m\"\ndrain_timeout = \"3s\"\nwebsocket_idle_timeout = \"5m\"\nmax_header_size = 16384\nmax_headers = 50\n\
+         keepalive_timeout = \"1m\"\nrequest_timeout = \"2m\"\ndrain_timeout = \"3s\"\nwebsocket_idle_timeout = \"5m\"\npark_after = \"1s\"\nmax_header_size = 16384\nmax_headers = 50\n\
          max_uri_len = 4096\nmax_body_size = 0\nforwarded = \"both\"\n\
          access_log = \"/var/log/fulcrum/access.log\"\naccess_log_format = \"json\"",
     );
@@ -1003,6 +1003,7 @@ fn l7_timeouts_and_limits_resolve_with_defaults() {
     );
     assert_eq!((l7.max_header_size, l7.max_headers, l7.max_uri_len, l7.max_body_size), (16384, 50, 4096, 0));
     assert_eq!((l7.drain_timeout, l7.websocket_idle_timeout), (Duration::from_secs(3), Duration::from_secs(300)));
+    assert_eq!(l7.park_after, Duration::from_secs(1));
     assert_eq!((l7.access_log.as_deref(), l7.access_log_json), (Some(std::path::Path::new("/var/log/fulcrum/access.log")), true));
     assert_eq!(l7.forwarded, ForwardedFields::Both);
 

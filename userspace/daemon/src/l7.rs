@@ -60,6 +60,7 @@ impl L7 {
         proxy_config.keepalive_timeout = config.l7.keepalive_timeout;
         proxy_config.request_timeout = config.l7.request_timeout;
         proxy_config.drain_timeout = config.l7.drain_timeout;
+        proxy_config.park_after = config.l7.park_after;
         proxy_config.websocket_idle_timeout = config.l7.websocket_idle_timeout;
         proxy_config.access_log = config.l7.access_log.clone().map(|path| fulcrum_l7::AccessLogConfig {
             path,
