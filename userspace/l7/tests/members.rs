@@ -7,6 +7,9 @@
 //! (io_uring variants are skipped with a note where the kernel refuses it,
 //! unless `FULCRUM_REQUIRE_IO_URING=1`).
 
+#[macro_use]
+mod drivers;
+
 use std::{
     convert::Infallible,
     io::{Read, Write},
@@ -239,27 +242,6 @@ impl Harness {
     }
 }
 
-macro_rules! both_drivers {
-    ($($name:ident),* $(,)?) => {$(
-        mod $name {
-            #[test]
-            fn io_uring() {
-                if let Err(e) = fulcrum_l7::probe_io_uring() {
-                    if std::env::var("FULCRUM_REQUIRE_IO_URING").is_ok_and(|v| v == "1") {
-                        panic!("io_uring unavailable: {e}");
-                    }
-                    eprintln!("SKIPPED: io_uring unavailable here ({e})");
-                    return;
-                }
-                super::$name(fulcrum_l7::DriverChoice::IoUring);
-            }
-            #[test]
-            fn polling() {
-                super::$name(fulcrum_l7::DriverChoice::Polling);
-            }
-        }
-    )*};
-}
 
 both_drivers!(
     hot_spares_replace_failed_members_and_standbys_come_last,

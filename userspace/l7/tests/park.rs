@@ -9,6 +9,9 @@
 //! Where the kernel refuses io_uring, the io_uring variants say so on
 //! stderr and pass, unless `FULCRUM_REQUIRE_IO_URING=1`.
 
+#[macro_use]
+mod drivers;
+
 use std::{
     convert::Infallible,
     io::{Read, Write},
@@ -178,27 +181,6 @@ fn parked(p: &Proxy) -> u64 {
     p.stats().parked.load(Ordering::Relaxed)
 }
 
-macro_rules! both_drivers {
-    ($($name:ident),* $(,)?) => {$(
-        mod $name {
-            #[test]
-            fn io_uring() {
-                if let Err(e) = fulcrum_l7::probe_io_uring() {
-                    if std::env::var("FULCRUM_REQUIRE_IO_URING").is_ok_and(|v| v == "1") {
-                        panic!("io_uring unavailable: {e}");
-                    }
-                    eprintln!("SKIPPED: io_uring unavailable here ({e})");
-                    return;
-                }
-                super::$name(fulcrum_l7::DriverChoice::IoUring);
-            }
-            #[test]
-            fn polling() {
-                super::$name(fulcrum_l7::DriverChoice::Polling);
-            }
-        }
-    )*};
-}
 
 both_drivers!(
     idle_connection_is_parked_and_served_again,

@@ -7,6 +7,9 @@
 //! variants say so on stderr and pass, unless `FULCRUM_REQUIRE_IO_URING=1`
 //! makes them fail.
 
+#[macro_use]
+mod drivers;
+
 use std::{
     collections::HashMap,
     convert::Infallible,
@@ -346,28 +349,6 @@ impl Harness {
     }
 }
 
-/// Runs a scenario on io_uring and on the polling driver.
-macro_rules! both_drivers {
-    ($($name:ident),* $(,)?) => {$(
-        mod $name {
-            #[test]
-            fn io_uring() {
-                if let Err(e) = fulcrum_l7::probe_io_uring() {
-                    if std::env::var("FULCRUM_REQUIRE_IO_URING").is_ok_and(|v| v == "1") {
-                        panic!("io_uring unavailable: {e}");
-                    }
-                    eprintln!("SKIPPED: io_uring unavailable here ({e})");
-                    return;
-                }
-                super::$name(fulcrum_l7::DriverChoice::IoUring);
-            }
-            #[test]
-            fn polling() {
-                super::$name(fulcrum_l7::DriverChoice::Polling);
-            }
-        }
-    )*};
-}
 
 both_drivers!(
     routes_by_host_and_path,
