@@ -104,12 +104,7 @@ fn ipv4_election_and_graceful_handover() -> Result<()> {
 fn ipv4_crash_handover_and_gratuitous_arp() -> Result<()> {
     let lab = VrrpLab::up(2)?;
     let vip = IpAddr::V4(lab.vip4());
-    let (r1, rx1) = lab.spawn(1, config("r1", vip, 200))?;
-    wait_state(&rx1, State::Master, Duration::from_secs(3))?;
-    let (r2, rx2) = lab.spawn(2, config("r2", vip, 100))?;
-    wait_for(Duration::from_secs(1), "r2 in Backup", || {
-        r2.state() == State::Backup
-    })?;
+    let (r1, r2, rx2) = master_and_backup(&lab, config("r1", vip, 200), config("r2", vip, 100))?;
     assert!(
         lab.observer_reaches(vip),
         "the observer reaches the VIP on r1"
@@ -194,12 +189,7 @@ fn equal_priority_tie_break_by_higher_address() -> Result<()> {
 fn ipv6_election_and_handover() -> Result<()> {
     let lab = VrrpLab::up(2)?;
     let vip = IpAddr::V6(lab.vip6());
-    let (r1, rx1) = lab.spawn(1, config("r1", vip, 200))?;
-    wait_state(&rx1, State::Master, Duration::from_secs(3))?;
-    let (r2, rx2) = lab.spawn(2, config("r2", vip, 100))?;
-    wait_for(Duration::from_secs(1), "r2 in Backup", || {
-        r2.state() == State::Backup
-    })?;
+    let (r1, r2, rx2) = master_and_backup(&lab, config("r1", vip, 200), config("r2", vip, 100))?;
     wait_for(Duration::from_secs(1), "the VIP on r1 only", || {
         lab.holders(vip) == vec![1]
     })?;
@@ -535,15 +525,24 @@ fn addr_on(ns: &str, dev: &str, addr: IpAddr) -> bool {
         .unwrap_or(false)
 }
 
-/// r1 (200) Master and r2 (100) Backup, both with `virtual_mac = true`
-/// for `vip`; returns them and r2's reports.
-fn virtual_mac_pair(lab: &VrrpLab, vip: IpAddr) -> Result<(Instance, Instance, std::sync::mpsc::Receiver<StateChange>)> {
-    let vcfg = |name: &str, prio: u8| InstanceConfig { virtual_mac: true, ..config(name, vip, prio) };
-    let (r1, rx1) = lab.spawn(1, vcfg("r1", 200))?;
+/// r1, r2 and r2's reports.
+type Pair = (Instance, Instance, std::sync::mpsc::Receiver<StateChange>);
+
+/// Starts `r1` and waits for it to be Master, then `r2` and waits for it
+/// to be Backup; returns both, and r2's reports.
+fn master_and_backup(lab: &VrrpLab, r1: InstanceConfig, r2: InstanceConfig) -> Result<Pair> {
+    let (r1, rx1) = lab.spawn(1, r1)?;
     wait_state(&rx1, State::Master, Duration::from_secs(3))?;
-    let (r2, rx2) = lab.spawn(2, vcfg("r2", 100))?;
+    let (r2, rx2) = lab.spawn(2, r2)?;
     wait_for(Duration::from_secs(1), "r2 in Backup", || r2.state() == State::Backup)?;
     Ok((r1, r2, rx2))
+}
+
+/// [`master_and_backup`] for r1 (200) and r2 (100), both with
+/// `virtual_mac = true` for `vip`.
+fn virtual_mac_pair(lab: &VrrpLab, vip: IpAddr) -> Result<Pair> {
+    let vcfg = |name: &str, prio: u8| InstanceConfig { virtual_mac: true, ..config(name, vip, prio) };
+    master_and_backup(lab, vcfg("r1", 200), vcfg("r2", 100))
 }
 
 /// `virtual_mac = true`: the Master's VIP sits on the macvlan `vrrp.51`
