@@ -35,7 +35,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use fulcrum_lab::{bin_path, host4, in_netns, Lab, LabOptions, Proc, REALS, VIP4, web_pool_toml};
+use fulcrum_lab::{bin_path, host4, in_netns, Lab, LabOptions, Proc, REALS, VIP4, web_service_toml};
 
 /// VRRP timing of the test config (VRRPv3, centiseconds on the wire).
 const ADVERT: Duration = Duration::from_millis(100);
@@ -117,23 +117,7 @@ const TRACK_WEIGHT: u8 = 60;
 
 /// The configuration both nodes share, without VRRP.
 fn base_toml() -> String {
-    format!(
-        r#"interface = "eth0"
-
-[admin]
-listen = "127.0.0.1:9180"
-
-[[vip]]
-name = "web"
-address = "{VIP4}"
-port = 80
-protocol = "tcp"
-scheduler = "maglev"
-pool = "web"
-
-{pool}"#,
-        pool = web_pool_toml(INTERVAL, 2, 2),
-    )
+    web_service_toml(INTERVAL, 2, 2)
 }
 
 /// One lb and its daemon.

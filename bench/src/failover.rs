@@ -52,7 +52,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
-use fulcrum_lab::{bin_path, host4, in_netns, interrupt, Lab, LabOptions, Proc, LB4, VIP4, web_pool_toml};
+use fulcrum_lab::{bin_path, host4, in_netns, interrupt, Lab, LabOptions, Proc, LB4, VIP4, web_service_toml};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
@@ -433,20 +433,7 @@ impl Bench {
 
 fn fulcrum_toml(priority: u8, advert: Duration) -> String {
     format!(
-        r#"interface = "eth0"
-
-[admin]
-listen = "127.0.0.1:9180"
-
-[[vip]]
-name = "web"
-address = "{VIP4}"
-port = 80
-protocol = "tcp"
-scheduler = "maglev"
-pool = "web"
-
-{pool}
+        r#"{}
 [[vrrp]]
 name = "vi4"
 vrid = {VRID}
@@ -456,8 +443,8 @@ version = 3
 preempt = true
 addresses = ["{VIP4}/32"]
 "#,
+        web_service_toml(Duration::from_millis(500), 2, 2),
         advert = advert.as_millis(),
-        pool = web_pool_toml(Duration::from_millis(500), 2, 2),
     )
 }
 

@@ -118,6 +118,16 @@ pub fn web_pool_toml(interval: Duration, rise: u32, fall: u32) -> String {
     )
 }
 
+/// A whole fulcrum configuration for the lab's lb: `eth0`, the admin API
+/// on 127.0.0.1:9180, the TCP VIP "web" ([`VIP4`]:80, Maglev) over
+/// [`web_pool_toml`]. Tests and benches append their own sections.
+pub fn web_service_toml(interval: Duration, rise: u32, fall: u32) -> String {
+    format!(
+        "interface = \"eth0\"\n\n[admin]\nlisten = \"127.0.0.1:9180\"\n\n[[vip]]\nname = \"web\"\naddress = \"{VIP4}\"\nport = 80\nprotocol = \"tcp\"\nscheduler = \"maglev\"\npool = \"web\"\n\n{}",
+        web_pool_toml(interval, rise, fall)
+    )
+}
+
 /// The IPv4 address of a lab host (`"client"`, `"lb"`, `"real1"`...).
 pub fn host4(host: &str) -> Option<Ipv4Addr> {
     HOSTS.iter().find(|(h, _)| *h == host).map(|(_, n)| Ipv4Addr::new(198, 18, 0, *n))
