@@ -431,6 +431,14 @@ mod tests {
 
     use super::*;
 
+    /// The `interface` track: `lo` (operstate `unknown`, as virtual devices
+    /// report) passes; a missing interface fails.
+    #[test]
+    fn interface_track_reads_the_operational_state() {
+        assert!(interface_up("lo"));
+        assert!(!interface_up("fulcrum-none0"));
+    }
+
     #[tokio::test]
     async fn notify_runs_argv_with_the_state_in_its_environment() {
         let dir = std::env::temp_dir().join(format!("fulcrum-notify-{}", std::process::id()));
