@@ -1108,7 +1108,7 @@ fn a_miss_writes_the_maglev_pick_entries_are_followed_and_a_syn_repicks() {
     assert_eq!(conn(&dp, ConnEvent::Miss), misses + 1);
     let entry = dp.conn_entry(&key4(sport, 80, IPPROTO_TCP)).expect("the miss wrote an entry");
     assert_eq!(entry.real_id, dp.applied().reals[&real(pick).0].0);
-    assert_eq!(entry.last_seen_ns, 0, "TCP entries carry no time");
+    assert_eq!(entry.last_seen_jiffies, 0, "TCP entries carry no time");
 
     // Another node's choice, or an older table's: the entry wins.
     let other = if pick == 1 { 2 } else { 1 };
@@ -1238,7 +1238,9 @@ fn a_reused_real_id_does_not_resurrect_old_flows() {
 }
 
 /// A UDP entry idle past the VIP's timeout re-picks; a younger one is
-/// followed and its last-seen time refreshed, at most once a second.
+/// followed and its last-seen time refreshed, at most once per
+/// `CONN_TOUCH_JIFFIES`. Times are jiffies (the datapath's
+/// `bpf_jiffies64`), converted with the kernel's tick (`fulcrum_l4::hz`).
 #[test]
 fn udp_entries_expire_after_the_idle_timeout() {
     let mut plan = v4tcp(&[(1, 1), (2, 1), (3, 1)], &[1, 2, 3], &[1, 2, 3]);
@@ -1252,7 +1254,15 @@ fn udp_entries_expire_after_the_idle_timeout() {
     assert_eq!(pick, maglev_pick(&[(1, 1), (2, 1), (3, 1)], v4_hash(CLIENT4, sport, 53)));
     let key = key4(sport, 53, IPPROTO_UDP);
     let written = dp.conn_entry(&key).unwrap();
-    assert!(written.last_seen_ns > 0);
+    assert!(written.last_seen_jiffies > 0);
+    // User space cannot read `jiffies_64`: a new flow's first packet
+    // makes the datapath write it into that flow's entry.
+    let mut probe_port = 9000;
+    let mut jiffies_now = |dp: &mut Datapath| {
+        probe_port += 1;
+        run(dp, &udp4(CLIENT4, VIP4, probe_port, 53), XDP_TX, Reason::Tx);
+        dp.conn_entry(&key4(probe_port, 53, IPPROTO_UDP)).unwrap().last_seen_jiffies
+    };
     // Point the flow at another real, as an older table would have.
     let other = if pick == 1 { 2 } else { 1 };
     let other_id = dp.applied().reals[&real(other).0].0;
@@ -1261,26 +1271,26 @@ fn udp_entries_expire_after_the_idle_timeout() {
         run(&mut dp, &udp4(CLIENT4, VIP4, s, 53), XDP_TX, Reason::Tx);
         dp.conn_entry(&key4(s, 53, IPPROTO_UDP)).unwrap().real_gen
     };
-    let now = fulcrum_l4::monotonic_ns();
-    let secs = |s: u64| s * 1_000_000_000;
+    let now = jiffies_now(&mut dp);
+    let secs = |s: u64| s * fulcrum_l4::hz();
 
     // Idle 5 s of 30: followed, and the last-seen time refreshed.
-    dp.set_conn_entry(&key, ConnEntry { real_id: other_id, real_gen: gen, last_seen_ns: now - secs(5), ..ConnEntry::default() }).unwrap();
+    dp.set_conn_entry(&key, ConnEntry { real_id: other_id, real_gen: gen, last_seen_jiffies: now - secs(5), ..ConnEntry::default() }).unwrap();
     assert_eq!(sent_to(&run(&mut dp, &f, XDP_TX, Reason::Tx)), other);
-    assert!(dp.conn_entry(&key).unwrap().last_seen_ns >= now, "refreshed");
+    assert!(dp.conn_entry(&key).unwrap().last_seen_jiffies >= now, "refreshed");
     // Seen just now: followed, not rewritten.
-    let fresh = fulcrum_l4::monotonic_ns();
-    dp.set_conn_entry(&key, ConnEntry { real_id: other_id, real_gen: gen, last_seen_ns: fresh, ..ConnEntry::default() }).unwrap();
+    let fresh = jiffies_now(&mut dp);
+    dp.set_conn_entry(&key, ConnEntry { real_id: other_id, real_gen: gen, last_seen_jiffies: fresh, ..ConnEntry::default() }).unwrap();
     assert_eq!(sent_to(&run(&mut dp, &f, XDP_TX, Reason::Tx)), other);
-    assert_eq!(dp.conn_entry(&key).unwrap().last_seen_ns, fresh, "not rewritten within a second");
+    assert_eq!(dp.conn_entry(&key).unwrap().last_seen_jiffies, fresh, "not rewritten within CONN_TOUCH_JIFFIES");
     // Idle 31 s: expired, the table's pick, a new entry.
     let expired = conn(&dp, ConnEvent::Expired);
-    dp.set_conn_entry(&key, ConnEntry { real_id: other_id, real_gen: gen, last_seen_ns: now - secs(31), ..ConnEntry::default() }).unwrap();
+    dp.set_conn_entry(&key, ConnEntry { real_id: other_id, real_gen: gen, last_seen_jiffies: now - secs(31), ..ConnEntry::default() }).unwrap();
     assert_eq!(sent_to(&run(&mut dp, &f, XDP_TX, Reason::Tx)), pick);
     assert_eq!(conn(&dp, ConnEvent::Expired), expired + 1);
     let renewed = dp.conn_entry(&key).unwrap();
     assert_eq!(renewed.real_id, dp.applied().reals[&real(pick).0].0);
-    assert!(renewed.last_seen_ns >= now);
+    assert!(renewed.last_seen_jiffies >= now);
 }
 
 /// The table holds what it is sized for, and the LRU evicts beyond it:
@@ -2008,11 +2018,11 @@ fn established_flows_follow_every_vip_change_on_the_short_path() {
     let tagged_u = tagged(&u, 0x8100, 42);
     run(&mut dp, &tagged_u, XDP_TX, Reason::Tx);
     let ukey = key4(7002, 53, IPPROTO_UDP);
-    assert_eq!(dp.conn_entry(&ukey).unwrap().udp_idle_timeout_ms, UDP_IDLE_MS);
+    assert_eq!(dp.conn_entry(&ukey).unwrap().udp_idle_timeout_jiffies, fulcrum_l4::ms_to_jiffies(UDP_IDLE_MS));
     state.vips[1].udp_idle_timeout_ms = 2_000;
     dp.apply(&state).unwrap();
     run(&mut dp, &tagged_u, XDP_TX, Reason::Tx);
-    assert_eq!(dp.conn_entry(&ukey).unwrap().udp_idle_timeout_ms, 2_000);
+    assert_eq!(dp.conn_entry(&ukey).unwrap().udp_idle_timeout_jiffies, fulcrum_l4::ms_to_jiffies(2_000));
 
     // Removed: passed, though its entries stay in the table.
     let removed = state.vips.remove(0);

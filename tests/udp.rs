@@ -24,7 +24,7 @@ use fulcrum_lab::{bin_path, host4, in_netns, Lab, Proc, REALS, UDP_ECHO_PORT, VI
 const INTERVAL: Duration = Duration::from_millis(500);
 /// The VIPs' `udp_idle_timeout`. Not the minimum "1s": the datapath
 /// refreshes an entry's last-seen time only when it is older than
-/// `CONN_TOUCH_NS` (~1.07 s), so with a 1 s timeout even a flow sending
+/// `CONN_TOUCH_JIFFIES` (~1.02 s at HZ=250), so with a 1 s timeout even a flow sending
 /// every 200 ms expires about once a second
 /// (`busy_udp_flows_stay_with_the_minimum_idle_timeout`, ignored until
 /// the datapath is fixed). 2 s leaves a busy flow ~0.9 s of margin.
@@ -281,8 +281,8 @@ fn idle_udp_flows_of_a_drained_real_move_while_busy_ones_stay() {
 }
 
 /// The same with the shortest timeout the config accepts. It caught a
-/// datapath bug: a last-seen time refreshed only every `CONN_TOUCH_NS`
-/// (~1.07 s) let a 1 s timeout expire flows sending every 200 ms (156
+/// datapath bug: a last-seen time refreshed only every ~1.07 s (then
+/// `CONN_TOUCH_NS`, now `CONN_TOUCH_JIFFIES`) let a 1 s timeout expire flows sending every 200 ms (156
 /// expiries in ~4 s among 48 busy flows); the datapath now refreshes at
 /// least four times per timeout.
 #[test]

@@ -160,10 +160,12 @@ pub struct VipMeta {
     pub table_size: u32,
     /// Which of the VIP's two table slots (0 or 1) is live.
     pub table_slot: u32,
-    /// UDP flows idle longer than this many milliseconds lose their
-    /// connection-table entry and take a fresh pick. TCP entries have no
-    /// idle time: they live until the LRU evicts them.
-    pub udp_idle_timeout_ms: u32,
+    /// UDP flows idle longer than this many jiffies (kernel timer ticks,
+    /// 1/HZ s each: `fulcrum_l4::ms_to_jiffies` converts the configured
+    /// `udp_idle_timeout`) lose their connection-table entry and take a
+    /// fresh pick. TCP entries have no idle time: they live until the LRU
+    /// evicts them.
+    pub udp_idle_timeout_jiffies: u32,
     /// The IEEE 802.1Q VLAN id (1..=4094) the VIP is reached on, or 0:
     /// untagged (or priority-tagged, VID 0) frames only. A frame on
     /// another VLAN is `Reason::PassVlanMismatch`.
@@ -267,9 +269,13 @@ pub struct ConnEntry {
     pub real_id: u32,
     /// `RealDef::generation` of `real_id` when the entry was written.
     pub real_gen: u32,
-    /// `bpf_ktime_get_coarse_ns` (CLOCK_MONOTONIC_COARSE, nanoseconds) of the flow's last
-    /// packet, refreshed at most every [`CONN_TOUCH_NS`]; read only for UDP.
-    pub last_seen_ns: u64,
+    /// `bpf_jiffies64()` (the kernel's `jiffies_64`: timer ticks since
+    /// boot plus the kernel's INITIAL_JIFFIES offset, 1/HZ s each) at the
+    /// flow's last packet, refreshed at most every [`CONN_TOUCH_JIFFIES`];
+    /// 0 and unused for TCP. Only differences mean anything: user space
+    /// has no syscall reading `jiffies_64`, so it turns them into time
+    /// with `fulcrum_l4::tick_ns`.
+    pub last_seen_jiffies: u64,
     /// The VIP's [`VipMeta::gen`] when the facts below were copied from
     /// its `VIPS` entry. While `VIP_GEN[vip_id]` equals it, a packet of
     /// the flow is forwarded without the `VIPS` lookup; otherwise (0 never
@@ -281,15 +287,17 @@ pub struct ConnEntry {
     pub vip_vlan: u16,
     /// [`VipMeta::flags`].
     pub vip_flags: u32,
-    /// [`VipMeta::udp_idle_timeout_ms`].
-    pub udp_idle_timeout_ms: u32,
+    /// [`VipMeta::udp_idle_timeout_jiffies`].
+    pub udp_idle_timeout_jiffies: u32,
 }
 
-/// A UDP entry's `last_seen_ns` is rewritten only when it is older than
-/// this (2^30 ns, about 1.07 s), or than a quarter of the VIP's idle
-/// timeout if that is shorter: a write per packet would dirty a shared
-/// cache line on every packet, and a busy flow must never look idle.
-pub const CONN_TOUCH_NS: u64 = 1 << 30;
+/// A UDP entry's `last_seen_jiffies` is rewritten only when it is older
+/// than this many jiffies, or than a quarter of the VIP's idle timeout if
+/// that is shorter: a write per packet would dirty a shared cache line on
+/// every packet, and a busy flow must never look idle. 256 ticks: 1.024 s
+/// at HZ=250 (this machine kind), 0.256 s at HZ=1000, 2.56 s at HZ=100;
+/// the quarter-timeout bound keeps expiry correct at any HZ.
+pub const CONN_TOUCH_JIFFIES: u64 = 256;
 
 /// What the connection table did for a VIP packet: the index of
 /// `CONN_STATS`. Indices and names are stable; new events are appended.

@@ -229,7 +229,7 @@ pub const MAX_CONN_TABLE_SIZE: u32 = 1 << 26;
 pub const DEFAULT_UDP_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Shortest `udp_idle_timeout`: 1 s. The datapath refreshes a flow's
 /// last-seen time at least four times per timeout (see
-/// [`fulcrum_common::CONN_TOUCH_NS`]), so a flow expires between 3/4 of the
+/// [`fulcrum_common::CONN_TOUCH_JIFFIES`]), so a flow expires between 3/4 of the
 /// timeout and the timeout after its last packet.
 pub const MIN_UDP_IDLE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Longest `udp_idle_timeout`: 1 h. Longer, and a flood of one-packet

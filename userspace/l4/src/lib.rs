@@ -402,7 +402,7 @@ impl Datapath {
     }
 
     /// Writes a connection-table entry, as the datapath would: for tests
-    /// (an entry with an old `last_seen_ns`, a state another node left).
+    /// (an entry with an old `last_seen_jiffies`, a state another node left).
     ///
     /// # Errors
     /// The map update failed.
@@ -499,16 +499,38 @@ impl CounterReader {
     }
 }
 
-/// CLOCK_MONOTONIC_COARSE in nanoseconds: the clock of
-/// `bpf_ktime_get_coarse_ns`, and so of [`ConnEntry::last_seen_ns`].
-pub fn monotonic_ns() -> u64 {
-    // SAFETY: clock_gettime writes one timespec into the value we own.
-    let now = unsafe {
-        let mut now: libc::timespec = std::mem::zeroed();
-        libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut now);
-        now
-    };
-    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
+/// The kernel's timer tick in nanoseconds: one jiffy, the unit of
+/// [`ConnEntry::last_seen_jiffies`] and `VipMeta::udp_idle_timeout_jiffies`.
+/// No syscall reports HZ itself (`sysconf(_SC_CLK_TCK)` is USER_HZ, a
+/// fixed 100), but CLOCK_MONOTONIC_COARSE advances once a tick, and
+/// `clock_getres` reports its resolution as TICK_NSEC, (10^9 + HZ/2) / HZ
+/// (kernel/time/posix-timers.c, `posix_get_coarse_res`): 4,000,000 ns for
+/// CONFIG_HZ=250. Read once and kept.
+pub fn tick_ns() -> u64 {
+    static TICK_NS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *TICK_NS.get_or_init(|| {
+        // SAFETY: clock_getres writes one timespec into the value we own.
+        let res = unsafe {
+            let mut res: libc::timespec = std::mem::zeroed();
+            libc::clock_getres(libc::CLOCK_MONOTONIC_COARSE, &mut res);
+            res
+        };
+        let ns = res.tv_sec as u64 * 1_000_000_000 + res.tv_nsec as u64;
+        // The kernel's HZ choices are 100..=1000: a tick of 1 to 10 ms.
+        ns.clamp(1_000_000, 10_000_000)
+    })
+}
+
+/// The kernel's HZ: timer ticks (jiffies) per second, from [`tick_ns`].
+pub fn hz() -> u64 {
+    (1_000_000_000 + tick_ns() / 2) / tick_ns()
+}
+
+/// `ms` milliseconds in jiffies, rounded up as the kernel's
+/// `msecs_to_jiffies` does (so a timeout is never shorter than asked).
+/// Any `u32` of milliseconds fits at HZ <= 1000.
+pub fn ms_to_jiffies(ms: u32) -> u32 {
+    u32::try_from((u64::from(ms) * hz()).div_ceil(1000)).expect("HZ <= 1000")
 }
 
 /// Attaches `program` to `interface` by netlink (see [`attach`]).
@@ -551,6 +573,23 @@ fn sum(map: &PerCpuArray<MapData, Counters>, index: u32) -> Counters {
             })
         })
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod clock_tests {
+    use super::*;
+
+    /// The tick is one of the kernel's HZ choices (Kconfig.hz: 100, 250,
+    /// 300, 1000), and milliseconds round up to whole ticks.
+    #[test]
+    fn the_tick_is_a_kernel_hz_and_milliseconds_round_up_to_ticks() {
+        let hz = hz();
+        assert!([100, 250, 300, 1000].contains(&hz), "HZ {hz}, tick {} ns", tick_ns());
+        assert_eq!(u64::from(ms_to_jiffies(1000)), hz);
+        assert_eq!(u64::from(ms_to_jiffies(30_000)), 30 * hz);
+        assert_eq!(ms_to_jiffies(1), 1, "never shorter than asked");
+        assert_eq!(ms_to_jiffies(0), 0);
+    }
 }
 
 #[cfg(test)]

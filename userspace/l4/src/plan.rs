@@ -42,7 +42,9 @@ pub struct PlanVip {
     /// `on_marked_down = "keep"`), but not a member down under `repick`.
     /// A connection-table entry naming any other real re-picks.
     pub established: Vec<IpAddr>,
-    /// UDP flows idle this long (milliseconds) take a fresh pick.
+    /// UDP flows idle this long (milliseconds) take a fresh pick. The
+    /// writer stores it in jiffies (`VipMeta::udp_idle_timeout_jiffies`,
+    /// [`crate::ms_to_jiffies`]).
     pub udp_idle_timeout_ms: u32,
     /// The 802.1Q VLAN id the VIP is reached on, 0 for untagged.
     pub vlan: u16,

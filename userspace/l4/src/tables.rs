@@ -382,7 +382,7 @@ impl Tables {
             w.key == vip.key
                 && w.meta.flags == vip.flags
                 && w.members == vip.members
-                && w.meta.udp_idle_timeout_ms == vip.udp_idle_timeout_ms
+                && w.meta.udp_idle_timeout_jiffies == crate::ms_to_jiffies(vip.udp_idle_timeout_ms)
                 && w.meta.vlan == u32::from(vip.vlan)
                 && (w.meta.table_size == vip.table_size || w.meta.table_size == 0)
         })
@@ -419,13 +419,13 @@ impl Tables {
                 VipMeta { vip_id: id, ..VipMeta::default() }
             }
         };
-        let facts = (meta.flags, meta.udp_idle_timeout_ms, meta.vlan);
+        let facts = (meta.flags, meta.udp_idle_timeout_jiffies, meta.vlan);
         meta.flags = vip.flags;
-        meta.udp_idle_timeout_ms = vip.udp_idle_timeout_ms;
+        meta.udp_idle_timeout_jiffies = crate::ms_to_jiffies(vip.udp_idle_timeout_ms);
         meta.vlan = u32::from(vip.vlan);
         // Connection-table entries copy these facts: a change, or a new
         // VIP on the id, gets a new generation (see `VipMeta::gen`).
-        if meta.gen == 0 || facts != (meta.flags, meta.udp_idle_timeout_ms, meta.vlan) {
+        if meta.gen == 0 || facts != (meta.flags, meta.udp_idle_timeout_jiffies, meta.vlan) {
             meta.gen = self.bump_vip_gen(meta.vip_id);
         }
         let mut slots: Vec<(IpAddr, u32)> = vip.members.iter().map(|&(a, _)| (a, 0)).collect();
