@@ -405,6 +405,7 @@ fn a_removed_vip_passes_and_its_id_is_reused_with_zeroed_counters() {
     run(&mut dp, &f, XDP_TX, Reason::Tx);
     let id = dp.applied().vips["v4tcp"].vip_id;
     assert_eq!(vip_packets(&dp, "v4tcp"), 1);
+    assert_eq!(conn(&dp, ConnEvent::Miss), 1);
 
     state.vips.remove(0);
     dp.apply(&state).unwrap();
@@ -417,9 +418,12 @@ fn a_removed_vip_passes_and_its_id_is_reused_with_zeroed_counters() {
     assert_eq!(dp.applied().vips["new"].vip_id, id);
     assert_eq!(vip_packets(&dp, "new"), 0);
     assert_eq!(vip_conn(&dp, "new", ConnEvent::Miss), 0, "the old VIP's miss is not the new one's");
+    assert_eq!(conn(&dp, ConnEvent::Miss), 1, "but the node-wide total keeps it");
     run(&mut dp, &tcp4(CLIENT4, VIP4, 3333, 8443), XDP_TX, Reason::Tx);
     assert_eq!(vip_packets(&dp, "new"), 1);
     assert_eq!(vip_conn(&dp, "new", ConnEvent::Miss), 1);
+    assert_eq!(conn(&dp, ConnEvent::Miss), 2);
+    assert_eq!(dp.counter_reader().unwrap().conn_events(), dp.counters().conn_events(), "a second reader sees the carried-over events too");
 }
 
 #[test]

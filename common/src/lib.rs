@@ -45,8 +45,6 @@ pub mod names {
     pub const CONN_TABLE_V4: &str = "CONN_TABLE_V4";
     /// The connection table of IPv6 flows (`FlowKey` keys).
     pub const CONN_TABLE_V6: &str = "CONN_TABLE_V6";
-    pub const CONN_STATS: &str = "CONN_STATS";
-    pub const VIP_CONN_STATS: &str = "VIP_CONN_STATS";
     pub const VIP_GEN: &str = "VIP_GEN";
     pub const VIP_REAL_OK: &str = "VIP_REAL_OK";
     pub const VIP_ADDRESSES: &str = "VIP_ADDRESSES";
@@ -300,7 +298,7 @@ pub struct ConnEntry {
 pub const CONN_TOUCH_JIFFIES: u64 = 256;
 
 /// What the connection table did for a VIP packet: the index of
-/// `CONN_STATS`. Indices and names are stable; new events are appended.
+/// [`VipCounters::conn`]. Indices and names are stable; new events are appended.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ConnEvent {
@@ -322,14 +320,9 @@ pub enum ConnEvent {
 }
 
 impl ConnEvent {
-    /// Number of events: the length of `CONN_STATS`.
+    /// Number of events: the length of [`VipCounters::conn`].
     pub const COUNT: u32 = 6;
 
-    /// The `VIP_CONN_STATS` entry of this event for VIP id `vip_id`.
-    #[inline(always)]
-    pub const fn vip_index(self, vip_id: u32) -> u32 {
-        vip_id * Self::COUNT + self as u32
-    }
     /// Every event, in index order.
     pub const ALL: [ConnEvent; Self::COUNT as usize] =
         [ConnEvent::Hit, ConnEvent::Miss, ConnEvent::Syn, ConnEvent::Stale, ConnEvent::Expired, ConnEvent::WriteFailed];
@@ -403,6 +396,26 @@ pub struct Counters {
     pub packets: u64,
     /// Frame bytes as seen by XDP (Ethernet header included).
     pub bytes: u64,
+}
+
+/// Value of the per-CPU `VIP_STATS` array, indexed by VIP id: everything
+/// a VIP packet counts for its VIP, in one value, so that a packet makes
+/// one map lookup and touches two adjacent counter pairs (one cache line
+/// for the `Hit` of an established flow) instead of two maps. There is no
+/// node-wide connection-table counter in the datapath: user space sums
+/// `conn` over the VIP ids, plus what it carried over from ids it gave to
+/// new VIPs (`fulcrum_l4::CounterReader::conn_events`), which saves every
+/// VIP packet a lookup and an update (about 1.5 ns each here,
+/// `bench/RESULTS.md`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VipCounters {
+    /// Frames (and their bytes) that reached the VIP: forwarded, dropped
+    /// for want of a backend, ICMP errors.
+    pub vip: Counters,
+    /// The VIP's forwarded packets per [`ConnEvent`], indexed by
+    /// `ConnEvent as usize`.
+    pub conn: [Counters; ConnEvent::COUNT as usize],
 }
 
 /// Why the datapath took its action on a frame: the index of `REASON_STATS`.
@@ -577,6 +590,7 @@ mod pod {
     unsafe impl aya::Pod for super::RealDef {}
     unsafe impl aya::Pod for super::DatapathConfig {}
     unsafe impl aya::Pod for super::Counters {}
+    unsafe impl aya::Pod for super::VipCounters {}
     unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::FlowKeyV4 {}
     unsafe impl aya::Pod for super::ConnEntry {}
@@ -641,6 +655,7 @@ mod conn_tests {
         assert_eq!(core::mem::size_of::<RealDef>(), 32);
         assert_eq!(core::mem::size_of::<DatapathConfig>(), 104);
         assert_eq!(core::mem::size_of::<VipMeta>(), 32);
+        assert_eq!(core::mem::size_of::<VipCounters>(), 112);
         assert_eq!(vip_real_ok_bit(MAX_VIPS - 1, MAX_REALS - 1).0, VIP_REAL_OK_WORDS - 1);
     }
 }

@@ -14,7 +14,8 @@
 //! be parsed, is `XDP_PASS` (the kernel stack decides); a VIP packet with
 //! neither a usable connection-table entry nor a healthy backend is
 //! `XDP_DROP`. Every frame bumps exactly one per-reason counter, and every
-//! forwarded VIP packet one connection-table counter (`ConnEvent`).
+//! forwarded VIP packet one connection-table event (`ConnEvent`) in its
+//! VIP's `VIP_STATS` value.
 //!
 //! Hostile and unusual frames are never forwarded; they are passed, so
 //! that the kernel, which is the authority on all non-VIP traffic anyway,
@@ -163,8 +164,7 @@ fn established_flow<T: ConnTable>(ctx: &XdpContext, flow: &Flow, bytes: u64) -> 
     let Ok((real_id, real)) = established(&vip, flow, entry) else {
         return Err(fallback);
     };
-    count(&VIP_STATS, vip_id, bytes);
-    count_conn(&vip, ConnEvent::Hit, bytes);
+    count_vip(vip_id, true, Some(ConnEvent::Hit), bytes);
     Ok((vip, to_us, real_id, real))
 }
 
@@ -191,7 +191,7 @@ fn full_path<T: ConnTable>(ctx: &XdpContext, flow: &Flow, bytes: u64, looked: Lo
     let Some(to_us) = addressed_to_us(ctx, flow.is_v6) else {
         return Err((XDP_PASS, Reason::PassNotForUs));
     };
-    count(&VIP_STATS, vip.vip_id, bytes);
+    count_vip(vip.vip_id, true, None, bytes);
     // No log line here: a per-packet record would let any sender flood
     // the log ring; the DropNoBackend counter says it instead.
     let selected = if flow.icmp_error { flow_owner::<T>(&vip, flow) } else { select_real::<T>(&vip, flow, bytes, looked) };
@@ -625,7 +625,7 @@ fn select_real<T: ConnTable>(vip: &VipMeta, flow: &Flow, bytes: u64, looked: Loo
             Some(entry) => match established(vip, flow, entry) {
                 Ok(found) => {
                     refresh_vip_facts(vip, entry);
-                    count_conn(vip, ConnEvent::Hit, bytes);
+                    count_vip(vip.vip_id, false, Some(ConnEvent::Hit), bytes);
                     return Some(found);
                 }
                 Err(event) => event,
@@ -651,7 +651,7 @@ fn select_real<T: ConnTable>(vip: &VipMeta, flow: &Flow, bytes: u64, looked: Loo
         Ok(()) => event,
         Err(_) => ConnEvent::WriteFailed,
     };
-    count_conn(vip, event, bytes);
+    count_vip(vip.vip_id, false, Some(event), bytes);
     Some((real_id, real))
 }
 
@@ -725,13 +725,6 @@ fn refresh_vip_facts(vip: &VipMeta, entry: *mut ConnEntry) {
             core::ptr::write_volatile(&mut (*entry).vip_gen, vip.gen);
         }
     }
-}
-
-/// Counts a connection-table event node-wide and for the VIP.
-#[inline(always)]
-fn count_conn(vip: &VipMeta, event: ConnEvent, bytes: u64) {
-    count(&CONN_STATS, event as u32, bytes);
-    count(&VIP_CONN_STATS, event.vip_index(vip.vip_id), bytes);
 }
 
 /// The entry's real, if established flows of this VIP may still use it

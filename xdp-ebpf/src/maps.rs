@@ -5,7 +5,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use fulcrum_common::{
-    ConnEntry, ConnEvent, Counters, DatapathConfig, FlowKey, FlowKeyV4, RealDef, Reason, VipKey, VipMeta,
+    ConnEntry, ConnEvent, Counters, DatapathConfig, VipCounters, FlowKey, FlowKeyV4, RealDef, Reason, VipKey, VipMeta,
     DEFAULT_CONN_TABLE_SIZE, LOOKUP_TABLES_LEN, MAX_REALS, MAX_VIPS, VIP_FILTER_WORDS,
     VIP_REAL_OK_WORDS,
 };
@@ -83,8 +83,10 @@ pub static VIP_GEN: Array<u32> = Array::with_max_entries(MAX_VIPS, 0);
 #[map]
 pub static DATAPATH_CONFIG: Array<DatapathConfig> = Array::with_max_entries(1, 0);
 
+/// VIP id -> the VIP's packets and connection-table events (see
+/// `VipCounters`). Zeroed by user space when it gives the id to a new VIP.
 #[map]
-pub static VIP_STATS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(MAX_VIPS, 0);
+pub static VIP_STATS: PerCpuArray<VipCounters> = PerCpuArray::with_max_entries(MAX_VIPS, 0);
 
 #[map]
 pub static REAL_STATS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(MAX_REALS, 0);
@@ -92,24 +94,36 @@ pub static REAL_STATS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(MAX
 #[map]
 pub static REASON_STATS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(Reason::COUNT, 0);
 
-/// Per `ConnEvent`: VIP packets by what the connection table did.
-#[map]
-pub static CONN_STATS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(ConnEvent::COUNT, 0);
-
-/// The same per VIP: entry `ConnEvent::vip_index(vip_id)`. Zeroed by user
-/// space when it gives a VIP id to a new VIP, as `VIP_STATS`.
-#[map]
-pub static VIP_CONN_STATS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(MAX_VIPS * ConnEvent::COUNT, 0);
-
 /// Adds one frame of `bytes` to entry `index` of a per-CPU counter map.
 #[inline(always)]
 pub fn count(map: &PerCpuArray<Counters>, index: u32, bytes: u64) {
     if let Some(c) = map.get_ptr_mut(index) {
         // SAFETY: per-CPU storage; XDP runs with preemption disabled, so this
         // CPU's slot has no concurrent writer.
+        unsafe { add(c, bytes) }
+    }
+}
+
+/// Counts one frame of `bytes` for VIP id `vip_id` in `VIP_STATS`: as
+/// reaching the VIP if `reached`, and under `event` if there is one.
+#[inline(always)]
+pub fn count_vip(vip_id: u32, reached: bool, event: Option<ConnEvent>, bytes: u64) {
+    if let Some(v) = VIP_STATS.get_ptr_mut(vip_id) {
+        // SAFETY: as in `count`.
         unsafe {
-            (*c).packets += 1;
-            (*c).bytes += bytes;
+            if reached {
+                add(&mut (*v).vip, bytes);
+            }
+            if let Some(c) = event.and_then(|e| (*v).conn.get_mut(e as usize)) {
+                add(c, bytes);
+            }
         }
     }
+}
+
+/// One frame of `bytes` more in `c`, this CPU's slot.
+#[inline(always)]
+unsafe fn add(c: *mut Counters, bytes: u64) {
+    (*c).packets += 1;
+    (*c).bytes += bytes;
 }

@@ -29,7 +29,7 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 pub use fulcrum_common::{ConnEntry, ConnEvent, FlowKey, FlowKeyV4};
-use fulcrum_common::{names, Counters, DatapathConfig, Mac, Reason, DEFAULT_CONN_TABLE_SIZE};
+use fulcrum_common::{names, Counters, DatapathConfig, Mac, Reason, VipCounters, DEFAULT_CONN_TABLE_SIZE, MAX_VIPS};
 
 mod decap;
 pub mod ethtool;
@@ -246,18 +246,16 @@ impl Datapath {
         let vip_gen = typed(take(names::VIP_GEN)?, names::VIP_GEN)?;
         let conn_table_v4 = typed(take(names::CONN_TABLE_V4)?, names::CONN_TABLE_V4)?;
         let conn_table_v6 = typed(take(names::CONN_TABLE_V6)?, names::CONN_TABLE_V6)?;
-        let conn_stats = typed(take(names::CONN_STATS)?, names::CONN_STATS)?;
         let config = typed(take(names::DATAPATH_CONFIG)?, names::DATAPATH_CONFIG)?;
-        let vip_stats: PerCpuArray<MapData, Counters> = typed(take(names::VIP_STATS)?, names::VIP_STATS)?;
+        let vip_stats: PerCpuArray<MapData, VipCounters> = typed(take(names::VIP_STATS)?, names::VIP_STATS)?;
         let real_stats: PerCpuArray<MapData, Counters> = typed(take(names::REAL_STATS)?, names::REAL_STATS)?;
-        let vip_conn_stats: PerCpuArray<MapData, Counters> = typed(take(names::VIP_CONN_STATS)?, names::VIP_CONN_STATS)?;
         let reason_stats = typed(take(names::REASON_STATS)?, names::REASON_STATS)?;
+        let retired = tables::Retired::default();
         let counters = CounterReader {
             vip_stats: reopen(&vip_stats, names::VIP_STATS)?,
             real_stats: reopen(&real_stats, names::REAL_STATS)?,
             reason_stats,
-            conn_stats,
-            vip_conn_stats: reopen(&vip_conn_stats, names::VIP_CONN_STATS)?,
+            retired: retired.clone(),
         };
         let maps = tables::Maps {
             lookup_tables: tables::TableMemory::map(&lookup_tables)?,
@@ -267,7 +265,7 @@ impl Datapath {
             vip_real_ok,
             vip_addresses,
             vip_stats,
-            vip_conn_stats,
+            retired,
             vip_gen,
             real_stats,
         };
@@ -385,8 +383,7 @@ impl Datapath {
             vip_stats: reopen(&self.counters.vip_stats, names::VIP_STATS)?,
             real_stats: reopen(&self.counters.real_stats, names::REAL_STATS)?,
             reason_stats: reopen(&self.counters.reason_stats, names::REASON_STATS)?,
-            conn_stats: reopen(&self.counters.conn_stats, names::CONN_STATS)?,
-            vip_conn_stats: reopen(&self.counters.vip_conn_stats, names::VIP_CONN_STATS)?,
+            retired: self.counters.retired.clone(),
         })
     }
 
@@ -463,17 +460,24 @@ impl Drop for Datapath {
 
 /// Read-only handles to the per-CPU counter maps; sums over CPUs.
 pub struct CounterReader {
-    vip_stats: PerCpuArray<MapData, Counters>,
+    vip_stats: PerCpuArray<MapData, VipCounters>,
     real_stats: PerCpuArray<MapData, Counters>,
     reason_stats: PerCpuArray<MapData, Counters>,
-    conn_stats: PerCpuArray<MapData, Counters>,
-    vip_conn_stats: PerCpuArray<MapData, Counters>,
+    /// Connection-table events of VIP ids since given to new VIPs,
+    /// shared with the writer, which adds an id's events here when it
+    /// zeroes them.
+    retired: tables::Retired,
 }
 
 impl CounterReader {
     /// Frames (and their bytes) that reached VIP id `vip_id`.
     pub fn vip(&self, vip_id: u32) -> Counters {
-        sum(&self.vip_stats, vip_id)
+        self.vip_counters(vip_id).vip
+    }
+
+    /// `VIP_STATS[vip_id]` summed over CPUs.
+    fn vip_counters(&self, vip_id: u32) -> VipCounters {
+        sum_vip(&self.vip_stats, vip_id)
     }
 
     /// Frames forwarded to real id `real_id`.
@@ -487,15 +491,28 @@ impl CounterReader {
     }
 
     /// Forwarded VIP packets per connection-table [`ConnEvent`], in
-    /// `ConnEvent::ALL` order.
+    /// `ConnEvent::ALL` order, since the program was loaded: the sum of
+    /// every VIP id's events and of those the writer carried over from
+    /// ids it reused (the datapath keeps no node-wide copy; see
+    /// `VipCounters`). One map read per VIP id.
     pub fn conn_events(&self) -> Vec<(ConnEvent, Counters)> {
-        ConnEvent::ALL.iter().map(|&e| (e, sum(&self.conn_stats, e as u32))).collect()
+        // Held while reading, so an id the writer retires meanwhile is
+        // counted once: before its zeroing here, or after it in `retired`.
+        let retired = self.retired.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut total = *retired;
+        for vip_id in 0..MAX_VIPS {
+            for (t, c) in total.iter_mut().zip(self.vip_counters(vip_id).conn) {
+                *t = add(*t, c);
+            }
+        }
+        ConnEvent::ALL.iter().map(|&e| (e, total[e as usize])).collect()
     }
 
     /// [`CounterReader::conn_events`] of VIP id `vip_id` alone, since the
     /// id was given to its VIP.
     pub fn vip_conn_events(&self, vip_id: u32) -> Vec<(ConnEvent, Counters)> {
-        ConnEvent::ALL.iter().map(|&e| (e, sum(&self.vip_conn_stats, e.vip_index(vip_id)))).collect()
+        let conn = self.vip_counters(vip_id).conn;
+        ConnEvent::ALL.iter().map(|&e| (e, conn[e as usize])).collect()
     }
 }
 
@@ -557,7 +574,7 @@ where
 }
 
 /// A second handle to the same kernel map, by its id.
-fn reopen(map: &PerCpuArray<MapData, Counters>, name: &'static str) -> Result<PerCpuArray<MapData, Counters>, DatapathError> {
+fn reopen<T: aya::Pod>(map: &PerCpuArray<MapData, T>, name: &'static str) -> Result<PerCpuArray<MapData, T>, DatapathError> {
     use aya::maps::IterableMap;
     let err = |source| DatapathError::Map { map: name, source };
     let id = map.map().info().map_err(err)?.id();
@@ -565,14 +582,25 @@ fn reopen(map: &PerCpuArray<MapData, Counters>, name: &'static str) -> Result<Pe
 }
 
 fn sum(map: &PerCpuArray<MapData, Counters>, index: u32) -> Counters {
-    map.get(&index, 0)
-        .map(|values| {
-            values.iter().fold(Counters::default(), |acc, c| Counters {
-                packets: acc.packets + c.packets,
-                bytes: acc.bytes + c.bytes,
-            })
-        })
-        .unwrap_or_default()
+    map.get(&index, 0).map(|values| values.iter().fold(Counters::default(), |acc, &c| add(acc, c))).unwrap_or_default()
+}
+
+/// `VIP_STATS[vip_id]` summed over CPUs (zero if unreadable).
+pub(crate) fn sum_vip(map: &PerCpuArray<MapData, VipCounters>, vip_id: u32) -> VipCounters {
+    let mut total = VipCounters::default();
+    if let Ok(values) = map.get(&vip_id, 0) {
+        for v in values.iter() {
+            total.vip = add(total.vip, v.vip);
+            for (t, &c) in total.conn.iter_mut().zip(&v.conn) {
+                *t = add(*t, c);
+            }
+        }
+    }
+    total
+}
+
+pub(crate) fn add(a: Counters, b: Counters) -> Counters {
+    Counters { packets: a.packets + b.packets, bytes: a.bytes + b.bytes }
 }
 
 #[cfg(test)]

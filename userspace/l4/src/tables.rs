@@ -41,7 +41,7 @@ use std::{
 
 use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuValues, Array};
 use fulcrum_common::{
-    ConnEvent,
+    ConnEvent, VipCounters,
     addr_words, names, vip_filter_bit, VIP_F_STANDBY, vip_real_ok_bit, Counters, Mac, RealDef, VipKey, VipMeta, LOOKUP_TABLES_LEN,
     MAGLEV_MAX_TABLE_SIZE, MAX_REALS, MAX_VIPS, VIP_FILTER_WORDS, VIP_REAL_OK_WORDS,
 };
@@ -64,11 +64,17 @@ pub(crate) struct Maps {
     pub vip_filter: Array<MapData, u64>,
     pub vip_real_ok: Array<MapData, u64>,
     pub vip_addresses: BpfHashMap<MapData, [u32; 4], u32>,
-    pub vip_stats: PerCpuArray<MapData, Counters>,
-    pub vip_conn_stats: PerCpuArray<MapData, Counters>,
+    pub vip_stats: PerCpuArray<MapData, VipCounters>,
+    /// Shared with every `CounterReader`: see [`Retired`].
+    pub retired: Retired,
     pub vip_gen: Array<MapData, u32>,
     pub real_stats: PerCpuArray<MapData, Counters>,
 }
+
+/// Connection-table events, in `ConnEvent` index order, of VIP ids the
+/// writer has since given to new VIPs: `VIP_STATS` is per id and zeroed
+/// for a new VIP, so the node-wide totals keep the old VIP's events here.
+pub(crate) type Retired = std::sync::Arc<std::sync::Mutex<[Counters; ConnEvent::COUNT as usize]>>;
 
 /// A VIP's table as the maps hold it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -412,10 +418,7 @@ impl Tables {
                 let used: BTreeSet<u32> = self.vips.values().map(|v| v.meta.vip_id).collect();
                 let id = lowest_free(&used, MAX_VIPS)
                     .ok_or_else(|| DatapathError::Limit(format!("more than {MAX_VIPS} VIPs")))?;
-                zero(&mut maps.vip_stats, id, names::VIP_STATS)?;
-                for event in ConnEvent::ALL {
-                    zero(&mut maps.vip_conn_stats, event.vip_index(id), names::VIP_CONN_STATS)?;
-                }
+                retire_vip_counters(maps, id)?;
                 VipMeta { vip_id: id, ..VipMeta::default() }
             }
         };
@@ -500,6 +503,23 @@ fn zero(map: &mut PerCpuArray<MapData, Counters>, index: u32, name: &'static str
     let values =
         PerCpuValues::try_from(vec![Counters::default(); cpus]).map_err(|e| DatapathError::Limit(format!("{name}: {e}")))?;
     map.set(index, values, 0).map_err(map_err(name))
+}
+
+/// Zeroes VIP id `id`'s `VIP_STATS` entry, so a new VIP on the id starts
+/// at 0, after adding its connection-table events to `maps.retired`: the
+/// node-wide totals lose nothing. Under the lock the readers hold while
+/// they sum, so no reader counts the events twice or not at all.
+fn retire_vip_counters(maps: &mut Maps, id: u32) -> Result<(), DatapathError> {
+    let mut retired = maps.retired.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let old = crate::sum_vip(&maps.vip_stats, id);
+    let cpus = aya::util::nr_cpus().map_err(|(_, e)| DatapathError::Limit(format!("counting CPUs: {e}")))?;
+    let values = PerCpuValues::try_from(vec![VipCounters::default(); cpus])
+        .map_err(|e| DatapathError::Limit(format!("{}: {e}", names::VIP_STATS)))?;
+    maps.vip_stats.set(id, values, 0).map_err(map_err(names::VIP_STATS))?;
+    for (r, c) in retired.iter_mut().zip(old.conn) {
+        *r = crate::add(*r, c);
+    }
+    Ok(())
 }
 
 /// `LOOKUP_TABLES` mapped into the daemon's memory.
