@@ -1297,21 +1297,69 @@ fn udp_entries_expire_after_the_idle_timeout() {
     assert!(renewed.last_seen_jiffies >= now);
 }
 
-/// The table holds what it is sized for, and the LRU evicts beyond it:
-/// flows past the size still forward (a miss is a Maglev pick).
+/// The table holds what it is sized for, rounded up to a power of two
+/// of 4-flow sets, and evicts beyond it: flows past the size still
+/// forward (a miss is a Maglev pick). Filling it also checks the set hash
+/// spreads one client's consecutive ports: a set left short of four
+/// flows is one that fewer than four of them hashed to.
 #[test]
 fn the_connection_table_is_sized_at_load_and_evicts_beyond_it() {
-    let mut dp = Datapath::load_with(LoadOptions { conn_table_size: 4096 }).unwrap();
+    // 5000 flows: 1250 sets, rounded up to 2048.
+    let mut dp = Datapath::load_with(LoadOptions { conn_table_size: 5000 }).unwrap();
+    assert_eq!(dp.conn_capacity(), 8192);
     dp.set_self_mac(SELF_MAC).unwrap();
     dp.apply(&v4tcp(&[(1, 1), (2, 1), (3, 1)], &[1, 2, 3], &[1, 2, 3])).unwrap();
-    for sport in 1..=10000u16 {
+    for sport in 1..=20000u16 {
         let out = dp.test_run(&syn4(sport), 1).unwrap();
         assert_eq!(out.action, XDP_TX);
     }
+    // About 9.8 flows a set: a uniform hash leaves ~33 of 8192 ways empty.
     let live = dp.conn_entries();
-    assert!(live <= 4096 && live > 1000, "{live} entries");
-    assert_eq!(conn(&dp, ConnEvent::Syn), 10000);
+    assert!(live <= 8192 && live > 8192 - 200, "{live} entries");
+    assert_eq!(conn(&dp, ConnEvent::Syn), 20000);
     assert_eq!(conn(&dp, ConnEvent::WriteFailed), 0);
+}
+
+/// Eviction within a set prefers flows never looked up since their write
+/// (one-packet flows, a SYN flood's) to flows that saw a second packet:
+/// twenty SYNs aimed at the set of three live connections leave the three
+/// alone and evict each other, and the live flows' next packets are hits.
+#[test]
+fn a_flood_of_one_packet_flows_evicts_its_own_entries() {
+    let mut dp = Datapath::load_with(LoadOptions { conn_table_size: 1024 }).unwrap();
+    dp.set_self_mac(SELF_MAC).unwrap();
+    dp.apply(&v4tcp(&[(1, 1), (2, 1), (3, 1)], &[1, 2, 3], &[1, 2, 3])).unwrap();
+    let set = dp.conn_set(&key4(1000, 80, IPPROTO_TCP));
+    let in_set: Vec<u16> = (1000..60000u16).filter(|&s| dp.conn_set(&key4(s, 80, IPPROTO_TCP)) == set).take(23).collect();
+    assert_eq!(in_set.len(), 23, "256 sets: about 230 of these ports hash to each");
+    let (live, flood) = in_set.split_at(3);
+    for &sport in live {
+        run(&mut dp, &syn4(sport), XDP_TX, Reason::Tx);
+        run(&mut dp, &tcp4(CLIENT4, VIP4, sport, 80), XDP_TX, Reason::Tx);
+    }
+    for &sport in flood {
+        run(&mut dp, &syn4(sport), XDP_TX, Reason::Tx);
+    }
+    for &sport in live {
+        assert!(dp.conn_entry(&key4(sport, 80, IPPROTO_TCP)).is_some(), "live flow {sport} evicted by the flood");
+    }
+    // The flood shared the fourth way: only its newest flow is left.
+    let kept: Vec<u16> = flood.iter().copied().filter(|&s| dp.conn_entry(&key4(s, 80, IPPROTO_TCP)).is_some()).collect();
+    assert_eq!(kept, [flood[19]]);
+    let (hits, misses) = (conn(&dp, ConnEvent::Hit), conn(&dp, ConnEvent::Miss));
+    for &sport in live {
+        run(&mut dp, &tcp4(CLIENT4, VIP4, sport, 80), XDP_TX, Reason::Tx);
+    }
+    assert_eq!((conn(&dp, ConnEvent::Hit), conn(&dp, ConnEvent::Miss)), (hits + 3, misses));
+    // A fourth live flow takes the flood's way; a fifth, with every way
+    // referenced, evicts one live flow (the least recently used, to the
+    // tick: `ConnWay::used`).
+    for &sport in &flood[..2] {
+        run(&mut dp, &syn4(sport), XDP_TX, Reason::Tx);
+        run(&mut dp, &tcp4(CLIENT4, VIP4, sport, 80), XDP_TX, Reason::Tx);
+    }
+    let gone: Vec<u16> = live.iter().chain(&flood[..2]).copied().filter(|&s| dp.conn_entry(&key4(s, 80, IPPROTO_TCP)).is_none()).collect();
+    assert_eq!(gone.len(), 1, "{gone:?}");
 }
 
 /// Each address family has its own table of `conn_table_size` flows
@@ -1341,8 +1389,11 @@ fn each_family_has_its_own_connection_table_of_the_configured_size() {
         proto: u32::from(IPPROTO_TCP),
     };
     assert!(dp.conn_entry(&key6(10000)).is_some());
-    // The most recent IPv6 flows are kept, the oldest evicted.
-    assert!(dp.conn_entry(&key6(1)).is_none());
+    // The most recent IPv6 flows are kept, the oldest evicted: an old
+    // flow stays only in a set that fewer than four later flows hashed to
+    // (about 1% of them at ~9.8 flows a set).
+    let oldest_kept = (1..=100u16).filter(|&s| dp.conn_entry(&key6(s)).is_some()).count();
+    assert!(oldest_kept <= 10, "{oldest_kept} of the 100 oldest IPv6 flows kept");
     assert_eq!(conn(&dp, ConnEvent::Syn), 100);
     assert_eq!(conn(&dp, ConnEvent::Miss), 10000);
     assert_eq!(conn(&dp, ConnEvent::WriteFailed), 0);

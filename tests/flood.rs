@@ -4,14 +4,14 @@
 //! the daemon stays alive with flat memory (the table is kernel memory,
 //! preallocated; the daemon never sees the flood), the SYNs spread evenly
 //! over the three reals (each a fresh Maglev pick), and a connection that
-//! was open before the flood keeps its entry and its real. The kernel's
-//! LRU (kernel/bpf/bpf_lru_list.c) keeps an active and an inactive list:
-//! a new entry goes to the inactive list, a hit marks it referenced, and
-//! eviction scans the inactive list, moving referenced entries to the
-//! active one; the active list is only aged while it outnumbers the
-//! inactive one. One-packet flood flows never get a hit, so the flood
-//! evicts its own entries while flows that have seen a second packet
-//! survive it (no rate guard needed for that; Katran has one).
+//! was open before the flood keeps its entry and its real. The table is
+//! set-associative (4 flows a set): a SYN evicts within its own set, and
+//! the victim is the oldest flow never looked up since its write, before
+//! any flow that saw a second packet (the kernel LRU's inactive/active
+//! bias, kernel/bpf/bpf_lru_list.c, within a set). One-packet flood flows
+//! are never looked up again, so the flood evicts its own entries while
+//! flows that have seen a second packet survive it (no rate guard needed
+//! for that; Katran has one).
 //!
 //! The SYNs are Ethernet frames written to an `AF_PACKET` socket on the
 //! client's eth0, addressed to the lb's MAC, from random addresses in

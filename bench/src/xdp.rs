@@ -23,8 +23,8 @@
 //! Connection-table rows: an established row sends an ACK (TCP) or a
 //! datagram (UDP) whose entry its first run writes, so later runs are
 //! hits. The SYN rows write a new entry per run into the daemon's default
-//! table (1,000,000 flows, LRU; `--conn-table-size` for another): once it
-//! is full, every SYN also evicts the least recently used entry, the
+//! table (1,000,000 flows, 4-way sets; `--conn-table-size` for another):
+//! once it is full, every SYN also evicts the oldest entry of its set, the
 //! steady state of a node under load, and an established row's entry may
 //! be evicted between rounds (its first run then misses). After the run the connection counters are checked against
 //! that, the IPIP rows' output against an IPIP packet, and every round's
@@ -316,7 +316,7 @@ pub fn run(repeat: u32, rounds: usize, cpu: usize, conn_table_size: Option<u32>,
     let mut report = format!(
         "\n## xdp, restoring harness — {}\n\n`cargo xtask bench xdp` (repeat {repeat}, {rounds} interleaved rounds, median, pinned to CPU {cpu}; {machine})\n\n\
          Harnessed rows net of the harness: (harness -> path) - (harness -> noop - noop); \
-         harness cost {harness_ns:.1} ns, noop {noop_ns:.1} ns. SYN rows: {per_row} new flows each into an LRU table of {table} flows \
+         harness cost {harness_ns:.1} ns, noop {noop_ns:.1} ns. SYN rows: {per_row} new flows each into a connection table of {table} flows \
          ({evicting}).\n\n| path | ns/packet | × floor |\n|---|---:|---:|\n",
         now(),
     );

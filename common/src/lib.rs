@@ -45,6 +45,10 @@ pub mod names {
     pub const CONN_TABLE_V4: &str = "CONN_TABLE_V4";
     /// The connection table of IPv6 flows (`FlowKey` keys).
     pub const CONN_TABLE_V6: &str = "CONN_TABLE_V6";
+    /// The global holding the connection tables' hash seed (`u64`).
+    pub const CONN_HASH_SEED: &str = "CONN_HASH_SEED";
+    /// The global holding the connection tables' set count minus one (`u32`).
+    pub const CONN_SET_MASK: &str = "CONN_SET_MASK";
     pub const VIP_GEN: &str = "VIP_GEN";
     pub const VIP_REAL_OK: &str = "VIP_REAL_OK";
     pub const VIP_ADDRESSES: &str = "VIP_ADDRESSES";
@@ -56,8 +60,9 @@ pub mod names {
 
 /// Connection table entries per address family when the configuration
 /// does not say (`[datapath] conn_table_size`): one million IPv4 flows and
-/// one million IPv6 flows, about 113 + 137 MB of kernel memory
-/// preallocated at load (see `docs/architecture.md`).
+/// one million IPv6 flows, rounded up to 1,048,576 each ([`conn_sets`]),
+/// 64 + 88 MiB of kernel memory preallocated at load (see
+/// `docs/architecture.md`).
 pub const DEFAULT_CONN_TABLE_SIZE: u32 = 1_000_000;
 
 /// Words of the `VIP_REAL_OK` bitmap: one bit per (VIP id, real id).
@@ -161,8 +166,8 @@ pub struct VipMeta {
     /// UDP flows idle longer than this many jiffies (kernel timer ticks,
     /// 1/HZ s each: `fulcrum_l4::ms_to_jiffies` converts the configured
     /// `udp_idle_timeout`) lose their connection-table entry and take a
-    /// fresh pick. TCP entries have no idle time: they live until the LRU
-    /// evicts them.
+    /// fresh pick. TCP entries have no idle time: they live until their
+    /// connection-table set evicts them.
     pub udp_idle_timeout_jiffies: u32,
     /// The IEEE 802.1Q VLAN id (1..=4094) the VIP is reached on, or 0:
     /// untagged (or priority-tagged, VID 0) frames only. A frame on
@@ -236,7 +241,7 @@ impl FlowKey {
     }
 }
 
-/// Key of the `CONN_TABLE_V4` LRU map: an IPv4 flow's 5-tuple, raw
+/// Key of `CONN_TABLE_V4`: an IPv4 flow's 5-tuple, raw
 /// network-order words as loaded from the packet. 16 bytes instead of
 /// [`FlowKey`]'s 40: the kernel hashes (`jhash2`) and compares every key
 /// byte on each lookup and update, and copies it into the element on
@@ -289,6 +294,102 @@ pub struct ConnEntry {
     pub udp_idle_timeout_jiffies: u32,
 }
 
+/// Ways (flows) per set of the connection table: a flow may live in any
+/// of the `CONN_WAYS` ways of the one set its hash names
+/// ([`conn_set_hash_v4`] / [`conn_set_hash_v6`]), as in a set-associative
+/// CPU cache. Four: a lookup compares at most four keys, all in one or two
+/// cache lines, and a flow is evicted only by flows of its own set.
+pub const CONN_WAYS: usize = 4;
+
+/// [`ConnWay::used`]'s mark of a flow that has been looked up since it
+/// was written (a second packet, or more). The bit outranks any jiffies
+/// value, so the set's victim is an entry never looked up again (a
+/// one-packet flow: a SYN flood's), the oldest first, before the least
+/// recently used of the flows that did see traffic: the kernel LRU's
+/// inactive and active lists (kernel/bpf/bpf_lru_list.c) within a set.
+pub const CONN_REFERENCED: u64 = 1 << 63;
+
+/// One way of a connection-table set: a flow's key and its entry.
+///
+/// `K` is [`FlowKeyV4`] (64-byte ways) or [`FlowKey`] (88 bytes). A way
+/// whose key has protocol 0 is empty: no flow has protocol 0.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConnWay<K> {
+    pub key: K,
+    pub entry: ConnEntry,
+    /// `bpf_jiffies64()` when the flow was written (a SYN, a miss), or
+    /// when it was last looked up with [`CONN_REFERENCED`] set; 0 for an
+    /// empty way. The set's victim is the way with the smallest value.
+    pub used: u64,
+    /// Way 0's is the set's writer lock (0 free, 1 held; taken with an
+    /// atomic compare-and-exchange, so two CPUs never write one set at
+    /// once); unused in the other ways.
+    pub lock: u64,
+}
+
+/// Value of `CONN_TABLE_V4` / `CONN_TABLE_V6`: one set of [`CONN_WAYS`]
+/// flows.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConnSet<K> {
+    pub ways: [ConnWay<K>; CONN_WAYS],
+}
+
+/// Sets of a connection table holding at least `flows` flows: `flows /
+/// CONN_WAYS` rounded up to a power of two (the set index is a mask of
+/// the hash), at least 1. So a table holds between `flows` and twice as
+/// many: 1,000,000 -> 262,144 sets, 1,048,576 flows.
+pub const fn conn_sets(flows: u32) -> u32 {
+    let sets = flows.div_ceil(CONN_WAYS as u32);
+    if sets <= 1 {
+        1
+    } else {
+        sets.next_power_of_two()
+    }
+}
+
+/// The set of an IPv4 flow: `conn_set_hash_v4(key, seed) & (sets - 1)`.
+/// A multiply-xorshift hash of the key's two 64-bit halves (two
+/// multiplications and a fold: a few instructions in BPF, where the
+/// kernel's hash map runs `jhash2` over the key in a helper call),
+/// keyed by a random `seed` chosen at load, as the kernel's hash maps
+/// seed `jhash` (`htab->hashrnd`), so that senders cannot aim their flows
+/// at one set without knowing it. The constants are the 64-bit golden
+/// ratio and MurmurHash3's `fmix64` multiplier (Appleby, public domain).
+#[inline(always)]
+pub const fn conn_set_hash_v4(key: &FlowKeyV4, seed: u64) -> u64 {
+    let h = fold((w(key.src, key.dst) ^ seed).wrapping_mul(CONN_K1));
+    fold((h ^ w(key.ports, key.proto)).wrapping_mul(CONN_K2))
+}
+
+/// The set of an IPv6 flow; see [`conn_set_hash_v4`]. The key's five
+/// 64-bit words in turn.
+#[inline(always)]
+pub const fn conn_set_hash_v6(key: &FlowKey, seed: u64) -> u64 {
+    let mut h = fold((w(key.src[0], key.src[1]) ^ seed).wrapping_mul(CONN_K1));
+    h = fold((h ^ w(key.src[2], key.src[3])).wrapping_mul(CONN_K2));
+    h = fold((h ^ w(key.dst[0], key.dst[1])).wrapping_mul(CONN_K1));
+    h = fold((h ^ w(key.dst[2], key.dst[3])).wrapping_mul(CONN_K2));
+    fold((h ^ w(key.ports, key.proto)).wrapping_mul(CONN_K1))
+}
+
+const CONN_K1: u64 = 0x9e37_79b9_7f4a_7c15;
+const CONN_K2: u64 = 0xff51_afd7_ed55_8ccd;
+
+/// Two key words as one 64-bit word.
+#[inline(always)]
+const fn w(lo: u32, hi: u32) -> u64 {
+    lo as u64 | (hi as u64) << 32
+}
+
+/// A product's high half folded into its low half: a multiplication
+/// carries information only upwards, and the set index is the low bits.
+#[inline(always)]
+const fn fold(h: u64) -> u64 {
+    h ^ (h >> 32)
+}
+
 /// A UDP entry's `last_seen_jiffies` is rewritten only when it is older
 /// than this many jiffies, or than a quarter of the VIP's idle timeout if
 /// that is shorter: a write per packet would dirty a shared cache line on
@@ -305,7 +406,7 @@ pub enum ConnEvent {
     /// An entry was found and used.
     Hit = 0,
     /// No entry for a packet that is not a TCP SYN: a Maglev pick, written
-    /// as a new entry (a flow evicted from the LRU, started before this
+    /// as a new entry (a flow evicted from its set, started before this
     /// node took over, or a UDP flow's first packet).
     Miss = 1,
     /// A TCP SYN (without ACK): always a fresh Maglev pick, written.
@@ -594,6 +695,8 @@ mod pod {
     unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::FlowKeyV4 {}
     unsafe impl aya::Pod for super::ConnEntry {}
+    unsafe impl aya::Pod for super::ConnSet<super::FlowKeyV4> {}
+    unsafe impl aya::Pod for super::ConnSet<super::FlowKey> {}
 }
 
 /// The raw 32-bit word made of a TCP/UDP source and destination port, each
@@ -648,6 +751,45 @@ mod conn_tests {
     }
 
     #[test]
+    fn conn_sets_round_up_to_a_power_of_two_of_four_flow_sets() {
+        assert_eq!(conn_sets(1_000_000), 262_144);
+        assert_eq!(conn_sets(65_536), 16_384);
+        assert_eq!(conn_sets(5000), 2048);
+        assert_eq!(conn_sets(1024), 256);
+        assert_eq!(conn_sets(1 << 26), 1 << 24);
+        assert_eq!(conn_sets(1), 1);
+    }
+
+    #[test]
+    fn the_set_hash_depends_on_every_key_word_and_on_the_seed() {
+        let v4 = FlowKeyV4 { src: 0x0100_12c6, dst: 0x0101_12c6, ports: 0x5000_3930, proto: 6 };
+        let seed = 0x1234_5678_9abc_def0;
+        let h = conn_set_hash_v4(&v4, seed);
+        let low = |h: u64| h & 0xffff;
+        for other in [
+            FlowKeyV4 { src: v4.src ^ 1 << 24, ..v4 },
+            FlowKeyV4 { dst: v4.dst ^ 1 << 24, ..v4 },
+            FlowKeyV4 { ports: v4.ports ^ 1, ..v4 },
+            FlowKeyV4 { proto: 17, ..v4 },
+        ] {
+            assert_ne!(low(conn_set_hash_v4(&other, seed)), low(h), "{other:?}");
+        }
+        assert_ne!(low(conn_set_hash_v4(&v4, seed ^ 1)), low(h));
+        let v6 = FlowKey { src: [1, 2, 3, 4], dst: [5, 6, 7, 8], ports: 9, proto: 6 };
+        let h6 = conn_set_hash_v6(&v6, seed);
+        for i in 0..4 {
+            let mut src = v6.src;
+            src[i] ^= 1;
+            let mut dst = v6.dst;
+            dst[i] ^= 1;
+            assert_ne!(low(conn_set_hash_v6(&FlowKey { src, ..v6 }, seed)), low(h6));
+            assert_ne!(low(conn_set_hash_v6(&FlowKey { dst, ..v6 }, seed)), low(h6));
+        }
+        assert_ne!(low(conn_set_hash_v6(&FlowKey { ports: 10, ..v6 }, seed)), low(h6));
+        assert_ne!(low(conn_set_hash_v6(&v6, seed ^ 1)), low(h6));
+    }
+
+    #[test]
     fn layouts_are_what_the_kernel_side_expects() {
         assert_eq!(core::mem::size_of::<FlowKey>(), 40);
         assert_eq!(core::mem::size_of::<FlowKeyV4>(), 16);
@@ -656,6 +798,9 @@ mod conn_tests {
         assert_eq!(core::mem::size_of::<DatapathConfig>(), 104);
         assert_eq!(core::mem::size_of::<VipMeta>(), 32);
         assert_eq!(core::mem::size_of::<VipCounters>(), 112);
+        assert_eq!(core::mem::size_of::<ConnWay<FlowKeyV4>>(), 64);
+        assert_eq!(core::mem::size_of::<ConnWay<FlowKey>>(), 88);
+        assert_eq!(core::mem::size_of::<ConnSet<FlowKeyV4>>(), 256);
         assert_eq!(vip_real_ok_bit(MAX_VIPS - 1, MAX_REALS - 1).0, VIP_REAL_OK_WORDS - 1);
     }
 }

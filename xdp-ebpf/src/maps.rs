@@ -2,10 +2,10 @@
 use aya_ebpf::{
     bindings::{BPF_F_MMAPABLE, BPF_F_NO_PREALLOC},
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, PerCpuArray},
 };
 use fulcrum_common::{
-    ConnEntry, ConnEvent, Counters, DatapathConfig, VipCounters, FlowKey, FlowKeyV4, RealDef, Reason, VipKey, VipMeta,
+    conn_sets, ConnEvent, ConnSet, Counters, DatapathConfig, VipCounters, FlowKey, FlowKeyV4, RealDef, Reason, VipKey, VipMeta,
     DEFAULT_CONN_TABLE_SIZE, LOOKUP_TABLES_LEN, MAX_REALS, MAX_VIPS, VIP_FILTER_WORDS,
     VIP_REAL_OK_WORDS,
 };
@@ -43,26 +43,30 @@ pub static VIP_ADDRESSES: HashMap<[u32; 4], u32> = HashMap::with_max_entries(MAX
 #[map]
 pub static REALS: Array<RealDef> = Array::with_max_entries(MAX_REALS, 0);
 
-/// The connection table, in two LRU hash maps, one per address family:
-/// 5-tuple -> the real the flow was sent to. IPv4 flows have the 16-byte
-/// `FlowKeyV4` (an IPv4 hit costs about 8 ns less than with the 40-byte
-/// key, `bench/RESULTS.md`), IPv6 flows the 40-byte `FlowKey`. Each map
-/// holds `[datapath] conn_table_size` flows (set at load): a flood of one
-/// family cannot evict the other's flows.
-///
-/// Each is one hash table with the kernel's common LRU (no flags), shared
-/// by every CPU: an entry stays visible if RSS moves its flow to another
-/// CPU, and any CPU may use the whole capacity. Measured against per-CPU
-/// LRU lists (`BPF_F_NO_COMMON_LRU`): hits cost the same, a SYN's write
-/// was 240 vs 304 ns (`bench/RESULTS.md`); Katran's one map per CPU adds
-/// a map-in-map lookup and multiplies the memory by the CPU count. See
-/// `docs/architecture.md`, "The connection table".
+/// The connection table, one array per address family: element = one
+/// set of `CONN_WAYS` flows (5-tuple -> the real the flow was sent to and
+/// the VIP facts it needs), see the `conn` module and
+/// `docs/architecture.md`, "The connection table". IPv4 flows have the
+/// 16-byte `FlowKeyV4`, IPv6 flows the 40-byte `FlowKey`. Each array has
+/// `conn_sets([datapath] conn_table_size)` sets (set at load): a flood
+/// of one family cannot evict the other's flows.
 #[map]
-pub static CONN_TABLE_V4: LruHashMap<FlowKeyV4, ConnEntry> = LruHashMap::with_max_entries(DEFAULT_CONN_TABLE_SIZE, 0);
+pub static CONN_TABLE_V4: Array<ConnSet<FlowKeyV4>> = Array::with_max_entries(conn_sets(DEFAULT_CONN_TABLE_SIZE), 0);
 
 /// IPv6 flows; see `CONN_TABLE_V4`.
 #[map]
-pub static CONN_TABLE_V6: LruHashMap<FlowKey, ConnEntry> = LruHashMap::with_max_entries(DEFAULT_CONN_TABLE_SIZE, 0);
+pub static CONN_TABLE_V6: Array<ConnSet<FlowKey>> = Array::with_max_entries(conn_sets(DEFAULT_CONN_TABLE_SIZE), 0);
+
+/// The connection tables' hash seed (`conn_set_hash_v4`): random, chosen
+/// by user space at load (`EbpfLoader::set_global`), like the kernel's
+/// per-map `hashrnd`.
+#[no_mangle]
+pub static CONN_HASH_SEED: u64 = 0;
+
+/// Sets per connection table minus one (a power of two minus one): the
+/// set index is `hash & CONN_SET_MASK`. Set at load with the arrays' size.
+#[no_mangle]
+pub static CONN_SET_MASK: u32 = conn_sets(DEFAULT_CONN_TABLE_SIZE) - 1;
 
 /// One bit per (VIP id, real id), see `fulcrum_common::vip_real_ok_bit`:
 /// set when an established flow of the VIP may stay on the real. User

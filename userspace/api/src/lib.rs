@@ -97,14 +97,14 @@ pub struct VrrpStats {
 /// since start, by what the table did for them. Every forwarded VIP
 /// packet is in exactly one of these counters.
 ///
-/// Evictions are not counted: the kernel's LRU evicts without telling
-/// the program. An evicted flow that sends again shows up in `misses`
+/// Evictions are not counted. An evicted flow that sends again shows up in `misses`
 /// (a non-SYN packet without an entry), which is the eviction that
 /// matters; `misses` also counts flows this node never saw (started
 /// before it took over the VIP) and every UDP flow's first packet.
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ConnTableStats {
-    /// Entries each address family's table holds at most (`[datapath] conn_table_size`).
+    /// `[datapath] conn_table_size`: flows per address family (each table
+    /// holds it rounded up to a power of two of 4-flow sets).
     pub size: u32,
     /// Packets that found a usable entry and followed it.
     pub hits: u64,

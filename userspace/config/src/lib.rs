@@ -212,20 +212,20 @@ pub const DEFAULT_MAGLEV_TABLE_SIZE: u32 = fulcrum_common::MAGLEV_MAX_TABLE_SIZE
 /// conn_table_size` is not set: [`fulcrum_common::DEFAULT_CONN_TABLE_SIZE`],
 /// one million.
 pub const DEFAULT_CONN_TABLE_SIZE: u32 = fulcrum_common::DEFAULT_CONN_TABLE_SIZE;
-/// Smallest connection table: 1024 flows. The kernel splits the table
-/// over the CPUs' LRU lists; much smaller, a few busy seconds evict
-/// every established flow.
+/// Smallest connection table: 1024 flows (256 sets of 4). Much smaller,
+/// a few busy seconds evict every established flow.
 pub const MIN_CONN_TABLE_SIZE: u32 = 1024;
 /// Largest connection table: 2^26 (67,108,864) flows per address family,
-/// about 16 GiB of kernel memory preallocated at start for both (about
-/// 113 bytes an IPv4 entry, 137 an IPv6 one).
+/// about 9.5 GiB of kernel memory preallocated at start for both (64
+/// bytes an IPv4 flow, 88 an IPv6 one). Sizes are rounded up to a power
+/// of two of 4-flow sets (`fulcrum_common::conn_sets`).
 pub const MAX_CONN_TABLE_SIZE: u32 = 1 << 26;
 /// How long a UDP flow may be idle before it takes a fresh pick, when a
 /// UDP VIP does not set `udp_idle_timeout`: 30 s, Katran's
 /// `LRU_UDP_TIMEOUT`. IPVS keeps UDP entries 300 s, but IPVS has no
 /// consistent hash to fall back on; here an expired flow gets the Maglev
 /// pick, the same real unless the table changed meanwhile, so a short
-/// timeout costs little and frees the LRU for live flows sooner.
+/// timeout costs little and frees ways for live flows sooner.
 pub const DEFAULT_UDP_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Shortest `udp_idle_timeout`: 1 s. The datapath refreshes a flow's
 /// last-seen time at least four times per timeout (see
@@ -233,7 +233,7 @@ pub const DEFAULT_UDP_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// timeout and the timeout after its last packet.
 pub const MIN_UDP_IDLE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Longest `udp_idle_timeout`: 1 h. Longer, and a flood of one-packet
-/// UDP flows holds LRU entries that live flows need.
+/// UDP flows holds connection-table ways that live flows need.
 pub const MAX_UDP_IDLE_TIMEOUT: Duration = Duration::from_secs(60 * 60);
 /// Largest backend weight. Weights are relative (Apache `loadfactor`); 256
 /// gives enough resolution while keeping a Maglev table of a few hundred

@@ -24,12 +24,15 @@ pub mod writer;
 use std::time::Duration;
 
 use aya::{
-    maps::{HashMap as BpfHashMap, Map, MapData, PerCpuArray},
+    maps::{Map, MapData, PerCpuArray},
     programs::{TestRun, TestRunOptions, Xdp},
     Ebpf, EbpfLoader,
 };
 pub use fulcrum_common::{ConnEntry, ConnEvent, FlowKey, FlowKeyV4};
-use fulcrum_common::{names, Counters, DatapathConfig, Mac, Reason, VipCounters, DEFAULT_CONN_TABLE_SIZE, MAX_VIPS};
+use fulcrum_common::{
+    conn_set_hash_v4, conn_set_hash_v6, conn_sets, names, ConnSet, ConnWay, Counters, DatapathConfig, Mac, Reason, VipCounters,
+    CONN_WAYS, DEFAULT_CONN_TABLE_SIZE, MAX_VIPS,
+};
 
 mod decap;
 pub mod ethtool;
@@ -173,8 +176,11 @@ impl NodeSettings {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LoadOptions {
     /// Connection table entries (flows) per address family: the IPv4 and
-    /// the IPv6 table each hold this many. The kernel preallocates them
-    /// all (about 113 bytes per IPv4 entry, 137 per IPv6 entry).
+    /// the IPv6 table each hold at least this many, in
+    /// [`fulcrum_common::conn_sets`] sets of `CONN_WAYS` (4) flows, so
+    /// the size is rounded up to a power of two (1,000,000 ->
+    /// 1,048,576). The kernel preallocates them all: 64 bytes per IPv4
+    /// flow, 88 per IPv6 flow.
     pub conn_table_size: u32,
 }
 
@@ -191,10 +197,13 @@ pub struct Datapath {
     /// The interface whose receive VLAN offload `attach` turned off.
     rx_vlan_restore: Option<String>,
     config: aya::maps::Array<MapData, DatapathConfig>,
-    /// `CONN_TABLE_V4` and `CONN_TABLE_V6` (LRU hashes; aya reads both
-    /// kinds as hash maps).
-    conn_table_v4: BpfHashMap<MapData, FlowKeyV4, ConnEntry>,
-    conn_table_v6: BpfHashMap<MapData, FlowKey, ConnEntry>,
+    /// `CONN_TABLE_V4` and `CONN_TABLE_V6`: arrays of sets.
+    conn_table_v4: aya::maps::Array<MapData, ConnSet<FlowKeyV4>>,
+    conn_table_v6: aya::maps::Array<MapData, ConnSet<FlowKey>>,
+    /// The connection tables' hash seed and set count, as given to the
+    /// program at load (`CONN_HASH_SEED`, `CONN_SET_MASK` + 1).
+    conn_seed: u64,
+    conn_sets: u32,
     maps: tables::Maps,
     tables: tables::Tables,
     counters: CounterReader,
@@ -226,9 +235,14 @@ impl Datapath {
         if object.is_empty() {
             return Err(DatapathError::NoObject);
         }
+        let sets = conn_sets(options.conn_table_size);
+        let seed = random_seed();
+        let mask = sets - 1;
         let mut ebpf = EbpfLoader::new()
-            .map_max_entries(names::CONN_TABLE_V4, options.conn_table_size)
-            .map_max_entries(names::CONN_TABLE_V6, options.conn_table_size)
+            .map_max_entries(names::CONN_TABLE_V4, sets)
+            .map_max_entries(names::CONN_TABLE_V6, sets)
+            .override_global(names::CONN_HASH_SEED, &seed, true)
+            .override_global(names::CONN_SET_MASK, &mask, true)
             .load(object)?;
         let program: &mut Xdp =
             ebpf.program_mut(names::PROGRAM).ok_or(DatapathError::MissingMap(names::PROGRAM))?.try_into()?;
@@ -269,7 +283,19 @@ impl Datapath {
             vip_gen,
             real_stats,
         };
-        Ok(Datapath { ebpf, attachment: None, rx_vlan_restore: None, config, conn_table_v4, conn_table_v6, maps, tables: tables::Tables::default(), counters })
+        Ok(Datapath {
+            ebpf,
+            attachment: None,
+            rx_vlan_restore: None,
+            config,
+            conn_table_v4,
+            conn_table_v6,
+            conn_seed: seed,
+            conn_sets: sets,
+            maps,
+            tables: tables::Tables::default(),
+            counters,
+        })
     }
 
     fn program(&mut self) -> &mut Xdp {
@@ -393,8 +419,28 @@ impl Datapath {
     /// the IPv4 table, any other in the IPv6 table.
     pub fn conn_entry(&self, key: &FlowKey) -> Option<ConnEntry> {
         match key.v4() {
-            Some(v4) => self.conn_table_v4.get(&v4, 0).ok(),
-            None => self.conn_table_v6.get(key, 0).ok(),
+            Some(v4) => {
+                let set = self.conn_table_v4.get(&self.set_index(conn_set_hash_v4(&v4, self.conn_seed)), 0).ok()?;
+                set.ways.iter().find(|w| w.key == v4).map(|w| w.entry)
+            }
+            None => {
+                let set = self.conn_table_v6.get(&self.set_index(conn_set_hash_v6(key, self.conn_seed)), 0).ok()?;
+                set.ways.iter().find(|w| w.key == *key).map(|w| w.entry)
+            }
+        }
+    }
+
+    /// The set a flow of this hash lives in.
+    fn set_index(&self, hash: u64) -> u32 {
+        (hash as u32) & (self.conn_sets - 1)
+    }
+
+    /// The index of the set `key`'s flow lives in, in its family's table
+    /// (for tests and diagnostics: which flows compete for ways).
+    pub fn conn_set(&self, key: &FlowKey) -> u32 {
+        match key.v4() {
+            Some(v4) => self.set_index(conn_set_hash_v4(&v4, self.conn_seed)),
+            None => self.set_index(conn_set_hash_v6(key, self.conn_seed)),
         }
     }
 
@@ -403,18 +449,50 @@ impl Datapath {
     ///
     /// # Errors
     /// The map update failed.
+    ///
+    /// The entry goes where the datapath would put it: over the flow's
+    /// own way, else the set's victim. Its way is marked as written at
+    /// time 0, so it is the first to go when its set is full. Not safe
+    /// against a datapath writing the same set meanwhile (the whole set
+    /// is read and written back): for tests, on a quiet datapath.
     pub fn set_conn_entry(&mut self, key: &FlowKey, entry: ConnEntry) -> Result<(), DatapathError> {
         match key.v4() {
-            Some(v4) => self.conn_table_v4.insert(v4, entry, 0).map_err(|source| DatapathError::Map { map: names::CONN_TABLE_V4, source }),
-            None => self.conn_table_v6.insert(key, entry, 0).map_err(|source| DatapathError::Map { map: names::CONN_TABLE_V6, source }),
+            Some(v4) => {
+                let index = self.set_index(conn_set_hash_v4(&v4, self.conn_seed));
+                let err = |source| DatapathError::Map { map: names::CONN_TABLE_V4, source };
+                let mut set = self.conn_table_v4.get(&index, 0).map_err(err)?;
+                place(&mut set, v4, entry);
+                self.conn_table_v4.set(index, set, 0).map_err(err)
+            }
+            None => {
+                let index = self.set_index(conn_set_hash_v6(key, self.conn_seed));
+                let err = |source| DatapathError::Map { map: names::CONN_TABLE_V6, source };
+                let mut set = self.conn_table_v6.get(&index, 0).map_err(err)?;
+                place(&mut set, *key, entry);
+                self.conn_table_v6.set(index, set, 0).map_err(err)
+            }
         }
     }
 
     /// Live connection-table entries of both families, by walking the
-    /// maps: one syscall per entry (about a second per million), so not
-    /// for `/stats`.
+    /// sets: one syscall per set (about half a second per million flows),
+    /// so not for `/stats`.
     pub fn conn_entries(&self) -> usize {
-        self.conn_table_v4.keys().filter(Result::is_ok).count() + self.conn_table_v6.keys().filter(Result::is_ok).count()
+        let live_v4 = (0..self.conn_sets)
+            .filter_map(|i| self.conn_table_v4.get(&i, 0).ok())
+            .map(|set| set.ways.iter().filter(|w| w.key.proto != 0).count())
+            .sum::<usize>();
+        let live_v6 = (0..self.conn_sets)
+            .filter_map(|i| self.conn_table_v6.get(&i, 0).ok())
+            .map(|set| set.ways.iter().filter(|w| w.key.proto != 0).count())
+            .sum::<usize>();
+        live_v4 + live_v6
+    }
+
+    /// Flows each family's connection table holds: its sets times
+    /// `CONN_WAYS`, at least the configured `conn_table_size`.
+    pub fn conn_capacity(&self) -> u32 {
+        self.conn_sets * CONN_WAYS as u32
     }
 
     /// The program's counters.
@@ -514,6 +592,30 @@ impl CounterReader {
         let conn = self.vip_counters(vip_id).conn;
         ConnEvent::ALL.iter().map(|&e| (e, conn[e as usize])).collect()
     }
+}
+
+/// Writes `entry` for `key` into `set` as the datapath's `conn::insert`
+/// would: over the way that holds `key`, else over the victim (the way
+/// with the smallest `used`; an empty way has 0), with `used` 0.
+fn place<K: PartialEq + Copy>(set: &mut ConnSet<K>, key: K, entry: ConnEntry) {
+    let index = set
+        .ways
+        .iter()
+        .position(|w| w.key == key)
+        .or_else(|| set.ways.iter().enumerate().min_by_key(|(_, w)| w.used).map(|(i, _)| i))
+        .unwrap_or(0);
+    let lock = set.ways[index].lock;
+    set.ways[index] = ConnWay { key, entry, used: 0, lock };
+}
+
+/// A random 64-bit seed for the connection tables' hash, from the
+/// kernel's `getrandom`.
+fn random_seed() -> u64 {
+    let mut seed = [0u8; 8];
+    // SAFETY: getrandom writes at most `seed.len()` bytes into our buffer.
+    let got = unsafe { libc::getrandom(seed.as_mut_ptr().cast(), seed.len(), 0) };
+    assert_eq!(got, 8, "getrandom: {}", std::io::Error::last_os_error());
+    u64::from_ne_bytes(seed)
 }
 
 /// The kernel's timer tick in nanoseconds: one jiffy, the unit of
