@@ -1337,9 +1337,13 @@ fn a_flood_of_one_packet_flows_evicts_its_own_entries() {
         run(&mut dp, &syn4(sport), XDP_TX, Reason::Tx);
         run(&mut dp, &tcp4(CLIENT4, VIP4, sport, 80), XDP_TX, Reason::Tx);
     }
+    assert_eq!(dp.counters().evictions(), 0, "three flows in an empty set");
     for &sport in flood {
         run(&mut dp, &syn4(sport), XDP_TX, Reason::Tx);
     }
+    // The first flood SYN took the free way, each later one evicted.
+    assert_eq!(dp.counters().evictions(), 19);
+    assert_eq!(dp.counters().vip_evictions(dp.applied().vips["v4tcp"].vip_id), 19);
     for &sport in live {
         assert!(dp.conn_entry(&key4(sport, 80, IPPROTO_TCP)).is_some(), "live flow {sport} evicted by the flood");
     }
@@ -1360,6 +1364,10 @@ fn a_flood_of_one_packet_flows_evicts_its_own_entries() {
     }
     let gone: Vec<u16> = live.iter().chain(&flood[..2]).copied().filter(|&s| dp.conn_entry(&key4(s, 80, IPPROTO_TCP)).is_none()).collect();
     assert_eq!(gone.len(), 1, "{gone:?}");
+    assert_eq!(dp.counters().evictions(), 21, "the flood's last flow, then a live one");
+    // A SYN of a flow already in the set rewrites its way: no eviction.
+    run(&mut dp, &syn4(flood[1]), XDP_TX, Reason::Tx);
+    assert_eq!(dp.counters().evictions(), 21);
 }
 
 /// Each address family has its own table of `conn_table_size` flows

@@ -218,6 +218,13 @@ fn flood(lab: &Lab, fulcrum: &std::path::Path, daemon: &mut Proc) -> Result<()> 
     let picks = after.conn_table.syn_picks - before.conn_table.syn_picks;
     // The veth between bridge and lb may drop a few frames at a full ring.
     ensure!(picks >= u64::from(SYNS) * 99 / 100, "only {picks} of {SYNS} SYNs were picked");
+    // Past the table's size every new flow's write evicts one (random
+    // 5-tuples repeat only a handful of times in 200,000).
+    let evictions = after.conn_table.evictions - before.conn_table.evictions;
+    ensure!(
+        evictions + u64::from(TABLE) + 100 >= picks && evictions <= picks,
+        "{evictions} evictions for {picks} SYNs into {TABLE} flows"
+    );
 
     // Even spread: each real within 10% of a third.
     let spread: BTreeMap<&str, u64> =

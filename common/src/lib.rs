@@ -243,10 +243,11 @@ impl FlowKey {
 
 /// Key of `CONN_TABLE_V4`: an IPv4 flow's 5-tuple, raw
 /// network-order words as loaded from the packet. 16 bytes instead of
-/// [`FlowKey`]'s 40: the kernel hashes (`jhash2`) and compares every key
-/// byte on each lookup and update, and copies it into the element on
-/// update, so the short key makes an IPv4 connection-table hit about 8 ns
-/// cheaper here (`bench/RESULTS.md`) and its element 24 bytes smaller.
+/// [`FlowKey`]'s 40: fewer words to hash and compare on every lookup, and
+/// an IPv4 way ([`ConnWay`]) of one 64-byte cache line. (With the
+/// kernel's LRU hash, which hashed and compared every key byte in a
+/// helper, the short key made an IPv4 hit about 8 ns cheaper here,
+/// `bench/RESULTS.md`, xdp2.)
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct FlowKeyV4 {
@@ -258,7 +259,7 @@ pub struct FlowKeyV4 {
     pub proto: u32,
 }
 
-/// Value of `CONN_TABLE_V4` and `CONN_TABLE_V6`: the real a flow was sent to, and a copy of the
+/// A connection-table entry (in its flow's [`ConnWay`]): the real a flow was sent to, and a copy of the
 /// VIP facts its packets need, so that an established flow's packet is
 /// forwarded without the `VIPS` hash lookup (about 40 ns here).
 ///
@@ -517,6 +518,10 @@ pub struct VipCounters {
     /// The VIP's forwarded packets per [`ConnEvent`], indexed by
     /// `ConnEvent as usize`.
     pub conn: [Counters; ConnEvent::COUNT as usize],
+    /// Flows evicted from the connection table to make room for this
+    /// VIP's flows: a write (`Syn`, `Miss`, `Stale`, `Expired`) whose
+    /// set's victim way held another flow, of any VIP.
+    pub evictions: u64,
 }
 
 /// Why the datapath took its action on a frame: the index of `REASON_STATS`.
@@ -797,7 +802,7 @@ mod conn_tests {
         assert_eq!(core::mem::size_of::<RealDef>(), 32);
         assert_eq!(core::mem::size_of::<DatapathConfig>(), 104);
         assert_eq!(core::mem::size_of::<VipMeta>(), 32);
-        assert_eq!(core::mem::size_of::<VipCounters>(), 112);
+        assert_eq!(core::mem::size_of::<VipCounters>(), 120);
         assert_eq!(core::mem::size_of::<ConnWay<FlowKeyV4>>(), 64);
         assert_eq!(core::mem::size_of::<ConnWay<FlowKey>>(), 88);
         assert_eq!(core::mem::size_of::<ConnSet<FlowKeyV4>>(), 256);

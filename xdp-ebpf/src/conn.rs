@@ -60,6 +60,8 @@ pub trait ConnTable {
     fn hash(key: &Self::Key, seed: u64) -> u64;
     /// Whether two keys are equal.
     fn same(a: &Self::Key, b: &Self::Key) -> bool;
+    /// Whether a way's key holds a flow (protocol word not 0).
+    fn live(key: &Self::Key) -> bool;
     /// Clears the key's protocol word (an empty way).
     ///
     /// # Safety
@@ -92,6 +94,10 @@ impl ConnTable for V4 {
     #[inline(always)]
     fn same(a: &FlowKeyV4, b: &FlowKeyV4) -> bool {
         a.src == b.src && a.dst == b.dst && a.ports == b.ports && a.proto == b.proto
+    }
+    #[inline(always)]
+    fn live(key: &FlowKeyV4) -> bool {
+        key.proto != 0
     }
     #[inline(always)]
     unsafe fn clear(key: *mut FlowKeyV4) {
@@ -135,6 +141,10 @@ impl ConnTable for V6 {
             && a.dst[2] == b.dst[2]
             && a.dst[1] == b.dst[1]
             && a.dst[0] == b.dst[0]
+    }
+    #[inline(always)]
+    fn live(key: &FlowKey) -> bool {
+        key.proto != 0
     }
     #[inline(always)]
     unsafe fn clear(key: *mut FlowKey) {
@@ -206,10 +216,11 @@ pub fn lookup<T: ConnTable>(flow: &Flow) -> Option<*mut ConnEntry> {
 
 /// Writes the flow's entry: into the way that holds the flow, else into
 /// the set's victim (an empty way, else the oldest unreferenced one,
-/// else the least recently used). `Err` if another CPU is writing the
-/// set (the packet is still forwarded; `ConnEvent::WriteFailed`).
+/// else the least recently used). `Ok(true)` if that evicted another
+/// flow; `Err` if another CPU is writing the set (the packet is still
+/// forwarded; `ConnEvent::WriteFailed`).
 #[inline(always)]
-pub fn insert<T: ConnTable>(flow: &Flow, entry: &ConnEntry) -> Result<(), ()> {
+pub fn insert<T: ConnTable>(flow: &Flow, entry: &ConnEntry) -> Result<bool, ()> {
     let key = T::key(flow);
     let set = set_of::<T>(&key).ok_or(())?;
     // SAFETY: `set` is a valid element for this run; its lock word is
@@ -221,10 +232,12 @@ pub fn insert<T: ConnTable>(flow: &Flow, entry: &ConnEntry) -> Result<(), ()> {
         }
         let mut victim = 0;
         let mut oldest = u64::MAX;
+        let mut rewrite = false;
         for i in 0..CONN_WAYS {
             let way = &(*set).ways[i];
             if T::same(&way.key, &key) {
                 victim = i;
+                rewrite = true;
                 break;
             }
             if way.used < oldest {
@@ -233,6 +246,7 @@ pub fn insert<T: ConnTable>(flow: &Flow, entry: &ConnEntry) -> Result<(), ()> {
             }
         }
         let way: *mut ConnWay<T::Key> = &mut (*set).ways[victim % CONN_WAYS];
+        let evicted = !rewrite && T::live(&(*way).key);
         // Volatile stores stay in program order (LLVM's BPF backend has no
         // fences to ask for it otherwise).
         T::clear(&mut (*way).key);
@@ -240,8 +254,8 @@ pub fn insert<T: ConnTable>(flow: &Flow, entry: &ConnEntry) -> Result<(), ()> {
         core::ptr::write_volatile(&mut (*way).used, now_jiffies());
         T::store(&mut (*way).key, &key);
         unlock(lock);
+        Ok(evicted)
     }
-    Ok(())
 }
 
 /// Copies the VIP's current facts into the flow's entry if it holds an

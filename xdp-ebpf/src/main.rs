@@ -174,7 +174,7 @@ fn established_flow<T: ConnTable>(ctx: &XdpContext, flow: &Flow, bytes: u64) -> 
     let Ok((real_id, real)) = established(&vip, flow, entry) else {
         return Err(fallback);
     };
-    count_vip(vip_id, true, Some(ConnEvent::Hit), bytes);
+    count_vip(vip_id, true, Some(ConnEvent::Hit), false, bytes);
     Ok((vip, to_us, real_id, real))
 }
 
@@ -201,7 +201,7 @@ fn full_path<T: ConnTable>(ctx: &XdpContext, flow: &Flow, bytes: u64, looked: Lo
     let Some(to_us) = addressed_to_us(ctx, flow.is_v6) else {
         return Err((XDP_PASS, Reason::PassNotForUs));
     };
-    count_vip(vip.vip_id, true, None, bytes);
+    count_vip(vip.vip_id, true, None, false, bytes);
     // No log line here: a per-packet record would let any sender flood
     // the log ring; the DropNoBackend counter says it instead.
     let selected = if flow.icmp_error { flow_owner::<T>(&vip, flow) } else { select_real::<T>(&vip, flow, bytes, looked) };
@@ -635,7 +635,7 @@ fn select_real<T: ConnTable>(vip: &VipMeta, flow: &Flow, bytes: u64, looked: Loo
             Some(entry) => match established(vip, flow, entry) {
                 Ok(found) => {
                     conn::refresh_vip_facts::<T>(flow, vip);
-                    count_vip(vip.vip_id, false, Some(ConnEvent::Hit), bytes);
+                    count_vip(vip.vip_id, false, Some(ConnEvent::Hit), false, bytes);
                     return Some(found);
                 }
                 Err(event) => event,
@@ -657,11 +657,11 @@ fn select_real<T: ConnTable>(vip: &VipMeta, flow: &Flow, bytes: u64, looked: Loo
         vip_flags: vip.flags,
         udp_idle_timeout_jiffies: vip.udp_idle_timeout_jiffies,
     };
-    let event = match conn::insert::<T>(flow, &entry) {
-        Ok(()) => event,
-        Err(_) => ConnEvent::WriteFailed,
+    let (event, evicted) = match conn::insert::<T>(flow, &entry) {
+        Ok(evicted) => (event, evicted),
+        Err(()) => (ConnEvent::WriteFailed, false),
     };
-    count_vip(vip.vip_id, false, Some(event), bytes);
+    count_vip(vip.vip_id, false, Some(event), evicted, bytes);
     Some((real_id, real))
 }
 

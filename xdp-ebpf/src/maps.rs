@@ -109,9 +109,10 @@ pub fn count(map: &PerCpuArray<Counters>, index: u32, bytes: u64) {
 }
 
 /// Counts one frame of `bytes` for VIP id `vip_id` in `VIP_STATS`: as
-/// reaching the VIP if `reached`, and under `event` if there is one.
+/// reaching the VIP if `reached`, under `event` if there is one, and an
+/// eviction if its write `evicted` another flow.
 #[inline(always)]
-pub fn count_vip(vip_id: u32, reached: bool, event: Option<ConnEvent>, bytes: u64) {
+pub fn count_vip(vip_id: u32, reached: bool, event: Option<ConnEvent>, evicted: bool, bytes: u64) {
     if let Some(v) = VIP_STATS.get_ptr_mut(vip_id) {
         // SAFETY: as in `count`.
         unsafe {
@@ -120,6 +121,9 @@ pub fn count_vip(vip_id: u32, reached: bool, event: Option<ConnEvent>, bytes: u6
             }
             if let Some(c) = event.and_then(|e| (*v).conn.get_mut(e as usize)) {
                 add(c, bytes);
+            }
+            if evicted {
+                (*v).evictions += 1;
             }
         }
     }

@@ -97,10 +97,11 @@ pub struct VrrpStats {
 /// since start, by what the table did for them. Every forwarded VIP
 /// packet is in exactly one of these counters.
 ///
-/// Evictions are not counted. An evicted flow that sends again shows up in `misses`
-/// (a non-SYN packet without an entry), which is the eviction that
-/// matters; `misses` also counts flows this node never saw (started
-/// before it took over the VIP) and every UDP flow's first packet.
+/// `evictions` counts flows, not packets: flows whose way another flow's
+/// write took. An evicted flow that sends again also shows up in
+/// `misses` (a non-SYN packet without an entry); `misses` also counts
+/// flows this node never saw (started before it took over the VIP) and
+/// every UDP flow's first packet.
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ConnTableStats {
     /// `[datapath] conn_table_size`: flows per address family (each table
@@ -119,6 +120,9 @@ pub struct ConnTableStats {
     pub expired: u64,
     /// Entries that could not be written (the packet was still forwarded).
     pub write_failures: u64,
+    /// Flows evicted to make room for new ones (not packets: see above).
+    #[serde(default)]
+    pub evictions: u64,
 }
 
 /// An L7 listener and its routes.
@@ -201,8 +205,8 @@ pub struct VipStats {
 }
 
 /// [`ConnTableStats`] for one VIP: its forwarded packets by what the
-/// connection table did, since the VIP got its datapath id. Evictions
-/// are not counted (see [`ConnTableStats`]); they show up as `misses`.
+/// connection table did, since the VIP got its datapath id, and the flows
+/// (of any VIP) evicted to make room for this VIP's flows.
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct VipConnStats {
     pub hits: u64,
@@ -211,6 +215,8 @@ pub struct VipConnStats {
     pub stale_repicks: u64,
     pub expired: u64,
     pub write_failures: u64,
+    #[serde(default)]
+    pub evictions: u64,
 }
 
 /// A backend's share of a VIP's Maglev table.
@@ -377,8 +383,8 @@ pub fn render(report: &StatsReport) -> String {
         let t = &vip.conn_table;
         let _ = writeln!(
             out,
-            "  conn table: hits={} misses={} syn-picks={} stale-repicks={} expired={} write-failures={}",
-            t.hits, t.misses, t.syn_picks, t.stale_repicks, t.expired, t.write_failures
+            "  conn table: hits={} misses={} syn-picks={} stale-repicks={} expired={} write-failures={} evictions={}",
+            t.hits, t.misses, t.syn_picks, t.stale_repicks, t.expired, t.write_failures, t.evictions
         );
         if let Some(pool) = report.pools.iter().find(|p| p.name == vip.pool) {
             let _ = writeln!(out, "  {:<40} {:<8} {:>6} {:>7} {:>12} {:>14}  note", "backend", "health", "weight", "slots", "packets", "bytes");
@@ -449,8 +455,8 @@ pub fn render(report: &StatsReport) -> String {
     let t = &report.conn_table;
     let _ = writeln!(
         out,
-        "conn table: size={} hits={} misses={} syn-picks={} stale-repicks={} expired={} write-failures={}",
-        t.size, t.hits, t.misses, t.syn_picks, t.stale_repicks, t.expired, t.write_failures
+        "conn table: size={} hits={} misses={} syn-picks={} stale-repicks={} expired={} write-failures={} evictions={}",
+        t.size, t.hits, t.misses, t.syn_picks, t.stale_repicks, t.expired, t.write_failures, t.evictions
     );
     let _ = writeln!(out, "datapath reasons (frames):");
     for (name, frames) in &report.reasons {

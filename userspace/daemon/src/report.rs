@@ -65,6 +65,7 @@ pub fn stats(
                     stale_repicks: event(ConnEvent::Stale),
                     expired: event(ConnEvent::Expired),
                     write_failures: event(ConnEvent::WriteFailed),
+                    evictions: table.map_or(0, |t| counters.vip_evictions(t.vip_id)),
                 },
             }
         })
@@ -143,6 +144,7 @@ pub fn stats(
         stale_repicks: event(ConnEvent::Stale),
         expired: event(ConnEvent::Expired),
         write_failures: event(ConnEvent::WriteFailed),
+        evictions: counters.evictions(),
     };
     let l7 = l7.map(|l| l7_proxy(&l.proxy_stats())).unwrap_or_default();
     StatsReport { vips, pools, reasons, control, listeners, vrrp, conn_table, l7 }

@@ -541,9 +541,8 @@ pub struct CounterReader {
     vip_stats: PerCpuArray<MapData, VipCounters>,
     real_stats: PerCpuArray<MapData, Counters>,
     reason_stats: PerCpuArray<MapData, Counters>,
-    /// Connection-table events of VIP ids since given to new VIPs,
-    /// shared with the writer, which adds an id's events here when it
-    /// zeroes them.
+    /// Counters of VIP ids since given to new VIPs, shared with the
+    /// writer, which adds an id's counters here when it zeroes them.
     retired: tables::Retired,
 }
 
@@ -574,16 +573,28 @@ impl CounterReader {
     /// ids it reused (the datapath keeps no node-wide copy; see
     /// `VipCounters`). One map read per VIP id.
     pub fn conn_events(&self) -> Vec<(ConnEvent, Counters)> {
+        let total = self.node_totals();
+        ConnEvent::ALL.iter().map(|&e| (e, total.conn[e as usize])).collect()
+    }
+
+    /// Flows evicted from the connection tables since the program was
+    /// loaded (summed as [`CounterReader::conn_events`]).
+    pub fn evictions(&self) -> u64 {
+        self.node_totals().evictions
+    }
+
+    /// Flows evicted to make room for VIP id `vip_id`'s flows, since the
+    /// id was given to its VIP.
+    pub fn vip_evictions(&self, vip_id: u32) -> u64 {
+        self.vip_counters(vip_id).evictions
+    }
+
+    /// Every VIP id's `VIP_STATS` and the retired ids', summed.
+    fn node_totals(&self) -> VipCounters {
         // Held while reading, so an id the writer retires meanwhile is
         // counted once: before its zeroing here, or after it in `retired`.
         let retired = self.retired.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let mut total = *retired;
-        for vip_id in 0..MAX_VIPS {
-            for (t, c) in total.iter_mut().zip(self.vip_counters(vip_id).conn) {
-                *t = add(*t, c);
-            }
-        }
-        ConnEvent::ALL.iter().map(|&e| (e, total[e as usize])).collect()
+        (0..MAX_VIPS).fold(*retired, |total, vip_id| add_vip(total, self.vip_counters(vip_id)))
     }
 
     /// [`CounterReader::conn_events`] of VIP id `vip_id` alone, since the
@@ -689,16 +700,16 @@ fn sum(map: &PerCpuArray<MapData, Counters>, index: u32) -> Counters {
 
 /// `VIP_STATS[vip_id]` summed over CPUs (zero if unreadable).
 pub(crate) fn sum_vip(map: &PerCpuArray<MapData, VipCounters>, vip_id: u32) -> VipCounters {
-    let mut total = VipCounters::default();
-    if let Ok(values) = map.get(&vip_id, 0) {
-        for v in values.iter() {
-            total.vip = add(total.vip, v.vip);
-            for (t, &c) in total.conn.iter_mut().zip(&v.conn) {
-                *t = add(*t, c);
-            }
-        }
+    map.get(&vip_id, 0).map(|values| values.iter().fold(VipCounters::default(), |acc, &v| add_vip(acc, v))).unwrap_or_default()
+}
+
+/// Two `VipCounters`, field by field.
+pub(crate) fn add_vip(a: VipCounters, b: VipCounters) -> VipCounters {
+    let mut sum = VipCounters { vip: add(a.vip, b.vip), evictions: a.evictions + b.evictions, ..a };
+    for (s, &c) in sum.conn.iter_mut().zip(&b.conn) {
+        *s = add(*s, c);
     }
-    total
+    sum
 }
 
 pub(crate) fn add(a: Counters, b: Counters) -> Counters {

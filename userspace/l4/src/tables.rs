@@ -41,7 +41,7 @@ use std::{
 
 use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuValues, Array};
 use fulcrum_common::{
-    ConnEvent, VipCounters,
+    VipCounters,
     addr_words, names, vip_filter_bit, VIP_F_STANDBY, vip_real_ok_bit, Counters, Mac, RealDef, VipKey, VipMeta, LOOKUP_TABLES_LEN,
     MAGLEV_MAX_TABLE_SIZE, MAX_REALS, MAX_VIPS, VIP_FILTER_WORDS, VIP_REAL_OK_WORDS,
 };
@@ -71,10 +71,11 @@ pub(crate) struct Maps {
     pub real_stats: PerCpuArray<MapData, Counters>,
 }
 
-/// Connection-table events, in `ConnEvent` index order, of VIP ids the
-/// writer has since given to new VIPs: `VIP_STATS` is per id and zeroed
-/// for a new VIP, so the node-wide totals keep the old VIP's events here.
-pub(crate) type Retired = std::sync::Arc<std::sync::Mutex<[Counters; ConnEvent::COUNT as usize]>>;
+/// The `VIP_STATS` counters of VIP ids the writer has since given to new
+/// VIPs, summed: `VIP_STATS` is per id and zeroed for a new VIP, so the
+/// node-wide connection-table totals keep the old VIP's events and
+/// evictions here.
+pub(crate) type Retired = std::sync::Arc<std::sync::Mutex<VipCounters>>;
 
 /// A VIP's table as the maps hold it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -516,9 +517,7 @@ fn retire_vip_counters(maps: &mut Maps, id: u32) -> Result<(), DatapathError> {
     let values = PerCpuValues::try_from(vec![VipCounters::default(); cpus])
         .map_err(|e| DatapathError::Limit(format!("{}: {e}", names::VIP_STATS)))?;
     maps.vip_stats.set(id, values, 0).map_err(map_err(names::VIP_STATS))?;
-    for (r, c) in retired.iter_mut().zip(old.conn) {
-        *r = crate::add(*r, c);
-    }
+    *retired = crate::add_vip(*retired, old);
     Ok(())
 }
 
