@@ -281,12 +281,12 @@ pub fn run(repeat: u32, rounds: usize, cpu: usize, conn_table_size: Option<u32>,
     let events = datapath.counters().conn_events();
     let event = |e: ConnEvent| events.iter().find(|(x, _)| *x == e).map_or(0, |(_, c)| c.packets);
     let per_row = u64::from(repeat) * rounds as u64;
-    let table = u64::from(options.conn_table_size);
-    let evicting = if 2 * per_row + 3 > table {
-        format!("full after the first {table} SYNs: every later SYN also evicts")
-    } else {
-        "never full: no SYN evicts".to_string()
-    };
+    let table = u64::from(datapath.conn_capacity());
+    let evictions = datapath.counters().evictions();
+    let evicting = format!(
+        "4-way sets; {evictions} of the {} SYNs evicted a flow: the same-5-tuple row rewrites its own way, the others evict once their set is full",
+        3 * per_row
+    );
     let established_rows = 4;
     let first_runs = established_rows * rounds as u64;
     ensure!(event(ConnEvent::Syn) == 3 * per_row, "SYN picks {} != {}", event(ConnEvent::Syn), 3 * per_row);

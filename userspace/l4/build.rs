@@ -27,7 +27,13 @@ fn main() {
             PathBuf::from(path)
         }
         None => {
-            let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+            // The manifest directory of this run, not of the build that
+            // compiled this script (`env!`): a build script binary reused
+            // from another checkout's target directory (a copied or
+            // hard-linked `target/`) would otherwise build and embed that
+            // checkout's eBPF object.
+            let manifest_dir = std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR for build scripts");
+            let root = PathBuf::from(manifest_dir).join("../..");
             for source in ["xdp-ebpf/src", "xdp-ebpf/Cargo.toml", "xdp-ebpf/Cargo.lock", "common/src", "common/Cargo.toml"] {
                 println!("cargo:rerun-if-changed={}", root.join(source).display());
             }
