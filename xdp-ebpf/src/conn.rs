@@ -37,9 +37,7 @@
 //! reader that matched the old key just before a writer replaced that
 //! way may read part of the new entry: that flow is being evicted at that
 //! very moment, so its next packet would miss and re-pick anyway.
-use core::{
-    intrinsics::{atomic_cxchg, atomic_xchg, AtomicOrdering},
-};
+use core::intrinsics::{atomic_cxchg, atomic_xchg, AtomicOrdering};
 
 use aya_ebpf::maps::Array;
 use fulcrum_common::{
@@ -185,8 +183,9 @@ unsafe fn unlock(lock: *mut u64) {
 /// The set `key` belongs in.
 #[inline(always)]
 fn set_of<T: ConnTable>(key: &T::Key) -> Option<*mut ConnSet<T::Key>> {
-    // SAFETY: read-only globals, set by user space before load (frozen
-    // `.rodata`: the verifier reads them as constants).
+    // SAFETY: read-only globals in the program's `.rodata` map, set by
+    // user space before load; volatile, so LLVM does not fold in the
+    // object's placeholder values (two loads in the xlated program).
     let (seed, mask) = unsafe { (core::ptr::read_volatile(&CONN_HASH_SEED), core::ptr::read_volatile(&CONN_SET_MASK)) };
     T::map().get_ptr_mut((T::hash(key, seed) as u32) & mask)
 }

@@ -618,7 +618,9 @@ impl Config {
 pub struct DatapathSettings {
     /// Connection table entries (flows) of each address family's table,
     /// [`MIN_CONN_TABLE_SIZE`]..=[`MAX_CONN_TABLE_SIZE`]; default
-    /// [`DEFAULT_CONN_TABLE_SIZE`].
+    /// [`DEFAULT_CONN_TABLE_SIZE`]. The datapath rounds it up to a power
+    /// of two of 4-flow sets (`fulcrum_common::conn_sets`: 1,000,000 ->
+    /// 1,048,576).
     pub conn_table_size: u32,
     /// `ipip_source_v4 = "a.b.c.d/len"`: the outer source addresses of
     /// IPIP packets, one per flow: the prefix with its host bits taken
