@@ -28,8 +28,10 @@
 //! counters. Our own counter says what happened either way.
 #![no_std]
 #![no_main]
-// `atomic_cxchg`: the BPF target has no `AtomicU32::compare_exchange`
-// (its spec says no CAS), but BPF has had `BPF_CMPXCHG` since kernel 5.12.
+// `atomic_cxchg` / `atomic_xchg` (the connection table's set locks): the
+// BPF target's spec has no compare-and-swap, so `core::sync::atomic`
+// offers none, but LLVM emits `BPF_CMPXCHG` / `BPF_XCHG` (kernel 5.12+)
+// for 64-bit operands.
 #![allow(internal_features)]
 #![feature(core_intrinsics)]
 
@@ -156,8 +158,8 @@ fn established_flow<T: ConnTable>(ctx: &XdpContext, flow: &Flow, bytes: u64) -> 
     };
     let fallback = Some(entry);
     // SAFETY: a pointer into the connection table's array element, valid
-    // for this run. `refresh_vip_facts` stores the generation after the facts,
-    // so a matching generation vouches for facts at least that new.
+    // for this run. `refresh_vip_facts` stores the generation after the
+    // facts, so a matching generation vouches for facts at least that new.
     let (gen, vip_id, vlan, flags, udp_idle_timeout_jiffies) = unsafe {
         let gen = core::ptr::read_volatile(&(*entry).vip_gen);
         (gen, (*entry).vip_id, (*entry).vip_vlan, (*entry).vip_flags, (*entry).udp_idle_timeout_jiffies)
@@ -180,8 +182,9 @@ fn established_flow<T: ConnTable>(ctx: &XdpContext, flow: &Flow, bytes: u64) -> 
 
 /// What `established_flow` found in the connection table, for the full
 /// path: the flow's entry (a pointer into the connection table's array
-/// element, valid for this run), or `None`: no entry, or nothing looked up (a SYN, which always
-/// takes a fresh pick, or an ICMP error, which `flow_owner` looks up).
+/// element, valid for this run), or `None`: no entry, or nothing looked
+/// up (a SYN, which always takes a fresh pick, or an ICMP error, which
+/// `flow_owner` looks up).
 type Looked = Option<*mut ConnEntry>;
 
 /// The VIP, this node's view of the frame and the real, through the
