@@ -29,6 +29,7 @@ use hyper::{
 use crate::{
     access_log,
     balancer::{new_balancer, Balancer},
+    deadline::Deadlines,
     headers,
     websocket,
     limits::{self, BodyFault, ConnClock, GuardedBody, LogLimiter, ProxyStats, Violation},
@@ -52,7 +53,10 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub(crate) struct Worker {
     snapshot: SharedSnapshot,
     connect_timeout: Duration,
-    response_timeout: Duration,
+    /// The response timeout of every exchange (see [`crate::deadline`]).
+    response_deadlines: Rc<Deadlines>,
+    /// Runs `response_deadlines`' sweeper; dropped with the worker.
+    _sweeper: JoinHandle<()>,
     request_timeout: Duration,
     max_uri_len: usize,
     max_body_size: u64,
@@ -105,16 +109,20 @@ pub(crate) async fn upgraded(up: Upstream) -> Option<(crate::io::Stream, Bytes)>
 }
 
 impl Worker {
+    /// Call on the worker's runtime: it spawns the worker's response
+    /// timeout sweeper there.
     pub(crate) fn new(
         snapshot: SharedSnapshot,
         config: &ProxyConfig,
         stats: Arc<ProxyStats>,
         access_log: Option<access_log::Sender>,
     ) -> Worker {
+        let response_deadlines = Deadlines::new(config.response_timeout);
         Worker {
             snapshot,
             connect_timeout: config.connect_timeout,
-            response_timeout: config.response_timeout,
+            response_deadlines: response_deadlines.clone(),
+            _sweeper: compio::runtime::spawn(response_deadlines.sweep()),
             request_timeout: config.request_timeout,
             max_uri_len: config.max_uri_len,
             max_body_size: config.max_body_size,
@@ -442,8 +450,10 @@ impl Worker {
             // reads.
             let t0 = (p2c || self.access_log.is_some()).then(Instant::now);
             let mut upstream_us = None;
-            let sent =
-                compio::time::timeout(self.response_timeout, up.sender.send_request(up_req)).await;
+            let sent = self
+                .response_deadlines
+                .timeout(up.sender.send_request(up_req))
+                .await;
             if let Some(t) = t0 {
                 // Time to the response head, in microseconds; a failure or a
                 // 5xx counts as at least the penalty (see `P2c`).

@@ -813,9 +813,11 @@ where
     let outcome = {
         let mut conn = Pin::new(&mut conn);
         let mut asked_to_close = false;
-        // Armed while the connection is idle; when it fires the idle
-        // period is checked again (it may have ended and a new one begun),
-        // so a busy connection sets at most one timer per `park_after`.
+        // Armed when the connection goes idle and kept when a request
+        // comes (not re-armed per request: a timer costs an insertion and
+        // a removal in compio's timer map); when it fires the idle period
+        // is checked again (it may have ended and a new one begun), so a
+        // busy connection sets at most one timer per `park_after`.
         let mut park_timer: Option<Pin<Box<dyn Future<Output = ()>>>> = None;
         poll_fn(|cx| loop {
             if !asked_to_close && c.live.0.draining(c.live.1, cx.waker()) {
@@ -837,7 +839,6 @@ where
                 c.ctl.requests.get() > first_request && !c.clock.unsent()
             });
             let Some(since) = idle else {
-                park_timer = None;
                 return Poll::Pending;
             };
             let timer = park_timer.get_or_insert_with(|| {
