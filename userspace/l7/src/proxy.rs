@@ -71,9 +71,40 @@ pub(crate) struct Worker {
     balancers: RefCell<Balancers>,
     /// Seeds this worker's `p2c` generators (distinct per worker).
     seed: u64,
-    idle: RefCell<HashMap<SocketAddr, Vec<Upstream>>>,
+    idle: RefCell<AddrMap<Vec<Upstream>>>,
     /// The Host value for each member address, rendered once.
-    host_values: RefCell<HashMap<SocketAddr, HeaderValue>>,
+    host_values: RefCell<AddrMap<HeaderValue>>,
+}
+
+/// A map keyed by member address, looked up twice per request (idle
+/// pool, Host value). The keys come from the configuration, not from
+/// clients, so the std map's SipHash (a defence against chosen keys)
+/// buys nothing here; FNV-1a with a final mix is a fraction of its cost.
+type AddrMap<V> = HashMap<SocketAddr, V, std::hash::BuildHasherDefault<AddrHasher>>;
+
+/// FNV-1a over the bytes a `SocketAddr` hashes, then the splitmix64
+/// finaliser (hashbrown takes its tag from the top bits).
+struct AddrHasher(u64);
+
+impl Default for AddrHasher {
+    fn default() -> AddrHasher {
+        AddrHasher(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl std::hash::Hasher for AddrHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+
+    fn finish(&self) -> u64 {
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
 }
 
 /// The balancers of the snapshot they were built for, one per pool.
@@ -145,8 +176,8 @@ impl Worker {
                     .map_or(0, |d| d.as_nanos() as u64);
                 n.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ t
             },
-            idle: RefCell::new(HashMap::new()),
-            host_values: RefCell::new(HashMap::new()),
+            idle: RefCell::new(AddrMap::default()),
+            host_values: RefCell::new(AddrMap::default()),
         }
     }
 
@@ -609,7 +640,10 @@ impl Worker {
                 }
             }
         }
-        self.connect(addr).await
+        // Boxed: the connect and handshake futures are most of this
+        // future's size, which every request's handler future (moved into
+        // place by hyper per request) would otherwise carry.
+        Box::pin(self.connect(addr)).await
     }
 }
 
