@@ -329,6 +329,20 @@ fn cpu_secs(pid: u32) -> f64 {
     ticks as f64 / clock_ticks()
 }
 
+/// Time the threads of process `pid` spent runnable but waiting for a
+/// CPU, ms (second field of `/proc/PID/task/TID/schedstat`). Beside a
+/// constant-rate run it shows how much of the tail is the proxy waiting
+/// behind other processes on its CPU rather than its own work.
+fn run_delay_ms(pid: u32) -> f64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return 0.0 };
+    let ns: u64 = tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().nth(1).and_then(|v| v.parse::<u64>().ok()))
+        .sum();
+    ns as f64 / 1e6
+}
+
 const WRK_LUA: &str = r#"
 done = function(summary, latency, requests)
   io.write(string.format("BENCH_LAT %d %d %d\n", latency:percentile(50), latency:percentile(99), latency:percentile(99.9)))
@@ -542,6 +556,8 @@ struct RateRun {
     max: f64,
     requests: u64,
     errors: u64,
+    /// The proxy's run-queue wait over the run (see [`run_delay_ms`]).
+    cpu_wait_ms: f64,
 }
 
 impl RateRun {
@@ -554,6 +570,7 @@ impl RateRun {
             max: h.max() as f64 / 1000.0,
             requests,
             errors,
+            cpu_wait_ms: 0.0,
         }
     }
 }
@@ -666,9 +683,20 @@ pub fn run(o: Opts) -> Result<()> {
         for j in 0..KINDS.len() {
             let i = (j + round) % KINDS.len();
             let k = KINDS[i];
+            let waited = run_delay_ms(pids[i]);
             let (h, n, e) = constant_rate(setup.addr(k), o.connections, rate, o.secs, o.load_cpu)?;
-            let r = RateRun::from(&h, n, e);
-            eprintln!("l7: constant rate {rate}/s round {} {}: p50 {:.0} µs p99 {:.0} µs p99.9 {:.0} µs max {:.0} µs", round + 1, k.name(), r.p50 * 1e3, r.p99 * 1e3, r.p999 * 1e3, r.max * 1e3);
+            let mut r = RateRun::from(&h, n, e);
+            r.cpu_wait_ms = run_delay_ms(pids[i]) - waited;
+            eprintln!(
+                "l7: constant rate {rate}/s round {} {}: p50 {:.0} µs p99 {:.0} µs p99.9 {:.0} µs max {:.0} µs, waited for its CPU {:.0} ms",
+                round + 1,
+                k.name(),
+                r.p50 * 1e3,
+                r.p99 * 1e3,
+                r.p999 * 1e3,
+                r.max * 1e3,
+                r.cpu_wait_ms
+            );
             cr[i].push(r);
         }
     }
@@ -724,21 +752,30 @@ pub fn run(o: Opts) -> Result<()> {
     }
     writeln!(
         r,
-        "| constant rate {rate} req/s, {} conns, CO-corrected (hdrhistogram), medians of {} interleaved rounds of {} s | p50 ms | p99 ms | p99.9 ms | max ms | requests | errors |",
+        "| constant rate {rate} req/s, {} conns, CO-corrected (hdrhistogram), medians of {} interleaved rounds of {} s | p50 ms | p99 ms | p99.9 ms | max ms | waited for CPU ms | requests | errors |",
         o.connections,
         o.rate_rounds.max(1),
         o.secs
     )?;
-    writeln!(r, "|---|---:|---:|---:|---:|---:|---:|")?;
+    writeln!(r, "|---|---:|---:|---:|---:|---:|---:|---:|")?;
     for (i, runs) in cr.iter().enumerate() {
         let m = |f: fn(&RateRun) -> f64| med(&runs.iter().map(f).collect::<Vec<_>>());
         let (n, e) = runs.iter().fold((0, 0), |(n, e), r| (n + r.requests, e + r.errors));
-        writeln!(r, "| {} | {:.3} | {:.3} | {:.3} | {:.3} | {n} | {e} |", KINDS[i].name(), m(|r| r.p50), m(|r| r.p99), m(|r| r.p999), m(|r| r.max))?;
+        writeln!(
+            r,
+            "| {} | {:.3} | {:.3} | {:.3} | {:.3} | {:.0} | {n} | {e} |",
+            KINDS[i].name(),
+            m(|r| r.p50),
+            m(|r| r.p99),
+            m(|r| r.p999),
+            m(|r| r.max),
+            m(|r| r.cpu_wait_ms)
+        )?;
     }
     writeln!(r)?;
     for (i, runs) in cr.iter().enumerate() {
-        let p99: Vec<String> = runs.iter().map(|r| format!("{:.2}", r.p99)).collect();
-        writeln!(r, "Constant rate per round p99 ms, {}: {}", KINDS[i].name(), p99.join(" "))?;
+        let p99: Vec<String> = runs.iter().map(|r| format!("{:.2} ({:.0})", r.p99, r.cpu_wait_ms)).collect();
+        writeln!(r, "Constant rate per round p99 ms (ms waited for the CPU), {}: {}", KINDS[i].name(), p99.join(" "))?;
     }
     if !mem.is_empty() {
         writeln!(r, "\n| {} idle keep-alive client connections (fresh process) | RSS before KiB | after KiB | bytes/conn |", o.idle)?;
