@@ -489,7 +489,12 @@ pub(crate) struct GuardedBody {
     left: u64,
     deadline: Instant,
     timer: Option<Pin<Box<dyn Future<Output = ()>>>>,
-    fault: std::rc::Rc<BodyFault>,
+    /// Where the request path reads why the body stopped short. `None`
+    /// for a request without a body (nothing to report, and no
+    /// allocation per request for it).
+    fault: Option<std::rc::Rc<BodyFault>>,
+    /// Set when the body was cut here: nothing more is read.
+    cut: bool,
     peer: SocketAddr,
 }
 
@@ -498,7 +503,7 @@ impl GuardedBody {
         inner: Option<Incoming>,
         max: u64,
         deadline: Instant,
-        fault: std::rc::Rc<BodyFault>,
+        fault: Option<std::rc::Rc<BodyFault>>,
         peer: SocketAddr,
     ) -> GuardedBody {
         GuardedBody {
@@ -507,12 +512,20 @@ impl GuardedBody {
             deadline,
             timer: None,
             fault,
+            cut: false,
             peer,
         }
     }
 
+    fn set_fault(&mut self, v: Violation) {
+        self.cut = true;
+        if let Some(f) = &self.fault {
+            f.0.set(Some(v));
+        }
+    }
+
     fn refuse(&mut self, v: Violation) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        self.fault.0.set(Some(v));
+        self.set_fault(v);
         Poll::Ready(Some(Err(Box::new(BodyRefused(v)))))
     }
 }
@@ -528,7 +541,7 @@ impl Body for GuardedBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
-        if this.fault.get().is_some() {
+        if this.cut {
             return Poll::Ready(None);
         }
         let Some(inner) = this.inner.as_mut() else {
@@ -551,7 +564,7 @@ impl Body for GuardedBody {
             Poll::Ready(Some(Err(e))) => {
                 // The client broke its own body (malformed chunk, reset
                 // mid-body): its fault, never counted against the member.
-                this.fault.0.set(Some(Violation::BadRequest));
+                this.set_fault(Violation::BadRequest);
                 Poll::Ready(Some(Err(Box::new(e))))
             }
             Poll::Ready(None) => Poll::Ready(None),
@@ -569,7 +582,7 @@ impl Body for GuardedBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.fault.get().is_some() || self.inner.as_ref().is_none_or(Body::is_end_stream)
+        self.cut || self.inner.as_ref().is_none_or(Body::is_end_stream)
     }
 
     fn size_hint(&self) -> SizeHint {

@@ -393,8 +393,9 @@ impl Worker {
             && !websocket
             && pool.members.len() > 1)
             .then(|| (parts.method.clone(), parts.uri.clone(), parts.headers.clone()));
+        // Only a body can fail on the client's side.
+        let fault = (!body.is_end_stream()).then(|| Rc::new(BodyFault::default()));
         let mut first = Some((parts, body));
-        let fault = Rc::new(BodyFault::default());
 
         // Pick a member and get a connection; on a connect failure try
         // another member (the request has not left the proxy yet, so this
@@ -507,7 +508,7 @@ impl Worker {
                 Ok(Err(e)) => {
                     // The client's body broke the exchange (too large, too
                     // slow): the client's fault, not the member's.
-                    if let Some(v) = fault.get() {
+                    if let Some(v) = fault.as_ref().and_then(|f| f.get()) {
                         return Ok(self.refuse(v, peer, &"request body refused while forwarding"));
                     }
                     MemberStats::add(&stats.failures, 1);

@@ -842,8 +842,9 @@ where
             let Some(since) = idle else {
                 return Poll::Pending;
             };
+            // Gated: this closure runs on every wake-up of the connection.
             let timer = park_timer.get_or_insert_with(|| {
-                Box::pin(compio::time::sleep_until(since + park_after))
+                Box::pin(limits::Gated::new(compio::time::sleep_until(since + park_after)))
             });
             if timer.as_mut().poll(cx).is_pending() {
                 return Poll::Pending;
