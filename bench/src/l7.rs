@@ -66,6 +66,7 @@ pub struct Opts {
     pub load_cpu: usize,
     pub idle: usize,
     pub rate: Option<u64>,
+    pub rate_rounds: usize,
     pub polling: bool,
     pub two_workers: bool,
     pub record: Option<PathBuf>,
@@ -328,6 +329,20 @@ fn cpu_secs(pid: u32) -> f64 {
     ticks as f64 / clock_ticks()
 }
 
+/// Time the threads of process `pid` spent runnable but waiting for a
+/// CPU, ms (second field of `/proc/PID/task/TID/schedstat`). Beside a
+/// constant-rate run it shows how much of the tail is the proxy waiting
+/// behind other processes on its CPU rather than its own work.
+fn run_delay_ms(pid: u32) -> f64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return 0.0 };
+    let ns: u64 = tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().nth(1).and_then(|v| v.parse::<u64>().ok()))
+        .sum();
+    ns as f64 / 1e6
+}
+
 const WRK_LUA: &str = r#"
 done = function(summary, latency, requests)
   io.write(string.format("BENCH_LAT %d %d %d\n", latency:percentile(50), latency:percentile(99), latency:percentile(99.9)))
@@ -532,6 +547,48 @@ async fn constant_rate_async(addr: SocketAddr, conns: u32, rate: u64, secs: u64)
     Ok((h, n, e))
 }
 
+/// One constant-rate run's figures, ms.
+#[derive(Clone, Copy)]
+struct RateRun {
+    p50: f64,
+    p99: f64,
+    p999: f64,
+    max: f64,
+    requests: u64,
+    errors: u64,
+    /// The proxy's run-queue wait over the run (see [`run_delay_ms`]).
+    cpu_wait_ms: f64,
+}
+
+impl RateRun {
+    fn from(h: &Histogram<u64>, requests: u64, errors: u64) -> RateRun {
+        let q = |x: f64| h.value_at_quantile(x) as f64 / 1000.0;
+        RateRun {
+            p50: q(0.5),
+            p99: q(0.99),
+            p999: q(0.999),
+            max: h.max() as f64 / 1000.0,
+            requests,
+            errors,
+            cpu_wait_ms: 0.0,
+        }
+    }
+}
+
+/// `fulcrum-bench l7-rate`: one constant-rate run against `addr` (any
+/// proxy), for interleaving by hand; one line of µs figures.
+pub fn rate_once(addr: SocketAddr, rate: u64, secs: u64, conns: u32, cpu: usize) -> Result<()> {
+    let (h, n, e) = constant_rate(addr, conns, rate, secs, cpu)?;
+    println!(
+        "p50_us={} p99_us={} p999_us={} max_us={} requests={n} errors={e}",
+        h.value_at_quantile(0.5),
+        h.value_at_quantile(0.99),
+        h.value_at_quantile(0.999),
+        h.max()
+    );
+    Ok(())
+}
+
 fn rss_kib(pid: u32) -> Result<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     s.lines()
@@ -619,11 +676,29 @@ pub fn run(o: Opts) -> Result<()> {
     // 2. Constant rate.
     let slowest = summary[..KINDS.len()].iter().map(|r| r.rps).fold(f64::INFINITY, f64::min);
     let rate = o.rate.unwrap_or(((slowest * 0.6) / 1000.0).floor().max(1.0) as u64 * 1000);
-    let mut cr = Vec::new();
-    for &k in &KINDS {
-        let (h, n, e) = constant_rate(setup.addr(k), o.connections, rate, o.secs, o.load_cpu)?;
-        eprintln!("l7: constant rate {rate}/s {}: p50 {} µs p99 {} µs p99.9 {} µs", k.name(), h.value_at_quantile(0.5), h.value_at_quantile(0.99), h.value_at_quantile(0.999));
-        cr.push((h, n, e));
+    // Interleaved rounds, the order rotated each round, so no proxy always
+    // runs first (or right after the same neighbour).
+    let mut cr: Vec<Vec<RateRun>> = vec![Vec::new(); KINDS.len()];
+    for round in 0..o.rate_rounds.max(1) {
+        for j in 0..KINDS.len() {
+            let i = (j + round) % KINDS.len();
+            let k = KINDS[i];
+            let waited = run_delay_ms(pids[i]);
+            let (h, n, e) = constant_rate(setup.addr(k), o.connections, rate, o.secs, o.load_cpu)?;
+            let mut r = RateRun::from(&h, n, e);
+            r.cpu_wait_ms = run_delay_ms(pids[i]) - waited;
+            eprintln!(
+                "l7: constant rate {rate}/s round {} {}: p50 {:.0} µs p99 {:.0} µs p99.9 {:.0} µs max {:.0} µs, waited for its CPU {:.0} ms",
+                round + 1,
+                k.name(),
+                r.p50 * 1e3,
+                r.p99 * 1e3,
+                r.p999 * 1e3,
+                r.max * 1e3,
+                r.cpu_wait_ms
+            );
+            cr[i].push(r);
+        }
     }
     drop(procs.drain(..));
 
@@ -675,11 +750,32 @@ pub fn run(o: Opts) -> Result<()> {
         let title = format!("closed loop, two workers on CPUs {},{}", o.proxy_cpu, o.load_cpu);
         closed_loop_table(&mut r, &title, summary2, runs2, "Two workers: ", false)?;
     }
-    writeln!(r, "| constant rate {rate} req/s, {} conns, CO-corrected (hdrhistogram) | p50 ms | p99 ms | p99.9 ms | max ms | requests | errors |", o.connections)?;
-    writeln!(r, "|---|---:|---:|---:|---:|---:|---:|")?;
-    for (i, (hst, n, e)) in cr.iter().enumerate() {
-        let q = |x: f64| hst.value_at_quantile(x) as f64 / 1000.0;
-        writeln!(r, "| {} | {:.3} | {:.3} | {:.3} | {:.3} | {n} | {e} |", KINDS[i].name(), q(0.5), q(0.99), q(0.999), hst.max() as f64 / 1000.0)?;
+    writeln!(
+        r,
+        "| constant rate {rate} req/s, {} conns, CO-corrected (hdrhistogram), medians of {} interleaved rounds of {} s | p50 ms | p99 ms | p99.9 ms | max ms | waited for CPU ms | requests | errors |",
+        o.connections,
+        o.rate_rounds.max(1),
+        o.secs
+    )?;
+    writeln!(r, "|---|---:|---:|---:|---:|---:|---:|---:|")?;
+    for (i, runs) in cr.iter().enumerate() {
+        let m = |f: fn(&RateRun) -> f64| med(&runs.iter().map(f).collect::<Vec<_>>());
+        let (n, e) = runs.iter().fold((0, 0), |(n, e), r| (n + r.requests, e + r.errors));
+        writeln!(
+            r,
+            "| {} | {:.3} | {:.3} | {:.3} | {:.3} | {:.0} | {n} | {e} |",
+            KINDS[i].name(),
+            m(|r| r.p50),
+            m(|r| r.p99),
+            m(|r| r.p999),
+            m(|r| r.max),
+            m(|r| r.cpu_wait_ms)
+        )?;
+    }
+    writeln!(r)?;
+    for (i, runs) in cr.iter().enumerate() {
+        let p99: Vec<String> = runs.iter().map(|r| format!("{:.2} ({:.0})", r.p99, r.cpu_wait_ms)).collect();
+        writeln!(r, "Constant rate per round p99 ms (ms waited for the CPU), {}: {}", KINDS[i].name(), p99.join(" "))?;
     }
     if !mem.is_empty() {
         writeln!(r, "\n| {} idle keep-alive client connections (fresh process) | RSS before KiB | after KiB | bytes/conn |", o.idle)?;

@@ -123,6 +123,10 @@ enum Bench {
         /// Constant-rate run's req/s (default: 60% of the slowest proxy's median).
         #[arg(long)]
         rate: Option<u64>,
+        /// Interleaved constant-rate rounds (each proxy once per round, the
+        /// order rotated); the table reports medians over rounds.
+        #[arg(long, default_value_t = 5)]
+        rate_rounds: usize,
         /// Run fulcrum-l7 on the polling driver instead of io_uring.
         #[arg(long)]
         polling: bool,
@@ -150,6 +154,21 @@ enum Bench {
         #[arg(long)]
         record: Option<PathBuf>,
     },
+    /// (internal) one constant-rate run of `l7` against `addr`: prints
+    /// p50/p99/p99.9/max in µs, requests and errors on one line.
+    #[command(hide = true)]
+    L7Rate {
+        #[arg(long)]
+        addr: std::net::SocketAddr,
+        #[arg(long)]
+        rate: u64,
+        #[arg(long, default_value_t = 5)]
+        secs: u64,
+        #[arg(long, default_value_t = 50)]
+        connections: u32,
+        #[arg(long, default_value_t = 1)]
+        cpu: usize,
+    },
     /// (internal) fulcrum-l7, started by `l7`.
     #[command(hide = true)]
     L7Proxy {
@@ -171,9 +190,10 @@ fn main() -> Result<()> {
         Bench::Xdp { repeat, rounds, cpu, conn_table_size, record } => xdp::run(repeat, rounds, cpu, conn_table_size, record),
         Bench::XdpPps { rounds, frames, flows, cpu, record } => xdp_pps::run(rounds, frames, flows, cpu, record),
         Bench::ControlPlane { vips, rounds, poll_ms, fulcrum, record } => control_plane::run(&vips, rounds, poll_ms, fulcrum, record),
-        Bench::L7 { rounds, secs, connections, proxy_cpu, load_cpu, idle, rate, polling, two_workers, record } => {
-            l7::run(l7::Opts { rounds, secs, connections, proxy_cpu, load_cpu, idle, rate, polling, two_workers, record })
+        Bench::L7 { rounds, secs, connections, proxy_cpu, load_cpu, idle, rate, rate_rounds, polling, two_workers, record } => {
+            l7::run(l7::Opts { rounds, secs, connections, proxy_cpu, load_cpu, idle, rate, rate_rounds, polling, two_workers, record })
         }
+        Bench::L7Rate { addr, rate, secs, connections, cpu } => l7::rate_once(addr, rate, secs, connections, cpu),
         Bench::Failover { rounds, adverts, fulcrum, record } => {
             failover::run(failover::Opts { rounds, adverts_ms: adverts, fulcrum, record })
         }

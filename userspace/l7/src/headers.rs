@@ -25,33 +25,59 @@ pub const HOP_BY_HOP: [HeaderName; 8] = [
     header::PROXY_AUTHORIZATION,
 ];
 
-/// Fields a Connection option must not remove. A client could otherwise
-/// strip the framing or the Host the proxy routed on
-/// (`Connection: Content-Length` is a known request-smuggling trick), so
-/// these are kept whatever Connection names.
-fn protected(name: &HeaderName) -> bool {
-    name == header::HOST || name == header::CONTENT_LENGTH
-}
-
 /// Removes the hop-by-hop fields: those listed in [`HOP_BY_HOP`] and every
 /// field named in a Connection header (RFC 9110 section 7.6.1), except
 /// Host and Content-Length. Connection may appear several times and each
 /// value is a comma-separated list of field names (case-insensitive);
 /// tokens that are not valid field names are ignored.
+///
+/// Runs twice per proxied request, so it looks up only what is there: one
+/// pass over the message's (few) field names finds the listed fields
+/// present, and the names in Connection are looked up as they are written
+/// (no allocation; they rarely name a field the message has).
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .filter(|n| !protected(n))
-        .collect();
-    for n in named {
-        headers.remove(n);
+    let mut present = 0u8;
+    for name in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
+            present |= 1 << i;
+        }
     }
-    for n in &HOP_BY_HOP {
-        headers.remove(n);
+    if present == 0 {
+        return;
+    }
+    // HOP_BY_HOP[0] is Connection.
+    if present & 1 != 0 {
+        let mut values = headers.get_all(header::CONNECTION).iter();
+        let first = values.next().cloned();
+        if values.next().is_none() {
+            headers.remove(header::CONNECTION);
+            if let Some(v) = first {
+                remove_named(headers, &v);
+            }
+        } else {
+            let all: Vec<HeaderValue> = headers.get_all(header::CONNECTION).iter().cloned().collect();
+            headers.remove(header::CONNECTION);
+            for v in &all {
+                remove_named(headers, v);
+            }
+        }
+    }
+    for (i, n) in HOP_BY_HOP.iter().enumerate().skip(1) {
+        if present & (1 << i) != 0 {
+            headers.remove(n);
+        }
+    }
+}
+
+/// Removes the fields a Connection value names, except the protected ones.
+fn remove_named(headers: &mut HeaderMap, connection: &HeaderValue) {
+    let Ok(v) = connection.to_str() else { return };
+    for t in v.split(',').map(str::trim) {
+        if t.is_empty() || t.eq_ignore_ascii_case("host") || t.eq_ignore_ascii_case("content-length") {
+            continue;
+        }
+        // An invalid name finds nothing.
+        headers.remove(t);
     }
 }
 
@@ -246,6 +272,12 @@ pub fn reverse_location(
 /// `Example.COM:8080` -> `example.com`, `[::1]:80` -> `[::1]`.
 /// `None` if the value is empty or not text.
 pub fn host_without_port(v: &str) -> Option<String> {
+    host_part(v).map(str::to_ascii_lowercase)
+}
+
+/// [`host_without_port`] as written (not lowercased): compare it with
+/// `eq_ignore_ascii_case`. No allocation, for the per-request Host check.
+pub(crate) fn host_part(v: &str) -> Option<&str> {
     let v = v.trim();
     let host = if v.starts_with('[') {
         // IPv6 literal: keep the brackets, drop what follows `]`.
@@ -253,11 +285,7 @@ pub fn host_without_port(v: &str) -> Option<String> {
     } else {
         v.rsplit_once(':').map_or(v, |(h, _)| h)
     };
-    if host.is_empty() {
-        None
-    } else {
-        Some(host.to_ascii_lowercase())
-    }
+    (!host.is_empty()).then_some(host)
 }
 
 #[cfg(test)]
@@ -288,6 +316,21 @@ mod tests {
         let mut names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
         names.sort();
         assert_eq!(names, vec!["content-length", "host", "trailer", "x-kept"]);
+        // One Connection value; names in any case; an invalid token and
+        // an empty one are ignored; nothing listed: nothing removed.
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, "X-Secret, bad token,, HOST".parse().unwrap());
+        h.insert("x-secret", "1".parse().unwrap());
+        h.insert(header::HOST, "a".parse().unwrap());
+        h.insert(header::UPGRADE, "h2c".parse().unwrap());
+        remove_hop_by_hop(&mut h);
+        let names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, vec!["host"]);
+        let mut h = HeaderMap::new();
+        h.insert("x-a", "1".parse().unwrap());
+        h.insert(header::HOST, "a".parse().unwrap());
+        remove_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 2);
     }
 
     #[test]
@@ -362,6 +405,8 @@ mod tests {
         assert_eq!(host_without_port("[::1]").as_deref(), Some("[::1]"));
         assert_eq!(host_without_port("").as_deref(), None);
         assert_eq!(host_without_port("[::1").as_deref(), None);
+        assert_eq!(host_part(" Example.COM:8080"), Some("Example.COM"));
+        assert_eq!(host_part(":80"), None);
     }
 
     #[test]

@@ -35,6 +35,7 @@ use std::{net::SocketAddr, time::Duration};
 
 pub mod access_log;
 pub mod balancer;
+mod deadline;
 pub mod headers;
 mod io;
 pub mod limits;

@@ -20,7 +20,7 @@ use std::{
     net::SocketAddr,
     pin::Pin,
     sync::atomic::{AtomicU64, Ordering},
-    task::{Context, Poll},
+    task::{Context, Poll, Waker},
     time::{Duration, Instant},
 };
 
@@ -278,7 +278,18 @@ pub(crate) enum Expired {
 /// deadline but never longer than the shortest limit, so a phase that
 /// starts while it sleeps is never overslept (a new phase's deadline is
 /// at least that far away).
-pub(crate) async fn watch(clock: &ConnClock, header_read_timeout: Duration) -> Expired {
+///
+/// The watchdog is polled beside hyper's connection, so on every wake-up
+/// of the connection's task; it is [`Gated`], so its timer is looked at
+/// only when that timer woke the task.
+pub(crate) fn watch(
+    clock: &ConnClock,
+    header_read_timeout: Duration,
+) -> impl Future<Output = Expired> + '_ {
+    Gated::new(watch_ungated(clock, header_read_timeout))
+}
+
+async fn watch_ungated(clock: &ConnClock, header_read_timeout: Duration) -> Expired {
     let step = header_read_timeout.min(clock.idle_limit.get());
     loop {
         let now = Instant::now();
@@ -301,6 +312,80 @@ pub(crate) async fn watch(clock: &ConnClock, header_read_timeout: Duration) -> E
         let step = step.min(clock.idle_limit.get());
         let wake = deadline.map_or(now + step, |d| d.min(now + step));
         compio::time::sleep_until(wake).await;
+    }
+}
+
+/// A future that is polled only when it woke its task itself (or the
+/// task's waker changed), whatever else wakes the task in between.
+///
+/// For a future that waits long and sits beside a busy one in the same
+/// task: a compio timer costs two map searches in the runtime's timer map
+/// per poll, and the connection's task is woken several times per
+/// request (bench/RESULTS.md, "l7cpu"). The inner future is polled with
+/// a waker of its own that records the wake-up and forwards it.
+pub(crate) struct Gated<F> {
+    inner: F,
+    gate: Option<std::sync::Arc<Gate>>,
+    /// The task's waker the gate forwards to, as last registered.
+    task: Option<Waker>,
+}
+
+/// The inner future's waker: marks that it was woken, then wakes the
+/// task.
+struct Gate {
+    woken: std::sync::atomic::AtomicBool,
+    task: std::sync::Mutex<Option<Waker>>,
+}
+
+impl std::task::Wake for Gate {
+    fn wake(self: std::sync::Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &std::sync::Arc<Self>) {
+        self.woken.store(true, Ordering::Release);
+        if let Some(w) = self.task.lock().expect("gate waker").as_ref() {
+            w.wake_by_ref();
+        }
+    }
+}
+
+impl<F> Gated<F> {
+    pub(crate) fn new(inner: F) -> Gated<F> {
+        Gated {
+            inner,
+            gate: None,
+            task: None,
+        }
+    }
+}
+
+impl<F: Future> Future for Gated<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        // SAFETY: `inner` is never moved out of the pinned `Gated`; the
+        // other fields are not structurally pinned.
+        let this = unsafe { self.get_unchecked_mut() };
+        let fresh = !this.task.as_ref().is_some_and(|w| w.will_wake(cx.waker()));
+        let gate = this.gate.get_or_insert_with(|| {
+            std::sync::Arc::new(Gate {
+                woken: std::sync::atomic::AtomicBool::new(false),
+                task: std::sync::Mutex::new(None),
+            })
+        });
+        if fresh {
+            *gate.task.lock().expect("gate waker") = Some(cx.waker().clone());
+            this.task = Some(cx.waker().clone());
+        } else if !gate.woken.load(Ordering::Acquire) {
+            return Poll::Pending;
+        }
+        // Cleared before the poll: a wake-up during it is seen next time.
+        gate.woken.store(false, Ordering::Release);
+        let waker = Waker::from(gate.clone());
+        // SAFETY: as above, `inner` stays pinned in place.
+        let inner = unsafe { Pin::new_unchecked(&mut this.inner) };
+        inner.poll(&mut Context::from_waker(&waker))
     }
 }
 
@@ -350,16 +435,18 @@ pub(crate) fn check_request<B>(req: &Request<B>, max_uri_len: usize) -> Result<(
         return Err(Violation::BadRequest);
     }
     if let Some(h) = host {
-        let named = h
-            .to_str()
-            .ok()
-            .and_then(crate::headers::host_without_port);
+        // Compared case-insensitively in place: this runs on every request.
+        let named = h.to_str().ok().and_then(crate::headers::host_part);
         if named.is_none() && !h.is_empty() {
             return Err(Violation::BadRequest);
         }
         if let Some(authority) = req.uri().authority() {
-            let uri_host = crate::headers::host_without_port(authority.as_str());
-            if uri_host != named {
+            let uri_host = crate::headers::host_part(authority.as_str());
+            let same = match (uri_host, named) {
+                (Some(a), Some(b)) => a.eq_ignore_ascii_case(b),
+                (a, b) => a.is_none() && b.is_none(),
+            };
+            if !same {
                 return Err(Violation::BadRequest);
             }
         }
@@ -402,7 +489,12 @@ pub(crate) struct GuardedBody {
     left: u64,
     deadline: Instant,
     timer: Option<Pin<Box<dyn Future<Output = ()>>>>,
-    fault: std::rc::Rc<BodyFault>,
+    /// Where the request path reads why the body stopped short. `None`
+    /// for a request without a body (nothing to report, and no
+    /// allocation per request for it).
+    fault: Option<std::rc::Rc<BodyFault>>,
+    /// Set when the body was cut here: nothing more is read.
+    cut: bool,
     peer: SocketAddr,
 }
 
@@ -411,7 +503,7 @@ impl GuardedBody {
         inner: Option<Incoming>,
         max: u64,
         deadline: Instant,
-        fault: std::rc::Rc<BodyFault>,
+        fault: Option<std::rc::Rc<BodyFault>>,
         peer: SocketAddr,
     ) -> GuardedBody {
         GuardedBody {
@@ -420,12 +512,20 @@ impl GuardedBody {
             deadline,
             timer: None,
             fault,
+            cut: false,
             peer,
         }
     }
 
+    fn set_fault(&mut self, v: Violation) {
+        self.cut = true;
+        if let Some(f) = &self.fault {
+            f.0.set(Some(v));
+        }
+    }
+
     fn refuse(&mut self, v: Violation) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        self.fault.0.set(Some(v));
+        self.set_fault(v);
         Poll::Ready(Some(Err(Box::new(BodyRefused(v)))))
     }
 }
@@ -441,7 +541,7 @@ impl Body for GuardedBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
-        if this.fault.get().is_some() {
+        if this.cut {
             return Poll::Ready(None);
         }
         let Some(inner) = this.inner.as_mut() else {
@@ -464,7 +564,7 @@ impl Body for GuardedBody {
             Poll::Ready(Some(Err(e))) => {
                 // The client broke its own body (malformed chunk, reset
                 // mid-body): its fault, never counted against the member.
-                this.fault.0.set(Some(Violation::BadRequest));
+                this.set_fault(Violation::BadRequest);
                 Poll::Ready(Some(Err(Box::new(e))))
             }
             Poll::Ready(None) => Poll::Ready(None),
@@ -482,7 +582,7 @@ impl Body for GuardedBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.fault.get().is_some() || self.inner.as_ref().is_none_or(Body::is_end_stream)
+        self.cut || self.inner.as_ref().is_none_or(Body::is_end_stream)
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -495,6 +595,56 @@ impl Body for GuardedBody {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A waker that counts its wake-ups.
+    struct Count(AtomicU64);
+
+    impl std::task::Wake for Count {
+        fn wake(self: std::sync::Arc<Self>) {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// `Gated` polls its future on the first poll, after the future woke
+    /// the task itself, and when the task's waker changes; not when
+    /// something else woke the task. The future's wake-up reaches the
+    /// task.
+    #[test]
+    fn gated_polls_only_on_its_own_wake() {
+        let polls = Cell::new(0);
+        let slot: std::cell::RefCell<Option<Waker>> = Default::default();
+        let inner = std::future::poll_fn(|cx| {
+            polls.set(polls.get() + 1);
+            *slot.borrow_mut() = Some(cx.waker().clone());
+            if polls.get() == 4 {
+                Poll::Ready(7)
+            } else {
+                Poll::Pending
+            }
+        });
+        let mut g = std::pin::pin!(Gated::new(inner));
+        let task = std::sync::Arc::new(Count(AtomicU64::new(0)));
+        let waker = Waker::from(task.clone());
+        let mut cx = Context::from_waker(&waker);
+        assert!(g.as_mut().poll(&mut cx).is_pending());
+        assert_eq!(polls.get(), 1, "first poll reaches the future");
+        assert!(g.as_mut().poll(&mut cx).is_pending());
+        assert!(g.as_mut().poll(&mut cx).is_pending());
+        assert_eq!(polls.get(), 1, "other wake-ups do not");
+        slot.borrow_mut().take().unwrap().wake();
+        assert_eq!(task.0.load(Ordering::Relaxed), 1, "its wake-up reaches the task");
+        assert!(g.as_mut().poll(&mut cx).is_pending());
+        assert_eq!(polls.get(), 2, "its own wake-up does");
+        assert!(g.as_mut().poll(&mut cx).is_pending());
+        assert_eq!(polls.get(), 2);
+        let other = std::sync::Arc::new(Count(AtomicU64::new(0)));
+        let other_waker = Waker::from(other.clone());
+        assert!(g.as_mut().poll(&mut Context::from_waker(&other_waker)).is_pending());
+        assert_eq!(polls.get(), 3, "a new task waker does");
+        slot.borrow_mut().take().unwrap().wake();
+        assert_eq!(other.0.load(Ordering::Relaxed), 1, "and gets the next wake-up");
+        assert_eq!(g.as_mut().poll(&mut Context::from_waker(&other_waker)), Poll::Ready(7));
+    }
 
     fn req(target: &str, hosts: &[&str]) -> Request<()> {
         let mut b = Request::get(target);

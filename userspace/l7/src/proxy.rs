@@ -29,6 +29,7 @@ use hyper::{
 use crate::{
     access_log,
     balancer::{new_balancer, Balancer},
+    deadline::Deadlines,
     headers,
     websocket,
     limits::{self, BodyFault, ConnClock, GuardedBody, LogLimiter, ProxyStats, Violation},
@@ -52,7 +53,10 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub(crate) struct Worker {
     snapshot: SharedSnapshot,
     connect_timeout: Duration,
-    response_timeout: Duration,
+    /// The response timeout of every exchange (see [`crate::deadline`]).
+    response_deadlines: Rc<Deadlines>,
+    /// Runs `response_deadlines`' sweeper; dropped with the worker.
+    _sweeper: JoinHandle<()>,
     request_timeout: Duration,
     max_uri_len: usize,
     max_body_size: u64,
@@ -67,9 +71,40 @@ pub(crate) struct Worker {
     balancers: RefCell<Balancers>,
     /// Seeds this worker's `p2c` generators (distinct per worker).
     seed: u64,
-    idle: RefCell<HashMap<SocketAddr, Vec<Upstream>>>,
+    idle: RefCell<AddrMap<Vec<Upstream>>>,
     /// The Host value for each member address, rendered once.
-    host_values: RefCell<HashMap<SocketAddr, HeaderValue>>,
+    host_values: RefCell<AddrMap<HeaderValue>>,
+}
+
+/// A map keyed by member address, looked up twice per request (idle
+/// pool, Host value). The keys come from the configuration, not from
+/// clients, so the std map's SipHash (a defence against chosen keys)
+/// buys nothing here; FNV-1a with a final mix is a fraction of its cost.
+type AddrMap<V> = HashMap<SocketAddr, V, std::hash::BuildHasherDefault<AddrHasher>>;
+
+/// FNV-1a over the bytes a `SocketAddr` hashes, then the splitmix64
+/// finaliser (hashbrown takes its tag from the top bits).
+struct AddrHasher(u64);
+
+impl Default for AddrHasher {
+    fn default() -> AddrHasher {
+        AddrHasher(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl std::hash::Hasher for AddrHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+
+    fn finish(&self) -> u64 {
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
 }
 
 /// The balancers of the snapshot they were built for, one per pool.
@@ -105,16 +140,20 @@ pub(crate) async fn upgraded(up: Upstream) -> Option<(crate::io::Stream, Bytes)>
 }
 
 impl Worker {
+    /// Call on the worker's runtime: it spawns the worker's response
+    /// timeout sweeper there.
     pub(crate) fn new(
         snapshot: SharedSnapshot,
         config: &ProxyConfig,
         stats: Arc<ProxyStats>,
         access_log: Option<access_log::Sender>,
     ) -> Worker {
+        let response_deadlines = Deadlines::new(config.response_timeout);
         Worker {
             snapshot,
             connect_timeout: config.connect_timeout,
-            response_timeout: config.response_timeout,
+            response_deadlines: response_deadlines.clone(),
+            _sweeper: compio::runtime::spawn(response_deadlines.sweep()),
             request_timeout: config.request_timeout,
             max_uri_len: config.max_uri_len,
             max_body_size: config.max_body_size,
@@ -137,8 +176,8 @@ impl Worker {
                     .map_or(0, |d| d.as_nanos() as u64);
                 n.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ t
             },
-            idle: RefCell::new(HashMap::new()),
-            host_values: RefCell::new(HashMap::new()),
+            idle: RefCell::new(AddrMap::default()),
+            host_values: RefCell::new(AddrMap::default()),
         }
     }
 
@@ -354,8 +393,9 @@ impl Worker {
             && !websocket
             && pool.members.len() > 1)
             .then(|| (parts.method.clone(), parts.uri.clone(), parts.headers.clone()));
+        // Only a body can fail on the client's side.
+        let fault = (!body.is_end_stream()).then(|| Rc::new(BodyFault::default()));
         let mut first = Some((parts, body));
-        let fault = Rc::new(BodyFault::default());
 
         // Pick a member and get a connection; on a connect failure try
         // another member (the request has not left the proxy yet, so this
@@ -442,8 +482,10 @@ impl Worker {
             // reads.
             let t0 = (p2c || self.access_log.is_some()).then(Instant::now);
             let mut upstream_us = None;
-            let sent =
-                compio::time::timeout(self.response_timeout, up.sender.send_request(up_req)).await;
+            let sent = self
+                .response_deadlines
+                .timeout(up.sender.send_request(up_req))
+                .await;
             if let Some(t) = t0 {
                 // Time to the response head, in microseconds; a failure or a
                 // 5xx counts as at least the penalty (see `P2c`).
@@ -466,7 +508,7 @@ impl Worker {
                 Ok(Err(e)) => {
                     // The client's body broke the exchange (too large, too
                     // slow): the client's fault, not the member's.
-                    if let Some(v) = fault.get() {
+                    if let Some(v) = fault.as_ref().and_then(|f| f.get()) {
                         return Ok(self.refuse(v, peer, &"request body refused while forwarding"));
                     }
                     MemberStats::add(&stats.failures, 1);
@@ -599,7 +641,10 @@ impl Worker {
                 }
             }
         }
-        self.connect(addr).await
+        // Boxed: the connect and handshake futures are most of this
+        // future's size, which every request's handler future (moved into
+        // place by hyper per request) would otherwise carry.
+        Box::pin(self.connect(addr)).await
     }
 }
 

@@ -179,11 +179,13 @@ impl Shutdown {
 pub(crate) struct Drain {
     draining: std::cell::Cell<bool>,
     live: std::cell::Cell<usize>,
-    next_id: std::cell::Cell<u64>,
-    /// Wakers of the live connection tasks (to see `draining`), by
-    /// connection: removed when the connection ends, so a finished task's
-    /// waker (and with it the task's memory) is not kept.
-    wakers: std::cell::RefCell<std::collections::HashMap<u64, Waker>>,
+    /// Wakers of the live connection tasks (to see `draining`), indexed by
+    /// connection id: cleared when the connection ends, so a finished
+    /// task's waker (and with it the task's memory) is not kept. A slab,
+    /// not a map: it is looked up on every wake-up of every connection.
+    wakers: std::cell::RefCell<Vec<Option<Waker>>>,
+    /// Ids of ended connections, for reuse.
+    free_ids: std::cell::RefCell<Vec<usize>>,
     /// The worker waiting for `live` to reach 0.
     idle: std::cell::RefCell<Option<Waker>>,
 }
@@ -191,27 +193,22 @@ pub(crate) struct Drain {
 impl Drain {
     fn start(&self) {
         self.draining.set(true);
-        let wakers = std::mem::take(&mut *self.wakers.borrow_mut());
-        for (_, w) in wakers {
+        let wakers: Vec<Waker> = self.wakers.borrow_mut().iter_mut().filter_map(Option::take).collect();
+        for w in wakers {
             w.wake();
         }
     }
 
     /// Whether the drain has begun; if not, connection `id`'s `waker` is
     /// woken when it does.
-    fn draining(&self, id: u64, waker: &Waker) -> bool {
+    fn draining(&self, id: usize, waker: &Waker) -> bool {
         if self.draining.get() {
             return true;
         }
-        match self.wakers.borrow_mut().entry(id) {
-            std::collections::hash_map::Entry::Occupied(mut e) => {
-                if !e.get().will_wake(waker) {
-                    e.insert(waker.clone());
-                }
-            }
-            std::collections::hash_map::Entry::Vacant(e) => {
-                e.insert(waker.clone());
-            }
+        let mut wakers = self.wakers.borrow_mut();
+        let slot = &mut wakers[id];
+        if !slot.as_ref().is_some_and(|w| w.will_wake(waker)) {
+            *slot = Some(waker.clone());
         }
         false
     }
@@ -228,20 +225,24 @@ impl Drain {
 
 /// Counts one connection as live for as long as it exists; `.1` is its
 /// id in [`Drain`].
-struct Live(Rc<Drain>, u64);
+struct Live(Rc<Drain>, usize);
 
 impl Live {
     fn new(d: Rc<Drain>) -> Live {
         d.live.set(d.live.get() + 1);
-        let id = d.next_id.get();
-        d.next_id.set(id + 1);
+        let id = d.free_ids.borrow_mut().pop().unwrap_or_else(|| {
+            let mut w = d.wakers.borrow_mut();
+            w.push(None);
+            w.len() - 1
+        });
         Live(d, id)
     }
 }
 
 impl Drop for Live {
     fn drop(&mut self) {
-        self.0.wakers.borrow_mut().remove(&self.1);
+        self.0.wakers.borrow_mut()[self.1] = None;
+        self.0.free_ids.borrow_mut().push(self.1);
         self.0.live.set(self.0.live.get() - 1);
         if self.0.live.get() == 0 {
             if let Some(w) = self.0.idle.borrow_mut().take() {
@@ -813,9 +814,11 @@ where
     let outcome = {
         let mut conn = Pin::new(&mut conn);
         let mut asked_to_close = false;
-        // Armed while the connection is idle; when it fires the idle
-        // period is checked again (it may have ended and a new one begun),
-        // so a busy connection sets at most one timer per `park_after`.
+        // Armed when the connection goes idle and kept when a request
+        // comes (not re-armed per request: a timer costs an insertion and
+        // a removal in compio's timer map); when it fires the idle period
+        // is checked again (it may have ended and a new one begun), so a
+        // busy connection sets at most one timer per `park_after`.
         let mut park_timer: Option<Pin<Box<dyn Future<Output = ()>>>> = None;
         poll_fn(|cx| loop {
             if !asked_to_close && c.live.0.draining(c.live.1, cx.waker()) {
@@ -837,11 +840,11 @@ where
                 c.ctl.requests.get() > first_request && !c.clock.unsent()
             });
             let Some(since) = idle else {
-                park_timer = None;
                 return Poll::Pending;
             };
+            // Gated: this closure runs on every wake-up of the connection.
             let timer = park_timer.get_or_insert_with(|| {
-                Box::pin(compio::time::sleep_until(since + park_after))
+                Box::pin(limits::Gated::new(compio::time::sleep_until(since + park_after)))
             });
             if timer.as_mut().poll(cx).is_pending() {
                 return Poll::Pending;
