@@ -27,7 +27,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::{
     limits::{self, ConnClock, Expired, ProxyStats, Violation},
-    park::ParkCtl,
+    park::{Event, Lot, ParkCtl},
     proxy::Worker,
     snapshot::SharedSnapshot,
     ProxyConfig,
@@ -216,6 +216,14 @@ impl Drain {
         false
     }
 
+    /// An id for a waiter that is not a connection (the parking lot's
+    /// task), for [`Drain::draining`].
+    fn waiter_id(&self) -> u64 {
+        let id = self.next_id.get();
+        self.next_id.set(id + 1);
+        id
+    }
+
     /// Ready when no connection is left.
     fn poll_idle(&self, waker: &Waker) -> Poll<()> {
         if self.live.get() == 0 {
@@ -233,9 +241,20 @@ struct Live(Rc<Drain>, u64);
 impl Live {
     fn new(d: Rc<Drain>) -> Live {
         d.live.set(d.live.get() + 1);
-        let id = d.next_id.get();
-        d.next_id.set(id + 1);
+        let id = d.waiter_id();
         Live(d, id)
+    }
+
+    /// Whether the drain has begun (without registering for it).
+    fn draining_now(&self) -> bool {
+        self.0.draining.get()
+    }
+
+    /// Forgets the waker this connection registered: its task is ending
+    /// and the connection goes to the parking lot, whose task the drain
+    /// wakes instead (a kept waker would keep the ended task's memory).
+    fn forget_waker(&self) {
+        self.0.wakers.borrow_mut().remove(&self.1);
     }
 }
 
@@ -518,6 +537,9 @@ fn worker_main(args: WorkerArgs, ready: mpsc::Sender<(usize, io::Result<()>)>) {
         }
         let worker = Rc::new(Worker::new(snapshot, &config, stats, access_log));
         let drain = Rc::new(Drain::default());
+        let lot = Rc::new(Lot::new());
+        compio::runtime::spawn(run_lot(lot.clone(), drain.clone(), worker.clone(), config.clone()))
+            .detach();
         let loops: Vec<_> = compio_listeners
             .into_iter()
             .zip(addrs)
@@ -525,8 +547,11 @@ fn worker_main(args: WorkerArgs, ready: mpsc::Sender<(usize, io::Result<()>)>) {
                 compio::runtime::spawn(accept_loop(
                     l,
                     addr,
-                    worker.clone(),
-                    config.clone(),
+                    Ctx {
+                        worker: worker.clone(),
+                        config: config.clone(),
+                        lot: lot.clone(),
+                    },
                     shutdown.clone(),
                     drain.clone(),
                 ))
@@ -568,11 +593,18 @@ fn build_runtime(args: &WorkerArgs, defer_taskrun: bool) -> io::Result<compio::r
     builder.build()
 }
 
+/// What every connection task of a worker shares.
+#[derive(Clone)]
+struct Ctx {
+    worker: Rc<Worker>,
+    config: Arc<ProxyConfig>,
+    lot: Rc<Lot<Client>>,
+}
+
 async fn accept_loop(
     listener: TcpListener,
     addr: SocketAddr,
-    worker: Rc<Worker>,
-    config: Arc<ProxyConfig>,
+    ctx: Ctx,
     shutdown: Arc<Shutdown>,
     drain: Rc<Drain>,
 ) {
@@ -589,9 +621,19 @@ async fn accept_loop(
             None => return,
             Some(Ok((stream, peer))) => {
                 let _ = stream.set_nodelay(true);
-                let live = Live::new(drain.clone());
-                let task = serve(stream, addr, peer, worker.clone(), config.clone(), live);
-                compio::runtime::spawn(task).detach();
+                ctx.worker
+                    .stats
+                    .connections
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let client = Client {
+                    socket: stream,
+                    kept: Box::default(),
+                    listener: addr,
+                    peer,
+                    live: Live::new(drain.clone()),
+                    idle_since: None,
+                };
+                compio::runtime::spawn(serve(client, ctx.clone())).detach();
             }
             Some(Err(e)) => {
                 // EMFILE, ENFILE, ENOBUFS: back off instead of spinning on
@@ -603,31 +645,85 @@ async fn accept_loop(
     }
 }
 
-/// One client connection: hyper serves it; after `park_after` idle it is
-/// parked (see [`crate::park`]) and a new hyper connection takes over on
-/// its next byte, as often as it goes idle, until it closes, times out, or
-/// the worker drains.
-///
-/// The hyper connection lives in its own boxed future (`run_http`), so
-/// while parked this task holds only the stream (with the receive in
-/// flight, see `park`), the service's handles and the watchdog.
-async fn serve(
-    stream: compio::net::TcpStream,
+/// A client connection between tasks: accepted, or parked in the
+/// worker's [`Lot`] and about to be served again.
+struct Client {
+    socket: compio::net::TcpStream,
+    /// Bytes read ahead before the park (a partial pipelined head, say),
+    /// served first; empty (no allocation) otherwise.
+    kept: Box<[u8]>,
     listener: SocketAddr,
     peer: SocketAddr,
-    worker: Rc<Worker>,
-    config: Arc<ProxyConfig>,
     live: Live,
-) {
-    worker
-        .stats
-        .connections
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let clock = Rc::new(ConnClock::new(config.header_read_timeout));
-    // Kept to write a 408 after hyper's connection is gone, and to wait
-    // for readability while parked; compio closes the descriptor only when
-    // this and every operation naming it are done.
-    let fd = compio::driver::ToSharedFd::to_shared_fd(&stream);
+    /// `Some` once parked: when its last response ended (the keep-alive
+    /// timeout counts from there).
+    idle_since: Option<std::time::Instant>,
+}
+
+/// The worker's parking lot task (see [`crate::park`]): serves a parked
+/// connection again when its socket is readable, closes it when its
+/// keep-alive time runs out, and closes every parked connection at once
+/// when the worker drains.
+async fn run_lot(lot: Rc<Lot<Client>>, drain: Rc<Drain>, worker: Rc<Worker>, config: Arc<ProxyConfig>) {
+    let id = drain.waiter_id();
+    let ctx = Ctx {
+        worker,
+        config,
+        lot: lot.clone(),
+    };
+    loop {
+        let event = poll_fn(|cx| {
+            if drain.draining(id, cx.waker()) {
+                return Poll::Ready(None);
+            }
+            lot.poll_event(cx).map(Some)
+        })
+        .await;
+        match event {
+            None => {
+                // Idle: nothing in flight to finish.
+                drop(lot.close_all());
+                return;
+            }
+            Some(Event::Readable(client, Ok(()))) => {
+                compio::runtime::spawn(serve(client, ctx.clone())).detach();
+            }
+            Some(Event::Readable(client, Err(e))) => {
+                tracing::debug!(client = %client.peer, error = %e, "parked connection failed");
+            }
+            Some(Event::Expired(_)) => {
+                ctx.worker
+                    .stats
+                    .idle_closed
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// One client connection: hyper serves it; after `park_after` idle it is
+/// parked in the worker's [`Lot`] (see [`crate::park`]) and this task
+/// ends; the lot spawns a new one with a new hyper connection on its next
+/// byte, as often as it goes idle, until it closes, times out, or the
+/// worker drains.
+async fn serve(client: Client, ctx: Ctx) {
+    let Client {
+        socket,
+        kept,
+        listener,
+        peer,
+        live,
+        idle_since,
+    } = client;
+    let Ctx { worker, config, lot } = ctx;
+    let clock = Rc::new(match idle_since {
+        None => ConnClock::new(config.header_read_timeout),
+        Some(t) => ConnClock::resumed(t, config.keepalive_timeout),
+    });
+    // Kept to write a 408 after hyper's connection is gone; compio closes
+    // the descriptor only when this and every operation naming it are
+    // done.
+    let fd = compio::driver::ToSharedFd::to_shared_fd(&socket);
     let ctl = Rc::new(ParkCtl::default());
     let client_ip = http::HeaderValue::from_str(&peer.ip().to_string())
         .expect("an IP address is a valid header value");
@@ -662,7 +758,7 @@ async fn serve(
             }
         })
     };
-    let mut stream = crate::io::Stream::with_clock(stream, crate::io::CLIENT_BUF, Some(clock.clone()));
+    let mut stream = crate::io::Stream::resumed(socket, crate::io::CLIENT_BUF, clock.clone(), kept);
     let mut watch = pin!(limits::watch(&clock, config.header_read_timeout));
     let conn = Conn {
         peer,
@@ -674,71 +770,47 @@ async fn serve(
         slot: &slot,
         fd: &fd,
     };
-    loop {
-        // Boxed: hyper's connection is the bulk of this task's state and
-        // is freed while parked.
+    let (stream, readable) = loop {
+        // Boxed: hyper's connection is the bulk of this task's state.
         let round = Box::pin(run_http(&conn, stream, svc, watch.as_mut())).await;
         let Round::Parked {
             stream: s,
             service,
+            readable,
             fresh,
         } = round
         else {
             return;
         };
+        if !fresh {
+            break (s, readable);
+        }
         stream = s;
         svc = service;
-        if fresh {
-            // Input no receive waits for (end of stream, unread bytes).
-            continue;
-        }
-        worker
-            .stats
-            .parked
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        // With a receive in flight (hyper's, left by the park), its
-        // completion is the wake-up and its bytes are kept (it cannot be
-        // cancelled without risking them, see docs/l7.md); without one, a
-        // poll for readability that holds no buffer.
-        let mut readable = (!stream.receiving()).then(|| {
-            let op = compio::driver::op::PollOnce::new(fd.clone(), compio::driver::op::Interest::Readable);
-            Box::pin(compio::runtime::submit(op))
-        });
-        let woke = poll_fn(|cx| {
-            if live.0.draining(live.1, cx.waker()) {
-                // Idle: nothing in flight to finish.
-                return Poll::Ready(Woke::Drain);
-            }
-            let ready = match readable.as_mut() {
-                Some(op) => op.as_mut().poll(cx).map(|compio::BufResult(r, _)| r.map(drop)),
-                None => stream.poll_settle_recv(cx),
-            };
-            if let Poll::Ready(r) = ready {
-                return Poll::Ready(Woke::Readable(r));
-            }
-            watch.as_mut().poll(cx).map(Woke::Expired)
-        })
-        .await;
-        match woke {
-            Woke::Readable(Ok(())) => {}
-            Woke::Readable(Err(e)) => {
-                tracing::debug!(client = %peer, error = %e, "parked connection failed");
-                return;
-            }
-            Woke::Expired(e) => {
-                conn.expired(e).await;
-                return;
-            }
-            Woke::Drain => return,
-        }
+    };
+    if live.draining_now() {
+        // The lot's task closes what it holds and parks nothing new.
+        return;
     }
-}
-
-/// How a parked connection's wait ended.
-enum Woke {
-    Readable(io::Result<()>),
-    Expired(Expired),
-    Drain,
+    let (Some(since), Some(deadline)) = (clock.idle_since(), clock.idle_deadline()) else {
+        return;
+    };
+    worker
+        .stats
+        .parked
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let readable = readable.unwrap_or_else(|| crate::park::readable(stream.fd()));
+    let (socket, kept) = stream.into_parked(&[]);
+    live.forget_waker();
+    let client = Client {
+        socket,
+        kept,
+        listener,
+        peer,
+        live,
+        idle_since: Some(since),
+    };
+    lot.park(client, readable, deadline);
 }
 
 /// What one client connection's serve loop and its hyper rounds share.
@@ -761,13 +833,15 @@ enum Round<S> {
     /// Closed, timed out, failed, or upgraded and tunnelled to its end:
     /// the client connection is done.
     Done,
-    /// Parked: hyper's connection is gone; `stream` keeps only the bytes
-    /// hyper had read ahead (if any) and the receive in flight (if any).
-    /// `fresh`: the stream has input no receive is waiting for (unread
-    /// bytes, end of stream): serve it at once.
+    /// Parked: hyper's connection is gone; `stream` holds the bytes hyper
+    /// had read ahead (if any) in front of its unread ones, and no
+    /// receive; `readable` is the readability poll hyper's last read left
+    /// in flight, if any. `fresh`: the stream had input hyper had not
+    /// read (unread bytes, end of stream): serve it at once.
     Parked {
         stream: crate::io::Stream,
         service: S,
+        readable: Option<crate::park::Readable>,
         fresh: bool,
     },
 }
@@ -809,7 +883,10 @@ where
     let park_after = c.config.park_after;
     // Not pinned on the stack: after a 101, or when parking, the
     // connection is taken apart (`into_parts`) to get the stream back.
-    let mut conn = http.serve_connection(crate::park::ParkIo::new(stream, c.ctl.clone()), svc);
+    let mut conn = http.serve_connection(
+        crate::park::ParkIo::new(stream, c.ctl.clone(), c.clock.clone()),
+        svc,
+    );
     let outcome = {
         let mut conn = Pin::new(&mut conn);
         let mut asked_to_close = false;
@@ -833,8 +910,12 @@ where
             if asked_to_close || c.ctl.parking.get() {
                 return Poll::Pending;
             }
+            // Not with a receive in flight: it could not be taken back
+            // without risking its bytes (see `park::ParkIo`).
             let idle = c.clock.idle_since().filter(|_| {
-                c.ctl.requests.get() > first_request && !c.clock.unsent()
+                c.ctl.requests.get() > first_request
+                    && !c.clock.unsent()
+                    && !c.ctl.receiving.get()
             });
             let Some(since) = idle else {
                 park_timer = None;
@@ -880,14 +961,23 @@ where
         }
         (Ok(Ok(())), None) if c.ctl.parking.get() => {
             let parts = conn.into_parts();
-            let mut stream = parts.io.stream;
-            // hyper's read-ahead (a partial head) is kept; the receive
-            // hyper left in flight stays (see `park`).
-            stream.park(&parts.read_buf);
-            let fresh = stream.has_input() && !stream.receiving();
+            let crate::park::ParkIo {
+                mut stream,
+                readable,
+                ..
+            } = parts.io;
+            // Received bytes hyper has not seen (or the end of the
+            // stream): serve them at once, with no wait.
+            let fresh = stream.has_input();
+            if !parts.read_buf.is_empty() {
+                // hyper's read-ahead (a partial head) is read first.
+                let (socket, kept) = stream.into_parked(&parts.read_buf);
+                stream = crate::io::Stream::resumed(socket, crate::io::CLIENT_BUF, c.clock.clone(), kept);
+            }
             return Round::Parked {
                 stream,
                 service: parts.service,
+                readable,
                 fresh,
             };
         }
