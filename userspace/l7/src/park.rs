@@ -1,29 +1,28 @@
 //! Parking idle keep-alive client connections.
 //!
 //! hyper keeps an 8 KiB read buffer, an 8 KiB write buffer and the boxed
-//! request handler for the life of a connection, and the connection's
-//! task holds its future (~1.5 KB) and a watchdog timer: most of the
-//! ~18 KB an idle client connection cost (`bench/RESULTS.md`, l7). HAProxy
-//! and nginx hold about 1 KB because they release their buffers between
-//! requests. Parking does the same on top of hyper: after
+//! request handler for the life of a connection, and a connection's task
+//! holds its future (~1.5 KB) and a watchdog timer: most of the ~18 KB an
+//! idle client connection cost (`bench/RESULTS.md`, l7). HAProxy and nginx
+//! hold about 1 KB because they release their buffers between requests.
+//! Parking does the same on top of hyper: after
 //! [`crate::ProxyConfig::park_after`] idle, the serve task
 //! (`runtime::serve`) asks hyper to close the idle connection
 //! (`graceful_shutdown`; hyper writes nothing when no request is in
-//! progress), takes it apart (`into_parts`), frees every buffer, hands the
-//! socket (with the bytes hyper read ahead, if any) to its worker's
-//! [`Lot`], and ends. A parked connection is an entry in the lot's table,
-//! not a task: the socket, the kept bytes, the connection's identity and a
-//! readability poll in flight that holds no buffer (compio's `PollOnce`:
-//! `IORING_OP_POLL_ADD`, or epoll on the polling driver). The lot's one
-//! task spawns a new serve task for an entry whose socket became readable
-//! (a new hyper connection, the kept bytes first), and closes entries whose
-//! keep-alive time ran out, with one timer for all of them.
+//! progress), takes it apart (`into_parts`), frees every buffer, hands a
+//! descriptor of the socket (with the bytes hyper read ahead, if any) to
+//! its worker's [`Lot`], and ends. A parked connection is a slot in the
+//! lot's table and an item in the lot's epoll set, not a task, an
+//! operation or an allocation. The lot's one task spawns a new serve task
+//! for an entry whose socket became readable (a new hyper connection, the
+//! kept bytes first), and closes entries whose keep-alive time ran out,
+//! with one timer for all of them.
 //!
 //! No receive (and no receive buffer) is in flight at the park: [`ParkIo`]
 //! waits for readability before it lets the stream submit a receive when
-//! the next bytes are not expected soon (after a request's head, see
-//! [`ParkIo`]). A receive could not be taken back without risking the
-//! bytes it carries (`docs/l7.md`, "Parking idle connections").
+//! the next bytes are not expected soon (see [`ParkIo`]). A receive could
+//! not be taken back without risking the bytes it carries (`docs/l7.md`,
+//! "Parking idle connections"); a poll can.
 //!
 //! This module holds [`ParkIo`], the stream as hyper sees it, [`ParkCtl`],
 //! what the serve loop shares with it, and the [`Lot`].
@@ -34,10 +33,11 @@ use std::{
     collections::BinaryHeap,
     future::Future,
     io,
+    os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
     pin::Pin,
     rc::Rc,
-    task::{ready, Context, Poll, RawWaker, RawWakerVTable, Waker},
-    time::Instant,
+    task::{ready, Context, Poll, Waker},
+    time::{Duration, Instant},
 };
 
 use compio::{
@@ -49,15 +49,6 @@ use compio::{
 };
 
 use crate::{io::Stream, limits::ConnClock};
-
-/// A readability poll in flight on a client socket: it owns nothing but a
-/// reference to the descriptor.
-pub(crate) type Readable = Submit<PollOnce<SharedFd<socket2::Socket>>>;
-
-/// Submits a readability poll on `fd`.
-pub(crate) fn readable(fd: &SharedFd<socket2::Socket>) -> Readable {
-    compio::runtime::submit(PollOnce::new(fd.clone(), Interest::Readable))
-}
 
 /// What the serve loop shares with the [`ParkIo`] inside hyper's
 /// connection (one per client connection).
@@ -96,9 +87,9 @@ pub(crate) struct ParkIo {
     pub(crate) stream: Stream,
     ctl: Rc<ParkCtl>,
     clock: Rc<ConnClock>,
-    /// The readability poll in flight, if any; handed to the [`Lot`] at
-    /// the park.
-    pub(crate) readable: Option<Readable>,
+    /// The readability poll in flight, if any (cancelled with the
+    /// connection at the park: a poll carries no data).
+    readable: Option<Submit<PollOnce<SharedFd<socket2::Socket>>>>,
 }
 
 impl ParkIo {
@@ -129,7 +120,8 @@ impl hyper::rt::Read for ParkIo {
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         if this.readable.is_none() && this.poll_first() {
-            this.readable = Some(readable(this.stream.fd()));
+            let op = PollOnce::new(this.stream.fd().clone(), Interest::Readable);
+            this.readable = Some(compio::runtime::submit(op));
         }
         if let Some(op) = this.readable.as_mut() {
             let compio::BufResult(r, _) = ready!(Pin::new(op).poll(cx));
@@ -179,28 +171,26 @@ impl hyper::rt::Write for ParkIo {
     }
 }
 
-/// What happened to a parked connection (see [`Lot::poll_event`]).
-pub(crate) enum Event<T> {
-    /// Its socket is readable (a request, the end of the stream), or its
-    /// poll failed: serve it again, or close it on the error.
-    Readable(T, io::Result<()>),
-    /// Its keep-alive time ran out: close it.
-    Expired(T),
-}
-
 /// A worker's parked connections (see the module docs): a table of
 /// entries, each a connection `T` (what the serve loop needs to serve it
-/// again: the socket, kept bytes, addresses, ...) with its readability
-/// poll in flight and its deadline, and one timer for all deadlines.
+/// again: its own descriptor, kept bytes, addresses, ...), and
 ///
-/// The entries' polls wake the lot's task through a waker that carries
-/// the entry's slot and generation (no allocation per entry; see
-/// [`entry_waker`]). Deadlines are a min-heap of (deadline, slot,
-/// generation); a connection that leaves the lot leaves its heap record
-/// behind, dropped when it comes up (or when stale records outnumber the
-/// live ones).
+/// - an epoll set holding every parked socket (`EPOLLIN | EPOLLRDHUP`,
+///   one-shot), its event's data word the entry's slot and generation;
+///   the lot waits for the epoll descriptor's readability with one
+///   compio `PollOnce` for all entries, then collects the ready ones with
+///   a non-blocking `epoll_wait`. No operation, buffer or allocation per
+///   entry: what a parked connection holds is its slot in the table and
+///   the kernel's epoll item (which is not process memory). Not the
+///   request path: a socket enters the set at the park and leaves it
+///   when its connection is served again;
+/// - a min-heap of (deadline, slot, generation) and one timer for the
+///   earliest: a connection that leaves the lot leaves its heap record
+///   behind, dropped when it comes up (or when stale records outnumber
+///   live ones).
 pub(crate) struct Lot<T> {
     inner: RefCell<Inner<T>>,
+    epoll: SharedFd<OwnedFd>,
 }
 
 struct Inner<T> {
@@ -209,11 +199,27 @@ struct Inner<T> {
     free: Vec<u32>,
     len: usize,
     deadlines: BinaryHeap<Reverse<(Instant, u32, u32)>>,
+    /// Data words of epoll events not handled yet.
+    ready: Vec<u64>,
+    /// The poll for the epoll descriptor's readability, once submitted.
+    wait: Option<Submit<PollOnce<SharedFd<OwnedFd>>>>,
     /// When to return freed memory to the kernel (see [`TRIM_DELAY`]).
     trim_at: Option<Instant>,
     /// The lot's one timer (the earliest deadline or `trim_at`), and
     /// when it fires.
     timer: Option<(Instant, Pin<Box<dyn Future<Output = ()>>>)>,
+    /// The lot's task, woken when an entry comes in (its deadline may be
+    /// the earliest).
+    task: Option<Waker>,
+}
+
+struct Slot<T> {
+    /// Bumped whenever the slot is vacated, so an event or a heap record
+    /// for a previous occupant is recognised and ignored.
+    generation: u32,
+    /// The parked socket (owned by `conn`).
+    fd: RawFd,
+    conn: Option<T>,
 }
 
 /// After a park, the lot gives the memory the allocator holds free back
@@ -223,173 +229,179 @@ struct Inner<T> {
 /// connections hundreds of hyper connections (~20 KB each) are live at
 /// once; after they park, glibc keeps their freed pages resident (it
 /// returns only the top of its heap by itself), which was most of the
-/// memory per idle connection (`bench/RESULTS.md`, l7mem). One trim walks
-/// the allocator's free lists: about a millisecond here per 10 MB free.
-const TRIM_DELAY: std::time::Duration = std::time::Duration::from_millis(200);
+/// memory per idle connection (`bench/RESULTS.md`, l7mem). A trim walks
+/// the allocator's free lists (see there for its cost).
+const TRIM_DELAY: Duration = Duration::from_millis(200);
 
-struct Slot<T> {
-    /// Bumped whenever the slot is vacated, so a wake or a heap record for
-    /// a previous occupant is recognised and ignored.
-    generation: u32,
-    entry: Option<Entry<T>>,
+/// Events taken per `epoll_wait` call.
+const EVENTS: usize = 64;
+
+fn pack(slot: u32, generation: u32) -> u64 {
+    (u64::from(generation) << 32) | u64::from(slot)
 }
 
-struct Entry<T> {
-    conn: T,
-    readable: Readable,
-    deadline: Instant,
-}
-
-thread_local! {
-    /// Entries whose poll woke (packed slot and generation, see
-    /// [`entry_waker`]), for this thread's lot. One lot per worker thread.
-    static WOKEN: RefCell<Vec<usize>> = const { RefCell::new(Vec::new()) };
-    /// The waker of this thread's lot task.
-    static LOT_TASK: RefCell<Option<Waker>> = const { RefCell::new(None) };
-}
-
-// Slot and generation are packed into a waker's data word.
-const _: () = assert!(usize::BITS >= 64);
-
-fn pack(slot: u32, generation: u32) -> usize {
-    ((generation as usize) << 32) | slot as usize
-}
-
-fn unpack(word: usize) -> (u32, u32) {
+fn unpack(word: u64) -> (u32, u32) {
     (word as u32, (word >> 32) as u32)
 }
 
-static ENTRY_WAKER: RawWakerVTable =
-    RawWakerVTable::new(entry_waker_clone, entry_wake, entry_wake, entry_waker_drop);
-
-/// The waker an entry's poll is registered with: its data word is the
-/// entry's packed slot and generation (no allocation). Waking it records
-/// the entry in this thread's `WOKEN` list and wakes the lot's task. The
-/// driver wakes it on the worker's thread, where the lot lives.
-fn entry_waker(slot: u32, generation: u32) -> Waker {
-    let data = std::ptr::without_provenance::<()>(pack(slot, generation));
-    // SAFETY: the vtable's functions only copy or read the data word,
-    // which is not a pointer; cloning and waking are valid on any thread
-    // (a wake on another thread would only be lost, not unsound).
-    unsafe { Waker::from_raw(RawWaker::new(data, &ENTRY_WAKER)) }
+/// What happened to a parked connection (see [`Lot::poll_event`]).
+pub(crate) enum Event<T> {
+    /// Its socket is readable (a request, the end of the stream, an
+    /// error): serve it again.
+    Readable(T),
+    /// Its keep-alive time ran out: close it.
+    Expired(T),
 }
-
-unsafe fn entry_waker_clone(data: *const ()) -> RawWaker {
-    RawWaker::new(data, &ENTRY_WAKER)
-}
-
-unsafe fn entry_wake(data: *const ()) {
-    WOKEN.with(|w| w.borrow_mut().push(data.addr()));
-    LOT_TASK.with(|t| {
-        if let Some(t) = t.borrow().as_ref() {
-            t.wake_by_ref();
-        }
-    });
-}
-
-unsafe fn entry_waker_drop(_: *const ()) {}
 
 impl<T> Lot<T> {
-    /// An empty lot. One per worker thread (the entries' wakers find it
-    /// through thread-local state).
-    pub(crate) fn new() -> Lot<T> {
-        Lot {
+    /// An empty lot with its epoll set. Errors: `epoll_create1`'s.
+    pub(crate) fn new() -> io::Result<Lot<T>> {
+        // SAFETY: a plain syscall; the descriptor is owned from here on.
+        let ep = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        if ep < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `ep` is a new descriptor nothing else owns.
+        let epoll = SharedFd::new(unsafe { OwnedFd::from_raw_fd(ep) });
+        Ok(Lot {
             inner: RefCell::new(Inner {
                 slots: Vec::new(),
                 free: Vec::new(),
                 len: 0,
                 deadlines: BinaryHeap::new(),
+                ready: Vec::new(),
+                wait: None,
                 trim_at: None,
                 timer: None,
+                task: None,
             }),
-        }
+            epoll,
+        })
     }
 
-    /// Parks `conn` until `readable` completes (its socket's readability
-    /// poll, already in flight or not yet submitted) or `deadline` passes.
-    pub(crate) fn park(&self, conn: T, readable: Readable, deadline: Instant) {
+    /// Parks `conn`, whose socket is `fd` (owned by `conn`), until the
+    /// socket is readable or `deadline` passes. Gives `conn` back if the
+    /// socket cannot join the epoll set (it is then closed by the caller).
+    pub(crate) fn park(&self, conn: T, fd: RawFd, deadline: Instant) -> Result<(), (T, io::Error)> {
         let mut inner = self.inner.borrow_mut();
         let slot = match inner.free.pop() {
             Some(s) => s,
             None => {
                 inner.slots.push(Slot {
                     generation: 0,
-                    entry: None,
+                    fd: -1,
+                    conn: None,
                 });
                 u32::try_from(inner.slots.len() - 1).expect("fewer than 2^32 parked connections")
             }
         };
-        let s = &mut inner.slots[slot as usize];
-        s.entry = Some(Entry {
-            conn,
-            readable,
-            deadline,
-        });
-        let generation = s.generation;
-        inner.len += 1;
-        if inner.trim_at.is_none() {
-            inner.trim_at = Some(Instant::now() + TRIM_DELAY);
+        let generation = inner.slots[slot as usize].generation;
+        let mut ev = libc::epoll_event {
+            events: (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLONESHOT) as u32,
+            u64: pack(slot, generation),
+        };
+        // SAFETY: both descriptors are open; `ev` outlives the call.
+        let r = unsafe { libc::epoll_ctl(self.epoll.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut ev) };
+        if r < 0 {
+            inner.free.push(slot);
+            return Err((conn, io::Error::last_os_error()));
         }
+        let s = &mut inner.slots[slot as usize];
+        s.fd = fd;
+        s.conn = Some(conn);
+        inner.len += 1;
         inner.deadlines.push(Reverse((deadline, slot, generation)));
         if inner.deadlines.len() > 2 * inner.len + 1024 {
-            // Stale records (connections that left) outnumber live ones.
             let Inner { slots, deadlines, .. } = &mut *inner;
             deadlines.retain(|Reverse((_, s, g))| {
                 let s = &slots[*s as usize];
-                s.generation == *g && s.entry.is_some()
+                s.generation == *g && s.conn.is_some()
             });
         }
-        drop(inner);
-        // Its first poll (submission, or a completion that already came)
-        // happens in the lot's task, with the entry's own waker.
-        WOKEN.with(|w| w.borrow_mut().push(pack(slot, generation)));
-        LOT_TASK.with(|t| {
-            if let Some(t) = t.borrow().as_ref() {
-                t.wake_by_ref();
-            }
-        });
+        if inner.trim_at.is_none() {
+            inner.trim_at = Some(Instant::now() + TRIM_DELAY);
+        }
+        if let Some(t) = inner.task.as_ref() {
+            t.wake_by_ref();
+        }
+        Ok(())
     }
 
-    fn take(inner: &mut Inner<T>, slot: u32) -> Entry<T> {
+    /// Takes slot `slot`'s connection out of the lot and its socket out of
+    /// the epoll set.
+    fn take(&self, inner: &mut Inner<T>, slot: u32) -> T {
         let s = &mut inner.slots[slot as usize];
-        let e = s.entry.take().expect("an occupied slot");
+        let conn = s.conn.take().expect("an occupied slot");
+        // SAFETY: `s.fd` is still open (owned by `conn`). An error (the
+        // socket is not in the set) changes nothing.
+        unsafe {
+            libc::epoll_ctl(self.epoll.as_raw_fd(), libc::EPOLL_CTL_DEL, s.fd, std::ptr::null_mut());
+        }
         s.generation = s.generation.wrapping_add(1);
+        s.fd = -1;
         inner.free.push(slot);
         inner.len -= 1;
-        e
+        conn
+    }
+
+    /// Moves the epoll set's ready events to `inner.ready` (non-blocking).
+    fn collect(&self, inner: &mut Inner<T>) {
+        let mut events = [libc::epoll_event { events: 0, u64: 0 }; EVENTS];
+        loop {
+            // SAFETY: `events` has room for `EVENTS` entries.
+            let n = unsafe { libc::epoll_wait(self.epoll.as_raw_fd(), events.as_mut_ptr(), EVENTS as i32, 0) };
+            if n <= 0 {
+                // Nothing ready, or EINTR: the poll is armed again and
+                // reports what is left.
+                return;
+            }
+            let n = n as usize;
+            inner.ready.extend(events[..n].iter().map(|e| e.u64));
+            if n < EVENTS {
+                return;
+            }
+        }
     }
 
     /// The next event: an entry whose socket is readable, or one past its
     /// deadline. The entry leaves the lot. Pending otherwise, with this
-    /// task woken by the next readable entry or the earliest deadline.
+    /// task woken by a readable entry, the earliest deadline or a new
+    /// entry.
     pub(crate) fn poll_event(&self, cx: &mut Context<'_>) -> Poll<Event<T>> {
-        LOT_TASK.with(|t| {
-            let mut t = t.borrow_mut();
-            if !t.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-                *t = Some(cx.waker().clone());
-            }
-        });
+        let mut inner = self.inner.borrow_mut();
+        if !inner.task.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            inner.task = Some(cx.waker().clone());
+        }
         loop {
-            let Some(word) = WOKEN.with(|w| w.borrow_mut().pop()) else {
-                break;
-            };
-            let (slot, generation) = unpack(word);
-            let mut inner = self.inner.borrow_mut();
-            let Some(s) = inner.slots.get_mut(slot as usize) else {
-                continue;
-            };
-            if s.generation != generation {
-                continue;
+            while let Some(word) = inner.ready.pop() {
+                let (slot, generation) = unpack(word);
+                let current = inner
+                    .slots
+                    .get(slot as usize)
+                    .is_some_and(|s| s.generation == generation && s.conn.is_some());
+                if current {
+                    return Poll::Ready(Event::Readable(self.take(&mut inner, slot)));
+                }
             }
-            let Some(e) = s.entry.as_mut() else { continue };
-            let waker = entry_waker(slot, generation);
-            let polled = Pin::new(&mut e.readable).poll(&mut Context::from_waker(&waker));
-            if let Poll::Ready(compio::BufResult(r, _)) = polled {
-                let e = Self::take(&mut inner, slot);
-                return Poll::Ready(Event::Readable(e.conn, r.map(drop)));
+            let epoll = &self.epoll;
+            let wait = inner
+                .wait
+                .get_or_insert_with(|| compio::runtime::submit(PollOnce::new(epoll.clone(), Interest::Readable)));
+            match Pin::new(wait).poll(cx) {
+                Poll::Ready(compio::BufResult(r, _)) => {
+                    inner.wait = None;
+                    if let Err(e) = r {
+                        // Not expected; the next poll is submitted anyway.
+                        tracing::warn!(error = %e, "L7 parking lot: poll of the epoll set failed");
+                    }
+                    self.collect(&mut inner);
+                    if inner.ready.is_empty() {
+                        break;
+                    }
+                }
+                Poll::Pending => break,
             }
         }
-        let mut inner = self.inner.borrow_mut();
         loop {
             let now = Instant::now();
             if inner.trim_at.is_some_and(|t| now >= t) {
@@ -400,16 +412,13 @@ impl<T> Lot<T> {
             let mut next = None;
             while let Some(&Reverse((deadline, slot, generation))) = inner.deadlines.peek() {
                 let s = &inner.slots[slot as usize];
-                let current = s.generation == generation
-                    && s.entry.as_ref().is_some_and(|e| e.deadline == deadline);
-                if !current {
+                if s.generation != generation || s.conn.is_none() {
                     inner.deadlines.pop();
                     continue;
                 }
                 if now >= deadline {
                     inner.deadlines.pop();
-                    let e = Self::take(&mut inner, slot);
-                    return Poll::Ready(Event::Expired(e.conn));
+                    return Poll::Ready(Event::Expired(self.take(&mut inner, slot)));
                 }
                 next = Some(deadline);
                 break;
@@ -429,14 +438,13 @@ impl<T> Lot<T> {
         }
     }
 
-    /// Takes every parked connection out of the lot (their polls are
-    /// cancelled when the returned entries are dropped).
+    /// Takes every parked connection out of the lot.
     pub(crate) fn close_all(&self) -> Vec<T> {
         let mut inner = self.inner.borrow_mut();
         let mut out = Vec::with_capacity(inner.len);
         for slot in 0..inner.slots.len() {
-            if inner.slots[slot].entry.is_some() {
-                out.push(Self::take(&mut inner, slot as u32).conn);
+            if inner.slots[slot].conn.is_some() {
+                out.push(self.take(&mut inner, slot as u32));
             }
         }
         inner.deadlines.clear();
@@ -451,14 +459,5 @@ fn trim() {
     // SAFETY: malloc_trim only walks and releases glibc's free lists.
     unsafe {
         libc::malloc_trim(0);
-    }
-}
-
-impl<T> Drop for Lot<T> {
-    fn drop(&mut self) {
-        // The worker's runtime is going away: forget its task's waker and
-        // any wakes of entries that no longer exist.
-        LOT_TASK.with(|t| t.borrow_mut().take());
-        WOKEN.with(|w| w.borrow_mut().clear());
     }
 }

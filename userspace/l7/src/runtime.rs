@@ -537,7 +537,13 @@ fn worker_main(args: WorkerArgs, ready: mpsc::Sender<(usize, io::Result<()>)>) {
         }
         let worker = Rc::new(Worker::new(snapshot, &config, stats, access_log));
         let drain = Rc::new(Drain::default());
-        let lot = Rc::new(Lot::new());
+        let lot = match Lot::new() {
+            Ok(l) => Rc::new(l),
+            Err(e) => {
+                let _ = ready.send((index, Err(e)));
+                return;
+            }
+        };
         compio::runtime::spawn(run_lot(lot.clone(), drain.clone(), worker.clone(), config.clone()))
             .detach();
         let loops: Vec<_> = compio_listeners
@@ -598,7 +604,7 @@ fn build_runtime(args: &WorkerArgs, defer_taskrun: bool) -> io::Result<compio::r
 struct Ctx {
     worker: Rc<Worker>,
     config: Arc<ProxyConfig>,
-    lot: Rc<Lot<Client>>,
+    lot: Rc<Lot<Parked>>,
 }
 
 async fn accept_loop(
@@ -660,11 +666,23 @@ struct Client {
     idle_since: Option<std::time::Instant>,
 }
 
+/// A connection in the worker's [`Lot`] (see [`crate::park`]).
+struct Parked {
+    /// Its own descriptor of the socket (a duplicate: compio's is closed
+    /// with the operations that named it).
+    fd: std::os::fd::OwnedFd,
+    kept: Box<[u8]>,
+    listener: SocketAddr,
+    peer: SocketAddr,
+    live: Live,
+    idle_since: std::time::Instant,
+}
+
 /// The worker's parking lot task (see [`crate::park`]): serves a parked
 /// connection again when its socket is readable, closes it when its
 /// keep-alive time runs out, and closes every parked connection at once
 /// when the worker drains.
-async fn run_lot(lot: Rc<Lot<Client>>, drain: Rc<Drain>, worker: Rc<Worker>, config: Arc<ProxyConfig>) {
+async fn run_lot(lot: Rc<Lot<Parked>>, drain: Rc<Drain>, worker: Rc<Worker>, config: Arc<ProxyConfig>) {
     let id = drain.waiter_id();
     let ctx = Ctx {
         worker,
@@ -685,11 +703,23 @@ async fn run_lot(lot: Rc<Lot<Client>>, drain: Rc<Drain>, worker: Rc<Worker>, con
                 drop(lot.close_all());
                 return;
             }
-            Some(Event::Readable(client, Ok(()))) => {
+            Some(Event::Readable(p)) => {
+                let socket = match compio::net::TcpStream::from_std(std::net::TcpStream::from(p.fd)) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::debug!(client = %p.peer, error = %e, "parked connection failed");
+                        continue;
+                    }
+                };
+                let client = Client {
+                    socket,
+                    kept: p.kept,
+                    listener: p.listener,
+                    peer: p.peer,
+                    live: p.live,
+                    idle_since: Some(p.idle_since),
+                };
                 compio::runtime::spawn(serve(client, ctx.clone())).detach();
-            }
-            Some(Event::Readable(client, Err(e))) => {
-                tracing::debug!(client = %client.peer, error = %e, "parked connection failed");
             }
             Some(Event::Expired(_)) => {
                 ctx.worker
@@ -770,20 +800,19 @@ async fn serve(client: Client, ctx: Ctx) {
         slot: &slot,
         fd: &fd,
     };
-    let (stream, readable) = loop {
+    let stream = loop {
         // Boxed: hyper's connection is the bulk of this task's state.
         let round = Box::pin(run_http(&conn, stream, svc, watch.as_mut())).await;
         let Round::Parked {
             stream: s,
             service,
-            readable,
             fresh,
         } = round
         else {
             return;
         };
         if !fresh {
-            break (s, readable);
+            break s;
         }
         stream = s;
         svc = service;
@@ -795,22 +824,35 @@ async fn serve(client: Client, ctx: Ctx) {
     let (Some(since), Some(deadline)) = (clock.idle_since(), clock.idle_deadline()) else {
         return;
     };
-    worker
-        .stats
-        .parked
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let readable = readable.unwrap_or_else(|| crate::park::readable(stream.fd()));
     let (socket, kept) = stream.into_parked(&[]);
+    // The lot's own descriptor: compio's may stay open a little longer,
+    // until the cancelled poll of hyper's last read completes.
+    let fd = match std::os::fd::AsFd::as_fd(&socket).try_clone_to_owned() {
+        Ok(fd) => fd,
+        Err(e) => {
+            tracing::debug!(client = %peer, error = %e, "could not park a connection");
+            return;
+        }
+    };
+    let raw = std::os::fd::AsRawFd::as_raw_fd(&fd);
     live.forget_waker();
-    let client = Client {
-        socket,
+    let parked = Parked {
+        fd,
         kept,
         listener,
         peer,
         live,
-        idle_since: Some(since),
+        idle_since: since,
     };
-    lot.park(client, readable, deadline);
+    match lot.park(parked, raw, deadline) {
+        Ok(()) => {
+            worker
+                .stats
+                .parked
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        Err((_, e)) => tracing::debug!(client = %peer, error = %e, "could not park a connection"),
+    }
 }
 
 /// What one client connection's serve loop and its hyper rounds share.
@@ -835,13 +877,11 @@ enum Round<S> {
     Done,
     /// Parked: hyper's connection is gone; `stream` holds the bytes hyper
     /// had read ahead (if any) in front of its unread ones, and no
-    /// receive; `readable` is the readability poll hyper's last read left
-    /// in flight, if any. `fresh`: the stream had input hyper had not
-    /// read (unread bytes, end of stream): serve it at once.
+    /// receive. `fresh`: the stream had input hyper had not read (unread
+    /// bytes, end of stream): serve it at once.
     Parked {
         stream: crate::io::Stream,
         service: S,
-        readable: Option<crate::park::Readable>,
         fresh: bool,
     },
 }
@@ -961,11 +1001,10 @@ where
         }
         (Ok(Ok(())), None) if c.ctl.parking.get() => {
             let parts = conn.into_parts();
-            let crate::park::ParkIo {
-                mut stream,
-                readable,
-                ..
-            } = parts.io;
+            // hyper's last read may have left a readability poll in
+            // flight: dropped with `parts.io`, which cancels it (a poll
+            // carries no data; the lot polls again).
+            let mut stream = parts.io.stream;
             // Received bytes hyper has not seen (or the end of the
             // stream): serve them at once, with no wait.
             let fresh = stream.has_input();
@@ -977,7 +1016,6 @@ where
             return Round::Parked {
                 stream,
                 service: parts.service,
-                readable,
                 fresh,
             };
         }
