@@ -79,10 +79,11 @@ pub(crate) struct ParkCtl {
 /// waiting for the next request (or watching for the end of the stream
 /// while it answers). A receive submitted then would hold its buffer
 /// (4 KiB) for as long as the client idles, and could not be taken back
-/// at the park; a readability poll holds none, and the receive follows
-/// when it completes. It costs one more operation per keep-alive request
-/// (measured in `bench/RESULTS.md`, l7mem). The first request's head and
-/// a head in progress are read at once (their bytes are expected now).
+/// at the park; a readability poll (compio's `PollOnce`) holds none, and
+/// when it completes the bytes are read at once (see
+/// [`ParkIo::read_ready`]). The first request's head and a head in
+/// progress are read with the stream's receive (their bytes are expected
+/// now).
 pub(crate) struct ParkIo {
     pub(crate) stream: Stream,
     ctl: Rc<ParkCtl>,
@@ -99,6 +100,47 @@ impl ParkIo {
             ctl,
             clock,
             readable: None,
+        }
+    }
+
+    /// After the readability poll: reads what is there straight into
+    /// hyper's buffer with a non-blocking `recv(2)`. `None` when nothing
+    /// was there after all (the stream's receive follows).
+    ///
+    /// Why not the stream's receive: it would be a second operation, and a
+    /// second wake-up of the connection, per keep-alive request; the
+    /// readability poll alone, with this read, costs what the stream's one
+    /// receive cost (`bench/RESULTS.md`, l7mem), and copies once less.
+    fn read_ready(&mut self, cursor: &mut hyper::rt::ReadBufCursor<'_>) -> Option<io::Result<()>> {
+        // SAFETY: only initialised bytes are written into the slice (by
+        // the kernel), and the cursor is advanced by exactly their count.
+        let dst = unsafe { cursor.as_mut() };
+        if dst.is_empty() {
+            return None;
+        }
+        // SAFETY: `dst` is valid for writes of `dst.len()` bytes; the
+        // descriptor is open (the stream owns it).
+        let n = unsafe {
+            libc::recv(
+                std::os::fd::AsRawFd::as_raw_fd(self.stream.fd()),
+                dst.as_mut_ptr().cast(),
+                dst.len(),
+                libc::MSG_DONTWAIT,
+            )
+        };
+        match usize::try_from(n) {
+            // End of stream: hyper sees a read of nothing.
+            Ok(0) => Some(Ok(())),
+            Ok(n) => {
+                // SAFETY: the kernel wrote `n` bytes at the slice's start.
+                unsafe { cursor.advance(n) };
+                self.clock.received();
+                Some(Ok(()))
+            }
+            Err(_) => {
+                let e = io::Error::last_os_error();
+                (e.kind() != io::ErrorKind::WouldBlock).then_some(Err(e))
+            }
         }
     }
 
@@ -123,10 +165,14 @@ impl hyper::rt::Read for ParkIo {
             let op = PollOnce::new(this.stream.fd().clone(), Interest::Readable);
             this.readable = Some(compio::runtime::submit(op));
         }
+        let mut cursor = cursor;
         if let Some(op) = this.readable.as_mut() {
             let compio::BufResult(r, _) = ready!(Pin::new(op).poll(cx));
             this.readable = None;
             r?;
+            if let Some(r) = this.read_ready(&mut cursor) {
+                return Poll::Ready(r);
+            }
         }
         let r = Pin::new(&mut this.stream).poll_read(cx, cursor);
         this.ctl.receiving.set(this.stream.receiving());
