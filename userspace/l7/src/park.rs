@@ -418,6 +418,9 @@ impl<T> Lot<T> {
         if !inner.task.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
             inner.task = Some(cx.waker().clone());
         }
+        // Readiness of the epoll descriptor that yielded no event (not
+        // expected): bounded, so the task cannot spin.
+        let mut empty = 0;
         loop {
             while let Some(word) = inner.ready.pop() {
                 let (slot, generation) = unpack(word);
@@ -442,8 +445,15 @@ impl<T> Lot<T> {
                     }
                     self.collect(&mut inner);
                     if inner.ready.is_empty() {
-                        break;
+                        empty += 1;
+                        if empty > 1 {
+                            // Yield, and poll again on the next run.
+                            cx.waker().wake_by_ref();
+                            break;
+                        }
                     }
+                    // The loop submits the next poll: one must be in
+                    // flight whenever the task waits.
                 }
                 Poll::Pending => break,
             }

@@ -192,6 +192,7 @@ both_drivers!(
     head_timeout_after_a_park_gets_408,
     shutdown_closes_parked_connections_at_once,
     upgrade_after_a_park,
+    many_connections_park_wake_and_park_again,
 );
 
 fn idle_connection_is_parked_and_served_again(driver: DriverChoice) {
@@ -403,4 +404,35 @@ fn upgrade_after_a_park(driver: DriverChoice) {
     assert_eq!(&echo, b"HELLO");
     assert_eq!(parked(&p), 1);
     p.shutdown();
+}
+
+/// More parked connections than the lot takes from its epoll set in one
+/// call, all woken at once, each answered on its own connection; then all
+/// parked again in the slots freed (their generations bumped); then
+/// closed by the shutdown.
+fn many_connections_park_wake_and_park_again(driver: DriverChoice) {
+    const N: usize = 150;
+    let b = Backend::start();
+    let p = proxy(driver, &b, |_| {});
+    let mut conns: Vec<TcpStream> = (0..N).map(|_| connect(&p)).collect();
+    for (i, s) in conns.iter_mut().enumerate() {
+        s.write_all(get(&format!("/a{i}")).as_bytes()).unwrap();
+        assert_eq!(read_one(s), (200, format!("path=/a{i}")));
+    }
+    wait_for("every connection parked", || parked(&p) == N as u64);
+    for (i, s) in conns.iter_mut().enumerate() {
+        s.write_all(get(&format!("/b{i}")).as_bytes()).unwrap();
+    }
+    for (i, s) in conns.iter_mut().enumerate() {
+        assert_eq!(read_one(s), (200, format!("path=/b{i}")));
+    }
+    wait_for("every connection parked again", || parked(&p) == 2 * N as u64);
+    assert_eq!(b.hits.load(Ordering::SeqCst), 2 * N);
+    assert_eq!(p.stats().connections.load(Ordering::Relaxed), N as u64);
+    p.shutdown();
+    for s in &mut conns {
+        let mut rest = Vec::new();
+        s.read_to_end(&mut rest).unwrap();
+        assert!(rest.is_empty(), "{rest:?}");
+    }
 }
