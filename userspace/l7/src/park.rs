@@ -122,7 +122,7 @@ impl ParkIo {
         // descriptor is open (the stream owns it).
         let n = unsafe {
             libc::recv(
-                std::os::fd::AsRawFd::as_raw_fd(self.stream.fd()),
+                self.stream.fd().as_raw_fd(),
                 dst.as_mut_ptr().cast(),
                 dst.len(),
                 libc::MSG_DONTWAIT,
@@ -253,11 +253,14 @@ struct Inner<T> {
     trim_at: Option<Instant>,
     /// The lot's one timer (the earliest deadline or `trim_at`), and
     /// when it fires.
-    timer: Option<(Instant, Pin<Box<dyn Future<Output = ()>>>)>,
+    timer: Option<(Instant, Sleep)>,
     /// The lot's task, woken when an entry comes in (its deadline may be
     /// the earliest).
     task: Option<Waker>,
 }
+
+/// A compio timer.
+type Sleep = Pin<Box<dyn Future<Output = ()>>>;
 
 struct Slot<T> {
     /// Bumped whenever the slot is vacated, so an event or a heap record
