@@ -645,22 +645,35 @@ pub fn run(o: Opts) -> Result<()> {
     let (fi, hi) = (0, 2);
     let mut r = String::new();
     writeln!(r, "\n## l7 — {}\n", crate::now())?;
-    writeln!(
-        r,
-        "`cargo xtask bench l7{}{}` ({} interleaved rounds of {} s, medians; wrk -t1 -c{} keep-alive, 6-byte body; \
-         one proxy worker pinned to CPU {} with taskset, backend (nginx `return 200`) and load generator on CPU {}; \
-         fulcrum driver {}; {}; {})\n",
-        if o.polling { " --polling" } else { "" },
-        if o.memory_only { " --memory-only" } else { "" },
-        o.rounds,
-        o.secs,
-        o.connections,
-        o.proxy_cpu,
-        o.load_cpu,
-        if o.polling { "polling" } else { "io_uring" },
-        versions,
-        crate::machine()
-    )?;
+    if o.memory_only {
+        writeln!(
+            r,
+            "`fulcrum-bench l7 --memory-only{}` (memory row only: one fresh process per proxy pinned to CPU {}, \
+             backend (nginx `return 200`) on CPU {}; fulcrum driver {}; {}; {})\n",
+            if o.polling { " --polling" } else { "" },
+            o.proxy_cpu,
+            o.load_cpu,
+            if o.polling { "polling" } else { "io_uring" },
+            versions,
+            crate::machine()
+        )?;
+    } else {
+        writeln!(
+            r,
+            "`cargo xtask bench l7{}` ({} interleaved rounds of {} s, medians; wrk -t1 -c{} keep-alive, 6-byte body; \
+             one proxy worker pinned to CPU {} with taskset, backend (nginx `return 200`) and load generator on CPU {}; \
+             fulcrum driver {}; {}; {})\n",
+            if o.polling { " --polling" } else { "" },
+            o.rounds,
+            o.secs,
+            o.connections,
+            o.proxy_cpu,
+            o.load_cpu,
+            if o.polling { "polling" } else { "io_uring" },
+            versions,
+            crate::machine()
+        )?;
+    }
     if let Some((runs, summary, rate, cr)) = &load {
         closed_loop_table(&mut r, "closed loop (wrk)", summary, runs, "", true)?;
         if let Some((runs2, summary2)) = &two {
