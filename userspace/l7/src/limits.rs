@@ -281,10 +281,10 @@ impl ConnClock {
         self.idle_since().map(|t| t + self.idle_limit.get())
     }
 
-    /// Whether bytes of a request head have arrived and its head is not
-    /// complete.
-    pub(crate) fn reading_head(&self) -> bool {
-        self.phase.get() == Phase::Head
+    /// When the request head in progress began (its first byte), or
+    /// `None` when no head is in progress.
+    pub(crate) fn head_since(&self) -> Option<Instant> {
+        (self.phase.get() == Phase::Head).then(|| self.since.get())
     }
 }
 

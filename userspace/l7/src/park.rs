@@ -50,6 +50,15 @@ use compio::{
 
 use crate::{io::Stream, limits::ConnClock};
 
+/// A wait for the next request shorter than this counts towards a hot
+/// connection (see [`ParkIo`]). Loopback round trips under load are tens
+/// to hundreds of µs; a client across a network, or a person, takes
+/// longer.
+const HOT_GAP: Duration = Duration::from_millis(1);
+
+/// Consecutive short waits that make a connection hot (see [`ParkIo`]).
+const HOT_AFTER: u8 = 3;
+
 /// What the serve loop shares with the [`ParkIo`] inside hyper's
 /// connection (one per client connection).
 #[derive(Default)]
@@ -84,10 +93,22 @@ pub(crate) struct ParkCtl {
 /// [`ParkIo::read_ready`]). The first request's head and a head in
 /// progress are read with the stream's receive (their bytes are expected
 /// now).
+///
+/// A *hot* connection, whose last [`HOT_AFTER`] requests each came within
+/// [`HOT_GAP`] of the previous response's end (a load generator, a client
+/// next to the proxy in a busy loop), also waits with the stream's
+/// receive: the poll and the `recv(2)` cost one system call more per
+/// request than the one receive (~0.5 µs, 3-4% of a proxied request,
+/// `bench/RESULTS.md`, l7mem). Such a connection is not parked while that
+/// receive waits; its next request, if it comes after a longer wait, makes
+/// it cold again (and it is closed at the keep-alive timeout otherwise).
 pub(crate) struct ParkIo {
     pub(crate) stream: Stream,
     ctl: Rc<ParkCtl>,
     clock: Rc<ConnClock>,
+    /// Consecutive waits for a request that ended within [`HOT_GAP`]
+    /// (saturating at [`HOT_AFTER`]).
+    short_waits: u8,
     /// The readability poll in flight, if any (cancelled with the
     /// connection at the park: a poll carries no data).
     readable: Option<Submit<PollOnce<SharedFd<socket2::Socket>>>>,
@@ -99,6 +120,7 @@ impl ParkIo {
             stream,
             ctl,
             clock,
+            short_waits: 0,
             readable: None,
         }
     }
@@ -144,11 +166,25 @@ impl ParkIo {
         }
     }
 
+    /// After a read that ended a wait for the next request (the
+    /// connection was idle since `idle_since`): counts whether the request
+    /// came within [`HOT_GAP`].
+    fn count_wait(&mut self, idle_since: Option<Instant>) {
+        if let (Some(idle), Some(head)) = (idle_since, self.clock.head_since()) {
+            self.short_waits = if head.saturating_duration_since(idle) < HOT_GAP {
+                self.short_waits.saturating_add(1).min(HOT_AFTER)
+            } else {
+                0
+            };
+        }
+    }
+
     /// Whether the next read waits for readability first (see the type's
     /// docs).
     fn poll_first(&self) -> bool {
         self.ctl.requests.get() > 0
-            && !self.clock.reading_head()
+            && self.short_waits < HOT_AFTER
+            && self.clock.head_since().is_none()
             && !self.stream.has_input()
             && !self.stream.receiving()
     }
@@ -161,6 +197,8 @@ impl hyper::rt::Read for ParkIo {
         cursor: hyper::rt::ReadBufCursor<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        // Set when this read is the wait for the next request.
+        let idle_since = this.clock.idle_since();
         if this.readable.is_none() && this.poll_first() {
             let op = PollOnce::new(this.stream.fd().clone(), Interest::Readable);
             this.readable = Some(compio::runtime::submit(op));
@@ -171,11 +209,15 @@ impl hyper::rt::Read for ParkIo {
             this.readable = None;
             r?;
             if let Some(r) = this.read_ready(&mut cursor) {
+                this.count_wait(idle_since);
                 return Poll::Ready(r);
             }
         }
         let r = Pin::new(&mut this.stream).poll_read(cx, cursor);
         this.ctl.receiving.set(this.stream.receiving());
+        if r.is_ready() {
+            this.count_wait(idle_since);
+        }
         r
     }
 }

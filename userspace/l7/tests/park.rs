@@ -193,6 +193,7 @@ both_drivers!(
     shutdown_closes_parked_connections_at_once,
     upgrade_after_a_park,
     many_connections_park_wake_and_park_again,
+    back_to_back_requests_then_idle_parks,
 );
 
 fn idle_connection_is_parked_and_served_again(driver: DriverChoice) {
@@ -435,4 +436,27 @@ fn many_connections_park_wake_and_park_again(driver: DriverChoice) {
         s.read_to_end(&mut rest).unwrap();
         assert!(rest.is_empty(), "{rest:?}");
     }
+}
+
+/// Requests back to back (a hot connection: it may wait with a receive,
+/// which is not parked), then idle, a request, idle again: parked by then
+/// at the latest, and served again.
+fn back_to_back_requests_then_idle_parks(driver: DriverChoice) {
+    let b = Backend::start();
+    let p = proxy(driver, &b, |_| {});
+    let mut s = connect(&p);
+    for i in 0..50 {
+        s.write_all(get(&format!("/hot{i}")).as_bytes()).unwrap();
+        assert_eq!(read_one(&mut s), (200, format!("path=/hot{i}")));
+    }
+    // Longer than the park delay (50 ms): the next request ends a long
+    // wait, so the connection is cold, and parks when idle again.
+    thread::sleep(Duration::from_millis(200));
+    s.write_all(get("/slow").as_bytes()).unwrap();
+    assert_eq!(read_one(&mut s), (200, "path=/slow".to_string()));
+    wait_for("the park", || parked(&p) >= 1);
+    s.write_all(get("/again").as_bytes()).unwrap();
+    assert_eq!(read_one(&mut s), (200, "path=/again".to_string()));
+    assert_eq!(b.hits.load(Ordering::SeqCst), 52);
+    p.shutdown();
 }
