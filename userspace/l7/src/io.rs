@@ -40,8 +40,9 @@ use compio::{
 use crate::limits::ConnClock;
 
 /// Initial capacity of a client connection's read buffer. The read buffer
-/// is held by the `recv` in flight for as long as a keep-alive connection
-/// is idle; most request heads fit, larger ones take more reads.
+/// is held by the `recv` in flight while it waits (an idle keep-alive
+/// connection waits without one, see `crate::park`); most request heads
+/// fit, larger ones take more reads.
 pub(crate) const CLIENT_BUF: usize = 4 * 1024;
 
 /// Above this many buffered bytes a write starts sending instead of
