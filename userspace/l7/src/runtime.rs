@@ -216,14 +216,6 @@ impl Drain {
         false
     }
 
-    /// An id for a waiter that is not a connection (the parking lot's
-    /// task), for [`Drain::draining`].
-    fn waiter_id(&self) -> u64 {
-        let id = self.next_id.get();
-        self.next_id.set(id + 1);
-        id
-    }
-
     /// Ready when no connection is left.
     fn poll_idle(&self, waker: &Waker) -> Poll<()> {
         if self.live.get() == 0 {
@@ -241,20 +233,9 @@ struct Live(Rc<Drain>, u64);
 impl Live {
     fn new(d: Rc<Drain>) -> Live {
         d.live.set(d.live.get() + 1);
-        let id = d.waiter_id();
+        let id = d.next_id.get();
+        d.next_id.set(id + 1);
         Live(d, id)
-    }
-
-    /// Whether the drain has begun (without registering for it).
-    fn draining_now(&self) -> bool {
-        self.0.draining.get()
-    }
-
-    /// Forgets the waker this connection registered: its task is ending
-    /// and the connection goes to the parking lot, whose task the drain
-    /// wakes instead (a kept waker would keep the ended task's memory).
-    fn forget_waker(&self) {
-        self.0.wakers.borrow_mut().remove(&self.1);
     }
 }
 
@@ -678,12 +659,29 @@ struct Parked {
     idle_since: std::time::Instant,
 }
 
+/// For connections that go to the parking lot.
+impl Live {
+    /// Whether the drain has begun (without registering for it).
+    fn draining_now(&self) -> bool {
+        self.0.draining.get()
+    }
+
+    /// Forgets the waker this connection registered: its task is ending
+    /// and the connection goes to the parking lot, whose task the drain
+    /// wakes instead (a kept waker would keep the ended task's memory).
+    fn forget_waker(&self) {
+        self.0.wakers.borrow_mut().remove(&self.1);
+    }
+}
+
 /// The worker's parking lot task (see [`crate::park`]): serves a parked
 /// connection again when its socket is readable, closes it when its
 /// keep-alive time runs out, and closes every parked connection at once
 /// when the worker drains.
 async fn run_lot(lot: Rc<Lot<Parked>>, drain: Rc<Drain>, worker: Rc<Worker>, config: Arc<ProxyConfig>) {
-    let id = drain.waiter_id();
+    // Registered with the drain like a connection, and counted live until
+    // it has closed what it holds.
+    let live = Live::new(drain);
     let ctx = Ctx {
         worker,
         config,
@@ -691,7 +689,7 @@ async fn run_lot(lot: Rc<Lot<Parked>>, drain: Rc<Drain>, worker: Rc<Worker>, con
     };
     loop {
         let event = poll_fn(|cx| {
-            if drain.draining(id, cx.waker()) {
+            if live.0.draining(live.1, cx.waker()) {
                 return Poll::Ready(None);
             }
             lot.poll_event(cx).map(Some)
