@@ -68,9 +68,9 @@ pub struct Opts {
     pub rate: Option<u64>,
     pub polling: bool,
     pub two_workers: bool,
-    /// Only the memory row.
-    pub memory_only: bool,
     pub record: Option<PathBuf>,
+    /// Only the memory row (see [`memory_row`]).
+    pub memory_only: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -587,12 +587,69 @@ fn idle_memory(p: &Proc, addr: SocketAddr, n: usize) -> Result<(f64, u64, u64)> 
     Ok(((after.saturating_sub(before)) as f64 * 1024.0 / n as f64, before, after))
 }
 
+/// `l7 --memory-only`: step 3 of [`run`] alone (memory per idle
+/// connection, one fresh process per proxy), with its table.
+fn memory_row(o: &Opts) -> Result<()> {
+    let nofile = raise_nofile(65536);
+    if (nofile as usize) < o.idle + 1000 {
+        bail!("RLIMIT_NOFILE is {nofile}; {} idle connections need more", o.idle);
+    }
+    let dir = std::env::temp_dir().join(format!("fulcrum-bench-l7-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let setup = Setup {
+        dir: dir.clone(),
+        backend: SocketAddr::from(([127, 0, 0, 1], free_port()?)),
+        addrs: [
+            SocketAddr::from(([127, 0, 0, 1], free_port()?)),
+            SocketAddr::from(([127, 0, 0, 1], free_port()?)),
+            SocketAddr::from(([127, 0, 0, 1], free_port()?)),
+        ],
+        polling: o.polling,
+        proxy_cpus: o.proxy_cpu.to_string(),
+        workers: 1,
+    };
+    let backend = setup.start_backend(o.load_cpu)?;
+    let mut mem = Vec::new();
+    for &k in &KINDS {
+        let p = setup.start(k)?;
+        let m = idle_memory(&p, setup.addr(k), o.idle).with_context(|| format!("idle connections to {}", k.name()))?;
+        eprintln!("l7: idle memory {}: {:.0} B/conn ({} -> {} KiB)", k.name(), m.0, m.1, m.2);
+        mem.push(m);
+        drop(p);
+    }
+    drop(backend);
+    let mut r = String::new();
+    writeln!(r, "\n## l7 memory — {}\n", crate::now())?;
+    writeln!(
+        r,
+        "`fulcrum-bench l7 --memory-only{}` (the memory row of `cargo xtask bench l7` alone: per proxy a fresh process \
+         pinned to CPU {}, backend (nginx `return 200`) on CPU {}; fulcrum driver {}; {}; {})\n",
+        if o.polling { " --polling" } else { "" },
+        o.proxy_cpu,
+        o.load_cpu,
+        if o.polling { "polling" } else { "io_uring" },
+        versions(),
+        crate::machine()
+    )?;
+    writeln!(r, "| {} idle keep-alive client connections (fresh process) | RSS before KiB | after KiB | bytes/conn |", o.idle)?;
+    writeln!(r, "|---|---:|---:|---:|")?;
+    for (i, (per, b, a)) in mem.iter().enumerate() {
+        writeln!(r, "| {} | {b} | {a} | {per:.0} |", KINDS[i].name())?;
+    }
+    writeln!(r, "\nfulcrum/HAProxy memory per idle connection {:.2}x (target <= 1.0).", mem[0].0 / mem[2].0)?;
+    let _ = std::fs::remove_dir_all(&dir);
+    crate::publish(&r, o.record.as_deref())
+}
+
 fn med(v: &[f64]) -> f64 {
     let mut v = v.to_vec();
     crate::median(&mut v)
 }
 
 pub fn run(o: Opts) -> Result<()> {
+    if o.memory_only {
+        return memory_row(&o);
+    }
     let nofile = raise_nofile(65536);
     if (nofile as usize) < o.idle + 1000 {
         bail!("RLIMIT_NOFILE is {nofile}; {} idle connections need more", o.idle);
@@ -614,8 +671,20 @@ pub fn run(o: Opts) -> Result<()> {
     let versions = versions();
     let backend = setup.start_backend(o.load_cpu)?;
 
-    // 1. Closed loop, interleaved, and 2. constant rate.
-    let load = if o.memory_only { None } else { Some(load_runs(&setup, &o)?) };
+    // 1. Closed loop, interleaved.
+    let mut procs: Vec<Proc> = KINDS.iter().map(|&k| setup.start(k)).collect::<Result<_>>()?;
+    let pids: Vec<u32> = procs.iter().map(Proc::pid).collect();
+    let (runs, summary) = closed_loop(&setup, &o, "", &pids)?;
+    // 2. Constant rate.
+    let slowest = summary[..KINDS.len()].iter().map(|r| r.rps).fold(f64::INFINITY, f64::min);
+    let rate = o.rate.unwrap_or(((slowest * 0.6) / 1000.0).floor().max(1.0) as u64 * 1000);
+    let mut cr = Vec::new();
+    for &k in &KINDS {
+        let (h, n, e) = constant_rate(setup.addr(k), o.connections, rate, o.secs, o.load_cpu)?;
+        eprintln!("l7: constant rate {rate}/s {}: p50 {} µs p99 {} µs p99.9 {} µs", k.name(), h.value_at_quantile(0.5), h.value_at_quantile(0.99), h.value_at_quantile(0.999));
+        cr.push((h, n, e));
+    }
+    drop(procs.drain(..));
 
     // 3. Memory per idle connection, one fresh proxy at a time.
     let mut mem = Vec::new();
@@ -629,7 +698,7 @@ pub fn run(o: Opts) -> Result<()> {
         }
     }
     // 4. Two workers per proxy, on both CPUs.
-    let two = if o.two_workers && !o.memory_only {
+    let two = if o.two_workers {
         let setup2 = Setup { proxy_cpus: format!("{},{}", o.proxy_cpu, o.load_cpu), workers: 2, ..setup };
         let procs: Vec<Proc> = KINDS.iter().map(|&k| setup2.start(k)).collect::<Result<_>>()?;
         let pids: Vec<u32> = procs.iter().map(Proc::pid).collect();
@@ -645,47 +714,31 @@ pub fn run(o: Opts) -> Result<()> {
     let (fi, hi) = (0, 2);
     let mut r = String::new();
     writeln!(r, "\n## l7 — {}\n", crate::now())?;
-    if o.memory_only {
-        writeln!(
-            r,
-            "`fulcrum-bench l7 --memory-only{}` (memory row only: one fresh process per proxy pinned to CPU {}, \
-             backend (nginx `return 200`) on CPU {}; fulcrum driver {}; {}; {})\n",
-            if o.polling { " --polling" } else { "" },
-            o.proxy_cpu,
-            o.load_cpu,
-            if o.polling { "polling" } else { "io_uring" },
-            versions,
-            crate::machine()
-        )?;
-    } else {
-        writeln!(
-            r,
-            "`cargo xtask bench l7{}` ({} interleaved rounds of {} s, medians; wrk -t1 -c{} keep-alive, 6-byte body; \
-             one proxy worker pinned to CPU {} with taskset, backend (nginx `return 200`) and load generator on CPU {}; \
-             fulcrum driver {}; {}; {})\n",
-            if o.polling { " --polling" } else { "" },
-            o.rounds,
-            o.secs,
-            o.connections,
-            o.proxy_cpu,
-            o.load_cpu,
-            if o.polling { "polling" } else { "io_uring" },
-            versions,
-            crate::machine()
-        )?;
+    writeln!(
+        r,
+        "`cargo xtask bench l7{}` ({} interleaved rounds of {} s, medians; wrk -t1 -c{} keep-alive, 6-byte body; \
+         one proxy worker pinned to CPU {} with taskset, backend (nginx `return 200`) and load generator on CPU {}; \
+         fulcrum driver {}; {}; {})\n",
+        if o.polling { " --polling" } else { "" },
+        o.rounds,
+        o.secs,
+        o.connections,
+        o.proxy_cpu,
+        o.load_cpu,
+        if o.polling { "polling" } else { "io_uring" },
+        versions,
+        crate::machine()
+    )?;
+    closed_loop_table(&mut r, "closed loop (wrk)", &summary, &runs, "", true)?;
+    if let Some((runs2, summary2)) = &two {
+        let title = format!("closed loop, two workers on CPUs {},{}", o.proxy_cpu, o.load_cpu);
+        closed_loop_table(&mut r, &title, summary2, runs2, "Two workers: ", false)?;
     }
-    if let Some((runs, summary, rate, cr)) = &load {
-        closed_loop_table(&mut r, "closed loop (wrk)", summary, runs, "", true)?;
-        if let Some((runs2, summary2)) = &two {
-            let title = format!("closed loop, two workers on CPUs {},{}", o.proxy_cpu, o.load_cpu);
-            closed_loop_table(&mut r, &title, summary2, runs2, "Two workers: ", false)?;
-        }
-        writeln!(r, "| constant rate {rate} req/s, {} conns, CO-corrected (hdrhistogram) | p50 ms | p99 ms | p99.9 ms | max ms | requests | errors |", o.connections)?;
-        writeln!(r, "|---|---:|---:|---:|---:|---:|---:|")?;
-        for (i, (hst, n, e)) in cr.iter().enumerate() {
-            let q = |x: f64| hst.value_at_quantile(x) as f64 / 1000.0;
-            writeln!(r, "| {} | {:.3} | {:.3} | {:.3} | {:.3} | {n} | {e} |", KINDS[i].name(), q(0.5), q(0.99), q(0.999), hst.max() as f64 / 1000.0)?;
-        }
+    writeln!(r, "| constant rate {rate} req/s, {} conns, CO-corrected (hdrhistogram) | p50 ms | p99 ms | p99.9 ms | max ms | requests | errors |", o.connections)?;
+    writeln!(r, "|---|---:|---:|---:|---:|---:|---:|")?;
+    for (i, (hst, n, e)) in cr.iter().enumerate() {
+        let q = |x: f64| hst.value_at_quantile(x) as f64 / 1000.0;
+        writeln!(r, "| {} | {:.3} | {:.3} | {:.3} | {:.3} | {n} | {e} |", KINDS[i].name(), q(0.5), q(0.99), q(0.999), hst.max() as f64 / 1000.0)?;
     }
     if !mem.is_empty() {
         writeln!(r, "\n| {} idle keep-alive client connections (fresh process) | RSS before KiB | after KiB | bytes/conn |", o.idle)?;
@@ -697,29 +750,6 @@ pub fn run(o: Opts) -> Result<()> {
     }
     let _ = std::fs::remove_dir_all(&dir);
     crate::publish(&r, o.record.as_deref())
-}
-
-/// Every closed-loop run per row, the rows' medians, the constant rate
-/// (req/s) and, per proxy, its histogram, requests and errors.
-type LoadRuns = (Vec<Vec<WrkRun>>, Vec<WrkRun>, u64, Vec<(Histogram<u64>, u64, u64)>);
-
-/// Steps 1 and 2 of `run` on freshly started proxies: the closed loop,
-/// then the constant-rate run at `o.rate` (default 60% of the slowest
-/// proxy's median req/s).
-fn load_runs(setup: &Setup, o: &Opts) -> Result<LoadRuns> {
-    let procs: Vec<Proc> = KINDS.iter().map(|&k| setup.start(k)).collect::<Result<_>>()?;
-    let pids: Vec<u32> = procs.iter().map(Proc::pid).collect();
-    let (runs, summary) = closed_loop(setup, o, "", &pids)?;
-    let slowest = summary[..KINDS.len()].iter().map(|r| r.rps).fold(f64::INFINITY, f64::min);
-    let rate = o.rate.unwrap_or(((slowest * 0.6) / 1000.0).floor().max(1.0) as u64 * 1000);
-    let mut cr = Vec::new();
-    for &k in &KINDS {
-        let (h, n, e) = constant_rate(setup.addr(k), o.connections, rate, o.secs, o.load_cpu)?;
-        eprintln!("l7: constant rate {rate}/s {}: p50 {} µs p99 {} µs p99.9 {} µs", k.name(), h.value_at_quantile(0.5), h.value_at_quantile(0.99), h.value_at_quantile(0.999));
-        cr.push((h, n, e));
-    }
-    drop(procs);
-    Ok((runs, summary, rate, cr))
 }
 
 /// The closed loop for `setup`'s proxies (already started): warm-up, then

@@ -176,7 +176,7 @@ fn main() -> Result<()> {
         Bench::XdpPps { rounds, frames, flows, cpu, record } => xdp_pps::run(rounds, frames, flows, cpu, record),
         Bench::ControlPlane { vips, rounds, poll_ms, fulcrum, record } => control_plane::run(&vips, rounds, poll_ms, fulcrum, record),
         Bench::L7 { rounds, secs, connections, proxy_cpu, load_cpu, idle, rate, polling, two_workers, memory_only, record } => {
-            l7::run(l7::Opts { rounds, secs, connections, proxy_cpu, load_cpu, idle, rate, polling, two_workers, memory_only, record })
+            l7::run(l7::Opts { rounds, secs, connections, proxy_cpu, load_cpu, idle, rate, polling, two_workers, record, memory_only })
         }
         Bench::Failover { rounds, adverts, fulcrum, record } => {
             failover::run(failover::Opts { rounds, adverts_ms: adverts, fulcrum, record })
