@@ -98,7 +98,7 @@ pub(crate) struct ParkCtl {
 /// [`HOT_GAP`] of the previous response's end (a load generator, a client
 /// next to the proxy in a busy loop), also waits with the stream's
 /// receive: the poll and the `recv(2)` cost one system call more per
-/// request than the one receive (~0.5 µs, 3-4% of a proxied request,
+/// request than the one receive (~0.5 µs, 2-4% of a proxied request,
 /// `bench/RESULTS.md`, l7mem). Such a connection is not parked while that
 /// receive waits; its next request, if it comes after a longer wait, makes
 /// it cold again (and it is closed at the keep-alive timeout otherwise).
