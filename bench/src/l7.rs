@@ -70,6 +70,8 @@ pub struct Opts {
     pub polling: bool,
     pub two_workers: bool,
     pub record: Option<PathBuf>,
+    /// Only the memory row (see [`memory_row`]).
+    pub memory_only: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -642,12 +644,69 @@ fn idle_memory(p: &Proc, addr: SocketAddr, n: usize) -> Result<(f64, u64, u64)> 
     Ok(((after.saturating_sub(before)) as f64 * 1024.0 / n as f64, before, after))
 }
 
+/// `l7 --memory-only`: step 3 of [`run`] alone (memory per idle
+/// connection, one fresh process per proxy), with its table.
+fn memory_row(o: &Opts) -> Result<()> {
+    let nofile = raise_nofile(65536);
+    if (nofile as usize) < o.idle + 1000 {
+        bail!("RLIMIT_NOFILE is {nofile}; {} idle connections need more", o.idle);
+    }
+    let dir = std::env::temp_dir().join(format!("fulcrum-bench-l7-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let setup = Setup {
+        dir: dir.clone(),
+        backend: SocketAddr::from(([127, 0, 0, 1], free_port()?)),
+        addrs: [
+            SocketAddr::from(([127, 0, 0, 1], free_port()?)),
+            SocketAddr::from(([127, 0, 0, 1], free_port()?)),
+            SocketAddr::from(([127, 0, 0, 1], free_port()?)),
+        ],
+        polling: o.polling,
+        proxy_cpus: o.proxy_cpu.to_string(),
+        workers: 1,
+    };
+    let backend = setup.start_backend(o.load_cpu)?;
+    let mut mem = Vec::new();
+    for &k in &KINDS {
+        let p = setup.start(k)?;
+        let m = idle_memory(&p, setup.addr(k), o.idle).with_context(|| format!("idle connections to {}", k.name()))?;
+        eprintln!("l7: idle memory {}: {:.0} B/conn ({} -> {} KiB)", k.name(), m.0, m.1, m.2);
+        mem.push(m);
+        drop(p);
+    }
+    drop(backend);
+    let mut r = String::new();
+    writeln!(r, "\n## l7 memory — {}\n", crate::now())?;
+    writeln!(
+        r,
+        "`fulcrum-bench l7 --memory-only{}` (the memory row of `cargo xtask bench l7` alone: per proxy a fresh process \
+         pinned to CPU {}, backend (nginx `return 200`) on CPU {}; fulcrum driver {}; {}; {})\n",
+        if o.polling { " --polling" } else { "" },
+        o.proxy_cpu,
+        o.load_cpu,
+        if o.polling { "polling" } else { "io_uring" },
+        versions(),
+        crate::machine()
+    )?;
+    writeln!(r, "| {} idle keep-alive client connections (fresh process) | RSS before KiB | after KiB | bytes/conn |", o.idle)?;
+    writeln!(r, "|---|---:|---:|---:|")?;
+    for (i, (per, b, a)) in mem.iter().enumerate() {
+        writeln!(r, "| {} | {b} | {a} | {per:.0} |", KINDS[i].name())?;
+    }
+    writeln!(r, "\nfulcrum/HAProxy memory per idle connection {:.2}x (target <= 1.0).", mem[0].0 / mem[2].0)?;
+    let _ = std::fs::remove_dir_all(&dir);
+    crate::publish(&r, o.record.as_deref())
+}
+
 fn med(v: &[f64]) -> f64 {
     let mut v = v.to_vec();
     crate::median(&mut v)
 }
 
 pub fn run(o: Opts) -> Result<()> {
+    if o.memory_only {
+        return memory_row(&o);
+    }
     let nofile = raise_nofile(65536);
     if (nofile as usize) < o.idle + 1000 {
         bail!("RLIMIT_NOFILE is {nofile}; {} idle connections need more", o.idle);

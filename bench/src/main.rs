@@ -134,6 +134,10 @@ enum Bench {
         /// per proxy, spread over both CPUs; `--no-two-workers` skips it.
         #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
         two_workers: bool,
+        /// Only the memory row (idle connections, one fresh process per
+        /// proxy): no backend load, no closed loop, no constant rate.
+        #[arg(long)]
+        memory_only: bool,
         /// Append the results to this file (bench/RESULTS.md by xtask).
         #[arg(long)]
         record: Option<PathBuf>,
@@ -190,8 +194,8 @@ fn main() -> Result<()> {
         Bench::Xdp { repeat, rounds, cpu, conn_table_size, record } => xdp::run(repeat, rounds, cpu, conn_table_size, record),
         Bench::XdpPps { rounds, frames, flows, cpu, record } => xdp_pps::run(rounds, frames, flows, cpu, record),
         Bench::ControlPlane { vips, rounds, poll_ms, fulcrum, record } => control_plane::run(&vips, rounds, poll_ms, fulcrum, record),
-        Bench::L7 { rounds, secs, connections, proxy_cpu, load_cpu, idle, rate, rate_rounds, polling, two_workers, record } => {
-            l7::run(l7::Opts { rounds, secs, connections, proxy_cpu, load_cpu, idle, rate, rate_rounds, polling, two_workers, record })
+        Bench::L7 { rounds, secs, connections, proxy_cpu, load_cpu, idle, rate, rate_rounds, polling, two_workers, memory_only, record } => {
+            l7::run(l7::Opts { rounds, secs, connections, proxy_cpu, load_cpu, idle, rate, rate_rounds, polling, two_workers, record, memory_only })
         }
         Bench::L7Rate { addr, rate, secs, connections, cpu } => l7::rate_once(addr, rate, secs, connections, cpu),
         Bench::Failover { rounds, adverts, fulcrum, record } => {

@@ -40,8 +40,9 @@ use compio::{
 use crate::limits::ConnClock;
 
 /// Initial capacity of a client connection's read buffer. The read buffer
-/// is held by the `recv` in flight for as long as a keep-alive connection
-/// is idle; most request heads fit, larger ones take more reads.
+/// is held by the `recv` in flight while it waits (an idle keep-alive
+/// connection waits without one, see `crate::park`); most request heads
+/// fit, larger ones take more reads.
 pub(crate) const CLIENT_BUF: usize = 4 * 1024;
 
 /// Above this many buffered bytes a write starts sending instead of
@@ -276,41 +277,11 @@ impl hyper::rt::Write for Stream {
 }
 
 /// Parking an idle client connection (see `crate::park`): added for it,
-/// used between two hyper connections over the same stream.
+/// used between two hyper connections over the same socket.
 impl Stream {
-    /// Waits for the `Recv` in flight, if any, to complete. Ready when no
-    /// receive is in flight. The bytes it received are appended to the
-    /// buffered ones (served first by the next read); end of stream is
-    /// remembered. An error is returned.
-    pub(crate) fn poll_settle_recv(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let Some(op) = self.recv.as_mut() else {
-            return Poll::Ready(Ok(()));
-        };
-        let compio::BufResult(res, op) = ready!(Pin::new(op).poll(cx));
-        self.recv = None;
-        let mut buf = compio::buf::IntoInner::into_inner(op);
-        let n = res?;
-        // SAFETY: as in `poll_read`: the kernel wrote `n` bytes at the start
-        // of the empty buffer.
-        unsafe { buf.set_len(n.min(buf.capacity())) };
-        if n == 0 {
-            self.eof = true;
-        } else {
-            if let Some(c) = &self.clock {
-                c.received();
-            }
-            if let Some(t) = &self.received {
-                t.set(t.get() + n as u64);
-            }
-        }
-        if self.rpos < self.rbuf.len() {
-            // Bytes kept from before the receive come first.
-            self.rbuf.extend_from_slice(&buf);
-        } else {
-            self.rbuf = buf;
-            self.rpos = 0;
-        }
-        Poll::Ready(Ok(()))
+    /// The socket's shared descriptor (for a readability poll).
+    pub(crate) fn fd(&self) -> &Fd {
+        &self.fd
     }
 
     /// Whether a receive is in flight.
@@ -324,19 +295,26 @@ impl Stream {
         self.eof || self.rpos < self.rbuf.len()
     }
 
-    /// Frees the write buffer and the read buffer (capacity 0), keeping
-    /// `prefix` followed by the unread bytes (exactly sized) to be read
-    /// first. A receive in flight keeps its own buffer. Call with nothing
-    /// left to send.
-    pub(crate) fn park(&mut self, prefix: &[u8]) {
-        debug_assert!(self.send.is_none() && self.wbuf.is_empty());
+    /// Takes the stream apart for parking: the socket, and `prefix`
+    /// followed by the unread bytes in one exactly sized buffer (empty,
+    /// and no allocation, when there are none). Both buffers are freed.
+    /// Call with nothing left to send and no receive in flight (a
+    /// receive's buffer and bytes would be lost with it).
+    pub(crate) fn into_parked(self, prefix: &[u8]) -> (TcpStream, Box<[u8]>) {
+        debug_assert!(self.send.is_none() && self.wbuf.is_empty() && self.recv.is_none());
         let unread = &self.rbuf[self.rpos.min(self.rbuf.len())..];
         let mut kept = Vec::with_capacity(prefix.len() + unread.len());
         kept.extend_from_slice(prefix);
         kept.extend_from_slice(unread);
-        self.rbuf = kept;
-        self.rpos = 0;
-        self.wbuf = Vec::new();
+        (self.stream, kept.into_boxed_slice())
+    }
+
+    /// A client stream over a socket that was parked: `kept` (from
+    /// [`Stream::into_parked`]) is read first.
+    pub(crate) fn resumed(stream: TcpStream, buf: usize, clock: Rc<ConnClock>, kept: Box<[u8]>) -> Stream {
+        let mut s = Stream::with_clock(stream, buf, Some(clock));
+        s.rbuf = kept.into_vec();
+        s
     }
 }
 

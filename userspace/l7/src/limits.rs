@@ -222,6 +222,18 @@ impl ConnClock {
         }
     }
 
+    /// The clock of a connection coming back from the parking lot
+    /// (`crate::park`): idle since `idle_since` (the end of its last
+    /// response), with the keep-alive limit.
+    pub(crate) fn resumed(idle_since: Instant, keepalive_timeout: Duration) -> ConnClock {
+        ConnClock {
+            phase: Cell::new(Phase::Idle),
+            since: Cell::new(idle_since),
+            idle_limit: Cell::new(keepalive_timeout),
+            unsent: Cell::new(false),
+        }
+    }
+
     /// The stream received bytes.
     pub(crate) fn received(&self) {
         if self.phase.get() == Phase::Idle {
@@ -261,6 +273,18 @@ impl ConnClock {
     /// byte of the next one received), or `None` while it is not idle.
     pub(crate) fn idle_since(&self) -> Option<Instant> {
         (self.phase.get() == Phase::Idle).then(|| self.since.get())
+    }
+
+    /// When an idle connection's idle limit runs out (see [`watch`]), or
+    /// `None` while it is not idle.
+    pub(crate) fn idle_deadline(&self) -> Option<Instant> {
+        self.idle_since().map(|t| t + self.idle_limit.get())
+    }
+
+    /// When the request head in progress began (its first byte), or
+    /// `None` when no head is in progress.
+    pub(crate) fn head_since(&self) -> Option<Instant> {
+        (self.phase.get() == Phase::Head).then(|| self.since.get())
     }
 }
 

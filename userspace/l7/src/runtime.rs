@@ -27,7 +27,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::{
     limits::{self, ConnClock, Expired, ProxyStats, Violation},
-    park::ParkCtl,
+    park::{Event, Lot, ParkCtl},
     proxy::Worker,
     snapshot::SharedSnapshot,
     ProxyConfig,
@@ -519,6 +519,15 @@ fn worker_main(args: WorkerArgs, ready: mpsc::Sender<(usize, io::Result<()>)>) {
         }
         let worker = Rc::new(Worker::new(snapshot, &config, stats, access_log));
         let drain = Rc::new(Drain::default());
+        let lot = match Lot::new() {
+            Ok(l) => Rc::new(l),
+            Err(e) => {
+                let _ = ready.send((index, Err(e)));
+                return;
+            }
+        };
+        compio::runtime::spawn(run_lot(lot.clone(), drain.clone(), worker.clone(), config.clone()))
+            .detach();
         let loops: Vec<_> = compio_listeners
             .into_iter()
             .zip(addrs)
@@ -526,8 +535,11 @@ fn worker_main(args: WorkerArgs, ready: mpsc::Sender<(usize, io::Result<()>)>) {
                 compio::runtime::spawn(accept_loop(
                     l,
                     addr,
-                    worker.clone(),
-                    config.clone(),
+                    Ctx {
+                        worker: worker.clone(),
+                        config: config.clone(),
+                        lot: lot.clone(),
+                    },
                     shutdown.clone(),
                     drain.clone(),
                 ))
@@ -569,11 +581,18 @@ fn build_runtime(args: &WorkerArgs, defer_taskrun: bool) -> io::Result<compio::r
     builder.build()
 }
 
+/// What every connection task of a worker shares.
+#[derive(Clone)]
+struct Ctx {
+    worker: Rc<Worker>,
+    config: Arc<ProxyConfig>,
+    lot: Rc<Lot<Parked>>,
+}
+
 async fn accept_loop(
     listener: TcpListener,
     addr: SocketAddr,
-    worker: Rc<Worker>,
-    config: Arc<ProxyConfig>,
+    ctx: Ctx,
     shutdown: Arc<Shutdown>,
     drain: Rc<Drain>,
 ) {
@@ -590,9 +609,19 @@ async fn accept_loop(
             None => return,
             Some(Ok((stream, peer))) => {
                 let _ = stream.set_nodelay(true);
-                let live = Live::new(drain.clone());
-                let task = serve(stream, addr, peer, worker.clone(), config.clone(), live);
-                compio::runtime::spawn(task).detach();
+                ctx.worker
+                    .stats
+                    .connections
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let client = Client {
+                    socket: stream,
+                    kept: Box::default(),
+                    listener: addr,
+                    peer,
+                    live: Live::new(drain.clone()),
+                    idle_since: None,
+                };
+                compio::runtime::spawn(serve(client, ctx.clone())).detach();
             }
             Some(Err(e)) => {
                 // EMFILE, ENFILE, ENOBUFS: back off instead of spinning on
@@ -604,31 +633,126 @@ async fn accept_loop(
     }
 }
 
-/// One client connection: hyper serves it; after `park_after` idle it is
-/// parked (see [`crate::park`]) and a new hyper connection takes over on
-/// its next byte, as often as it goes idle, until it closes, times out, or
-/// the worker drains.
-///
-/// The hyper connection lives in its own boxed future (`run_http`), so
-/// while parked this task holds only the stream (with the receive in
-/// flight, see `park`), the service's handles and the watchdog.
-async fn serve(
-    stream: compio::net::TcpStream,
+/// A client connection between tasks: accepted, or parked in the
+/// worker's [`Lot`] and about to be served again.
+struct Client {
+    socket: compio::net::TcpStream,
+    /// Bytes read ahead before the park (a partial pipelined head, say),
+    /// served first; empty (no allocation) otherwise.
+    kept: Box<[u8]>,
     listener: SocketAddr,
     peer: SocketAddr,
-    worker: Rc<Worker>,
-    config: Arc<ProxyConfig>,
     live: Live,
-) {
-    worker
-        .stats
-        .connections
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let clock = Rc::new(ConnClock::new(config.header_read_timeout));
-    // Kept to write a 408 after hyper's connection is gone, and to wait
-    // for readability while parked; compio closes the descriptor only when
-    // this and every operation naming it are done.
-    let fd = compio::driver::ToSharedFd::to_shared_fd(&stream);
+    /// `Some` once parked: when its last response ended (the keep-alive
+    /// timeout counts from there).
+    idle_since: Option<std::time::Instant>,
+}
+
+/// A connection in the worker's [`Lot`] (see [`crate::park`]).
+struct Parked {
+    /// Its own descriptor of the socket (a duplicate: compio's is closed
+    /// with the operations that named it).
+    fd: std::os::fd::OwnedFd,
+    kept: Box<[u8]>,
+    listener: SocketAddr,
+    peer: SocketAddr,
+    live: Live,
+    idle_since: std::time::Instant,
+}
+
+/// For connections that go to the parking lot.
+impl Live {
+    /// Whether the drain has begun (without registering for it).
+    fn draining_now(&self) -> bool {
+        self.0.draining.get()
+    }
+
+    /// Forgets the waker this connection registered: its task is ending
+    /// and the connection goes to the parking lot, whose task the drain
+    /// wakes instead (a kept waker would keep the ended task's memory).
+    fn forget_waker(&self) {
+        self.0.wakers.borrow_mut()[self.1] = None;
+    }
+}
+
+/// The worker's parking lot task (see [`crate::park`]): serves a parked
+/// connection again when its socket is readable, closes it when its
+/// keep-alive time runs out, and closes every parked connection at once
+/// when the worker drains.
+async fn run_lot(lot: Rc<Lot<Parked>>, drain: Rc<Drain>, worker: Rc<Worker>, config: Arc<ProxyConfig>) {
+    // Registered with the drain like a connection, and counted live until
+    // it has closed what it holds.
+    let live = Live::new(drain);
+    let ctx = Ctx {
+        worker,
+        config,
+        lot: lot.clone(),
+    };
+    loop {
+        let event = poll_fn(|cx| {
+            if live.0.draining(live.1, cx.waker()) {
+                return Poll::Ready(None);
+            }
+            lot.poll_event(cx).map(Some)
+        })
+        .await;
+        match event {
+            None => {
+                // Idle: nothing in flight to finish.
+                drop(lot.close_all());
+                return;
+            }
+            Some(Event::Readable(p)) => {
+                let socket = match compio::net::TcpStream::from_std(std::net::TcpStream::from(p.fd)) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::debug!(client = %p.peer, error = %e, "parked connection failed");
+                        continue;
+                    }
+                };
+                let client = Client {
+                    socket,
+                    kept: p.kept,
+                    listener: p.listener,
+                    peer: p.peer,
+                    live: p.live,
+                    idle_since: Some(p.idle_since),
+                };
+                compio::runtime::spawn(serve(client, ctx.clone())).detach();
+            }
+            Some(Event::Expired(_)) => {
+                ctx.worker
+                    .stats
+                    .idle_closed
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// One client connection: hyper serves it; after `park_after` idle it is
+/// parked in the worker's [`Lot`] (see [`crate::park`]) and this task
+/// ends; the lot spawns a new one with a new hyper connection on its next
+/// byte, as often as it goes idle, until it closes, times out, or the
+/// worker drains.
+async fn serve(client: Client, ctx: Ctx) {
+    let Client {
+        socket,
+        kept,
+        listener,
+        peer,
+        live,
+        idle_since,
+    } = client;
+    let Ctx { worker, config, lot } = ctx;
+    let clock = Rc::new(match idle_since {
+        None => ConnClock::new(config.header_read_timeout),
+        Some(t) => ConnClock::resumed(t, config.keepalive_timeout),
+    });
+    // Kept to write a 408 after hyper's connection is gone; compio closes
+    // the descriptor only when this and every operation naming it are
+    // done.
+    let fd = compio::driver::ToSharedFd::to_shared_fd(&socket);
     let ctl = Rc::new(ParkCtl::default());
     let client_ip = http::HeaderValue::from_str(&peer.ip().to_string())
         .expect("an IP address is a valid header value");
@@ -663,7 +787,7 @@ async fn serve(
             }
         })
     };
-    let mut stream = crate::io::Stream::with_clock(stream, crate::io::CLIENT_BUF, Some(clock.clone()));
+    let mut stream = crate::io::Stream::resumed(socket, crate::io::CLIENT_BUF, clock.clone(), kept);
     let mut watch = pin!(limits::watch(&clock, config.header_read_timeout));
     let conn = Conn {
         peer,
@@ -675,9 +799,8 @@ async fn serve(
         slot: &slot,
         fd: &fd,
     };
-    loop {
-        // Boxed: hyper's connection is the bulk of this task's state and
-        // is freed while parked.
+    let stream = loop {
+        // Boxed: hyper's connection is the bulk of this task's state.
         let round = Box::pin(run_http(&conn, stream, svc, watch.as_mut())).await;
         let Round::Parked {
             stream: s,
@@ -687,59 +810,48 @@ async fn serve(
         else {
             return;
         };
+        if !fresh {
+            break s;
+        }
         stream = s;
         svc = service;
-        if fresh {
-            // Input no receive waits for (end of stream, unread bytes).
-            continue;
-        }
-        worker
-            .stats
-            .parked
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        // With a receive in flight (hyper's, left by the park), its
-        // completion is the wake-up and its bytes are kept (it cannot be
-        // cancelled without risking them, see docs/l7.md); without one, a
-        // poll for readability that holds no buffer.
-        let mut readable = (!stream.receiving()).then(|| {
-            let op = compio::driver::op::PollOnce::new(fd.clone(), compio::driver::op::Interest::Readable);
-            Box::pin(compio::runtime::submit(op))
-        });
-        let woke = poll_fn(|cx| {
-            if live.0.draining(live.1, cx.waker()) {
-                // Idle: nothing in flight to finish.
-                return Poll::Ready(Woke::Drain);
-            }
-            let ready = match readable.as_mut() {
-                Some(op) => op.as_mut().poll(cx).map(|compio::BufResult(r, _)| r.map(drop)),
-                None => stream.poll_settle_recv(cx),
-            };
-            if let Poll::Ready(r) = ready {
-                return Poll::Ready(Woke::Readable(r));
-            }
-            watch.as_mut().poll(cx).map(Woke::Expired)
-        })
-        .await;
-        match woke {
-            Woke::Readable(Ok(())) => {}
-            Woke::Readable(Err(e)) => {
-                tracing::debug!(client = %peer, error = %e, "parked connection failed");
-                return;
-            }
-            Woke::Expired(e) => {
-                conn.expired(e).await;
-                return;
-            }
-            Woke::Drain => return,
-        }
+    };
+    if live.draining_now() {
+        // The lot's task closes what it holds and parks nothing new.
+        return;
     }
-}
-
-/// How a parked connection's wait ended.
-enum Woke {
-    Readable(io::Result<()>),
-    Expired(Expired),
-    Drain,
+    let (Some(since), Some(deadline)) = (clock.idle_since(), clock.idle_deadline()) else {
+        return;
+    };
+    let (socket, kept) = stream.into_parked(&[]);
+    // The lot's own descriptor: compio's may stay open a little longer,
+    // until the cancelled poll of hyper's last read completes.
+    let fd = match std::os::fd::AsFd::as_fd(&socket).try_clone_to_owned() {
+        Ok(fd) => fd,
+        Err(e) => {
+            tracing::debug!(client = %peer, error = %e, "could not park a connection");
+            return;
+        }
+    };
+    let raw = std::os::fd::AsRawFd::as_raw_fd(&fd);
+    live.forget_waker();
+    let parked = Parked {
+        fd,
+        kept,
+        listener,
+        peer,
+        live,
+        idle_since: since,
+    };
+    match lot.park(parked, raw, deadline) {
+        Ok(()) => {
+            worker
+                .stats
+                .parked
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        Err((_, e)) => tracing::debug!(client = %peer, error = %e, "could not park a connection"),
+    }
 }
 
 /// What one client connection's serve loop and its hyper rounds share.
@@ -762,9 +874,9 @@ enum Round<S> {
     /// Closed, timed out, failed, or upgraded and tunnelled to its end:
     /// the client connection is done.
     Done,
-    /// Parked: hyper's connection is gone; `stream` keeps only the bytes
-    /// hyper had read ahead (if any) and the receive in flight (if any).
-    /// `fresh`: the stream has input no receive is waiting for (unread
+    /// Parked: hyper's connection is gone; `stream` holds the bytes hyper
+    /// had read ahead (if any) in front of its unread ones, and no
+    /// receive. `fresh`: the stream had input hyper had not read (unread
     /// bytes, end of stream): serve it at once.
     Parked {
         stream: crate::io::Stream,
@@ -810,7 +922,10 @@ where
     let park_after = c.config.park_after;
     // Not pinned on the stack: after a 101, or when parking, the
     // connection is taken apart (`into_parts`) to get the stream back.
-    let mut conn = http.serve_connection(crate::park::ParkIo::new(stream, c.ctl.clone()), svc);
+    let mut conn = http.serve_connection(
+        crate::park::ParkIo::new(stream, c.ctl.clone(), c.clock.clone()),
+        svc,
+    );
     let outcome = {
         let mut conn = Pin::new(&mut conn);
         let mut asked_to_close = false;
@@ -836,8 +951,12 @@ where
             if asked_to_close || c.ctl.parking.get() {
                 return Poll::Pending;
             }
+            // Not with a receive in flight: it could not be taken back
+            // without risking its bytes (see `park::ParkIo`).
             let idle = c.clock.idle_since().filter(|_| {
-                c.ctl.requests.get() > first_request && !c.clock.unsent()
+                c.ctl.requests.get() > first_request
+                    && !c.clock.unsent()
+                    && !c.ctl.receiving.get()
             });
             let Some(since) = idle else {
                 return Poll::Pending;
@@ -883,11 +1002,18 @@ where
         }
         (Ok(Ok(())), None) if c.ctl.parking.get() => {
             let parts = conn.into_parts();
+            // hyper's last read may have left a readability poll in
+            // flight: dropped with `parts.io`, which cancels it (a poll
+            // carries no data; the lot polls again).
             let mut stream = parts.io.stream;
-            // hyper's read-ahead (a partial head) is kept; the receive
-            // hyper left in flight stays (see `park`).
-            stream.park(&parts.read_buf);
-            let fresh = stream.has_input() && !stream.receiving();
+            // Received bytes hyper has not seen (or the end of the
+            // stream): serve them at once, with no wait.
+            let fresh = stream.has_input();
+            if !parts.read_buf.is_empty() {
+                // hyper's read-ahead (a partial head) is read first.
+                let (socket, kept) = stream.into_parked(&parts.read_buf);
+                stream = crate::io::Stream::resumed(socket, crate::io::CLIENT_BUF, c.clock.clone(), kept);
+            }
             return Round::Parked {
                 stream,
                 service: parts.service,

@@ -192,6 +192,8 @@ both_drivers!(
     head_timeout_after_a_park_gets_408,
     shutdown_closes_parked_connections_at_once,
     upgrade_after_a_park,
+    many_connections_park_wake_and_park_again,
+    back_to_back_requests_then_idle_parks,
 );
 
 fn idle_connection_is_parked_and_served_again(driver: DriverChoice) {
@@ -402,5 +404,59 @@ fn upgrade_after_a_park(driver: DriverChoice) {
     s.read_exact(&mut echo).unwrap();
     assert_eq!(&echo, b"HELLO");
     assert_eq!(parked(&p), 1);
+    p.shutdown();
+}
+
+/// More parked connections than the lot takes from its epoll set in one
+/// call, all woken at once, each answered on its own connection; then all
+/// parked again in the slots freed (their generations bumped); then
+/// closed by the shutdown.
+fn many_connections_park_wake_and_park_again(driver: DriverChoice) {
+    const N: usize = 150;
+    let b = Backend::start();
+    let p = proxy(driver, &b, |_| {});
+    let mut conns: Vec<TcpStream> = (0..N).map(|_| connect(&p)).collect();
+    for (i, s) in conns.iter_mut().enumerate() {
+        s.write_all(get(&format!("/a{i}")).as_bytes()).unwrap();
+        assert_eq!(read_one(s), (200, format!("path=/a{i}")));
+    }
+    wait_for("every connection parked", || parked(&p) == N as u64);
+    for (i, s) in conns.iter_mut().enumerate() {
+        s.write_all(get(&format!("/b{i}")).as_bytes()).unwrap();
+    }
+    for (i, s) in conns.iter_mut().enumerate() {
+        assert_eq!(read_one(s), (200, format!("path=/b{i}")));
+    }
+    wait_for("every connection parked again", || parked(&p) == 2 * N as u64);
+    assert_eq!(b.hits.load(Ordering::SeqCst), 2 * N);
+    assert_eq!(p.stats().connections.load(Ordering::Relaxed), N as u64);
+    p.shutdown();
+    for s in &mut conns {
+        let mut rest = Vec::new();
+        s.read_to_end(&mut rest).unwrap();
+        assert!(rest.is_empty(), "{rest:?}");
+    }
+}
+
+/// Requests back to back (a hot connection: it may wait with a receive,
+/// which is not parked), then idle, a request, idle again: parked by then
+/// at the latest, and served again.
+fn back_to_back_requests_then_idle_parks(driver: DriverChoice) {
+    let b = Backend::start();
+    let p = proxy(driver, &b, |_| {});
+    let mut s = connect(&p);
+    for i in 0..50 {
+        s.write_all(get(&format!("/hot{i}")).as_bytes()).unwrap();
+        assert_eq!(read_one(&mut s), (200, format!("path=/hot{i}")));
+    }
+    // Longer than the park delay (50 ms): the next request ends a long
+    // wait, so the connection is cold, and parks when idle again.
+    thread::sleep(Duration::from_millis(200));
+    s.write_all(get("/slow").as_bytes()).unwrap();
+    assert_eq!(read_one(&mut s), (200, "path=/slow".to_string()));
+    wait_for("the park", || parked(&p) >= 1);
+    s.write_all(get("/again").as_bytes()).unwrap();
+    assert_eq!(read_one(&mut s), (200, "path=/again".to_string()));
+    assert_eq!(b.hits.load(Ordering::SeqCst), 52);
     p.shutdown();
 }
