@@ -257,7 +257,11 @@ fn failover(lab: &mut Lab, root: &Path, fulcrum: &Path, daemon: &mut Proc, daemo
     // it: the VRRP Master, which holds it on eth0, answers.
     lab.set_vip_on_link(true)?;
     println!("  the client now reaches {VIP4} on-link (198.18.1.0/24 dev eth0): the VRRP Master answers its ARP");
+    // Both must see real1 up before wrk opens its connections: a flow the
+    // lb placed while real1 was still down there may have another real in
+    // lb2's table, and would be reset after the handover.
     wait_vrrp(lab, fulcrum, "lb2", lb2, "BACKUP", ALL_UP_LIMIT, |s| REALS.iter().all(|r| health(s, r) == "up"))?;
+    wait_vrrp(lab, fulcrum, "lb", daemon, "MASTER", ALL_UP_LIMIT, |s| REALS.iter().all(|r| health(s, r) == "up"))?;
     print_vrrp(lab, fulcrum, &["lb", "lb2"])?;
     // One connection, so that the client has asked who holds the VIP.
     let vip = std::net::SocketAddr::from((VIP4, 80));
