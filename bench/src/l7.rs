@@ -644,9 +644,10 @@ fn idle_memory(p: &Proc, addr: SocketAddr, n: usize) -> Result<(f64, u64, u64)> 
     Ok(((after.saturating_sub(before)) as f64 * 1024.0 / n as f64, before, after))
 }
 
-/// `l7 --memory-only`: step 3 of [`run`] alone (memory per idle
-/// connection, one fresh process per proxy), with its table.
-fn memory_row(o: &Opts) -> Result<()> {
+/// The bench's scratch directory and its proxies' addresses (three free
+/// loopback ports and the backend's), after checking that the descriptor
+/// limit allows `o.idle` idle connections.
+fn prepare(o: &Opts) -> Result<(std::path::PathBuf, Setup)> {
     let nofile = raise_nofile(65536);
     if (nofile as usize) < o.idle + 1000 {
         bail!("RLIMIT_NOFILE is {nofile}; {} idle connections need more", o.idle);
@@ -665,15 +666,40 @@ fn memory_row(o: &Opts) -> Result<()> {
         proxy_cpus: o.proxy_cpu.to_string(),
         workers: 1,
     };
-    let backend = setup.start_backend(o.load_cpu)?;
+    Ok((dir, setup))
+}
+
+/// Memory per idle connection of each proxy in `KINDS` order, one fresh
+/// process at a time: (bytes per connection, RSS before KiB, after KiB).
+fn idle_memories(setup: &Setup, idle: usize) -> Result<Vec<(f64, u64, u64)>> {
     let mut mem = Vec::new();
     for &k in &KINDS {
         let p = setup.start(k)?;
-        let m = idle_memory(&p, setup.addr(k), o.idle).with_context(|| format!("idle connections to {}", k.name()))?;
+        let m = idle_memory(&p, setup.addr(k), idle).with_context(|| format!("idle connections to {}", k.name()))?;
         eprintln!("l7: idle memory {}: {:.0} B/conn ({} -> {} KiB)", k.name(), m.0, m.1, m.2);
         mem.push(m);
         drop(p);
     }
+    Ok(mem)
+}
+
+/// The memory table of [`idle_memories`]' results, and the ratio to HAProxy's.
+fn memory_table(r: &mut String, idle: usize, mem: &[(f64, u64, u64)]) -> Result<()> {
+    writeln!(r, "| {idle} idle keep-alive client connections (fresh process) | RSS before KiB | after KiB | bytes/conn |")?;
+    writeln!(r, "|---|---:|---:|---:|")?;
+    for (i, (per, b, a)) in mem.iter().enumerate() {
+        writeln!(r, "| {} | {b} | {a} | {per:.0} |", KINDS[i].name())?;
+    }
+    writeln!(r, "\nfulcrum/HAProxy memory per idle connection {:.2}x (target <= 1.0).", mem[0].0 / mem[2].0)?;
+    Ok(())
+}
+
+/// `l7 --memory-only`: step 3 of [`run`] alone (memory per idle
+/// connection, one fresh process per proxy), with its table.
+fn memory_row(o: &Opts) -> Result<()> {
+    let (dir, setup) = prepare(o)?;
+    let backend = setup.start_backend(o.load_cpu)?;
+    let mem = idle_memories(&setup, o.idle)?;
     drop(backend);
     let mut r = String::new();
     writeln!(r, "\n## l7 memory — {}\n", crate::now())?;
@@ -688,12 +714,7 @@ fn memory_row(o: &Opts) -> Result<()> {
         versions(),
         crate::machine()
     )?;
-    writeln!(r, "| {} idle keep-alive client connections (fresh process) | RSS before KiB | after KiB | bytes/conn |", o.idle)?;
-    writeln!(r, "|---|---:|---:|---:|")?;
-    for (i, (per, b, a)) in mem.iter().enumerate() {
-        writeln!(r, "| {} | {b} | {a} | {per:.0} |", KINDS[i].name())?;
-    }
-    writeln!(r, "\nfulcrum/HAProxy memory per idle connection {:.2}x (target <= 1.0).", mem[0].0 / mem[2].0)?;
+    memory_table(&mut r, o.idle, &mem)?;
     let _ = std::fs::remove_dir_all(&dir);
     crate::publish(&r, o.record.as_deref())
 }
@@ -707,24 +728,7 @@ pub fn run(o: Opts) -> Result<()> {
     if o.memory_only {
         return memory_row(&o);
     }
-    let nofile = raise_nofile(65536);
-    if (nofile as usize) < o.idle + 1000 {
-        bail!("RLIMIT_NOFILE is {nofile}; {} idle connections need more", o.idle);
-    }
-    let dir = std::env::temp_dir().join(format!("fulcrum-bench-l7-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let setup = Setup {
-        dir: dir.clone(),
-        backend: SocketAddr::from(([127, 0, 0, 1], free_port()?)),
-        addrs: [
-            SocketAddr::from(([127, 0, 0, 1], free_port()?)),
-            SocketAddr::from(([127, 0, 0, 1], free_port()?)),
-            SocketAddr::from(([127, 0, 0, 1], free_port()?)),
-        ],
-        polling: o.polling,
-        proxy_cpus: o.proxy_cpu.to_string(),
-        workers: 1,
-    };
+    let (dir, setup) = prepare(&o)?;
     let versions = versions();
     let backend = setup.start_backend(o.load_cpu)?;
 
@@ -762,16 +766,7 @@ pub fn run(o: Opts) -> Result<()> {
     drop(procs.drain(..));
 
     // 3. Memory per idle connection, one fresh proxy at a time.
-    let mut mem = Vec::new();
-    if o.idle > 0 {
-        for &k in &KINDS {
-            let p = setup.start(k)?;
-            let m = idle_memory(&p, setup.addr(k), o.idle).with_context(|| format!("idle connections to {}", k.name()))?;
-            eprintln!("l7: idle memory {}: {:.0} B/conn ({} -> {} KiB)", k.name(), m.0, m.1, m.2);
-            mem.push(m);
-            drop(p);
-        }
-    }
+    let mem = if o.idle > 0 { idle_memories(&setup, o.idle)? } else { Vec::new() };
     // 4. Two workers per proxy, on both CPUs.
     let two = if o.two_workers {
         let setup2 = Setup { proxy_cpus: format!("{},{}", o.proxy_cpu, o.load_cpu), workers: 2, ..setup };
@@ -786,7 +781,6 @@ pub fn run(o: Opts) -> Result<()> {
     drop(backend);
 
     // Report.
-    let (fi, hi) = (0, 2);
     let mut r = String::new();
     writeln!(r, "\n## l7 — {}\n", crate::now())?;
     writeln!(
@@ -837,12 +831,8 @@ pub fn run(o: Opts) -> Result<()> {
         writeln!(r, "Constant rate per round p99 ms (ms waited for the CPU), {}: {}", KINDS[i].name(), p99.join(" "))?;
     }
     if !mem.is_empty() {
-        writeln!(r, "\n| {} idle keep-alive client connections (fresh process) | RSS before KiB | after KiB | bytes/conn |", o.idle)?;
-        writeln!(r, "|---|---:|---:|---:|")?;
-        for (i, (per, b, a)) in mem.iter().enumerate() {
-            writeln!(r, "| {} | {b} | {a} | {per:.0} |", KINDS[i].name())?;
-        }
-        writeln!(r, "\nfulcrum/HAProxy memory per idle connection {:.2}x (target <= 1.0).", mem[fi].0 / mem[hi].0)?;
+        writeln!(r)?;
+        memory_table(&mut r, o.idle, &mem)?;
     }
     let _ = std::fs::remove_dir_all(&dir);
     crate::publish(&r, o.record.as_deref())
