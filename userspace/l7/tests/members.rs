@@ -9,6 +9,7 @@
 
 #[macro_use]
 mod drivers;
+use drivers::tokio_rt;
 
 use std::{
     convert::Infallible,
@@ -16,7 +17,7 @@ use std::{
     net::{SocketAddr, TcpStream},
     sync::{
         atomic::{AtomicU16, AtomicU64, AtomicUsize, Ordering},
-        Arc, OnceLock,
+        Arc,
     },
     thread,
     time::{Duration, Instant},
@@ -29,17 +30,6 @@ use fulcrum_l7::{
 };
 use http_body_util::Full;
 use hyper::{body::Incoming, Request, Response};
-
-fn tokio_rt() -> &'static tokio::runtime::Runtime {
-    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
-    RT.get_or_init(|| {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap()
-    })
-}
 
 /// A backend answering its name with a settable status (200 at first)
 /// after a settable delay (none at first).

@@ -11,6 +11,7 @@
 
 #[macro_use]
 mod drivers;
+use drivers::tokio_rt;
 
 use std::{
     convert::Infallible,
@@ -18,7 +19,7 @@ use std::{
     net::{Shutdown, SocketAddr, TcpStream},
     sync::{
         atomic::{AtomicUsize, Ordering},
-        Arc, OnceLock,
+        Arc,
     },
     thread,
     time::{Duration, Instant},
@@ -28,17 +29,6 @@ use bytes::Bytes;
 use fulcrum_l7::*;
 use http_body_util::Full;
 use hyper::{body::Incoming, Request, Response};
-
-fn tokio_rt() -> &'static tokio::runtime::Runtime {
-    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
-    RT.get_or_init(|| {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap()
-    })
-}
 
 /// A hyper backend answering `path=<path>` (so a test sees which request
 /// a response belongs to); `/ws` with Upgrade becomes an echo tunnel that

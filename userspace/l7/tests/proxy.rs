@@ -9,6 +9,7 @@
 
 #[macro_use]
 mod drivers;
+use drivers::tokio_rt;
 
 use std::{
     collections::HashMap,
@@ -17,7 +18,7 @@ use std::{
     net::{SocketAddr, TcpStream},
     sync::{
         atomic::{AtomicUsize, Ordering},
-        Arc, Mutex, OnceLock,
+        Arc, Mutex,
     },
     thread,
     time::{Duration, Instant},
@@ -29,17 +30,6 @@ use http_body_util::Full;
 use hyper::{body::Incoming, Request, Response};
 
 // ---------------------------------------------------------------- backends
-
-fn tokio_rt() -> &'static tokio::runtime::Runtime {
-    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
-    RT.get_or_init(|| {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap()
-    })
-}
 
 /// What a backend saw of one request.
 #[derive(Debug, Clone)]

@@ -1,5 +1,20 @@
 //! Shared by the proxy's test files: every scenario runs on both I/O
-//! drivers.
+//! drivers, and the hyper backends run on one tokio runtime.
+
+use std::sync::OnceLock;
+
+/// The tokio runtime the test backends (hyper servers) run on: two
+/// threads, shared by every test of a file.
+pub fn tokio_rt() -> &'static tokio::runtime::Runtime {
+    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RT.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap()
+    })
+}
 
 /// Runs each named scenario (a `fn(DriverChoice)` in the including file)
 /// on io_uring and on the polling driver, as modules `NAME::io_uring` and
