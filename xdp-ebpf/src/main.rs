@@ -176,7 +176,7 @@ fn established_flow<T: ConnTable>(ctx: &XdpContext, flow: &Flow, bytes: u64) -> 
     let Ok((real_id, real)) = established(&vip, flow, entry) else {
         return Err(fallback);
     };
-    count_vip(vip_id, true, Some(ConnEvent::Hit), false, bytes);
+    count_vip(vip_id, Some((ConnEvent::Hit, false)), bytes);
     Ok((vip, to_us, real_id, real))
 }
 
@@ -204,13 +204,15 @@ fn full_path<T: ConnTable>(ctx: &XdpContext, flow: &Flow, bytes: u64, looked: Lo
     let Some(to_us) = addressed_to_us(ctx, flow.is_v6) else {
         return Err((XDP_PASS, Reason::PassNotForUs));
     };
-    count_vip(vip.vip_id, true, None, false, bytes);
-    // No log line here: a per-packet record would let any sender flood
-    // the log ring; the DropNoBackend counter says it instead.
-    let selected = if flow.icmp_error { flow_owner::<T>(&vip, flow) } else { select_real::<T>(&vip, flow, bytes, looked) };
-    let Some((real_id, real)) = selected else {
+    let selected = if flow.icmp_error { flow_owner::<T>(&vip, flow).map(|found| (found, None)) } else { select_real::<T>(&vip, flow, looked) };
+    // One update of the VIP's counters per packet, whatever was selected.
+    let Some(((real_id, real), table)) = selected else {
+        count_vip(vip.vip_id, None, bytes);
+        // No log line here: a per-packet record would let any sender flood
+        // the log ring; the DropNoBackend counter says it instead.
         return Err((XDP_DROP, Reason::DropNoBackend));
     };
+    count_vip(vip.vip_id, table, bytes);
     Ok((vip, to_us, real_id, real))
 }
 
@@ -629,7 +631,7 @@ fn addressed_to_us(ctx: &XdpContext, is_v6: bool) -> Option<ToUs> {
 /// a pick is needed and the VIP has no healthy backend. `looked` is the
 /// entry `established_flow` already found, so the table is searched once.
 #[inline(always)]
-fn select_real<T: ConnTable>(vip: &VipMeta, flow: &Flow, bytes: u64, looked: Looked) -> Option<(u32, &'static RealDef)> {
+fn select_real<T: ConnTable>(vip: &VipMeta, flow: &Flow, looked: Looked) -> Option<((u32, &'static RealDef), TableEvent)> {
     let event = if flow.syn {
         ConnEvent::Syn
     } else {
@@ -637,9 +639,12 @@ fn select_real<T: ConnTable>(vip: &VipMeta, flow: &Flow, bytes: u64, looked: Loo
             None => ConnEvent::Miss,
             Some(entry) => match established(vip, flow, entry) {
                 Ok(found) => {
-                    conn::refresh_vip_facts::<T>(flow, vip);
-                    count_vip(vip.vip_id, false, Some(ConnEvent::Hit), false, bytes);
-                    return Some(found);
+                    // SAFETY: as in `entry_real`. Only a stale generation
+                    // needs the set's lock.
+                    if unsafe { (*entry).vip_gen } != vip.gen {
+                        conn::refresh_vip_facts::<T>(flow, vip);
+                    }
+                    return Some((found, Some((ConnEvent::Hit, false))));
                 }
                 Err(event) => event,
             },
@@ -660,13 +665,17 @@ fn select_real<T: ConnTable>(vip: &VipMeta, flow: &Flow, bytes: u64, looked: Loo
         vip_flags: vip.flags,
         udp_idle_timeout_jiffies: vip.udp_idle_timeout_jiffies,
     };
-    let (event, evicted) = match conn::insert::<T>(flow, &entry) {
+    let written = match conn::insert::<T>(flow, &entry) {
         Ok(evicted) => (event, evicted),
         Err(()) => (ConnEvent::WriteFailed, false),
     };
-    count_vip(vip.vip_id, false, Some(event), evicted, bytes);
-    Some((real_id, real))
+    Some(((real_id, real), Some(written)))
 }
+
+/// What the connection table did for a packet, for `count_vip`: the event
+/// and whether a write evicted another flow; `None` when the table was
+/// not consulted (an ICMP error's owner lookup).
+type TableEvent = Option<(ConnEvent, bool)>;
 
 /// The entry's real, if established flows of this VIP may still use it
 /// (`entry_real`) and a UDP flow has not been idle past the VIP's

@@ -108,22 +108,24 @@ pub fn count(map: &PerCpuArray<Counters>, index: u32, bytes: u64) {
     }
 }
 
-/// Counts one frame of `bytes` for VIP id `vip_id` in `VIP_STATS`: as
-/// reaching the VIP if `reached`, under `event` if there is one, and an
-/// eviction if its write `evicted` another flow.
+/// Counts one frame of `bytes` that reached VIP id `vip_id` in
+/// `VIP_STATS`, and the connection table's `(event, evicted)` for it if
+/// the table was consulted: the event's counter, and an eviction if its
+/// write replaced another flow. Called once per packet: one lookup of
+/// this CPU's slot.
 #[inline(always)]
-pub fn count_vip(vip_id: u32, reached: bool, event: Option<ConnEvent>, evicted: bool, bytes: u64) {
+pub fn count_vip(vip_id: u32, table: Option<(ConnEvent, bool)>, bytes: u64) {
     if let Some(v) = VIP_STATS.get_ptr_mut(vip_id) {
         // SAFETY: as in `count`.
         unsafe {
-            if reached {
-                add(&mut (*v).vip, bytes);
-            }
-            if let Some(c) = event.and_then(|e| (*v).conn.get_mut(e as usize)) {
-                add(c, bytes);
-            }
-            if evicted {
-                (*v).evictions += 1;
+            add(&mut (*v).vip, bytes);
+            if let Some((event, evicted)) = table {
+                if let Some(c) = (*v).conn.get_mut(event as usize) {
+                    add(c, bytes);
+                }
+                if evicted {
+                    (*v).evictions += 1;
+                }
             }
         }
     }
