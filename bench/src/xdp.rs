@@ -203,6 +203,9 @@ const PAIRS: [(&str, &str, &str); 5] = [
     ("non-VIP", "non-VIP, XDP_PASS", "Katran: non-VIP, XDP_PASS"),
 ];
 
+/// Runs the bench: `rounds` interleaved rounds of `repeat` runs per row,
+/// pinned to `cpu`, with Katran's rows if `katran_object` is given; prints
+/// the report and appends it to `record`.
 pub fn run(
     repeat: u32,
     rounds: usize,
@@ -217,7 +220,8 @@ pub fn run(
     nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set).context("pinning to a CPU")?;
 
     let vip = Ipv4Addr::new(198, 18, 1, 1);
-    let reals: Vec<IpAddr> = (11..=13).map(|i| Ipv4Addr::new(198, 18, 0, i).into()).collect();
+    let reals_v4: Vec<Ipv4Addr> = (11..=13).map(|i| Ipv4Addr::new(198, 18, 0, i)).collect();
+    let reals: Vec<IpAddr> = reals_v4.iter().map(|&a| a.into()).collect();
     let bench_vip = |name: &str, port: u16, proto: u8, flags: u32| PlanVip {
         name: name.into(),
         key: VipKey::new(vip.into(), port, proto),
@@ -297,8 +301,7 @@ pub fn run(
         None => None,
         Some(path) => {
             let vips = [KatranVip { addr: vip, port: 80, proto: IPPROTO_TCP }, KatranVip { addr: vip, port: 53, proto: IPPROTO_UDP }];
-            let reals: Vec<Ipv4Addr> = (11..=13).map(|i| Ipv4Addr::new(198, 18, 0, i)).collect();
-            let k = katran::Katran::load(path, datapath.conn_capacity(), cpu as u32, &vips, &reals, ROUTER_MAC)?;
+            let k = katran::Katran::load(path, datapath.conn_capacity(), cpu as u32, &vips, &reals_v4, ROUTER_MAC)?;
             let kh = |new_flow| harnessed(Target::Katran, new_flow);
             let ipip = |r: Row| Row { ipip_out: true, ..r };
             rows.extend([
