@@ -20,6 +20,7 @@
 //! results are appended to `bench/RESULTS.md` with the command and machine.
 mod control_plane;
 mod failover;
+mod katran;
 mod l7;
 mod xdp;
 mod xdp_pps;
@@ -54,6 +55,11 @@ enum Bench {
         /// than twice that never evicts.
         #[arg(long)]
         conn_table_size: Option<u32>,
+        /// Katran's `balancer.bpf.o`, built out of tree (bench/RESULTS.md
+        /// gives the commands): adds Katran's rows, behind the same
+        /// harness, and the fulcrum/Katran ratios net of the floor.
+        #[arg(long)]
+        katran_object: Option<PathBuf>,
         /// Append the results to this file (bench/RESULTS.md by xtask).
         #[arg(long)]
         record: Option<PathBuf>,
@@ -191,7 +197,9 @@ enum Bench {
 
 fn main() -> Result<()> {
     match Cli::parse().bench {
-        Bench::Xdp { repeat, rounds, cpu, conn_table_size, record } => xdp::run(repeat, rounds, cpu, conn_table_size, record),
+        Bench::Xdp { repeat, rounds, cpu, conn_table_size, katran_object, record } => {
+            xdp::run(repeat, rounds, cpu, conn_table_size, katran_object, record)
+        }
         Bench::XdpPps { rounds, frames, flows, cpu, record } => xdp_pps::run(rounds, frames, flows, cpu, record),
         Bench::ControlPlane { vips, rounds, poll_ms, fulcrum, record } => control_plane::run(&vips, rounds, poll_ms, fulcrum, record),
         Bench::L7 { rounds, secs, connections, proxy_cpu, load_cpu, idle, rate, rate_rounds, polling, two_workers, memory_only, record } => {

@@ -29,6 +29,23 @@
 //! be evicted between rounds (its first run then misses). After the run the connection counters are checked against
 //! that, the IPIP rows' output against an IPIP packet, and every round's
 //! return value against the row's action.
+//!
+//! Katran rows (`--katran-object PATH`, an object built out of tree; see
+//! [`crate::katran`] and bench/RESULTS.md): the targets are "half of
+//! Katran's cost net of the floor", so Katran runs in the same rounds,
+//! behind the same harness, on the same frames: established TCP (LRU
+//! hit), TCP SYN with a new 5-tuple per run into an LRU of our table's
+//! flow count (full after the first round: every SYN then evicts), TCP
+//! SYN with the same 5-tuple, established UDP, non-VIP. Katran always
+//! encapsulates, so these rows add our own UDP IPIP row to compare with,
+//! and a second table gives, per path, fulcrum net / Katran net (net =
+//! path - floor; the target is <= 0.5). Katran's counters are checked
+//! after the run: verdicts, every SYN a miss and a pick, established
+//! runs LRU hits, the per-CPU LRU used (never its fallback LRU); and
+//! after each round the last new flow is looked up in its LRU, which
+//! fails if Katran skipped the write (its new-connection rate limit,
+//! `MAX_CONN_RATE`, 125,000 per second and CPU by default, is far below
+//! a test run's rate: the object must be built with it raised).
 use std::{
     net::{IpAddr, Ipv4Addr},
     path::PathBuf,
@@ -45,7 +62,10 @@ use etherparse::PacketBuilder;
 use fulcrum_common::{ConnEvent, Mac, Reason, VipKey, IPPROTO_TCP, IPPROTO_UDP, MAGLEV_MAX_TABLE_SIZE, VIP_F_IPIP};
 use fulcrum_l4::{Datapath, LoadOptions, NodeSettings, Plan, PlanVip};
 
-use crate::{machine, median, now, publish};
+use crate::{
+    katran::{self, Counter, KatranVip},
+    machine, median, now, publish,
+};
 
 const XDP_PASS: u32 = 2;
 const XDP_TX: u32 = 3;
@@ -59,6 +79,10 @@ const HARNESS_BYTES: usize = 64;
 /// work, the same flow).
 const NEW_FLOW: u32 = 1;
 const SAME_FLOW: u32 = 0;
+/// The harness's `PARAMS` index of its run counter.
+const COUNTER: u32 = 2;
+/// The default router's MAC, Katran's encapsulated frames' destination.
+const ROUTER_MAC: Mac = Mac([2, 0, 0, 0, 0, 1]);
 /// IPIP outer header bytes and protocol number (RFC 2003).
 const IPIP_OVERHEAD: usize = 20;
 const IPPROTO_IPIP: u8 = 4;
@@ -86,6 +110,8 @@ enum Target {
     Floor,
     /// fulcrum's program, directly (only where its output is a valid input).
     Datapath,
+    /// Katran's program (only behind the harness: it always encapsulates).
+    Katran,
     /// The harness, tail-calling one of the above, with its `NEW_FLOW`.
     Harnessed(Box<Target>, u32),
 }
@@ -160,14 +186,42 @@ fn test_run(program: &Xdp, frame: &[u8], repeat: u32) -> Result<(Duration, u32, 
     Ok((r.duration, r.return_value, out))
 }
 
-pub fn run(repeat: u32, rounds: usize, cpu: usize, conn_table_size: Option<u32>, record: Option<PathBuf>) -> Result<()> {
+/// Row names of the paths both programs time: fulcrum's, then Katran's.
+const PAIRS: [(&str, &str, &str); 5] = [
+    ("established TCP", "established TCP (conn-table hit), IPIP", "Katran: established TCP (LRU hit), IPIP"),
+    (
+        "TCP SYN, new 5-tuple",
+        "TCP SYN, new 5-tuple (pick + conn-table write), IPIP",
+        "Katran: TCP SYN, new 5-tuple (pick + LRU write), IPIP",
+    ),
+    (
+        "TCP SYN, same 5-tuple",
+        "TCP SYN, same 5-tuple every run (pick + conn-table rewrite), IPIP",
+        "Katran: TCP SYN, same 5-tuple every run (pick + LRU rewrite), IPIP",
+    ),
+    ("established UDP", "established UDP (conn-table hit), IPIP", "Katran: established UDP (LRU hit), IPIP"),
+    ("non-VIP", "non-VIP, XDP_PASS", "Katran: non-VIP, XDP_PASS"),
+];
+
+/// Runs the bench: `rounds` interleaved rounds of `repeat` runs per row,
+/// pinned to `cpu`, with Katran's rows if `katran_object` is given; prints
+/// the report and appends it to `record`.
+pub fn run(
+    repeat: u32,
+    rounds: usize,
+    cpu: usize,
+    conn_table_size: Option<u32>,
+    katran_object: Option<PathBuf>,
+    record: Option<PathBuf>,
+) -> Result<()> {
     let machine = machine(); // before pinning, which hides the other CPUs
     let mut set = nix::sched::CpuSet::new();
     set.set(cpu).context("CPU index")?;
     nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set).context("pinning to a CPU")?;
 
     let vip = Ipv4Addr::new(198, 18, 1, 1);
-    let reals: Vec<IpAddr> = (11..=13).map(|i| Ipv4Addr::new(198, 18, 0, i).into()).collect();
+    let reals_v4: Vec<Ipv4Addr> = (11..=13).map(|i| Ipv4Addr::new(198, 18, 0, i)).collect();
+    let reals: Vec<IpAddr> = reals_v4.iter().map(|&a| a.into()).collect();
     let bench_vip = |name: &str, port: u16, proto: u8, flags: u32| PlanVip {
         name: name.into(),
         key: VipKey::new(vip.into(), port, proto),
@@ -179,7 +233,7 @@ pub fn run(repeat: u32, rounds: usize, cpu: usize, conn_table_size: Option<u32>,
         udp_idle_timeout_ms: 30_000,
         vlan: 0,
     };
-    let plan = Plan {
+    let mut plan = Plan {
         vips: vec![
             bench_vip("bench", 80, IPPROTO_TCP, 0),
             bench_vip("bench-udp", 53, IPPROTO_UDP, 0),
@@ -191,6 +245,10 @@ pub fn run(repeat: u32, rounds: usize, cpu: usize, conn_table_size: Option<u32>,
         // addressed to us for each run to take the full VIP path.
         reals: reals.iter().map(|&a| (a, Some(SELF_MAC))).collect(),
     };
+    if katran_object.is_some() {
+        // Katran encapsulates UDP too: the same path on our side.
+        plan.vips.push(bench_vip("bench-udp-ipip", 54, IPPROTO_UDP, VIP_F_IPIP));
+    }
     let options = LoadOptions { conn_table_size: conn_table_size.unwrap_or(LoadOptions::default().conn_table_size) };
     let mut datapath = Datapath::load_with(options).context("loading fulcrum's XDP program (run as root)")?;
     datapath.set_node(&NodeSettings {
@@ -211,6 +269,7 @@ pub fn run(repeat: u32, rounds: usize, cpu: usize, conn_table_size: Option<u32>,
     let ipip_ack = frame(vip, 81, IPPROTO_TCP, false);
     let ipip_syn = frame(vip, 81, IPPROTO_TCP, true);
     let udp = frame(vip, 53, IPPROTO_UDP, false);
+    let ipip_udp = frame(vip, 54, IPPROTO_UDP, false);
     let other = frame(Ipv4Addr::new(198, 18, 0, 77), 80, IPPROTO_TCP, false);
     let h = |t| harnessed(t, SAME_FLOW);
     let mut rows = vec![
@@ -236,10 +295,35 @@ pub fn run(repeat: u32, rounds: usize, cpu: usize, conn_table_size: Option<u32>,
         row("established UDP (conn-table hit), L2 DSR", &udp, h(Target::Datapath), XDP_TX),
         row("non-VIP, XDP_PASS", &other, h(Target::Datapath), XDP_PASS),
     ];
+    // Katran: the same frames, to a VIP of the same address and port; the
+    // LRU has the flow count of our connection table.
+    let katran = match &katran_object {
+        None => None,
+        Some(path) => {
+            let vips = [KatranVip { addr: vip, port: 80, proto: IPPROTO_TCP }, KatranVip { addr: vip, port: 53, proto: IPPROTO_UDP }];
+            let k = katran::Katran::load(path, datapath.conn_capacity(), cpu as u32, &vips, &reals_v4, ROUTER_MAC)?;
+            let kh = |new_flow| harnessed(Target::Katran, new_flow);
+            let ipip = |r: Row| Row { ipip_out: true, ..r };
+            rows.extend([
+                ipip(row(PAIRS[3].1, &ipip_udp, h(Target::Datapath), XDP_TX)),
+                ipip(row(PAIRS[0].2, &ack, kh(SAME_FLOW), XDP_TX)),
+                ipip(row(PAIRS[1].2, &syn, kh(NEW_FLOW), XDP_TX)),
+                ipip(row(PAIRS[2].2, &syn, kh(SAME_FLOW), XDP_TX)),
+                ipip(row(PAIRS[3].2, &udp, kh(SAME_FLOW), XDP_TX)),
+                row(PAIRS[4].2, &other, kh(SAME_FLOW), XDP_PASS),
+            ]);
+            Some(k)
+        }
+    };
 
     let datapath_fd = datapath.program_fd()?.try_clone()?;
     let floor_fd = floor.fd()?.try_clone()?;
     let noop_fd = harness.program("fulcrum_harness_noop").fd()?.try_clone()?;
+    let katran_fd = katran.as_ref().map(|k| k.program_fd()).transpose()?;
+    // Katran's new flows each round, all still in its LRU (checked on the
+    // last one: a SYN over Katran's new-connection rate limit would skip
+    // the write).
+    let mut katran_written = 0;
     for _ in 0..rounds {
         for row in rows.iter_mut() {
             let (per_packet, action, out) = match &row.target {
@@ -249,16 +333,30 @@ pub fn run(repeat: u32, rounds: usize, cpu: usize, conn_table_size: Option<u32>,
                     let o = datapath.test_run(&row.frame, repeat)?;
                     (o.duration, o.action, o.frame)
                 }
+                Target::Katran => unreachable!("Katran runs behind the harness"),
                 Target::Harnessed(inner, new_flow) => {
                     let fd = match **inner {
                         Target::Noop => &noop_fd,
                         Target::Floor => &floor_fd,
                         Target::Datapath => &datapath_fd,
+                        Target::Katran => katran_fd.as_ref().expect("Katran rows only with its program"),
                         Target::Harnessed(..) => unreachable!("one harness deep"),
                     };
                     harness.target.set(0, fd, 0)?;
                     harness.prepare(&row.frame, *new_flow)?;
-                    test_run(harness.program("fulcrum_harness"), &row.frame, repeat)?
+                    let r = test_run(harness.program("fulcrum_harness"), &row.frame, repeat)?;
+                    if let (Target::Katran, Some(k)) = (&**inner, &katran) {
+                        if *new_flow == NEW_FLOW {
+                            let last = Ipv4Addr::from(harness.params.get(&COUNTER, 0)?.to_ne_bytes());
+                            ensure!(
+                                k.has_tcp_flow(last, 40000, vip, 80)?,
+                                "{}: the last SYN's flow is not in Katran's LRU (over its MAX_CONN_RATE? see bench/RESULTS.md)",
+                                row.name
+                            );
+                            katran_written += 1;
+                        }
+                    }
+                    r
                 }
             };
             ensure!(action == row.want, "{}: returned {action}, expected {}", row.name, row.want);
@@ -287,7 +385,8 @@ pub fn run(repeat: u32, rounds: usize, cpu: usize, conn_table_size: Option<u32>,
         "4-way sets; {evictions} of the {} SYNs evicted a flow: the same-5-tuple row rewrites its own way, the others evict once their set is full",
         3 * per_row
     );
-    let established_rows = 4;
+    // With Katran, also the UDP IPIP row.
+    let established_rows = 4 + u64::from(katran.is_some());
     let first_runs = established_rows * rounds as u64;
     ensure!(event(ConnEvent::Syn) == 3 * per_row, "SYN picks {} != {}", event(ConnEvent::Syn), 3 * per_row);
     ensure!(event(ConnEvent::Miss) <= first_runs, "misses {} > {first_runs}", event(ConnEvent::Miss));
@@ -310,6 +409,36 @@ pub fn run(repeat: u32, rounds: usize, cpu: usize, conn_table_size: Option<u32>,
     ensure!(reason(Reason::PassNotVip) == pass_rows * per_row, "non-VIP passes {} != {}", reason(Reason::PassNotVip), pass_rows * per_row);
     ensure!(total == (tx_rows + pass_rows) * per_row, "{total} verdicts for {} runs: {reasons:?}", (tx_rows + pass_rows) * per_row);
 
+    // Katran's counters: every row took the path it names.
+    let katran_note = match &katran {
+        None => String::new(),
+        Some(k) => {
+            let c = |x| k.counter(x);
+            let (tx, pass, drop) = (c(Counter::Tx)?.v1, c(Counter::Pass)?.v1, c(Counter::Drop)?.v1);
+            ensure!(tx == 4 * per_row && pass == per_row && drop == 0, "Katran: {tx} XDP_TX, {pass} XDP_PASS, {drop} XDP_DROP");
+            ensure!(c(Counter::FallbackLru)?.v1 == 0, "Katran used its fallback LRU, not the per-CPU one");
+            let (lru, miss) = (c(Counter::Lru)?, c(Counter::LruMiss)?);
+            // SYNs never look the LRU up: every one is a miss, a pick and
+            // a write. The established rows miss at most on each round's
+            // first run.
+            ensure!(miss.v1 == 2 * per_row, "Katran: SYN misses {} != {}", miss.v1, 2 * per_row);
+            ensure!(miss.v2 <= rounds as u64, "Katran: established TCP misses {} > {rounds}", miss.v2);
+            ensure!(lru.v1 == 4 * per_row, "Katran: VIP packets {} != {}", lru.v1, 4 * per_row);
+            let hits = lru.v1 - lru.v2;
+            ensure!(hits + 2 * rounds as u64 >= 2 * per_row, "Katran: {hits} LRU hits for {} established runs", 2 * per_row);
+            format!(
+                " Katran (`{}`, built out of tree): behind the same harness, its per-CPU LRU for CPU {cpu} of {} flows \
+                 ({} entries after the run); its counters: {} SYN misses (pick + LRU write), {hits} LRU hits, {} non-SYN TCP misses, \
+                 no fallback-LRU use; each round's last new flow found in the LRU ({katran_written} rounds).",
+                katran_object.as_deref().map_or(String::new(), |p| p.display().to_string()),
+                table,
+                k.lru_len()?,
+                miss.v1,
+                miss.v2,
+            )
+        }
+    };
+
     let noop_ns = medians[0];
     let harness_ns = medians[1] - noop_ns;
     let floor_ns = medians[2];
@@ -317,15 +446,23 @@ pub fn run(repeat: u32, rounds: usize, cpu: usize, conn_table_size: Option<u32>,
         "\n## xdp, restoring harness — {}\n\n`cargo xtask bench xdp` (repeat {repeat}, {rounds} interleaved rounds, median, pinned to CPU {cpu}; {machine})\n\n\
          Harnessed rows net of the harness: (harness -> path) - (harness -> noop - noop); \
          harness cost {harness_ns:.1} ns, noop {noop_ns:.1} ns. SYN rows: {per_row} new flows each into a connection table of {table} flows \
-         ({evicting}).\n\n| path | ns/packet | × floor |\n|---|---:|---:|\n",
+         ({evicting}).{katran_note}\n\n| path | ns/packet | × floor |\n|---|---:|---:|\n",
         now(),
     );
-    for (row, raw) in rows.iter().zip(&medians) {
-        if !row.report {
-            continue;
+    let net: Vec<f64> = rows.iter().zip(&medians).map(|(row, raw)| if matches!(row.target, Target::Harnessed(..)) { raw - harness_ns } else { *raw }).collect();
+    for (row, ns) in rows.iter().zip(&net) {
+        if row.report {
+            report += &format!("| {} | {ns:.1} | {:.2} |\n", row.name, ns / floor_ns);
         }
-        let ns = if matches!(row.target, Target::Harnessed(..)) { raw - harness_ns } else { *raw };
-        report += &format!("| {} | {ns:.1} | {:.2} |\n", row.name, ns / floor_ns);
+    }
+    if katran.is_some() {
+        let ns = |name: &str| rows.iter().position(|r| r.name == name).map(|i| net[i]).expect("a row of PAIRS");
+        report += "\nfulcrum net / Katran net (net = path - floor; the target is <= 0.5):\n\n\
+                   | path | fulcrum net ns | Katran net ns | fulcrum / Katran |\n|---|---:|---:|---:|\n";
+        for (path, ours, theirs) in PAIRS {
+            let (f, k) = (ns(ours) - floor_ns, ns(theirs) - floor_ns);
+            report += &format!("| {path} | {f:.1} | {k:.1} | {:.2} |\n", f / k);
+        }
     }
     publish(&report, record.as_deref())
 }
