@@ -14,7 +14,8 @@ use std::{
 
 use etherparse::PacketBuilder;
 use fulcrum_common::{
-    addr_words, hash, ports_word, DecapReason, Mac, Reason, VipKey, IPPROTO_TCP, IPPROTO_UDP, MAX_REALS, MAX_VIPS,
+    addr_words, conn_age, hash, ports_word, DecapReason, Mac, Reason, VipKey, CONN_REFERENCED, CONN_SEEN_JIFFIES, IPPROTO_TCP,
+    IPPROTO_UDP, MAX_REALS, MAX_VIPS,
     VIP_F_HASH_SRC_ONLY, VIP_F_IPIP,
 };
 use fulcrum_l4::{
@@ -1111,8 +1112,8 @@ fn a_miss_writes_the_maglev_pick_entries_are_followed_and_a_syn_repicks() {
     assert_eq!(send_all(&mut dp, [sport])[&sport], pick);
     assert_eq!(conn(&dp, ConnEvent::Miss), misses + 1);
     let entry = dp.conn_entry(&key4(sport, 80, IPPROTO_TCP)).expect("the miss wrote an entry");
-    assert_eq!(entry.real_id, dp.applied().reals[&real(pick).0].0);
-    assert_eq!(entry.last_seen_jiffies, 0, "TCP entries carry no time");
+    assert_eq!(u32::from(entry.real_id), dp.applied().reals[&real(pick).0].0);
+    assert_eq!(entry.seen & CONN_REFERENCED, 0, "written, not yet looked up");
 
     // Another node's choice, or an older table's: the entry wins.
     let other = if pick == 1 { 2 } else { 1 };
@@ -1122,7 +1123,7 @@ fn a_miss_writes_the_maglev_pick_entries_are_followed_and_a_syn_repicks() {
         send_all(&mut dp, [s]);
         dp.conn_entry(&key4(s, 80, IPPROTO_TCP)).unwrap().real_gen
     };
-    let other_id = dp.applied().reals[&real(other).0].0;
+    let other_id = dp.applied().reals[&real(other).0].0 as u16;
     dp.set_conn_entry(&key4(sport, 80, IPPROTO_TCP), ConnEntry { real_id: other_id, real_gen: other_gen, ..ConnEntry::default() }).unwrap();
     let hits = conn(&dp, ConnEvent::Hit);
     assert_eq!(send_all(&mut dp, [sport])[&sport], other);
@@ -1132,7 +1133,7 @@ fn a_miss_writes_the_maglev_pick_entries_are_followed_and_a_syn_repicks() {
     let syns = conn(&dp, ConnEvent::Syn);
     assert_eq!(sent_to(&run(&mut dp, &syn4(sport), XDP_TX, Reason::Tx)), pick);
     assert_eq!(conn(&dp, ConnEvent::Syn), syns + 1);
-    assert_eq!(dp.conn_entry(&key4(sport, 80, IPPROTO_TCP)).unwrap().real_id, dp.applied().reals[&real(pick).0].0);
+    assert_eq!(u32::from(dp.conn_entry(&key4(sport, 80, IPPROTO_TCP)).unwrap().real_id), dp.applied().reals[&real(pick).0].0);
 }
 
 /// 300 established flows keep their real while a real is added, one is
@@ -1226,7 +1227,7 @@ fn a_reused_real_id_does_not_resurrect_old_flows() {
         .unwrap();
     send_all(&mut dp, [sport]);
     let old = dp.conn_entry(&key4(sport, 80, IPPROTO_TCP)).unwrap();
-    assert_eq!(old.real_id, id3);
+    assert_eq!(u32::from(old.real_id), id3);
     // Real 3 leaves; real 4 arrives and takes its id.
     dp.apply(&v4tcp(&[(1, 1), (2, 1)], &[1, 2], &[1, 2])).unwrap();
     dp.apply(&v4tcp(&[(1, 1), (2, 1), (4, 1)], &[1, 2, 4], &[1, 2, 4])).unwrap();
@@ -1238,13 +1239,14 @@ fn a_reused_real_id_does_not_resurrect_old_flows() {
     assert_eq!(send_all(&mut dp, [sport])[&sport], want, "not real 4");
     assert_eq!(conn(&dp, ConnEvent::Stale), stale + 1, "the old entry was refused, not followed");
     let new = dp.conn_entry(&key4(sport, 80, IPPROTO_TCP)).unwrap();
-    assert_eq!(new.real_id, dp.applied().reals[&real(want).0].0);
+    assert_eq!(u32::from(new.real_id), dp.applied().reals[&real(want).0].0);
 }
 
 /// A UDP entry idle past the VIP's timeout re-picks; a younger one is
-/// followed and its last-seen time refreshed, at most once per
-/// `CONN_TOUCH_JIFFIES`. Times are jiffies (the datapath's
-/// `bpf_jiffies64`), converted with the kernel's tick (`fulcrum_l4::hz`).
+/// followed and its hit marked (`ConnEntry::seen`: the tick of the hit,
+/// referenced), stored at most once a tick. Times are jiffies modulo
+/// 2^31 (the datapath's `bpf_jiffies64`), converted with the kernel's
+/// tick (`fulcrum_l4::hz`).
 #[test]
 fn udp_entries_expire_after_the_idle_timeout() {
     let mut plan = v4tcp(&[(1, 1), (2, 1), (3, 1)], &[1, 2, 3], &[1, 2, 3]);
@@ -1258,43 +1260,49 @@ fn udp_entries_expire_after_the_idle_timeout() {
     assert_eq!(pick, maglev_pick(&[(1, 1), (2, 1), (3, 1)], v4_hash(CLIENT4, sport, 53)));
     let key = key4(sport, 53, IPPROTO_UDP);
     let written = dp.conn_entry(&key).unwrap();
-    assert!(written.last_seen_jiffies > 0);
+    assert_eq!(written.seen & CONN_REFERENCED, 0, "written, not yet looked up");
     // User space cannot read `jiffies_64`: a new flow's first packet
     // makes the datapath write it into that flow's entry.
     let mut probe_port = 9000;
     let mut jiffies_now = |dp: &mut Datapath| {
         probe_port += 1;
         run(dp, &udp4(CLIENT4, VIP4, probe_port, 53), XDP_TX, Reason::Tx);
-        dp.conn_entry(&key4(probe_port, 53, IPPROTO_UDP)).unwrap().last_seen_jiffies
+        dp.conn_entry(&key4(probe_port, 53, IPPROTO_UDP)).unwrap().seen
     };
     // Point the flow at another real, as an older table would have.
     let other = if pick == 1 { 2 } else { 1 };
-    let other_id = dp.applied().reals[&real(other).0].0;
+    let other_id = dp.applied().reals[&real(other).0].0 as u16;
     let gen = {
         let s = (6000..7000).find(|&s| maglev_pick(&[(1, 1), (2, 1), (3, 1)], v4_hash(CLIENT4, s, 53)) == other).unwrap();
         run(&mut dp, &udp4(CLIENT4, VIP4, s, 53), XDP_TX, Reason::Tx);
         dp.conn_entry(&key4(s, 53, IPPROTO_UDP)).unwrap().real_gen
     };
     let now = jiffies_now(&mut dp);
-    let secs = |s: u64| s * fulcrum_l4::hz();
+    let secs = |s: u64| (s * fulcrum_l4::hz()) as u32;
+    let ago = |t: u32| now.wrapping_sub(t) & CONN_SEEN_JIFFIES;
+    // Within a few seconds after `now` (the test's own run time).
+    let since_now = |seen: u32| conn_age(seen, now) < secs(5);
 
-    // Idle 5 s of 30: followed, and the last-seen time refreshed.
-    dp.set_conn_entry(&key, ConnEntry { real_id: other_id, real_gen: gen, last_seen_jiffies: now - secs(5), ..ConnEntry::default() }).unwrap();
+    // Idle 5 s of 30: followed, and the hit marked: seen now, referenced.
+    dp.set_conn_entry(&key, ConnEntry { real_id: other_id, real_gen: gen, seen: ago(secs(5)), ..ConnEntry::default() }).unwrap();
     assert_eq!(sent_to(&run(&mut dp, &f, XDP_TX, Reason::Tx)), other);
-    assert!(dp.conn_entry(&key).unwrap().last_seen_jiffies >= now, "refreshed");
-    // Seen just now: followed, not rewritten.
-    let fresh = jiffies_now(&mut dp);
-    dp.set_conn_entry(&key, ConnEntry { real_id: other_id, real_gen: gen, last_seen_jiffies: fresh, ..ConnEntry::default() }).unwrap();
+    let hit = dp.conn_entry(&key).unwrap().seen;
+    assert!(hit & CONN_REFERENCED != 0 && since_now(hit), "refreshed: {hit:#x}, now {now:#x}");
+    // Seen this tick and referenced: followed; stored again only if the
+    // tick moved on meanwhile.
+    let fresh = jiffies_now(&mut dp) | CONN_REFERENCED;
+    dp.set_conn_entry(&key, ConnEntry { real_id: other_id, real_gen: gen, seen: fresh, ..ConnEntry::default() }).unwrap();
     assert_eq!(sent_to(&run(&mut dp, &f, XDP_TX, Reason::Tx)), other);
-    assert_eq!(dp.conn_entry(&key).unwrap().last_seen_jiffies, fresh, "not rewritten within CONN_TOUCH_JIFFIES");
+    let after = dp.conn_entry(&key).unwrap().seen;
+    assert!(after == fresh || (after & CONN_REFERENCED != 0 && conn_age(after, fresh) < secs(1)), "{after:#x} after {fresh:#x}");
     // Idle 31 s: expired, the table's pick, a new entry.
     let expired = conn(&dp, ConnEvent::Expired);
-    dp.set_conn_entry(&key, ConnEntry { real_id: other_id, real_gen: gen, last_seen_jiffies: now - secs(31), ..ConnEntry::default() }).unwrap();
+    dp.set_conn_entry(&key, ConnEntry { real_id: other_id, real_gen: gen, seen: ago(secs(31)), ..ConnEntry::default() }).unwrap();
     assert_eq!(sent_to(&run(&mut dp, &f, XDP_TX, Reason::Tx)), pick);
     assert_eq!(conn(&dp, ConnEvent::Expired), expired + 1);
     let renewed = dp.conn_entry(&key).unwrap();
-    assert_eq!(renewed.real_id, dp.applied().reals[&real(pick).0].0);
-    assert!(renewed.last_seen_jiffies >= now);
+    assert_eq!(u32::from(renewed.real_id), dp.applied().reals[&real(pick).0].0);
+    assert!(renewed.seen & CONN_REFERENCED == 0 && since_now(renewed.seen), "{:#x}", renewed.seen);
 }
 
 /// The table holds what it is sized for, rounded up to a power of two
@@ -1357,7 +1365,7 @@ fn a_flood_of_one_packet_flows_evicts_its_own_entries() {
     assert_eq!((conn(&dp, ConnEvent::Hit), conn(&dp, ConnEvent::Miss)), (hits + 3, misses));
     // A fourth live flow takes the flood's way; a fifth, with every way
     // referenced, evicts one live flow (the least recently used, to the
-    // tick: `ConnWay::used`).
+    // tick: `ConnEntry::seen`).
     for &sport in &flood[..2] {
         run(&mut dp, &syn4(sport), XDP_TX, Reason::Tx);
         run(&mut dp, &tcp4(CLIENT4, VIP4, sport, 80), XDP_TX, Reason::Tx);
@@ -1975,7 +1983,7 @@ fn icmp_too_big_about_a_vip_flow_goes_to_the_real_of_that_flow() {
     let sport = 40000;
     let pick = maglev_pick(&[(1, 1), (2, 1), (3, 1)], v4_hash(CLIENT4, sport, 80));
     let other = if pick == 1 { 2 } else { 1 };
-    let other_id = dp.applied().reals[&real(other).0].0;
+    let other_id = dp.applied().reals[&real(other).0].0 as u16;
     let entry = ConnEntry { real_id: other_id, real_gen: gens[&other], ..ConnEntry::default() };
     dp.set_conn_entry(&key4(sport, 80, IPPROTO_TCP), entry).unwrap();
     let hits = conn(&dp, ConnEvent::Hit);
@@ -2036,8 +2044,9 @@ fn icmp_too_big_about_an_ipip_vip_flow_is_encapsulated_like_the_flow() {
 }
 
 /// An established flow's packets skip the `VIPS` lookup while the entry's
-/// copy of the VIP facts is current, and follow every change of the VIP:
-/// standby, VLAN, UDP idle timeout, removal and return.
+/// VIP generation is current (the facts then come from `VIP_FACTS`), and
+/// follow every change of the VIP: standby, VLAN, UDP idle timeout,
+/// removal and return.
 #[test]
 fn established_flows_follow_every_vip_change_on_the_short_path() {
     let mut state = lab_state();
@@ -2047,12 +2056,15 @@ fn established_flows_follow_every_vip_change_on_the_short_path() {
     let key = key4(7001, 80, IPPROTO_TCP);
     let entry = dp.conn_entry(&key).unwrap();
     let id = dp.applied().vips["v4tcp"].vip_id;
-    assert_eq!((u32::from(entry.vip_id), entry.vip_vlan, entry.vip_flags), (id, 0, 0));
+    assert_eq!(u32::from(entry.vip_id), id);
     assert_ne!(entry.vip_gen, 0);
+    let facts = dp.vip_facts(id).unwrap();
+    assert_eq!((facts.gen, facts.vlan, facts.flags), (entry.vip_gen, 0, 0));
     for _ in 0..3 {
         assert_eq!(sent_to(&run(&mut dp, &f, XDP_TX, Reason::Tx)), pick);
     }
-    assert_eq!(dp.conn_entry(&key).unwrap(), entry, "hits on current facts write nothing");
+    let after = dp.conn_entry(&key).unwrap();
+    assert_eq!(ConnEntry { seen: entry.seen, ..after }, entry, "hits on current facts write nothing but their time");
 
     // Standby, then MASTER again: passed, then forwarded with new facts.
     state.vips[0].flags |= fulcrum_common::VIP_F_STANDBY;
@@ -2073,7 +2085,8 @@ fn established_flows_follow_every_vip_change_on_the_short_path() {
     assert_eq!(run(&mut dp, &f, XDP_PASS, Reason::PassVlanMismatch), f);
     let tagged42 = tagged(&f, 0x8100, 42);
     assert_eq!(sent_to(&run(&mut dp, &tagged42, XDP_TX, Reason::Tx)), pick);
-    assert_eq!(dp.conn_entry(&key).unwrap().vip_vlan, 42);
+    assert_eq!(dp.vip_facts(id).unwrap().vlan, 42);
+    assert_eq!(dp.conn_entry(&key).unwrap().vip_gen, dp.vip_facts(id).unwrap().gen, "the entry follows the new generation");
     assert_eq!(sent_to(&run(&mut dp, &tagged42, XDP_TX, Reason::Tx)), pick);
 
     // A UDP flow: a shorter idle timeout reaches its entry.
@@ -2081,11 +2094,13 @@ fn established_flows_follow_every_vip_change_on_the_short_path() {
     let tagged_u = tagged(&u, 0x8100, 42);
     run(&mut dp, &tagged_u, XDP_TX, Reason::Tx);
     let ukey = key4(7002, 53, IPPROTO_UDP);
-    assert_eq!(dp.conn_entry(&ukey).unwrap().udp_idle_timeout_jiffies, fulcrum_l4::ms_to_jiffies(UDP_IDLE_MS));
+    let uid = u32::from(dp.conn_entry(&ukey).unwrap().vip_id);
+    assert_eq!(dp.vip_facts(uid).unwrap().udp_idle_timeout_jiffies, fulcrum_l4::ms_to_jiffies(UDP_IDLE_MS));
     state.vips[1].udp_idle_timeout_ms = 2_000;
     dp.apply(&state).unwrap();
     run(&mut dp, &tagged_u, XDP_TX, Reason::Tx);
-    assert_eq!(dp.conn_entry(&ukey).unwrap().udp_idle_timeout_jiffies, fulcrum_l4::ms_to_jiffies(2_000));
+    assert_eq!(dp.vip_facts(uid).unwrap().udp_idle_timeout_jiffies, fulcrum_l4::ms_to_jiffies(2_000));
+    assert_eq!(dp.conn_entry(&ukey).unwrap().vip_gen, dp.vip_facts(uid).unwrap().gen);
 
     // Removed: passed, though its entries stay in the table.
     let removed = state.vips.remove(0);

@@ -22,12 +22,11 @@ use fulcrum_lab::{bin_path, host4, in_netns, Lab, Proc, REALS, UDP_ECHO_PORT, VI
 
 /// Health checks of the test config (HTTP on the reals' port 80).
 const INTERVAL: Duration = Duration::from_millis(500);
-/// The VIPs' `udp_idle_timeout`. Not the minimum "1s": the datapath
-/// refreshes an entry's last-seen time only when it is older than
-/// `CONN_TOUCH_JIFFIES` (~1.02 s at HZ=250), so with a 1 s timeout even a flow sending
-/// every 200 ms expires about once a second
-/// (`busy_udp_flows_stay_with_the_minimum_idle_timeout`, ignored until
-/// the datapath is fixed). 2 s leaves a busy flow ~0.9 s of margin.
+/// The VIPs' `udp_idle_timeout`. Not the minimum "1s", which
+/// `busy_udp_flows_stay_with_the_minimum_idle_timeout` covers: 2 s
+/// leaves a busy flow ample margin (the datapath marks an entry's
+/// `seen` on every hit, at most once a tick, so a flow sending every
+/// 200 ms is never idle more than ~200 ms plus a tick).
 const UDP_IDLE: Duration = Duration::from_secs(2);
 /// How often a busy flow sends.
 const BUSY_EVERY: Duration = Duration::from_millis(200);
@@ -282,9 +281,9 @@ fn idle_udp_flows_of_a_drained_real_move_while_busy_ones_stay() {
 
 /// The same with the shortest timeout the config accepts. It caught a
 /// datapath bug: a last-seen time refreshed only every ~1.07 s (then
-/// `CONN_TOUCH_NS`, now `CONN_TOUCH_JIFFIES`) let a 1 s timeout expire flows sending every 200 ms (156
-/// expiries in ~4 s among 48 busy flows); the datapath now refreshes at
-/// least four times per timeout.
+/// `CONN_TOUCH_NS`, later `CONN_TOUCH_JIFFIES`) let a 1 s timeout expire flows sending every 200 ms (156
+/// expiries in ~4 s among 48 busy flows); the datapath now marks an
+/// entry's `seen` on every hit, at most once a tick.
 #[test]
 fn busy_udp_flows_stay_with_the_minimum_idle_timeout() {
     drain_one_real_with_busy_and_idle_flows(Duration::from_secs(1));

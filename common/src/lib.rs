@@ -49,7 +49,9 @@ pub mod names {
     pub const CONN_HASH_SEED: &str = "CONN_HASH_SEED";
     /// The global holding the connection tables' set count minus one (`u32`).
     pub const CONN_SET_MASK: &str = "CONN_SET_MASK";
-    pub const VIP_GEN: &str = "VIP_GEN";
+    /// VIP id -> [`VipFacts`]: the generation and the facts an
+    /// established flow's packet needs.
+    pub const VIP_FACTS: &str = "VIP_FACTS";
     pub const VIP_REAL_OK: &str = "VIP_REAL_OK";
     pub const VIP_ADDRESSES: &str = "VIP_ADDRESSES";
     /// The decapsulation program (`fulcrum-xdp-decap`, its own object) and its maps.
@@ -61,8 +63,8 @@ pub mod names {
 /// Connection table entries per address family when the configuration
 /// does not say (`[datapath] conn_table_size`): one million IPv4 flows and
 /// one million IPv6 flows, rounded up to 1,048,576 each ([`conn_sets`]),
-/// 64 + 88 MiB of kernel memory preallocated at load (see
-/// `docs/architecture.md`).
+/// 32 + 56 MiB of kernel memory preallocated at load (32 bytes per IPv4
+/// flow, 56 per IPv6 flow; see `docs/architecture.md`).
 pub const DEFAULT_CONN_TABLE_SIZE: u32 = 1_000_000;
 
 /// Words of the `VIP_REAL_OK` bitmap: one bit per (VIP id, real id).
@@ -175,10 +177,12 @@ pub struct VipMeta {
     pub vlan: u32,
     /// Bumped by user space each time the facts a connection-table hit
     /// relies on change (flags, VLAN, UDP idle timeout) or the id is given
-    /// to another VIP; `VIP_GEN[vip_id]` is set to it after this entry is
-    /// written, and bumped again after the VIP is removed. An entry whose
-    /// [`ConnEntry::vip_gen`] equals `VIP_GEN[vip_id]` may skip the `VIPS`
-    /// lookup (see `docs/architecture.md`, "The established-flow path").
+    /// to another VIP; `VIP_FACTS[vip_id]` is set to it and those facts
+    /// after this entry is written, and bumped again after the VIP is
+    /// removed. A packet whose entry's [`ConnEntry::vip_gen`] equals
+    /// `VIP_FACTS[vip_id].gen` may skip the `VIPS` lookup and use the
+    /// facts of `VIP_FACTS` (see `docs/architecture.md`, "The
+    /// established-flow path").
     pub gen: u32,
     pub _pad: u32,
 }
@@ -188,6 +192,40 @@ impl VipMeta {
     #[inline(always)]
     pub fn table_base(&self) -> u32 {
         (self.vip_id * TABLE_SLOTS_PER_VIP + (self.table_slot & 1)) * MAGLEV_MAX_TABLE_SIZE
+    }
+}
+
+/// Value of the `VIP_FACTS` array, indexed by VIP id: what a packet of an
+/// established flow needs from its VIP's [`VipMeta`], so that it is
+/// forwarded without the `VIPS` hash lookup (about 40 ns here). A copy of
+/// the `VIPS` value's fields, in the array element the generation check
+/// reads anyway: no cache line more than that check.
+///
+/// Written by user space (`fulcrum-l4`'s writer) after the `VIPS` entry,
+/// in two updates when anything changed: first `gen` 0 with the new
+/// facts, then the new `gen`. The datapath reads `gen`, the facts, and
+/// `gen` again, and uses the facts only if both reads equal the entry's
+/// [`ConnEntry::vip_gen`] (never 0): facts read with a current
+/// generation are that generation's (or, while an update of the same VIP
+/// is under way, its next ones).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VipFacts {
+    /// [`VipMeta::gen`] of the VIP holding the id, 0 while the facts
+    /// below are being rewritten (or no VIP ever held the id).
+    pub gen: u32,
+    /// [`VipMeta::flags`] (`VIP_F_*` bits).
+    pub flags: u32,
+    /// [`VipMeta::udp_idle_timeout_jiffies`], in jiffies.
+    pub udp_idle_timeout_jiffies: u32,
+    /// [`VipMeta::vlan`]: the 802.1Q VLAN id, 0 for untagged.
+    pub vlan: u32,
+}
+
+impl VipFacts {
+    /// The facts of `meta`, under its generation.
+    pub fn of(meta: &VipMeta) -> Self {
+        VipFacts { gen: meta.gen, flags: meta.flags, udp_idle_timeout_jiffies: meta.udp_idle_timeout_jiffies, vlan: meta.vlan }
     }
 }
 
@@ -224,10 +262,19 @@ pub struct FlowKey {
     /// The IP protocol number, widened to a word: a key without padding
     /// bytes is built with four word stores, where `[u8; 3]` of padding
     /// costs a call of a byte-wise `memset` subprogram in the datapath.
+    /// In way 0 of a connection-table set, its top bit is the set's
+    /// writer lock ([`CONN_SET_LOCK`]), not part of the key.
     pub proto: u32,
 }
 
 impl FlowKey {
+    /// The key without the set lock's bit ([`CONN_SET_LOCK`]), which way
+    /// 0 of a set holds while a writer has the set: the key as the flow's.
+    pub fn unlocked(mut self) -> Self {
+        self.proto &= !CONN_SET_LOCK;
+        self
+    }
+
     /// The `CONN_TABLE_V4` key of the flow, if both addresses are
     /// IPv4-mapped (an IPv4 flow).
     pub fn v4(&self) -> Option<FlowKeyV4> {
@@ -244,7 +291,7 @@ impl FlowKey {
 /// Key of `CONN_TABLE_V4`: an IPv4 flow's 5-tuple, raw
 /// network-order words as loaded from the packet. 16 bytes instead of
 /// [`FlowKey`]'s 40: fewer words to hash and compare on every lookup, and
-/// an IPv4 way ([`ConnWay`]) of one 64-byte cache line. (With the
+/// an IPv4 way ([`ConnWay`]) of 32 bytes, half a cache line. (With the
 /// kernel's LRU hash, which hashed and compared every key byte in a
 /// helper, the short key made an IPv4 hit about 8 ns cheaper here,
 /// `bench/RESULTS.md`, xdp2.)
@@ -259,9 +306,20 @@ pub struct FlowKeyV4 {
     pub proto: u32,
 }
 
-/// A connection-table entry (in its flow's [`ConnWay`]): the real a flow was sent to, and a copy of the
-/// VIP facts its packets need, so that an established flow's packet is
-/// forwarded without the `VIPS` hash lookup (about 40 ns here).
+impl FlowKeyV4 {
+    /// The key without the set lock's bit; see [`FlowKey::unlocked`].
+    pub fn unlocked(mut self) -> Self {
+        self.proto &= !CONN_SET_LOCK;
+        self
+    }
+}
+
+/// A connection-table entry (in its flow's [`ConnWay`]): the real a
+/// flow was sent to, the VIP it belongs to, and when it was last seen. 16
+/// bytes, so an IPv4 way (key and entry) is 32 and a set of four two
+/// cache lines. The VIP's facts an established packet needs (flags, VLAN,
+/// UDP idle timeout) are not copied here but read from `VIP_FACTS[vip_id]`
+/// ([`VipFacts`]), the element whose generation the packet checks anyway.
 ///
 /// Everything encapsulation needs is reached through `real_id` (the
 /// real's address lives in `REALS`), and IPIP's per-flow outer source
@@ -269,64 +327,93 @@ pub struct FlowKeyV4 {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ConnEntry {
-    /// Index into `REALS`.
-    pub real_id: u32,
+    /// Index into `REALS` (< [`MAX_REALS`], 4096).
+    pub real_id: u16,
+    /// [`VipMeta::vip_id`] (< [`MAX_VIPS`]).
+    pub vip_id: u16,
     /// `RealDef::generation` of `real_id` when the entry was written.
     pub real_gen: u32,
-    /// `bpf_jiffies64()` (the kernel's `jiffies_64`: timer ticks since
-    /// boot plus the kernel's INITIAL_JIFFIES offset, 1/HZ s each) at the
-    /// flow's last packet, refreshed at most every [`CONN_TOUCH_JIFFIES`];
-    /// 0 and unused for TCP. Only differences mean anything: user space
-    /// has no syscall reading `jiffies_64`, so it turns them into time
-    /// with `fulcrum_l4::tick_ns`.
-    pub last_seen_jiffies: u64,
-    /// The VIP's [`VipMeta::gen`] when the facts below were copied from
-    /// its `VIPS` entry. While `VIP_GEN[vip_id]` equals it, a packet of
-    /// the flow is forwarded without the `VIPS` lookup; otherwise (0 never
-    /// matches) it takes the full path, which refreshes these fields.
+    /// The VIP's [`VipMeta::gen`] when the entry was written (or its
+    /// VIP id last refreshed). While `VIP_FACTS[vip_id].gen` equals it, a
+    /// packet of the flow is forwarded without the `VIPS` lookup, with the
+    /// facts of `VIP_FACTS`; otherwise (0 never matches) it takes the full
+    /// path, which updates `vip_id` and this.
     pub vip_gen: u32,
-    /// [`VipMeta::vip_id`].
-    pub vip_id: u16,
-    /// [`VipMeta::vlan`].
-    pub vip_vlan: u16,
-    /// [`VipMeta::flags`].
-    pub vip_flags: u32,
-    /// [`VipMeta::udp_idle_timeout_jiffies`].
-    pub udp_idle_timeout_jiffies: u32,
+    /// When the flow was last seen, and whether it was seen again after
+    /// its write: the low 31 bits ([`CONN_SEEN_JIFFIES`]) are
+    /// `bpf_jiffies64()` (the kernel's `jiffies_64`: timer ticks, 1/HZ s
+    /// each) modulo 2^31 at the write (a SYN, a miss) or at the last hit,
+    /// rewritten at most once a tick; the top bit is [`CONN_REFERENCED`],
+    /// set by every hit. Serves both the set's replacement (least recently
+    /// seen, unreferenced first) and UDP idle expiry. Only differences
+    /// mean anything, taken modulo 2^31 ([`conn_age`]); user space has no
+    /// syscall reading `jiffies_64`, so it turns them into time with
+    /// `fulcrum_l4::tick_ns`.
+    ///
+    /// Wrap: 2^31 ticks are 24.8 days at HZ=1000 (99 days at HZ=250). An
+    /// entry untouched for that long looks as young as its age modulo
+    /// 2^31: its set may then evict a younger flow before it (harmless: it
+    /// only reorders victims among the four ways), and a UDP flow idle for
+    /// a whole multiple of that period, give or take its timeout, would be
+    /// followed instead of expired, to the real it had, and only if that
+    /// real still serves the VIP under the same id and generation (every
+    /// other check of an established packet still applies). A set that
+    /// keeps a flow unevicted for weeks is one no new flow hashed to, so
+    /// this costs nothing real; no sweep is worth its memory traffic.
+    pub seen: u32,
 }
+
+// `ConnEntry`'s ids are u16s.
+const _: () = assert!(MAX_REALS <= 1 << 16 && MAX_VIPS <= 1 << 16);
 
 /// Ways (flows) per set of the connection table: a flow may live in any
 /// of the `CONN_WAYS` ways of the one set its hash names
 /// ([`conn_set_hash_v4`] / [`conn_set_hash_v6`]), as in a set-associative
-/// CPU cache. Four: a lookup compares at most four keys, all in one or two
-/// cache lines, and a flow is evicted only by flows of its own set.
+/// CPU cache. Four: a lookup compares at most four keys, in two cache
+/// lines for IPv4 (a 128-byte set of 32-byte ways) and four for IPv6 (a
+/// 224-byte set of 56-byte ways; a set starts 32 bytes into a line every
+/// other time), the tables being cache-line aligned (`BPF_F_MMAPABLE`
+/// arrays start on a page), and a flow is evicted only by flows of its
+/// own set.
 pub const CONN_WAYS: usize = 4;
 
-/// [`ConnWay::used`]'s mark of a flow that has been looked up since it
-/// was written (a second packet, or more). The bit outranks any jiffies
-/// value, so the set's victim is an entry never looked up again (a
-/// one-packet flow: a SYN flood's), the oldest first, before the least
-/// recently used of the flows that did see traffic: the kernel LRU's
-/// inactive and active lists (kernel/bpf/bpf_lru_list.c) within a set.
-pub const CONN_REFERENCED: u64 = 1 << 63;
+/// [`ConnEntry::seen`]'s mark of a flow that has been looked up since it
+/// was written (a second packet, or more). The bit outranks any age, so
+/// the set's victim is an entry never looked up again (a one-packet flow:
+/// a SYN flood's), the oldest first, before the least recently used of
+/// the flows that did see traffic: the kernel LRU's inactive and active
+/// lists (kernel/bpf/bpf_lru_list.c) within a set.
+pub const CONN_REFERENCED: u32 = 1 << 31;
+
+/// [`ConnEntry::seen`]'s jiffies bits: `bpf_jiffies64()` modulo 2^31.
+pub const CONN_SEEN_JIFFIES: u32 = !CONN_REFERENCED;
+
+/// Ticks (jiffies) from `seen` ([`ConnEntry::seen`], its mark ignored)
+/// to `now` (the low 32 bits of `bpf_jiffies64()`), modulo 2^31.
+#[inline(always)]
+pub const fn conn_age(now: u32, seen: u32) -> u32 {
+    now.wrapping_sub(seen) & CONN_SEEN_JIFFIES
+}
+
+/// The set's writer lock: a bit of way 0's key protocol word
+/// ([`FlowKeyV4::proto`] / [`FlowKey::proto`], whose low 8 bits hold the
+/// protocol number). A writer sets it with a 64-bit compare-and-exchange
+/// on that key's `ports`/`proto` word and clears it with an exchange;
+/// every key comparison masks it out (`proto & !CONN_SET_LOCK`), so it
+/// neither makes nor breaks a match. User space, which compares keys
+/// too, masks it the same way ([`FlowKeyV4::unlocked`]).
+pub const CONN_SET_LOCK: u32 = 1 << 31;
 
 /// One way of a connection-table set: a flow's key and its entry.
 ///
-/// `K` is [`FlowKeyV4`] (64-byte ways) or [`FlowKey`] (88 bytes). A way
-/// whose key has protocol 0 is empty: no flow has protocol 0.
+/// `K` is [`FlowKeyV4`] (32-byte ways) or [`FlowKey`] (56 bytes). A way
+/// whose key has protocol 0 (ignoring [`CONN_SET_LOCK`]) is empty: no
+/// flow has protocol 0.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ConnWay<K> {
     pub key: K,
     pub entry: ConnEntry,
-    /// `bpf_jiffies64()` when the flow was written (a SYN, a miss), or
-    /// when it was last looked up with [`CONN_REFERENCED`] set; 0 for an
-    /// empty way. The set's victim is the way with the smallest value.
-    pub used: u64,
-    /// Way 0's is the set's writer lock (0 free, 1 held; taken with an
-    /// atomic compare-and-exchange, so two CPUs never write one set at
-    /// once); unused in the other ways.
-    pub lock: u64,
 }
 
 /// Value of `CONN_TABLE_V4` / `CONN_TABLE_V6`: one set of [`CONN_WAYS`]
@@ -409,13 +496,6 @@ const fn fmix64(mut k: u64) -> u64 {
     k ^ (k >> 33)
 }
 
-/// A UDP entry's `last_seen_jiffies` is rewritten only when it is older
-/// than this many jiffies, or than a quarter of the VIP's idle timeout if
-/// that is shorter: a write per packet would dirty a shared cache line on
-/// every packet, and a busy flow must never look idle. 256 ticks: 1.024 s
-/// at HZ=250 (this machine kind), 0.256 s at HZ=1000, 2.56 s at HZ=100;
-/// the quarter-timeout bound keeps expiry correct at any HZ.
-pub const CONN_TOUCH_JIFFIES: u64 = 256;
 
 /// What the connection table did for a VIP packet: the index of
 /// [`VipCounters::conn`]. Indices and names are stable; new events are appended.
@@ -711,6 +791,7 @@ mod pod {
     // SAFETY: all are repr(C), Copy, with explicit padding and no pointers.
     unsafe impl aya::Pod for super::VipKey {}
     unsafe impl aya::Pod for super::VipMeta {}
+    unsafe impl aya::Pod for super::VipFacts {}
     unsafe impl aya::Pod for super::RealDef {}
     unsafe impl aya::Pod for super::DatapathConfig {}
     unsafe impl aya::Pod for super::Counters {}
@@ -842,14 +923,19 @@ mod conn_tests {
     fn layouts_are_what_the_kernel_side_expects() {
         assert_eq!(core::mem::size_of::<FlowKey>(), 40);
         assert_eq!(core::mem::size_of::<FlowKeyV4>(), 16);
-        assert_eq!(core::mem::size_of::<ConnEntry>(), 32);
+        assert_eq!(core::mem::size_of::<ConnEntry>(), 16);
+        assert_eq!(core::mem::size_of::<VipFacts>(), 16);
         assert_eq!(core::mem::size_of::<RealDef>(), 32);
         assert_eq!(core::mem::size_of::<DatapathConfig>(), 104);
         assert_eq!(core::mem::size_of::<VipMeta>(), 32);
         assert_eq!(core::mem::size_of::<VipCounters>(), 120);
-        assert_eq!(core::mem::size_of::<ConnWay<FlowKeyV4>>(), 64);
-        assert_eq!(core::mem::size_of::<ConnWay<FlowKey>>(), 88);
-        assert_eq!(core::mem::size_of::<ConnSet<FlowKeyV4>>(), 256);
+        assert_eq!(core::mem::size_of::<ConnWay<FlowKeyV4>>(), 32);
+        assert_eq!(core::mem::size_of::<ConnWay<FlowKey>>(), 56);
+        assert_eq!(core::mem::size_of::<ConnSet<FlowKeyV4>>(), 128);
+        assert_eq!(core::mem::size_of::<ConnSet<FlowKey>>(), 224);
+        // The set lock's word (`ports` and `proto`) is 8-byte aligned.
+        assert_eq!(core::mem::offset_of!(FlowKeyV4, ports) % 8, 0);
+        assert_eq!(core::mem::offset_of!(FlowKey, ports) % 8, 0);
         assert_eq!(vip_real_ok_bit(MAX_VIPS - 1, MAX_REALS - 1).0, VIP_REAL_OK_WORDS - 1);
     }
 }

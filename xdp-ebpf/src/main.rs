@@ -4,7 +4,7 @@
 //! The pipeline reads top to bottom, one small function a stage:
 //! `parse` -> `vip_filter_admits` -> `route`, once per address family
 //! (the family's connection table, `ConnTable`): `established_flow` (a
-//! connection-table entry with current VIP facts: no `VIPS` lookup) or `full_path`
+//! connection-table entry of the VIP's current generation: no `VIPS` lookup) or `full_path`
 //! (`lookup_vip` -> `addressed_to_us` -> `select_real`: the connection
 //! table, else `pick_real` from the Maglev table) -> `forward`:
 //! `rewrite_l2` (L2 DSR) or `encap::encapsulate` (IPIP / IP6IP6, per VIP)
@@ -48,8 +48,8 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use fulcrum_common::{
-    hash, ports_word, vip_filter_bit, virtual_mac_bit, vip_real_ok_bit, ConnEntry, ConnEvent, RealDef,
-    DatapathConfig, Reason, VipKey, VipMeta, CONN_TOUCH_JIFFIES, IPPROTO_TCP, IPPROTO_UDP, V4_MAPPED_WORD,
+    conn_age, hash, ports_word, vip_filter_bit, virtual_mac_bit, vip_real_ok_bit, ConnEntry, ConnEvent, RealDef,
+    DatapathConfig, Reason, VipKey, VipMeta, IPPROTO_TCP, IPPROTO_UDP, V4_MAPPED_WORD,
     VIP_F_HASH_SRC_ONLY, VIP_F_IPIP, VIP_F_STANDBY,
 };
 use conn::{ConnTable, V4, V6};
@@ -140,13 +140,14 @@ fn route<T: ConnTable>(ctx: &XdpContext, flow: &Flow, bytes: u64) -> Result<(Vip
     }
 }
 
-/// A packet of an established flow whose connection-table entry holds
-/// current VIP facts (`ConnEntry::vip_gen` equal to `VIP_GEN[vip_id]`):
-/// everything `full_path` would find, without the `VIPS` hash lookup
-/// (about 40 ns here). When any check fails, the full path decides,
+/// A packet of an established flow whose connection-table entry names
+/// its VIP's current generation (`ConnEntry::vip_gen` equal to
+/// `VIP_FACTS[vip_id].gen`): everything `full_path` would find, with the
+/// VIP's facts from `VIP_FACTS` instead of the `VIPS` hash lookup (about
+/// 40 ns here). When any check fails, the full path decides,
 /// counts and refreshes the entry, handed what was looked up so the
-/// table is searched once: a SYN or an ICMP error, no entry, facts of an
-/// older generation (the VIP changed or left), another VLAN, a standby
+/// table is searched once: a SYN or an ICMP error, no entry, an older
+/// VIP generation (the VIP changed or left), another VLAN, a standby
 /// VIP, not our MAC, a stale real, an idle UDP flow.
 #[inline(always)]
 fn established_flow<T: ConnTable>(ctx: &XdpContext, flow: &Flow, bytes: u64) -> Result<(VipMeta, ToUs, u32, &'static RealDef), Looked> {
@@ -158,21 +159,33 @@ fn established_flow<T: ConnTable>(ctx: &XdpContext, flow: &Flow, bytes: u64) -> 
     };
     let fallback = Some(entry);
     // SAFETY: a pointer into the connection table's array element, valid
-    // for this run. `refresh_vip_facts` stores the generation after the
-    // facts, so a matching generation vouches for facts at least that new.
-    let (gen, vip_id, vlan, flags, udp_idle_timeout_jiffies) = unsafe {
-        let gen = core::ptr::read_volatile(&(*entry).vip_gen);
-        (gen, (*entry).vip_id, (*entry).vip_vlan, (*entry).vip_flags, (*entry).udp_idle_timeout_jiffies)
-    };
+    // for this run. `refresh_vip_gen` stores the generation after the id,
+    // so a generation read first vouches for the id read after it.
+    let (gen, vip_id) = unsafe { (core::ptr::read_volatile(&(*entry).vip_gen), core::ptr::read_volatile(&(*entry).vip_id)) };
     let vip_id = u32::from(vip_id);
-    let current = VIP_GEN.get(vip_id).is_some_and(|&now| now == gen);
-    if gen == 0 || !current || vlan != flow.vid || flags & VIP_F_STANDBY != 0 {
+    let Some(facts) = VIP_FACTS.get_ptr(vip_id) else {
+        return Err(fallback);
+    };
+    // SAFETY: an array element, valid for this run. Volatile loads stay
+    // in program order: the generation, the facts, the generation again
+    // (user space sets it to 0 while it rewrites the facts; see
+    // `VipFacts`), a sequence lock's read side on x86-64.
+    let (now_gen, flags, udp_idle_timeout_jiffies, vlan, again) = unsafe {
+        (
+            core::ptr::read_volatile(&(*facts).gen),
+            core::ptr::read_volatile(&(*facts).flags),
+            core::ptr::read_volatile(&(*facts).udp_idle_timeout_jiffies),
+            core::ptr::read_volatile(&(*facts).vlan),
+            core::ptr::read_volatile(&(*facts).gen),
+        )
+    };
+    if gen == 0 || now_gen != gen || again != gen || vlan != u32::from(flow.vid) || flags & VIP_F_STANDBY != 0 {
         return Err(fallback);
     }
     let Some(to_us) = addressed_to_us(ctx, flow.is_v6) else {
         return Err(fallback);
     };
-    let vip = VipMeta { vip_id, flags, table_size: 0, table_slot: 0, udp_idle_timeout_jiffies, vlan: u32::from(vlan), gen, _pad: 0 };
+    let vip = VipMeta { vip_id, flags, table_size: 0, table_slot: 0, udp_idle_timeout_jiffies, vlan, gen, _pad: 0 };
     let Ok((real_id, real)) = established(&vip, flow, entry) else {
         return Err(fallback);
     };
@@ -642,7 +655,7 @@ fn select_real<T: ConnTable>(vip: &VipMeta, flow: &Flow, looked: Looked) -> Opti
                     // SAFETY: as in `entry_real`. Only a stale generation
                     // needs the set's lock.
                     if unsafe { (*entry).vip_gen } != vip.gen {
-                        conn::refresh_vip_facts::<T>(flow, vip);
+                        conn::refresh_vip_gen::<T>(flow, vip);
                     }
                     return Some((found, Some((ConnEvent::Hit, false))));
                 }
@@ -652,19 +665,9 @@ fn select_real<T: ConnTable>(vip: &VipMeta, flow: &Flow, looked: Looked) -> Opti
     };
     let real_id = pick_real(vip, flow)?;
     let real = REALS.get(real_id)?;
-    // TCP entries have no idle timeout (eviction alone ends them), so only
-    // UDP pays for the clock read.
-    let last_seen_jiffies = if flow.vip.proto == IPPROTO_UDP { now_jiffies() } else { 0 };
-    let entry = ConnEntry {
-        real_id,
-        real_gen: real.generation,
-        last_seen_jiffies,
-        vip_gen: vip.gen,
-        vip_id: vip.vip_id as u16,
-        vip_vlan: vip.vlan as u16,
-        vip_flags: vip.flags,
-        udp_idle_timeout_jiffies: vip.udp_idle_timeout_jiffies,
-    };
+    // `real_id` < MAX_REALS (`REALS` has it) and `vip_id` < MAX_VIPS fit
+    // the entry's u16s; `insert` sets `seen`.
+    let entry = ConnEntry { real_id: real_id as u16, vip_id: vip.vip_id as u16, real_gen: real.generation, vip_gen: vip.gen, seen: 0 };
     let written = match conn::insert::<T>(flow, &entry) {
         Ok(evicted) => (event, evicted),
         Err(()) => (ConnEvent::WriteFailed, false),
@@ -679,28 +682,20 @@ type TableEvent = Option<(ConnEvent, bool)>;
 
 /// The entry's real, if established flows of this VIP may still use it
 /// (`entry_real`) and a UDP flow has not been idle past the VIP's
-/// timeout. Refreshes a UDP entry's last-seen time at most every
-/// `CONN_TOUCH_JIFFIES`, and at least four times per timeout.
+/// timeout (its entry's `seen`, the tick of its previous packet, counts);
+/// then marks the hit (`conn::touch`: seen now, referenced, a store at
+/// most once a tick), so UDP expiry is exact to the tick.
 #[inline(always)]
 fn established(vip: &VipMeta, flow: &Flow, entry: *mut ConnEntry) -> Result<(u32, &'static RealDef), ConnEvent> {
     let (real_id, real) = entry_real(vip, entry).ok_or(ConnEvent::Stale)?;
+    let now = now_jiffies();
     // SAFETY: as in `entry_real`.
-    let last_seen = unsafe { (*entry).last_seen_jiffies };
-    if flow.vip.proto == IPPROTO_UDP {
-        let now = now_jiffies();
-        let idle = now.saturating_sub(last_seen);
-        let timeout = u64::from(vip.udp_idle_timeout_jiffies);
-        if idle > timeout {
-            return Err(ConnEvent::Expired);
-        }
-        // Often enough that a busy flow never looks idle: at least four
-        // refreshes per timeout, and no more than one per CONN_TOUCH_JIFFIES.
-        let touch = if timeout / 4 < CONN_TOUCH_JIFFIES { timeout / 4 } else { CONN_TOUCH_JIFFIES };
-        if idle > touch {
-            // SAFETY: as above; an aligned 8-byte store into the element.
-            unsafe { (*entry).last_seen_jiffies = now };
-        }
+    let seen = unsafe { (*entry).seen };
+    if flow.vip.proto == IPPROTO_UDP && conn_age(now as u32, seen) > vip.udp_idle_timeout_jiffies {
+        return Err(ConnEvent::Expired);
     }
+    // SAFETY: as above; an aligned 4-byte store into the element.
+    unsafe { conn::touch(entry, now) };
     Ok((real_id, real))
 }
 
@@ -714,7 +709,7 @@ fn entry_real(vip: &VipMeta, entry: *mut ConnEntry) -> Option<(u32, &'static Rea
     // either writes the same flow's entry (another CPU's packet of it),
     // or replaces a flow being evicted at this moment (see the `conn`
     // module).
-    let (real_id, real_gen) = unsafe { ((*entry).real_id, (*entry).real_gen) };
+    let (real_id, real_gen) = unsafe { (u32::from((*entry).real_id), (*entry).real_gen) };
     let real = REALS.get(real_id)?;
     let (word, bit) = vip_real_ok_bit(vip.vip_id, real_id);
     let ok = VIP_REAL_OK.get(word)?;

@@ -5,7 +5,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, PerCpuArray},
 };
 use fulcrum_common::{
-    conn_sets, ConnEvent, ConnSet, Counters, DatapathConfig, VipCounters, FlowKey, FlowKeyV4, RealDef, Reason, VipKey, VipMeta,
+    conn_sets, ConnEvent, ConnSet, Counters, DatapathConfig, VipCounters, FlowKey, FlowKeyV4, RealDef, Reason, VipFacts, VipKey, VipMeta,
     DEFAULT_CONN_TABLE_SIZE, LOOKUP_TABLES_LEN, MAX_REALS, MAX_VIPS, VIP_FILTER_WORDS,
     VIP_REAL_OK_WORDS,
 };
@@ -47,15 +47,20 @@ pub static REALS: Array<RealDef> = Array::with_max_entries(MAX_REALS, 0);
 /// set of `CONN_WAYS` flows (5-tuple -> the real the flow was sent to and
 /// the VIP facts it needs), see the `conn` module and
 /// `docs/architecture.md`, "The connection table". IPv4 flows have the
-/// 16-byte `FlowKeyV4`, IPv6 flows the 40-byte `FlowKey`. Each array has
-/// `conn_sets([datapath] conn_table_size)` sets (set at load): a flood
-/// of one family cannot evict the other's flows.
+/// 16-byte `FlowKeyV4` (128-byte sets), IPv6 flows the 40-byte `FlowKey`
+/// (224-byte sets). Each array has `conn_sets([datapath]
+/// conn_table_size)` sets (set at load): a flood of one family cannot
+/// evict the other's flows. `BPF_F_MMAPABLE` for its layout, not for
+/// user space to map it: the kernel then starts the elements on a page
+/// (a plain array's start 312 bytes into `struct bpf_array`, 56 bytes
+/// into a cache line on 6.18, so a 128-byte set would span three lines,
+/// not two). The verifier inlines lookups in either kind.
 #[map]
-pub static CONN_TABLE_V4: Array<ConnSet<FlowKeyV4>> = Array::with_max_entries(conn_sets(DEFAULT_CONN_TABLE_SIZE), 0);
+pub static CONN_TABLE_V4: Array<ConnSet<FlowKeyV4>> = Array::with_max_entries(conn_sets(DEFAULT_CONN_TABLE_SIZE), BPF_F_MMAPABLE);
 
 /// IPv6 flows; see `CONN_TABLE_V4`.
 #[map]
-pub static CONN_TABLE_V6: Array<ConnSet<FlowKey>> = Array::with_max_entries(conn_sets(DEFAULT_CONN_TABLE_SIZE), 0);
+pub static CONN_TABLE_V6: Array<ConnSet<FlowKey>> = Array::with_max_entries(conn_sets(DEFAULT_CONN_TABLE_SIZE), BPF_F_MMAPABLE);
 
 /// The connection tables' hash seed (`conn_set_hash_v4`): random, chosen
 /// by user space at load (`EbpfLoader::set_global`), like the kernel's
@@ -76,12 +81,15 @@ pub static CONN_SET_MASK: u32 = conn_sets(DEFAULT_CONN_TABLE_SIZE) - 1;
 pub static VIP_REAL_OK: Array<u64> = Array::with_max_entries(VIP_REAL_OK_WORDS, 0);
 
 /// VIP id -> the `VipMeta::gen` of the VIP that holds the id now (0: none
-/// yet). A connection-table entry copied from a `VIPS` value of this
-/// generation is current. User space writes it after the `VIPS` entry,
-/// and bumps it after removing one, so an entry copied from a value that
-/// is gone never matches (see `VipMeta::gen`).
+/// yet, or being rewritten) and its facts an established packet needs
+/// (`VipFacts`). A connection-table entry written under this generation
+/// may use them instead of the `VIPS` lookup. User space writes it after
+/// the `VIPS` entry, and bumps the generation after removing one, so an
+/// entry written for a value that is gone never matches (see
+/// `VipMeta::gen`). 16-byte elements, mmapable so that they start on a
+/// page and each sits in one cache line.
 #[map]
-pub static VIP_GEN: Array<u32> = Array::with_max_entries(MAX_VIPS, 0);
+pub static VIP_FACTS: Array<VipFacts> = Array::with_max_entries(MAX_VIPS, BPF_F_MMAPABLE);
 
 /// Entry 0: node-wide settings.
 #[map]

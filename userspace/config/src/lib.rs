@@ -227,10 +227,10 @@ pub const MAX_CONN_TABLE_SIZE: u32 = 1 << 26;
 /// pick, the same real unless the table changed meanwhile, so a short
 /// timeout costs little and frees ways for live flows sooner.
 pub const DEFAULT_UDP_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
-/// Shortest `udp_idle_timeout`: 1 s. The datapath refreshes a flow's
-/// last-seen time at least four times per timeout (see
-/// [`fulcrum_common::CONN_TOUCH_JIFFIES`]), so a flow expires between 3/4 of the
-/// timeout and the timeout after its last packet.
+/// Shortest `udp_idle_timeout`: 1 s. The datapath marks a flow's
+/// last-seen tick on every packet (at most one store a tick, see
+/// [`fulcrum_common::ConnEntry::seen`]), so a flow expires a timeout
+/// after its last packet, to the tick.
 pub const MIN_UDP_IDLE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Longest `udp_idle_timeout`: 1 h. Longer, and a flood of one-packet
 /// UDP flows holds connection-table ways that live flows need.

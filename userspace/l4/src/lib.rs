@@ -28,7 +28,7 @@ use aya::{
     programs::{TestRun, TestRunOptions, Xdp},
     Ebpf, EbpfLoader,
 };
-pub use fulcrum_common::{ConnEntry, ConnEvent, FlowKey, FlowKeyV4};
+pub use fulcrum_common::{ConnEntry, ConnEvent, FlowKey, FlowKeyV4, VipFacts};
 use fulcrum_common::{
     conn_set_hash_v4, conn_set_hash_v6, conn_sets, names, ConnSet, ConnWay, Counters, DatapathConfig, Mac, Reason, VipCounters,
     CONN_WAYS, DEFAULT_CONN_TABLE_SIZE, MAX_VIPS,
@@ -179,8 +179,8 @@ pub struct LoadOptions {
     /// the IPv6 table each hold at least this many, in
     /// [`fulcrum_common::conn_sets`] sets of `CONN_WAYS` (4) flows, so
     /// the size is rounded up to a power of two (1,000,000 ->
-    /// 1,048,576). The kernel preallocates them all: 64 bytes per IPv4
-    /// flow, 88 per IPv6 flow.
+    /// 1,048,576). The kernel preallocates them all: 32 bytes per IPv4
+    /// flow, 56 per IPv6 flow (32 + 56 MiB at the default).
     pub conn_table_size: u32,
 }
 
@@ -257,7 +257,7 @@ impl Datapath {
         let vip_filter = typed(take(names::VIP_FILTER)?, names::VIP_FILTER)?;
         let vip_real_ok = typed(take(names::VIP_REAL_OK)?, names::VIP_REAL_OK)?;
         let vip_addresses = typed(take(names::VIP_ADDRESSES)?, names::VIP_ADDRESSES)?;
-        let vip_gen = typed(take(names::VIP_GEN)?, names::VIP_GEN)?;
+        let vip_facts = typed(take(names::VIP_FACTS)?, names::VIP_FACTS)?;
         let conn_table_v4 = typed(take(names::CONN_TABLE_V4)?, names::CONN_TABLE_V4)?;
         let conn_table_v6 = typed(take(names::CONN_TABLE_V6)?, names::CONN_TABLE_V6)?;
         let config = typed(take(names::DATAPATH_CONFIG)?, names::DATAPATH_CONFIG)?;
@@ -280,7 +280,7 @@ impl Datapath {
             vip_addresses,
             vip_stats,
             retired,
-            vip_gen,
+            vip_facts,
             real_stats,
         };
         Ok(Datapath {
@@ -421,11 +421,11 @@ impl Datapath {
         match key.v4() {
             Some(v4) => {
                 let set = self.conn_table_v4.get(&self.set_index(conn_set_hash_v4(&v4, self.conn_seed)), 0).ok()?;
-                set.ways.iter().find(|w| w.key == v4).map(|w| w.entry)
+                set.ways.iter().find(|w| w.key.unlocked() == v4).map(|w| w.entry)
             }
             None => {
                 let set = self.conn_table_v6.get(&self.set_index(conn_set_hash_v6(key, self.conn_seed)), 0).ok()?;
-                set.ways.iter().find(|w| w.key == *key).map(|w| w.entry)
+                set.ways.iter().find(|w| w.key.unlocked() == *key).map(|w| w.entry)
             }
         }
     }
@@ -444,31 +444,39 @@ impl Datapath {
         }
     }
 
+    /// `VIP_FACTS[vip_id]` as the datapath reads it (for tests and
+    /// diagnostics): the generation and facts of the VIP holding the id.
+    pub fn vip_facts(&self, vip_id: u32) -> Option<VipFacts> {
+        self.maps.vip_facts.get(&vip_id, 0).ok()
+    }
+
     /// Writes a connection-table entry, as the datapath would: for tests
-    /// (an entry with an old `last_seen_jiffies`, a state another node left).
+    /// (an entry with an old `seen` time, a state another node left).
     ///
     /// # Errors
     /// The map update failed.
     ///
-    /// The entry goes where the datapath would put it: over the flow's
-    /// own way, else the set's victim. Its way is marked as written at
-    /// time 0, so it is the first to go when its set is full. Not safe
-    /// against a datapath writing the same set meanwhile (the whole set
-    /// is read and written back): for tests, on a quiet datapath.
+    /// The entry goes over the flow's own way, else over an empty way,
+    /// else over the way with the smallest `seen` (a simpler choice than
+    /// the datapath's, which needs the time), `seen` as given: for a UDP
+    /// flow, the jiffies of its last packet (modulo 2^31; see
+    /// [`ConnEntry::seen`]). Not safe against a datapath writing the same
+    /// set meanwhile (the whole set is read and written back): for tests,
+    /// on a quiet datapath.
     pub fn set_conn_entry(&mut self, key: &FlowKey, entry: ConnEntry) -> Result<(), DatapathError> {
         match key.v4() {
             Some(v4) => {
                 let index = self.set_index(conn_set_hash_v4(&v4, self.conn_seed));
                 let err = |source| DatapathError::Map { map: names::CONN_TABLE_V4, source };
                 let mut set = self.conn_table_v4.get(&index, 0).map_err(err)?;
-                place(&mut set, v4, entry);
+                place(&mut set, v4, entry, FlowKeyV4::unlocked);
                 self.conn_table_v4.set(index, set, 0).map_err(err)
             }
             None => {
                 let index = self.set_index(conn_set_hash_v6(key, self.conn_seed));
                 let err = |source| DatapathError::Map { map: names::CONN_TABLE_V6, source };
                 let mut set = self.conn_table_v6.get(&index, 0).map_err(err)?;
-                place(&mut set, *key, entry);
+                place(&mut set, *key, entry, FlowKey::unlocked);
                 self.conn_table_v6.set(index, set, 0).map_err(err)
             }
         }
@@ -480,11 +488,11 @@ impl Datapath {
     pub fn conn_entries(&self) -> usize {
         let live_v4 = (0..self.conn_sets)
             .filter_map(|i| self.conn_table_v4.get(&i, 0).ok())
-            .map(|set| set.ways.iter().filter(|w| w.key.proto != 0).count())
+            .map(|set| set.ways.iter().filter(|w| w.key.unlocked().proto != 0).count())
             .sum::<usize>();
         let live_v6 = (0..self.conn_sets)
             .filter_map(|i| self.conn_table_v6.get(&i, 0).ok())
-            .map(|set| set.ways.iter().filter(|w| w.key.proto != 0).count())
+            .map(|set| set.ways.iter().filter(|w| w.key.unlocked().proto != 0).count())
             .sum::<usize>();
         live_v4 + live_v6
     }
@@ -605,18 +613,21 @@ impl CounterReader {
     }
 }
 
-/// Writes `entry` for `key` into `set` as the datapath's `conn::insert`
-/// would: over the way that holds `key`, else over the victim (the way
-/// with the smallest `used`; an empty way has 0), with `used` 0.
-fn place<K: PartialEq + Copy>(set: &mut ConnSet<K>, key: K, entry: ConnEntry) {
+/// Writes `entry` for `key` into `set` (see `Datapath::set_conn_entry`):
+/// over the way that holds `key`, else an empty way, else the way with
+/// the smallest `seen`. `unlocked` strips the set lock's bit from a key
+/// (set only while a datapath writer holds the set: never on the quiet
+/// datapath this is for).
+fn place<K: PartialEq + Copy + Default>(set: &mut ConnSet<K>, key: K, entry: ConnEntry, unlocked: fn(K) -> K) {
+    let empty = K::default();
     let index = set
         .ways
         .iter()
-        .position(|w| w.key == key)
-        .or_else(|| set.ways.iter().enumerate().min_by_key(|(_, w)| w.used).map(|(i, _)| i))
+        .position(|w| unlocked(w.key) == key)
+        .or_else(|| set.ways.iter().position(|w| unlocked(w.key) == empty))
+        .or_else(|| set.ways.iter().enumerate().min_by_key(|(_, w)| w.entry.seen).map(|(i, _)| i))
         .unwrap_or(0);
-    let lock = set.ways[index].lock;
-    set.ways[index] = ConnWay { key, entry, used: 0, lock };
+    set.ways[index] = ConnWay { key, entry };
 }
 
 /// A random 64-bit seed for the connection tables' hash, from the
@@ -630,7 +641,7 @@ fn random_seed() -> u64 {
 }
 
 /// The kernel's timer tick in nanoseconds: one jiffy, the unit of
-/// [`ConnEntry::last_seen_jiffies`] and `VipMeta::udp_idle_timeout_jiffies`.
+/// [`ConnEntry::seen`] and `VipMeta::udp_idle_timeout_jiffies`.
 /// No syscall reports HZ itself (`sysconf(_SC_CLK_TCK)` is USER_HZ, a
 /// fixed 100), but CLOCK_MONOTONIC_COARSE advances once a tick, and
 /// `clock_getres` reports its resolution as TICK_NSEC, (10^9 + HZ/2) / HZ

@@ -42,7 +42,7 @@ use std::{
 use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuValues, Array};
 use fulcrum_common::{
     VipCounters,
-    addr_words, names, vip_filter_bit, VIP_F_STANDBY, vip_real_ok_bit, Counters, Mac, RealDef, VipKey, VipMeta, LOOKUP_TABLES_LEN,
+    addr_words, names, vip_filter_bit, VIP_F_STANDBY, vip_real_ok_bit, Counters, Mac, RealDef, VipFacts, VipKey, VipMeta, LOOKUP_TABLES_LEN,
     MAGLEV_MAX_TABLE_SIZE, MAX_REALS, MAX_VIPS, VIP_FILTER_WORDS, VIP_REAL_OK_WORDS,
 };
 
@@ -67,7 +67,8 @@ pub(crate) struct Maps {
     pub vip_stats: PerCpuArray<MapData, VipCounters>,
     /// Shared with every `CounterReader`: see [`Retired`].
     pub retired: Retired,
-    pub vip_gen: Array<MapData, u32>,
+    /// `VIP_FACTS`: each VIP id's generation and established-path facts.
+    pub vip_facts: Array<MapData, VipFacts>,
     pub real_stats: PerCpuArray<MapData, Counters>,
 }
 
@@ -133,8 +134,8 @@ pub(crate) struct Tables {
     generations: Vec<u32>,
     /// Each VIP id's last `VipMeta::gen` given out, kept when the id is freed.
     vip_gens: Vec<u32>,
-    /// `VIP_GEN` as written.
-    vip_gens_written: Vec<u32>,
+    /// `VIP_FACTS` as written.
+    vip_facts_written: Vec<VipFacts>,
 }
 
 impl Default for Tables {
@@ -147,7 +148,7 @@ impl Default for Tables {
             addresses: BTreeMap::new(),
             generations: vec![0; MAX_REALS as usize],
             vip_gens: vec![0; MAX_VIPS as usize],
-            vip_gens_written: vec![0; MAX_VIPS as usize],
+            vip_facts_written: vec![VipFacts::default(); MAX_VIPS as usize],
         }
     }
 }
@@ -273,7 +274,8 @@ impl Tables {
             // After the removal: entries copied from the removed value
             // never match again, and no value carries the new generation.
             let gen = self.bump_vip_gen(vip_id);
-            self.write_vip_gen(maps, vip_id, gen)?;
+            let facts = VipFacts { gen, ..self.vip_facts_written[vip_id as usize] };
+            self.write_vip_facts(maps, vip_id, facts)?;
             self.vips.remove(&name);
         }
         Ok(())
@@ -286,11 +288,19 @@ impl Tables {
         *gen
     }
 
-    /// Sets `VIP_GEN[id]`, if it does not hold `gen` already.
-    fn write_vip_gen(&mut self, maps: &mut Maps, id: u32, gen: u32) -> Result<(), DatapathError> {
-        if self.vip_gens_written[id as usize] != gen {
-            maps.vip_gen.set(id, gen, 0).map_err(map_err(names::VIP_GEN))?;
-            self.vip_gens_written[id as usize] = gen;
+    /// Sets `VIP_FACTS[id]` to `facts`, if it does not hold them already:
+    /// first the new facts under generation 0, which no entry matches,
+    /// then the generation. Each update is one copy of the element, in no
+    /// set order within it; the datapath reads the generation before and
+    /// after the facts (see `VipFacts`), so it uses facts only when they
+    /// are the current generation's, never a mix with an older or another
+    /// VIP's.
+    fn write_vip_facts(&mut self, maps: &mut Maps, id: u32, facts: VipFacts) -> Result<(), DatapathError> {
+        if self.vip_facts_written[id as usize] != facts {
+            let err = map_err(names::VIP_FACTS);
+            maps.vip_facts.set(id, VipFacts { gen: 0, ..facts }, 0).map_err(err)?;
+            maps.vip_facts.set(id, facts, 0).map_err(map_err(names::VIP_FACTS))?;
+            self.vip_facts_written[id as usize] = facts;
         }
         Ok(())
     }
@@ -461,7 +471,7 @@ impl Tables {
         maps.vips.insert(vip.key, meta, 0).map_err(map_err(names::VIPS))?;
         // After the entry: no value of an older generation can be read
         // once this says the new one is current.
-        self.write_vip_gen(maps, meta.vip_id, meta.gen)?;
+        self.write_vip_facts(maps, meta.vip_id, VipFacts::of(&meta))?;
         let flipped = (meta.table_size != 0).then(Instant::now);
         let table = VipTable {
             vip_id: meta.vip_id,
