@@ -202,12 +202,12 @@ impl VipMeta {
 /// reads anyway: no cache line more than that check.
 ///
 /// Written by user space (`fulcrum-l4`'s writer) after the `VIPS` entry,
-/// in two updates when anything changed: first `gen` 0 with the new
-/// facts, then the new `gen`. The datapath reads `gen`, the facts, and
-/// `gen` again, and uses the facts only if both reads equal the entry's
-/// [`ConnEntry::vip_gen`] (never 0): facts read with a current
-/// generation are that generation's (or, while an update of the same VIP
-/// is under way, its next ones).
+/// in updates that each change the generation alone or the facts alone
+/// under `gen` 0: the old facts under `gen` 0, the new facts, then the
+/// new `gen`. The datapath reads `gen`, the facts, and `gen` again, and
+/// uses the facts only if both reads equal the entry's
+/// [`ConnEntry::vip_gen`] (never 0), so facts it uses are the ones
+/// written under that generation.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct VipFacts {

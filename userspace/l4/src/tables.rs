@@ -288,20 +288,28 @@ impl Tables {
         *gen
     }
 
-    /// Sets `VIP_FACTS[id]` to `facts`, if it does not hold them already:
-    /// first the new facts under generation 0, which no entry matches,
-    /// then the generation. Each update is one copy of the element, in no
-    /// set order within it; the datapath reads the generation before and
-    /// after the facts (see `VipFacts`), so it uses facts only when they
-    /// are the current generation's, never a mix with an older or another
-    /// VIP's.
+    /// Sets `VIP_FACTS[id]` to `facts`, if it does not hold them already,
+    /// in updates that each change either the generation alone or, under
+    /// generation 0 (which no entry matches), the facts alone: the old
+    /// facts under generation 0, the new facts, then the new generation.
+    /// An update is one copy of the element in no set order within it, so
+    /// one that changed both could be seen by a reader (which reads `gen`,
+    /// the facts, then `gen` again; see `VipFacts`) as new facts under the
+    /// old generation. When only the generation changes, one update.
     fn write_vip_facts(&mut self, maps: &mut Maps, id: u32, facts: VipFacts) -> Result<(), DatapathError> {
-        if self.vip_facts_written[id as usize] != facts {
-            let err = map_err(names::VIP_FACTS);
-            maps.vip_facts.set(id, VipFacts { gen: 0, ..facts }, 0).map_err(err)?;
-            maps.vip_facts.set(id, facts, 0).map_err(map_err(names::VIP_FACTS))?;
-            self.vip_facts_written[id as usize] = facts;
+        let old = self.vip_facts_written[id as usize];
+        if old == facts {
+            return Ok(());
         }
+        let err = || map_err(names::VIP_FACTS);
+        if (VipFacts { gen: facts.gen, ..old }) != facts {
+            if old.gen != 0 {
+                maps.vip_facts.set(id, VipFacts { gen: 0, ..old }, 0).map_err(err())?;
+            }
+            maps.vip_facts.set(id, VipFacts { gen: 0, ..facts }, 0).map_err(err())?;
+        }
+        maps.vip_facts.set(id, facts, 0).map_err(err())?;
+        self.vip_facts_written[id as usize] = facts;
         Ok(())
     }
 
