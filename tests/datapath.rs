@@ -2118,3 +2118,123 @@ fn established_flows_follow_every_vip_change_on_the_short_path() {
     dp.apply(&state).unwrap();
     assert_eq!(sent_to(&run(&mut dp, &tagged42, XDP_TX, Reason::Tx)), pick);
 }
+
+/// `BPF_PROG_TEST_RUN` (`bpf(2)` command 10) of the program `fd` on
+/// `frame`, once, from the calling thread: the verdict and the output
+/// frame. `Datapath::test_run` needs the `Datapath` itself (`&mut`); this
+/// lets two threads run the one loaded program at once. The attribute is
+/// the command's part of `union bpf_attr` (include/uapi/linux/bpf.h).
+fn test_run_fd(fd: i32, frame: &[u8]) -> (u32, Vec<u8>) {
+    #[repr(C)]
+    #[derive(Default)]
+    struct TestRunAttr {
+        prog_fd: u32,
+        retval: u32,
+        data_size_in: u32,
+        data_size_out: u32,
+        data_in: u64,
+        data_out: u64,
+        repeat: u32,
+        duration: u32,
+        ctx_size_in: u32,
+        ctx_size_out: u32,
+        ctx_in: u64,
+        ctx_out: u64,
+        flags: u32,
+        cpu: u32,
+        batch_size: u32,
+    }
+    let mut out = vec![0u8; frame.len() + 256];
+    let mut attr = TestRunAttr {
+        prog_fd: fd as u32,
+        data_size_in: frame.len() as u32,
+        data_size_out: out.len() as u32,
+        data_in: frame.as_ptr() as u64,
+        data_out: out.as_mut_ptr() as u64,
+        repeat: 1,
+        ..TestRunAttr::default()
+    };
+    // SAFETY: `attr` is a valid BPF_PROG_TEST_RUN attribute of its size,
+    // whose buffers outlive the call.
+    let rc = unsafe { libc::syscall(libc::SYS_bpf, 10, &mut attr as *mut TestRunAttr, std::mem::size_of::<TestRunAttr>()) };
+    assert_eq!(rc, 0, "BPF_PROG_TEST_RUN: {}", std::io::Error::last_os_error());
+    out.truncate(attr.data_size_out as usize);
+    (attr.retval, out)
+}
+
+/// Pins the calling thread to `cpu` (modulo the CPUs there are).
+fn pin_to(cpu: usize) {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // SAFETY: a zeroed cpu_set_t is an empty set; the calls only read it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu % cpus, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
+/// Two CPUs write one set of the connection table at once (a table of a
+/// single 4-way set, 128 flows in turn): the set's lock (a bit of way 0's
+/// key, `conn.rs`) must keep every entry whole and be released every time.
+/// Each thread sends, per flow, a SYN (a pick and a write, or a counted
+/// write failure when the other CPU holds the set) and then an ACK, which
+/// takes the flow's entry if the set still holds it and the Maglev pick
+/// otherwise: both are the same real, so any other real means an entry
+/// that mixes two flows' writes. Afterwards the lock must be free (a new
+/// SYN is written, not a write failure) and every SYN accounted for.
+#[test]
+fn two_cpus_writing_one_set_keep_every_entry_whole_and_release_the_lock() {
+    let mut dp = Datapath::load_with(LoadOptions { conn_table_size: 4 }).expect("loading the XDP program (run as root)");
+    assert_eq!(dp.conn_capacity(), 4, "one set");
+    dp.set_self_mac(SELF_MAC).unwrap();
+    dp.apply(&lab_state()).unwrap();
+    let fd = {
+        use std::os::fd::{AsFd, AsRawFd};
+        dp.program_fd().unwrap().as_fd().as_raw_fd()
+    };
+    const ROUNDS: u16 = 300;
+    const FLOWS: u16 = 64;
+    let wrong: Vec<u16> = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..2u16)
+            .map(|t| {
+                s.spawn(move || {
+                    pin_to(usize::from(t));
+                    let mut wrong = Vec::new();
+                    for _ in 0..ROUNDS {
+                        for i in 0..FLOWS {
+                            let sport = 20_000 + t * 1000 + i;
+                            let want = expected_mac(&[1, 2, 3], v4_hash(CLIENT4, sport, 80));
+                            for packet in [syn4(sport), tcp4(CLIENT4, VIP4, sport, 80)] {
+                                let (action, out) = test_run_fd(fd, &packet);
+                                if action != XDP_TX || out[0..6] != want.0 {
+                                    wrong.push(sport);
+                                }
+                            }
+                        }
+                    }
+                    wrong
+                })
+            })
+            .collect();
+        workers.into_iter().flat_map(|w| w.join().unwrap()).collect()
+    });
+    assert!(wrong.is_empty(), "{} packets went elsewhere than their flow's real (flows by source port: {wrong:?})", wrong.len());
+
+    // Each packet counts one event; a write that found the set locked
+    // counts `WriteFailed` instead of its SYN or miss.
+    let sent = 2 * u64::from(ROUNDS) * u64::from(FLOWS);
+    let (syn, failed) = (conn(&dp, ConnEvent::Syn), conn(&dp, ConnEvent::WriteFailed));
+    println!("{sent} SYNs and {sent} ACKs from two CPUs into one set: {syn} SYNs written, {failed} writes found the set locked");
+    assert_eq!(ConnEvent::ALL.iter().map(|&e| conn(&dp, e)).sum::<u64>(), 2 * sent, "one event per packet");
+    assert!(syn <= sent && syn + failed >= sent, "every SYN written or counted as a write failure");
+    assert_eq!(reason(&dp, Reason::Tx), 2 * sent, "every packet forwarded");
+
+    // The lock is free: a new flow's SYN is written.
+    run(&mut dp, &syn4(30_000), XDP_TX, Reason::Tx);
+    assert_eq!(conn(&dp, ConnEvent::Syn), syn + 1);
+    assert_eq!(conn(&dp, ConnEvent::WriteFailed), failed);
+    let entry = dp.conn_entry(&key4(30_000, 80, IPPROTO_TCP)).expect("the new flow's entry");
+    let want = expected_mac(&[1, 2, 3], v4_hash(CLIENT4, 30_000, 80));
+    let real_id = (1..=3).map(real).find(|r| r.1 == want).map(|r| dp.applied().reals[&r.0].0).unwrap();
+    assert_eq!(u32::from(entry.real_id), real_id);
+}

@@ -46,9 +46,11 @@
 //! before the lock. This relies on stores and loads staying in program
 //! order (the x86-64 memory model, which the JIT keeps; volatile stores
 //! keep LLVM from reordering). A reader that matched the old key just
-//! before a writer replaced that way may read part of the new entry:
-//! that flow is being evicted at that very moment, so its next packet
-//! would miss and re-pick anyway. The `seen` stores of hits are plain,
+//! before a writer replaced that way may read part of the new entry, so
+//! after reading the fields it uses it reads the key again
+//! (`still_holds`) and treats a changed key as a miss: a packet of a
+//! flow evicted at that instant is never sent to the real of the flow
+//! replacing it. The `seen` stores of hits are plain,
 //! lock-free 4-byte stores: a lost one costs the LRU a tick of accuracy.
 use core::intrinsics::{atomic_cxchg, atomic_xchg, AtomicOrdering};
 
@@ -270,6 +272,28 @@ pub fn lookup<T: ConnTable>(flow: &Flow) -> Option<*mut ConnEntry> {
         }
     }
     None
+}
+
+/// Whether the way of `entry` (a `lookup::<T>` result) still holds the
+/// flow, read again after the caller read the entry's fields: `false` if
+/// another CPU has begun replacing the flow since `lookup` matched it,
+/// whose entry fields the caller may then have read. A writer clears the
+/// key's protocol before it stores the entry and stores the new key
+/// after it (see the module doc); x86-64 keeps loads in order and the
+/// caller's reads of the entry are volatile, as is this one of the key,
+/// so a reader that saw any store of the new entry sees the cleared or
+/// the new key here. Without it, a packet of a flow evicted at that
+/// moment went to the real of the flow replacing it (a reset for TCP):
+/// `two_cpus_writing_one_set_keep_every_entry_whole_and_release_the_lock`
+/// in tests/datapath.rs.
+///
+/// # Safety
+/// `entry` is a pointer `lookup::<T>` returned in this run.
+#[inline(always)]
+pub unsafe fn still_holds<T: ConnTable>(flow: &Flow, entry: *mut ConnEntry) -> bool {
+    let way = entry.cast::<u8>().sub(core::mem::offset_of!(ConnWay<T::Key>, entry)).cast::<ConnWay<T::Key>>();
+    let now = core::ptr::read_volatile(&(*way).key);
+    T::holds(&now, &T::key(flow))
 }
 
 /// Marks a hit on `entry`: seen now, and referenced, as the kernel's

@@ -186,7 +186,7 @@ fn established_flow<T: ConnTable>(ctx: &XdpContext, flow: &Flow, bytes: u64) -> 
         return Err(fallback);
     };
     let vip = VipMeta { vip_id, flags, table_size: 0, table_slot: 0, udp_idle_timeout_jiffies, vlan, gen, _pad: 0 };
-    let Ok((real_id, real)) = established(&vip, flow, entry) else {
+    let Ok((real_id, real)) = established::<T>(&vip, flow, entry) else {
         return Err(fallback);
     };
     count_vip(vip_id, Some((ConnEvent::Hit, false)), bytes);
@@ -650,7 +650,7 @@ fn select_real<T: ConnTable>(vip: &VipMeta, flow: &Flow, looked: Looked) -> Opti
     } else {
         match looked {
             None => ConnEvent::Miss,
-            Some(entry) => match established(vip, flow, entry) {
+            Some(entry) => match established::<T>(vip, flow, entry) {
                 Ok(found) => {
                     // SAFETY: as in `entry_real`. Only a stale generation
                     // needs the set's lock.
@@ -682,17 +682,23 @@ type TableEvent = Option<(ConnEvent, bool)>;
 
 /// The entry's real, if established flows of this VIP may still use it
 /// (`entry_real`) and a UDP flow has not been idle past the VIP's
-/// timeout (its entry's `seen`, the tick of its previous packet, counts);
-/// then marks the hit (`conn::touch`: seen now, referenced, a store at
-/// most once a tick), so UDP expiry is exact to the tick.
+/// timeout (its entry's `seen`, the tick of its previous packet, counts),
+/// and if the entry's way still holds the flow once all that was read
+/// (`conn::still_holds`; else another CPU replaced it meanwhile, a
+/// `Miss`); then marks the hit (`conn::touch`: seen now, referenced, a
+/// store at most once a tick), so UDP expiry is exact to the tick.
 #[inline(always)]
-fn established(vip: &VipMeta, flow: &Flow, entry: *mut ConnEntry) -> Result<(u32, &'static RealDef), ConnEvent> {
+fn established<T: ConnTable>(vip: &VipMeta, flow: &Flow, entry: *mut ConnEntry) -> Result<(u32, &'static RealDef), ConnEvent> {
     let (real_id, real) = entry_real(vip, entry).ok_or(ConnEvent::Stale)?;
     let now = now_jiffies();
     // SAFETY: as in `entry_real`.
-    let seen = unsafe { (*entry).seen };
+    let seen = unsafe { core::ptr::read_volatile(&(*entry).seen) };
     if flow.vip.proto == IPPROTO_UDP && conn_age(now as u32, seen) > vip.udp_idle_timeout_jiffies {
         return Err(ConnEvent::Expired);
+    }
+    // SAFETY: `entry` came from `conn::lookup::<T>` in this run.
+    if !unsafe { conn::still_holds::<T>(flow, entry) } {
+        return Err(ConnEvent::Miss);
     }
     // SAFETY: as above; an aligned 4-byte store into the element.
     unsafe { conn::touch(entry, now) };
@@ -709,7 +715,10 @@ fn entry_real(vip: &VipMeta, entry: *mut ConnEntry) -> Option<(u32, &'static Rea
     // either writes the same flow's entry (another CPU's packet of it),
     // or replaces a flow being evicted at this moment (see the `conn`
     // module).
-    let (real_id, real_gen) = unsafe { (u32::from((*entry).real_id), (*entry).real_gen) };
+    // Volatile: read before `conn::still_holds` re-reads the key (LLVM
+    // keeps volatile accesses in program order, and x86-64 loads).
+    let (real_id, real_gen) =
+        unsafe { (u32::from(core::ptr::read_volatile(&(*entry).real_id)), core::ptr::read_volatile(&(*entry).real_gen)) };
     let real = REALS.get(real_id)?;
     let (word, bit) = vip_real_ok_bit(vip.vip_id, real_id);
     let ok = VIP_REAL_OK.get(word)?;
@@ -722,7 +731,12 @@ fn entry_real(vip: &VipMeta, entry: *mut ConnEntry) -> Option<(u32, &'static Rea
 /// refreshed: an error says nothing about the flow's own activity.
 #[inline(always)]
 fn flow_owner<T: ConnTable>(vip: &VipMeta, flow: &Flow) -> Option<(u32, &'static RealDef)> {
-    if let Some(found) = conn::lookup::<T>(flow).and_then(|entry| entry_real(vip, entry)) {
+    let owner = conn::lookup::<T>(flow).and_then(|entry| {
+        let found = entry_real(vip, entry)?;
+        // SAFETY: `entry` came from `conn::lookup::<T>` in this run.
+        unsafe { conn::still_holds::<T>(flow, entry) }.then_some(found)
+    });
+    if let Some(found) = owner {
         return Some(found);
     }
     let real_id = pick_real(vip, flow)?;
