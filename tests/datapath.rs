@@ -2143,6 +2143,9 @@ fn test_run_fd(fd: i32, frame: &[u8]) -> (u32, Vec<u8>) {
         flags: u32,
         cpu: u32,
         batch_size: u32,
+        /// Explicit, so it is zero: the kernel refuses a non-zero byte
+        /// after the command's last field (`CHECK_ATTR`).
+        _pad: u32,
     }
     let mut out = vec![0u8; frame.len() + 256];
     let mut attr = TestRunAttr {
@@ -2199,15 +2202,22 @@ fn two_cpus_writing_one_set_keep_every_entry_whole_and_release_the_lock() {
             .map(|t| {
                 s.spawn(move || {
                     pin_to(usize::from(t));
-                    let mut wrong = Vec::new();
-                    for _ in 0..ROUNDS {
-                        for i in 0..FLOWS {
+                    // Built before the loop, so the two CPUs spend their
+                    // time in the program, on the one set.
+                    let flows: Vec<(u16, Mac, [Vec<u8>; 2])> = (0..FLOWS)
+                        .map(|i| {
                             let sport = 20_000 + t * 1000 + i;
                             let want = expected_mac(&[1, 2, 3], v4_hash(CLIENT4, sport, 80));
-                            for packet in [syn4(sport), tcp4(CLIENT4, VIP4, sport, 80)] {
-                                let (action, out) = test_run_fd(fd, &packet);
+                            (sport, want, [syn4(sport), tcp4(CLIENT4, VIP4, sport, 80)])
+                        })
+                        .collect();
+                    let mut wrong = Vec::new();
+                    for _ in 0..ROUNDS {
+                        for (sport, want, packets) in &flows {
+                            for packet in packets {
+                                let (action, out) = test_run_fd(fd, packet);
                                 if action != XDP_TX || out[0..6] != want.0 {
-                                    wrong.push(sport);
+                                    wrong.push(*sport);
                                 }
                             }
                         }
