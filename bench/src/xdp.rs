@@ -12,13 +12,18 @@
 //! encapsulation: an IPIP packet, passed at a fraction of the cost), and a
 //! SYN would repeat one 5-tuple. Those rows run behind the restoring
 //! harness (`xdp-ebpf/src/bin/harness.rs`): it moves the frame's start
-//! back, rewrites the input's first 64 bytes, stores a counter (into the
-//! IPv4 source address for the SYN rows, so each run is a new flow; into
-//! the payload for the others) and tail-calls the program under test. Its
+//! back, rewrites the input's first 80 bytes, stores a counter (into the
+//! IPv4 source address, or the IPv6 one's last word, for the new-flow SYN
+//! rows, so each run is a new flow; into a word the datapath does not
+//! read for the others) and tail-calls the program under test. Its
 //! cost, `harness -> noop` minus `noop` alone, is subtracted from every
 //! harnessed row. Two checks that the subtraction is sound: the floor and
 //! the L2 DSR hit, whose output is a valid input again, are timed both
 //! directly and behind the harness, and both figures are printed.
+//!
+//! IPv6 rows (L2 DSR: an established TCP and UDP flow, a SYN of a new
+//! 5-tuple) time the same paths through the IPv6 connection table (56-byte
+//! ways) and the IPv6 parser; a VIP fd00:18:1::1 over three IPv6 reals.
 //!
 //! Connection-table rows: an established row sends an ACK (TCP) or a
 //! datagram (UDP) whose entry its first run writes, so later runs are
@@ -47,7 +52,7 @@
 //! `MAX_CONN_RATE`, 125,000 per second and CPU by default, is far below
 //! a test run's rate: the object must be built with it raised).
 use std::{
-    net::{IpAddr, Ipv4Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::PathBuf,
     time::Duration,
 };
@@ -73,11 +78,12 @@ const XDP_TX: u32 = 3;
 const SELF_MAC: Mac = Mac([2, 0, 0, 0, 0, 2]);
 /// Bytes the harness restores (its `HEADER_BYTES`): every bench frame is
 /// at least this long, and its headers end before it.
-const HARNESS_BYTES: usize = 64;
+const HARNESS_BYTES: usize = 80;
 /// The harness's `NEW_FLOW` parameter: its counter goes into the IPv4
-/// source address (a new flow per run), or into a payload word (the same
-/// work, the same flow).
+/// source address or the IPv6 one's last word (a new flow per run), or
+/// into a word the datapath does not read (the same work, the same flow).
 const NEW_FLOW: u32 = 1;
+const NEW_FLOW_V6: u32 = 2;
 const SAME_FLOW: u32 = 0;
 /// The harness's `PARAMS` index of its run counter.
 const COUNTER: u32 = 2;
@@ -87,20 +93,37 @@ const ROUTER_MAC: Mac = Mac([2, 0, 0, 0, 0, 1]);
 const IPIP_OVERHEAD: usize = 20;
 const IPPROTO_IPIP: u8 = 4;
 
-/// An IPv4 frame of 74 bytes to `dst`:`dport`: a TCP ACK (or with `syn` a
-/// SYN alone) with 20 bytes of payload, or a UDP datagram with 32.
+/// An IPv4 frame of 80 bytes to `dst`:`dport`: a TCP ACK (or with `syn` a
+/// SYN alone) with 26 bytes of payload, or a UDP datagram with 38.
 fn frame(dst: Ipv4Addr, dport: u16, proto: u8, syn: bool) -> Vec<u8> {
-    let mut out = Vec::new();
     let ip = PacketBuilder::ethernet2([2, 0, 0, 0, 0, 0x10], SELF_MAC.0).ipv4([198, 18, 0, 10], dst.octets(), 64);
+    l4(ip, dport, proto, syn, 26)
+}
+
+/// An IPv6 frame of 94 bytes to `dst`:`dport`, as `frame` (20 bytes of
+/// TCP payload, 32 of UDP).
+fn frame6(dst: Ipv6Addr, dport: u16, proto: u8, syn: bool) -> Vec<u8> {
+    let ip = PacketBuilder::ethernet2([2, 0, 0, 0, 0, 0x10], SELF_MAC.0).ipv6(CLIENT6.octets(), dst.octets(), 64);
+    l4(ip, dport, proto, syn, 20)
+}
+
+/// The TCP (`tcp_payload` bytes) or UDP (12 more) part of a bench frame
+/// from port 40000.
+fn l4(ip: etherparse::PacketBuilderStep<etherparse::IpHeaders>, dport: u16, proto: u8, syn: bool, tcp_payload: usize) -> Vec<u8> {
+    let mut out = Vec::new();
     if proto == IPPROTO_UDP {
-        ip.udp(40000, dport).write(&mut out, &[0u8; 32]).expect("writing to a Vec");
+        ip.udp(40000, dport).write(&mut out, &vec![0u8; tcp_payload + 12]).expect("writing to a Vec");
     } else {
         let tcp = ip.tcp(40000, dport, 1, 65535);
         let tcp = if syn { tcp.syn() } else { tcp.ack(1) };
-        tcp.write(&mut out, &[0u8; 20]).expect("writing to a Vec");
+        tcp.write(&mut out, &vec![0u8; tcp_payload]).expect("writing to a Vec");
     }
     out
 }
+
+/// The bench's IPv6 client; its address's last word carries the
+/// harness's counter in the IPv6 new-flow row.
+const CLIENT6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x18, 0, 0, 0, 0, 0, 0x10);
 
 /// What a row runs.
 enum Target {
@@ -140,7 +163,7 @@ fn harnessed(target: Target, new_flow: u32) -> Target {
 /// The harness object, loaded, with its maps.
 struct Harness {
     obj: Ebpf,
-    template: Array<MapData, [u64; 8]>,
+    template: Array<MapData, [u64; HARNESS_BYTES / 8]>,
     params: Array<MapData, u32>,
     target: ProgramArray<MapData>,
 }
@@ -166,7 +189,7 @@ impl Harness {
     /// Sets the frame the harness restores and whether each run is a new flow.
     fn prepare(&mut self, frame: &[u8], new_flow: u32) -> Result<()> {
         ensure!(frame.len() >= HARNESS_BYTES, "bench frames are at least {HARNESS_BYTES} bytes");
-        let mut words = [0u64; 8];
+        let mut words = [0u64; HARNESS_BYTES / 8];
         for (w, chunk) in words.iter_mut().zip(frame.chunks_exact(8)) {
             *w = u64::from_ne_bytes(chunk.try_into().expect("8 bytes"));
         }
@@ -222,28 +245,33 @@ pub fn run(
     let vip = Ipv4Addr::new(198, 18, 1, 1);
     let reals_v4: Vec<Ipv4Addr> = (11..=13).map(|i| Ipv4Addr::new(198, 18, 0, i)).collect();
     let reals: Vec<IpAddr> = reals_v4.iter().map(|&a| a.into()).collect();
-    let bench_vip = |name: &str, port: u16, proto: u8, flags: u32| PlanVip {
+    let vip6 = Ipv6Addr::new(0xfd00, 0x18, 1, 0, 0, 0, 0, 1);
+    let reals6: Vec<IpAddr> = (0x11..=0x13).map(|i| Ipv6Addr::new(0xfd00, 0x18, 0, 0, 0, 0, 0, i).into()).collect();
+    let vip_of = |addr: IpAddr, reals: &[IpAddr], name: &str, port: u16, proto: u8, flags: u32| PlanVip {
         name: name.into(),
-        key: VipKey::new(vip.into(), port, proto),
+        key: VipKey::new(addr, port, proto),
         flags,
         // The daemon's default Maglev table size.
         table_size: MAGLEV_MAX_TABLE_SIZE,
         members: reals.iter().map(|&a| (a, 1)).collect(),
-        established: reals.clone(),
+        established: reals.to_vec(),
         udp_idle_timeout_ms: 30_000,
         vlan: 0,
     };
+    let bench_vip = |name: &str, port: u16, proto: u8, flags: u32| vip_of(vip.into(), &reals, name, port, proto, flags);
     let mut plan = Plan {
         vips: vec![
             bench_vip("bench", 80, IPPROTO_TCP, 0),
             bench_vip("bench-udp", 53, IPPROTO_UDP, 0),
             bench_vip("bench-ipip", 81, IPPROTO_TCP, VIP_F_IPIP),
+            vip_of(vip6.into(), &reals6, "bench6", 80, IPPROTO_TCP, 0),
+            vip_of(vip6.into(), &reals6, "bench6-udp", 53, IPPROTO_UDP, 0),
         ],
         // Every real gets our own MAC: the rows run without the harness
         // feed the program its own output, and the datapath balances only
         // frames addressed to its own MAC, so a rewritten frame must stay
         // addressed to us for each run to take the full VIP path.
-        reals: reals.iter().map(|&a| (a, Some(SELF_MAC))).collect(),
+        reals: reals.iter().chain(&reals6).map(|&a| (a, Some(SELF_MAC))).collect(),
     };
     if katran_object.is_some() {
         // Katran encapsulates UDP too: the same path on our side.
@@ -271,6 +299,9 @@ pub fn run(
     let udp = frame(vip, 53, IPPROTO_UDP, false);
     let ipip_udp = frame(vip, 54, IPPROTO_UDP, false);
     let other = frame(Ipv4Addr::new(198, 18, 0, 77), 80, IPPROTO_TCP, false);
+    let ack6 = frame6(vip6, 80, IPPROTO_TCP, false);
+    let syn6 = frame6(vip6, 80, IPPROTO_TCP, true);
+    let udp6 = frame6(vip6, 53, IPPROTO_UDP, false);
     let h = |t| harnessed(t, SAME_FLOW);
     let mut rows = vec![
         Row { report: false, ..row("noop, XDP_TX", &ack, Target::Noop, XDP_TX) },
@@ -294,6 +325,9 @@ pub fn run(
         },
         row("established UDP (conn-table hit), L2 DSR", &udp, h(Target::Datapath), XDP_TX),
         row("non-VIP, XDP_PASS", &other, h(Target::Datapath), XDP_PASS),
+        row("IPv6: established TCP (conn-table hit), L2 DSR", &ack6, h(Target::Datapath), XDP_TX),
+        row("IPv6: TCP SYN, new 5-tuple (pick + conn-table write), L2 DSR", &syn6, harnessed(Target::Datapath, NEW_FLOW_V6), XDP_TX),
+        row("IPv6: established UDP (conn-table hit), L2 DSR", &udp6, h(Target::Datapath), XDP_TX),
     ];
     // Katran: the same frames, to a VIP of the same address and port; the
     // LRU has the flow count of our connection table.
@@ -381,14 +415,17 @@ pub fn run(
     let per_row = u64::from(repeat) * rounds as u64;
     let table = u64::from(datapath.conn_capacity());
     let evictions = datapath.counters().evictions();
+    // Three IPv4 SYN rows and one IPv6 (its own table).
+    let syn_rows = 4;
     let evicting = format!(
         "4-way sets; {evictions} of the {} SYNs evicted a flow: the same-5-tuple row rewrites its own way, the others evict once their set is full",
-        3 * per_row
+        syn_rows * per_row
     );
-    // With Katran, also the UDP IPIP row.
-    let established_rows = 4 + u64::from(katran.is_some());
+    // IPv4: TCP L2 DSR (directly and behind the harness), TCP IPIP, UDP
+    // (and with Katran UDP IPIP); IPv6: TCP, UDP.
+    let established_rows = 6 + u64::from(katran.is_some());
     let first_runs = established_rows * rounds as u64;
-    ensure!(event(ConnEvent::Syn) == 3 * per_row, "SYN picks {} != {}", event(ConnEvent::Syn), 3 * per_row);
+    ensure!(event(ConnEvent::Syn) == syn_rows * per_row, "SYN picks {} != {}", event(ConnEvent::Syn), syn_rows * per_row);
     ensure!(event(ConnEvent::Miss) <= first_runs, "misses {} > {first_runs}", event(ConnEvent::Miss));
     ensure!(
         event(ConnEvent::Hit) + event(ConnEvent::Miss) == established_rows * per_row,

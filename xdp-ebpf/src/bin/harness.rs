@@ -14,11 +14,12 @@
 //!    timed paths, so the payload after the first [`HEADER_BYTES`] is the
 //!    input's.
 //! 2. Writes the input's first [`HEADER_BYTES`] bytes back from `TEMPLATE`
-//!    (Ethernet, IP and L4 headers of the IPv4 bench frames).
+//!    (Ethernet, IP and L4 headers of the IPv4 and IPv6 bench frames).
 //! 3. Increments `PARAMS[COUNTER]` and stores it (native order) in the
-//!    IPv4 source address if `PARAMS[NEW_FLOW]` is set (the SYN rows: every
-//!    iteration a new 5-tuple), else in a payload word, so that every row
-//!    pays for the same harness work.
+//!    IPv4 source address or the IPv6 one's last word, as
+//!    `PARAMS[NEW_FLOW]` says (the SYN rows: every iteration a new
+//!    5-tuple), else in a word the datapath does not read, so that every
+//!    row pays for the same harness work.
 //!
 //! The bench measures this program in front of a target that does nothing
 //! and subtracts its cost, and checks the subtraction on the floor and on
@@ -35,13 +36,16 @@ use aya_ebpf::{
 };
 
 /// Bytes of the input frame the harness rewrites on every run.
-const HEADER_BYTES: usize = 64;
+const HEADER_BYTES: usize = 80;
 const WORDS: usize = HEADER_BYTES / 8;
 
-/// Where the counter goes in an IPv4 frame without a VLAN tag: the
-/// source address, or a payload word (after the 54 bytes of Ethernet, IP
-/// and TCP headers, or the 42 of a UDP frame).
+/// Where the counter goes in a frame without a VLAN tag: the IPv4
+/// source address, the last word of the IPv6 source address, or a word
+/// the datapath does not read (the payload of an IPv4 frame, after its 54
+/// bytes of Ethernet, IP and TCP headers or 42 of a UDP frame; TCP's
+/// acknowledgment number or UDP's checksum in an IPv6 frame).
 const IPV4_SOURCE: usize = 26;
+const IPV6_SOURCE_LOW: usize = 34;
 const PAYLOAD_WORD: usize = 60;
 
 /// `PARAMS` indices.
@@ -53,9 +57,10 @@ const COUNTER: u32 = 2;
 #[map]
 static TEMPLATE: Array<[u64; WORDS]> = Array::with_max_entries(1, 0);
 
-/// `LEN`: the input frame's length in bytes; `NEW_FLOW`: non-zero to store
-/// the counter in the IPv4 source address, else in the payload; `COUNTER`:
-/// runs so far.
+/// `LEN`: the input frame's length in bytes; `NEW_FLOW`: where the counter
+/// goes, 1 the IPv4 source address, 2 the IPv6 source address's last
+/// word (a new flow every run), else a word the datapath does not read;
+/// `COUNTER`: runs so far.
 #[map]
 static PARAMS: Array<u32> = Array::with_max_entries(3, 0);
 
@@ -73,7 +78,7 @@ fn restore(ctx: &XdpContext) -> Option<u32> {
     let len = *PARAMS.get(LEN)?;
     // Fixed offsets, one of two: the verifier forgets a packet range once
     // a variable offset is added to the pointer.
-    let new_flow = *PARAMS.get(NEW_FLOW)? != 0;
+    let new_flow = *PARAMS.get(NEW_FLOW)?;
     let counter = PARAMS.get_ptr_mut(COUNTER)?;
     let template = TEMPLATE.get(0)?;
     let delta = (ctx.data_end() - ctx.data()) as i32 - len as i32;
@@ -95,7 +100,11 @@ fn restore(ctx: &XdpContext) -> Option<u32> {
             *words.add(i) = *w;
         }
         *counter = (*counter).wrapping_add(1);
-        let at = if new_flow { (start + IPV4_SOURCE) as *mut u16 } else { (start + PAYLOAD_WORD) as *mut u16 };
+        let at = match new_flow {
+            1 => (start + IPV4_SOURCE) as *mut u16,
+            2 => (start + IPV6_SOURCE_LOW) as *mut u16,
+            _ => (start + PAYLOAD_WORD) as *mut u16,
+        };
         *at = *counter as u16;
         *at.add(1) = (*counter >> 16) as u16;
         // Only returns if the slot is empty: the bench always fills it.
