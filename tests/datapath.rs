@@ -2121,8 +2121,9 @@ fn established_flows_follow_every_vip_change_on_the_short_path() {
 
 /// `BPF_PROG_TEST_RUN` (`bpf(2)` command 10) of the program `fd` on
 /// `frame`, once, from the calling thread: the verdict and the output
-/// frame. `Datapath::test_run` needs the `Datapath` itself (`&mut`); this
-/// lets two threads run the one loaded program at once. The attribute is
+/// frame. `Datapath::test_run` needs the `Datapath`, which is not `Sync`
+/// (it holds raw pointers into mapped table memory); this lets two
+/// threads run the one loaded program at once. The attribute is
 /// the command's part of `union bpf_attr` (include/uapi/linux/bpf.h).
 fn test_run_fd(fd: i32, frame: &[u8]) -> (u32, Vec<u8>) {
     #[repr(C)]

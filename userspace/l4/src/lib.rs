@@ -302,6 +302,12 @@ impl Datapath {
         self.ebpf.program_mut(names::PROGRAM).expect("checked at load").try_into().expect("checked at load")
     }
 
+    /// The loaded program, for what needs no `&mut`: test runs (from
+    /// several threads at once) and its descriptor.
+    fn xdp(&self) -> &Xdp {
+        self.ebpf.program(names::PROGRAM).expect("checked at load").try_into().expect("checked at load")
+    }
+
     /// Sets the source MAC of forwarded frames (the attached NIC's own),
     /// with the other node settings at their [`NodeSettings::new`] values.
     ///
@@ -514,8 +520,7 @@ impl Datapath {
     /// # Errors
     /// aya's, if the program were not loaded (it always is after `load`).
     pub fn program_fd(&self) -> Result<&aya::programs::ProgramFd, DatapathError> {
-        let program: &Xdp = self.ebpf.program(names::PROGRAM).expect("checked at load").try_into()?;
-        Ok(program.fd()?)
+        Ok(self.xdp().fd()?)
     }
 
     /// Runs the program once (or `repeat` times) on `frame` through
@@ -523,9 +528,9 @@ impl Datapath {
     ///
     /// # Errors
     /// The kernel refused the run (frame too short, needs root).
-    pub fn test_run(&mut self, frame: &[u8], repeat: u32) -> Result<TestOutcome, DatapathError> {
+    pub fn test_run(&self, frame: &[u8], repeat: u32) -> Result<TestOutcome, DatapathError> {
         let mut out = vec![0u8; frame.len() + 256];
-        let result = self.program().test_run(TestRunOptions {
+        let result = self.xdp().test_run(TestRunOptions {
             data_in: Some(frame),
             data_out: Some(&mut out),
             repeat,
