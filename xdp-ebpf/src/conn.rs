@@ -40,19 +40,20 @@
 //! clears the way's protocol (no key matches protocol 0; way 0 keeps the
 //! lock bit), then stores the entry, then the key with its protocol
 //! last, so a lock-free reader either matches the whole new key after
-//! the entry is complete or matches nothing. In way 0 that last store is
-//! the exchange that also releases the lock; in another way, the
-//! protocol is stored, then the exchange restores way 0's word as it was
-//! before the lock. This relies on stores and loads staying in program
-//! order (the x86-64 memory model, which the JIT keeps; volatile stores
-//! keep LLVM from reordering). A reader that matched the old key just
+//! the entry is complete or matches nothing. In way 0 that last store
+//! also releases the lock; in another way, the protocol is stored, then
+//! a last store restores way 0's word as it was before the lock. This
+//! relies on stores and loads staying in program order (the x86-64
+//! memory model, which the JIT keeps; volatile stores keep LLVM from
+//! reordering), and the release is a plain store for that reason
+//! (`unlock`). A reader that matched the old key just
 //! before a writer replaced that way may read part of the new entry, so
 //! after reading the fields it uses it reads the key again
 //! (`still_holds`) and treats a changed key as a miss: a packet of a
 //! flow evicted at that instant is never sent to the real of the flow
 //! replacing it. The `seen` stores of hits are plain,
 //! lock-free 4-byte stores: a lost one costs the LRU a tick of accuracy.
-use core::intrinsics::{atomic_cxchg, atomic_xchg, AtomicOrdering};
+use core::intrinsics::{atomic_cxchg, AtomicOrdering};
 
 use aya_ebpf::maps::Array;
 use fulcrum_common::{
@@ -232,16 +233,20 @@ unsafe fn try_lock(lock: *mut u64) -> Option<u64> {
 }
 
 /// Releases a lock `try_lock` took, storing `word` (without the lock's
-/// bit) as way 0's `ports`/`proto`: a `BPF_XCHG`, fully ordered, so the
-/// set's stores are visible before the lock is free on any CPU (LLVM has
-/// no release store for this BPF CPU version). When way 0 was rewritten,
-/// this is the store of its new key's protocol, the last of the write.
+/// bit) as way 0's `ports`/`proto`. When way 0 was rewritten, this is the
+/// store of its new key's protocol, the last of the write.
+///
+/// A plain (volatile) store, last of the write's volatile stores: on
+/// x86-64 (TSO) a store becomes visible after every earlier one, so it
+/// is a release store, the instruction the kernel's x86 JIT emits for
+/// BPF's own store-release too. It was a `BPF_XCHG`, whose implied full
+/// fence cost about 5 ns a write (`bench/RESULTS.md`, "xdp4").
 ///
 /// # Safety
 /// As `try_lock`, and this CPU holds the lock.
 #[inline(always)]
 unsafe fn unlock(lock: *mut u64, word: u64) {
-    atomic_xchg::<u64, { AtomicOrdering::Release }>(lock, word);
+    core::ptr::write_volatile(lock, word);
 }
 
 /// The set `key` belongs in.

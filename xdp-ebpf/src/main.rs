@@ -28,10 +28,9 @@
 //! counters. Our own counter says what happened either way.
 #![no_std]
 #![no_main]
-// `atomic_cxchg` / `atomic_xchg` (the connection table's set locks): the
-// BPF target's spec has no compare-and-swap, so `core::sync::atomic`
-// offers none, but LLVM emits `BPF_CMPXCHG` / `BPF_XCHG` (kernel 5.12+)
-// for 64-bit operands.
+// `atomic_cxchg` (the connection table's set locks): the BPF target's
+// spec has no compare-and-swap, so `core::sync::atomic` offers none, but
+// LLVM emits `BPF_CMPXCHG` (kernel 5.12+) for 64-bit operands.
 #![allow(internal_features)]
 #![feature(core_intrinsics)]
 
