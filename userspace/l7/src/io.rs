@@ -62,6 +62,9 @@ pub(crate) struct Stream {
     rpos: usize,
     recv: Option<Submit<Recv<Vec<u8>, Fd>>>,
     eof: bool,
+    /// The error of a receive that ended while no read waited for it
+    /// ([`Stream::poll_recv_cancelled`]), for the next read.
+    failed: Option<io::Error>,
     /// Bytes accepted from hyper and not yet sent: `wbuf[wpos..]`. Empty
     /// while a `Send` owns the buffer.
     wbuf: Vec<u8>,
@@ -91,6 +94,7 @@ impl Stream {
             rpos: 0,
             recv: None,
             eof: false,
+            failed: None,
             wbuf: Vec::new(),
             send: None,
             clock,
@@ -175,6 +179,9 @@ impl hyper::rt::Read for Stream {
             if this.eof {
                 return Poll::Ready(Ok(()));
             }
+            if let Some(e) = this.failed.take() {
+                return Poll::Ready(Err(e));
+            }
             if this.recv.is_none() {
                 let mut buf = mem::take(&mut this.rbuf);
                 buf.clear();
@@ -185,34 +192,106 @@ impl hyper::rt::Read for Stream {
                 let op = Recv::new(this.fd.clone(), buf, RecvFlags::empty());
                 this.recv = Some(compio::runtime::submit(op));
             }
-            let op = this.recv.as_mut().expect("recv in flight");
-            let compio::BufResult(res, op) = ready!(Pin::new(op).poll(cx));
-            this.recv = None;
-            let mut buf = compio::buf::IntoInner::into_inner(op);
-            match res {
-                Ok(n) => {
-                    // SAFETY: the kernel wrote `n` bytes at the start of the
-                    // (empty) buffer; `n` never exceeds its capacity.
-                    unsafe { buf.set_len(n.min(buf.capacity())) };
-                    if n == 0 {
-                        this.eof = true;
-                    } else {
-                        if let Some(c) = &this.clock {
-                            c.received();
-                        }
-                        if let Some(t) = &this.received {
-                            t.set(t.get() + n as u64);
-                        }
+            ready!(this.poll_recv(cx))?;
+        }
+    }
+}
+
+impl Stream {
+    /// Drives the `Recv` in flight to its end: its bytes (or the end of
+    /// the stream) into the read buffer, or its error.
+    fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let op = self.recv.as_mut().expect("recv in flight");
+        let compio::BufResult(res, op) = ready!(Pin::new(op).poll(cx));
+        self.recv = None;
+        let mut buf = compio::buf::IntoInner::into_inner(op);
+        match res {
+            Ok(n) => {
+                // SAFETY: the kernel wrote `n` bytes at the start of the
+                // (empty) buffer; `n` never exceeds its capacity.
+                unsafe { buf.set_len(n.min(buf.capacity())) };
+                if n == 0 {
+                    self.eof = true;
+                } else {
+                    if let Some(c) = &self.clock {
+                        c.received();
                     }
-                    this.rbuf = buf;
+                    if let Some(t) = &self.received {
+                        t.set(t.get() + n as u64);
+                    }
                 }
-                Err(e) => {
-                    this.rbuf = buf;
-                    this.rbuf.clear();
-                    return Poll::Ready(Err(e));
-                }
+                self.rbuf = buf;
+                Poll::Ready(Ok(()))
+            }
+            Err(e) => {
+                self.rbuf = buf;
+                self.rbuf.clear();
+                Poll::Ready(Err(e))
             }
         }
+    }
+
+    /// After [`CancelRecv`] was submitted for this stream: waits for the
+    /// `Recv` in flight to end. `true` if it ended cancelled (nothing was
+    /// received, no receive is in flight now); `false` if it completed
+    /// first (its bytes, end of stream or error are kept for the next
+    /// read), or if none was in flight.
+    pub(crate) fn poll_recv_cancelled(&mut self, cx: &mut Context<'_>) -> Poll<bool> {
+        if self.recv.is_none() {
+            return Poll::Ready(false);
+        }
+        Poll::Ready(match ready!(self.poll_recv(cx)) {
+            Ok(()) => false,
+            Err(e) if e.raw_os_error() == Some(libc::ECANCELED) => true,
+            Err(e) => {
+                self.failed = Some(e);
+                false
+            }
+        })
+    }
+}
+
+/// `IORING_OP_ASYNC_CANCEL` of every operation on a stream's socket
+/// (`IORING_ASYNC_CANCEL_FD | IORING_ASYNC_CANCEL_ALL`, Linux 5.19): takes
+/// back a `Recv` without dropping its future, so its completion is still
+/// read ([`Stream::poll_recv_cancelled`]): `ECANCELED`, or its bytes when
+/// it completed first. Dropping the future instead (compio's own
+/// cancellation) would discard those bytes. The operation holds the
+/// descriptor open until it completes, so its number cannot name a newer
+/// socket by then. On the polling driver it completes at once and cancels
+/// nothing (the receive ends only when bytes come).
+pub(crate) struct CancelRecv {
+    fd: Fd,
+}
+
+impl CancelRecv {
+    pub(crate) fn new(fd: Fd) -> CancelRecv {
+        CancelRecv { fd }
+    }
+}
+
+// SAFETY: the entry names only the descriptor, which the operation keeps
+// open; it carries no buffer.
+unsafe impl compio::driver::IourOpCode for CancelRecv {
+    type Control = ();
+
+    fn create_entry(&mut self, _: &mut ()) -> compio::driver::OpEntry {
+        use std::os::fd::{AsFd, AsRawFd};
+        let fd = io_uring::types::Fd(self.fd.as_fd().as_raw_fd());
+        io_uring::opcode::AsyncCancel2::new(io_uring::types::CancelBuilder::fd(fd).all()).build().into()
+    }
+}
+
+// SAFETY: completes at once, touching nothing.
+unsafe impl compio::driver::PollOpCode for CancelRecv {
+    type Control = ();
+
+    fn pre_submit(&mut self, _: &mut ()) -> io::Result<compio::driver::Decision> {
+        Ok(compio::driver::Decision::Completed(0))
+    }
+
+    fn operate(&mut self, _: &mut ()) -> Poll<io::Result<usize>> {
+        Poll::Ready(Ok(0))
     }
 }
 
@@ -292,7 +371,7 @@ impl Stream {
     /// Whether a read would return at once: unread bytes, or end of
     /// stream seen.
     pub(crate) fn has_input(&self) -> bool {
-        self.eof || self.rpos < self.rbuf.len()
+        self.eof || self.failed.is_some() || self.rpos < self.rbuf.len()
     }
 
     /// Takes the stream apart for parking: the socket, and `prefix`

@@ -32,7 +32,7 @@ use std::{
     cmp::Reverse,
     collections::BinaryHeap,
     future::Future,
-    io,
+    io, mem,
     os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
     pin::Pin,
     rc::Rc,
@@ -48,7 +48,10 @@ use compio::{
     runtime::Submit,
 };
 
-use crate::{io::Stream, limits::ConnClock};
+use crate::{
+    io::{CancelRecv, Stream},
+    limits::ConnClock,
+};
 
 /// A wait for the next request shorter than this counts towards a hot
 /// connection (see [`ParkIo`]). Loopback round trips under load are tens
@@ -76,6 +79,10 @@ pub(crate) struct ParkCtl {
     /// asked for): the connection is not parked then, its buffer and
     /// bytes would be lost.
     pub(crate) receiving: Cell<bool>,
+    /// Set by the serve loop when a hot connection's receive has waited
+    /// past the park delay: the next read takes the receive back (see
+    /// [`ParkIo`]), and the connection parks if it ended cancelled.
+    pub(crate) cancel_receive: Cell<bool>,
 }
 
 /// The client stream as hyper's server connection sees it: keeps hyper
@@ -99,9 +106,13 @@ pub(crate) struct ParkCtl {
 /// next to the proxy in a busy loop), also waits with the stream's
 /// receive: the poll and the `recv(2)` cost one system call more per
 /// request than the one receive (~0.5 µs, 2-4% of a proxied request,
-/// `bench/RESULTS.md`, l7mem). Such a connection is not parked while that
-/// receive waits; its next request, if it comes after a longer wait, makes
-/// it cold again (and it is closed at the keep-alive timeout otherwise).
+/// `bench/RESULTS.md`, l7mem). When that receive has waited past the park
+/// delay, the serve loop sets [`ParkCtl::cancel_receive`] and the next
+/// read submits [`CancelRecv`] and waits for the receive to end: ended
+/// cancelled, the connection is cold again, waits with a readability poll
+/// and parks; completed first, its bytes are read as usual. On the polling
+/// driver the cancel does nothing, and such a connection keeps its
+/// receive until its next request or the keep-alive timeout.
 pub(crate) struct ParkIo {
     pub(crate) stream: Stream,
     ctl: Rc<ParkCtl>,
@@ -112,6 +123,13 @@ pub(crate) struct ParkIo {
     /// The readability poll in flight, if any (cancelled with the
     /// connection at the park: a poll carries no data).
     readable: Option<Submit<PollOnce<SharedFd<socket2::Socket>>>>,
+    /// The cancel of the stream's receive in flight, if any; kept until
+    /// it completes (it holds the descriptor).
+    cancel: Option<Submit<CancelRecv>>,
+    /// Between the cancel's submission and the end of it and the receive.
+    cancelling: bool,
+    /// The receive ended cancelled (while the cancel was still in flight).
+    recv_cancelled: bool,
 }
 
 impl ParkIo {
@@ -122,6 +140,9 @@ impl ParkIo {
             clock,
             short_waits: 0,
             readable: None,
+            cancel: None,
+            cancelling: false,
+            recv_cancelled: false,
         }
     }
 
@@ -197,8 +218,34 @@ impl hyper::rt::Read for ParkIo {
         cursor: hyper::rt::ReadBufCursor<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        // Set when this read is the wait for the next request.
+        // Set when this read is the wait for the next request (read before
+        // a cancelled receive's bytes, if any, end the wait).
         let idle_since = this.clock.idle_since();
+        if this.ctl.cancel_receive.replace(false) && this.stream.receiving() && !this.cancelling {
+            this.cancel = Some(compio::runtime::submit(CancelRecv::new(this.stream.fd().clone())));
+            this.cancelling = true;
+        }
+        if this.cancelling {
+            // Polled first: a `Submit` is submitted at its first poll.
+            if let Some(op) = this.cancel.as_mut() {
+                if Pin::new(op).poll(cx).is_ready() {
+                    this.cancel = None;
+                }
+            }
+            if ready!(this.stream.poll_recv_cancelled(cx)) {
+                this.recv_cancelled = true;
+            }
+            if this.cancel.is_some() {
+                return Poll::Pending;
+            }
+            this.cancelling = false;
+            this.ctl.receiving.set(false);
+            if mem::take(&mut this.recv_cancelled) {
+                // Idle past the park delay: cold, so the read below waits
+                // with a readability poll.
+                this.short_waits = 0;
+            }
+        }
         if this.readable.is_none() && this.poll_first() {
             let op = PollOnce::new(this.stream.fd().clone(), Interest::Readable);
             this.readable = Some(compio::runtime::submit(op));

@@ -935,6 +935,8 @@ where
         // is checked again (it may have ended and a new one begun), so a
         // busy connection sets at most one timer per `park_after`.
         let mut park_timer: Option<Pin<Box<dyn Future<Output = ()>>>> = None;
+        // The idle period whose receive `ParkIo` was asked to cancel.
+        let mut cancel_asked = None;
         poll_fn(|cx| loop {
             if !asked_to_close && c.live.0.draining(c.live.1, cx.waker()) {
                 // Finish the request in flight (if any), then close.
@@ -951,13 +953,10 @@ where
             if asked_to_close || c.ctl.parking.get() {
                 return Poll::Pending;
             }
-            // Not with a receive in flight: it could not be taken back
-            // without risking its bytes (see `park::ParkIo`).
-            let idle = c.clock.idle_since().filter(|_| {
-                c.ctl.requests.get() > first_request
-                    && !c.clock.unsent()
-                    && !c.ctl.receiving.get()
-            });
+            let idle = c
+                .clock
+                .idle_since()
+                .filter(|_| c.ctl.requests.get() > first_request && !c.clock.unsent());
             let Some(since) = idle else {
                 return Poll::Pending;
             };
@@ -971,6 +970,18 @@ where
             park_timer = None;
             if std::time::Instant::now() < since + park_after {
                 // A later idle period than the one the timer was set for.
+                continue;
+            }
+            if c.ctl.receiving.get() {
+                // A hot connection's receive waits: not parked with it
+                // (its buffer and bytes would be lost), but taken back
+                // by `ParkIo`'s next read, once per idle period; the
+                // connection parks here when it ended cancelled.
+                if cancel_asked == Some(since) {
+                    return Poll::Pending;
+                }
+                cancel_asked = Some(since);
+                c.ctl.cancel_receive.set(true);
                 continue;
             }
             // hyper closes an idle connection at once, writing nothing;

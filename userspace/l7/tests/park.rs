@@ -184,6 +184,8 @@ both_drivers!(
     upgrade_after_a_park,
     many_connections_park_wake_and_park_again,
     back_to_back_requests_then_idle_parks,
+    hot_connection_going_idle_is_parked,
+    bytes_arriving_while_a_hot_receive_is_cancelled_are_not_lost,
 );
 
 fn idle_connection_is_parked_and_served_again(driver: DriverChoice) {
@@ -448,5 +450,73 @@ fn back_to_back_requests_then_idle_parks(driver: DriverChoice) {
     s.write_all(get("/again").as_bytes()).unwrap();
     assert_eq!(read_one(&mut s), (200, "path=/again".to_string()));
     assert_eq!(b.hits.load(Ordering::SeqCst), 52);
+    p.shutdown();
+}
+
+/// Makes the connection hot: requests back to back, each sent as soon as
+/// the previous answer is read (see `park::ParkIo`).
+fn heat(s: &mut TcpStream, tag: &str) {
+    for i in 0..8 {
+        let path = format!("/{tag}-hot{i}");
+        s.write_all(get(&path).as_bytes()).unwrap();
+        assert_eq!(read_one(s), (200, format!("path={path}")));
+    }
+}
+
+/// A hot connection that then goes idle waits with a receive in flight;
+/// past the park delay the proxy takes the receive back (on io_uring) and
+/// parks the connection, which then serves its next request as before.
+/// On the polling driver the receive cannot be taken back: the connection
+/// is not parked, and still serves.
+fn hot_connection_going_idle_is_parked(driver: DriverChoice) {
+    let b = Backend::start();
+    let p = proxy(driver, &b, |_| {});
+    let mut s = connect(&p);
+    heat(&mut s, "a");
+    if driver == DriverChoice::Polling {
+        thread::sleep(Duration::from_millis(300));
+        assert_eq!(parked(&p), 0);
+    } else {
+        wait_for("the hot connection to park", || parked(&p) == 1);
+    }
+    s.write_all(get("/after").as_bytes()).unwrap();
+    assert_eq!(read_one(&mut s), (200, "path=/after".to_string()));
+    assert_eq!(b.hits.load(Ordering::SeqCst), 9);
+    assert_eq!(p.stats().connections.load(Ordering::Relaxed), 1);
+    p.shutdown();
+}
+
+/// As `bytes_arriving_while_parking_are_not_lost`, with the connection
+/// made hot before each wait, so the request lands while the proxy
+/// cancels the hot connection's receive: a receive that completed first
+/// must give its bytes to hyper, a cancelled one must lose none.
+fn bytes_arriving_while_a_hot_receive_is_cancelled_are_not_lost(driver: DriverChoice) {
+    let b = Backend::start();
+    let park_after = Duration::from_millis(20);
+    let p = proxy(driver, &b, |c| c.park_after = park_after);
+    let mut s = connect(&p);
+    let mut answered = 0;
+    for step in 0..80u32 {
+        heat(&mut s, &format!("s{step}"));
+        answered += 8;
+        thread::sleep(Duration::from_micros(18_000 + 100 * step as u64));
+        let path = format!("/n{step}");
+        if step % 2 == 0 {
+            s.write_all(get(&path).as_bytes()).unwrap();
+        } else {
+            let req = get(&path);
+            let (a, z) = req.as_bytes().split_at(7);
+            s.write_all(a).unwrap();
+            thread::sleep(Duration::from_millis(1));
+            s.write_all(z).unwrap();
+        }
+        assert_eq!(read_one(&mut s), (200, format!("path={path}")), "step {step}");
+        answered += 1;
+    }
+    assert_eq!(b.hits.load(Ordering::SeqCst), answered);
+    if driver != DriverChoice::Polling {
+        assert!(parked(&p) > 0, "the sweep never reached the park delay");
+    }
+    assert_eq!(p.stats().connections.load(Ordering::Relaxed), 1);
     p.shutdown();
 }
