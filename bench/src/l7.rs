@@ -33,6 +33,7 @@
 //!    busy with the previous one (coordinated omission corrected, as wrk2);
 //! 3. memory: freshly started proxies, 10,000 idle keep-alive client
 //!    connections (one request each, then idle), RSS delta / connections;
+//!    again after a burst of 8 requests on each connection;
 //! 4. two workers: the closed loop again with two workers per proxy
 //!    (fulcrum `workers = 2`, nginx `worker_processes 2` under its master,
 //!    HAProxy `nbthread 2`), each proxy allowed both CPUs; backend and wrk
@@ -614,8 +615,16 @@ fn one_request(s: &mut StdStream, buf: &mut [u8]) -> Result<()> {
     }
 }
 
-/// RSS growth in bytes per idle keep-alive connection.
-fn idle_memory(p: &Proc, addr: SocketAddr, n: usize) -> Result<(f64, u64, u64)> {
+/// Requests each connection sends back to back in the memory row's
+/// second measurement (a page load, a burst of API calls) before it
+/// idles: fulcrum then waits for the next request with a receive in
+/// flight (a "hot" connection, docs/l7.md), and parks it only after
+/// taking that receive back.
+const BURST: usize = 8;
+
+/// RSS growth in bytes per idle keep-alive connection, each having sent
+/// `requests` requests back to back.
+fn idle_memory(p: &Proc, addr: SocketAddr, n: usize, requests: usize) -> Result<(f64, u64, u64)> {
     let mut buf = vec![0u8; 16 * 1024];
     // Warm: a few connections and requests so first-use allocations are in
     // the baseline.
@@ -630,14 +639,16 @@ fn idle_memory(p: &Proc, addr: SocketAddr, n: usize) -> Result<(f64, u64, u64)> 
     for i in 0..n {
         let mut s = StdStream::connect(addr).with_context(|| format!("connection {i}"))?;
         s.set_read_timeout(Some(Duration::from_secs(5)))?;
-        one_request(&mut s, &mut buf).with_context(|| format!("request on connection {i}"))?;
+        for _ in 0..requests {
+            one_request(&mut s, &mut buf).with_context(|| format!("request on connection {i}"))?;
+        }
         held.push(s);
     }
     // Well within every idle timeout (fulcrum's header read timeout 10 s).
     thread::sleep(Duration::from_millis(500));
     let after = rss_kib(p.pid())?;
     let elapsed = t0.elapsed();
-    if elapsed > Duration::from_secs(8) {
+    if elapsed > Duration::from_secs(8 * requests as u64) {
         eprintln!("l7: opening {n} connections took {elapsed:?}; some may have timed out");
     }
     drop(held);
@@ -670,27 +681,43 @@ fn prepare(o: &Opts) -> Result<(std::path::PathBuf, Setup)> {
 }
 
 /// Memory per idle connection of each proxy in `KINDS` order, one fresh
-/// process at a time: (bytes per connection, RSS before KiB, after KiB).
-fn idle_memories(setup: &Setup, idle: usize) -> Result<Vec<(f64, u64, u64)>> {
+/// process per proxy and measurement: after one request per connection,
+/// and after a burst of [`BURST`]; each (bytes per connection, RSS before
+/// KiB, after KiB).
+type IdleMemory = [(f64, u64, u64); 2];
+
+fn idle_memories(setup: &Setup, idle: usize) -> Result<Vec<IdleMemory>> {
     let mut mem = Vec::new();
     for &k in &KINDS {
-        let p = setup.start(k)?;
-        let m = idle_memory(&p, setup.addr(k), idle).with_context(|| format!("idle connections to {}", k.name()))?;
-        eprintln!("l7: idle memory {}: {:.0} B/conn ({} -> {} KiB)", k.name(), m.0, m.1, m.2);
+        let mut m = [(0.0, 0, 0); 2];
+        for (slot, requests) in m.iter_mut().zip([1, BURST]) {
+            let p = setup.start(k)?;
+            *slot = idle_memory(&p, setup.addr(k), idle, requests)
+                .with_context(|| format!("idle connections to {} ({requests} requests each)", k.name()))?;
+            eprintln!("l7: idle memory {} after {requests} request(s): {:.0} B/conn ({} -> {} KiB)", k.name(), slot.0, slot.1, slot.2);
+        }
         mem.push(m);
-        drop(p);
     }
     Ok(mem)
 }
 
-/// The memory table of [`idle_memories`]' results, and the ratio to HAProxy's.
-fn memory_table(r: &mut String, idle: usize, mem: &[(f64, u64, u64)]) -> Result<()> {
-    writeln!(r, "| {idle} idle keep-alive client connections (fresh process) | RSS before KiB | after KiB | bytes/conn |")?;
-    writeln!(r, "|---|---:|---:|---:|")?;
-    for (i, (per, b, a)) in mem.iter().enumerate() {
-        writeln!(r, "| {} | {b} | {a} | {per:.0} |", KINDS[i].name())?;
+/// The memory table of [`idle_memories`]' results, and the ratios to HAProxy's.
+fn memory_table(r: &mut String, idle: usize, mem: &[IdleMemory]) -> Result<()> {
+    writeln!(
+        r,
+        "| {idle} idle keep-alive client connections (fresh process) | RSS before KiB | after KiB | bytes/conn | \
+         after a burst of {BURST} requests each: bytes/conn |"
+    )?;
+    writeln!(r, "|---|---:|---:|---:|---:|")?;
+    for (i, [(per, b, a), (burst, _, _)]) in mem.iter().enumerate() {
+        writeln!(r, "| {} | {b} | {a} | {per:.0} | {burst:.0} |", KINDS[i].name())?;
     }
-    writeln!(r, "\nfulcrum/HAProxy memory per idle connection {:.2}x (target <= 1.0).", mem[0].0 / mem[2].0)?;
+    writeln!(
+        r,
+        "\nfulcrum/HAProxy memory per idle connection {:.2}x (target <= 1.0); after a burst {:.2}x.",
+        mem[0][0].0 / mem[2][0].0,
+        mem[0][1].0 / mem[2][1].0
+    )?;
     Ok(())
 }
 
