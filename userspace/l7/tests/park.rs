@@ -224,27 +224,35 @@ fn busy_connection_is_not_parked(driver: DriverChoice) {
 }
 
 fn bytes_arriving_while_parking_are_not_lost(driver: DriverChoice) {
+    assert!(sweep_across_the_park(driver, 120, Duration::from_millis(15), false) > 0, "the sweep never reached the park delay");
+}
+
+/// Sends a request after each of `steps` delays rising by 0.1 ms from
+/// `from`, across the moment the proxy parks (`park_after` 20 ms, plus
+/// the timer's and the scheduler's slack), so some land while it takes
+/// the connection apart (and, with `hot`, while it cancels the receive
+/// of the connection made hot before each delay). Half of the requests
+/// are split in two writes: a head whose start may be taken by the
+/// cancelled receive and whose end arrives after the park. Each must be
+/// answered (a lost byte would leave the client waiting, read timeout 5
+/// s), over the one connection. Returns how many times it was parked.
+fn sweep_across_the_park(driver: DriverChoice, steps: u32, from: Duration, hot: bool) -> u64 {
     let b = Backend::start();
-    let park_after = Duration::from_millis(20);
-    let p = proxy(driver, &b, |c| c.park_after = park_after);
-    // The next request is sent at delays sweeping across the moment the
-    // proxy parks (park_after plus the timer's and the scheduler's slack),
-    // so some land while it cancels the receive and takes hyper's
-    // connection apart. Each must be answered; a lost byte would leave
-    // the client waiting (read timeout 5 s).
+    let p = proxy(driver, &b, |c| c.park_after = Duration::from_millis(20));
     let mut s = connect(&p);
     s.write_all(get("/first").as_bytes()).unwrap();
     assert_eq!(read_one(&mut s).0, 200);
     let mut answered = 1;
-    for step in 0..120u32 {
-        let delay = Duration::from_micros(15_000 + 100 * step as u64);
-        thread::sleep(delay);
+    for step in 0..steps {
+        if hot {
+            heat(&mut s, &format!("s{step}"));
+            answered += 8;
+        }
+        thread::sleep(from + Duration::from_micros(100 * u64::from(step)));
         let path = format!("/n{step}");
         if step % 2 == 0 {
             s.write_all(get(&path).as_bytes()).unwrap();
         } else {
-            // Split in two writes: a head whose start may be taken by the
-            // cancelled receive and whose end arrives after the park.
             let req = get(&path);
             let (a, z) = req.as_bytes().split_at(7);
             s.write_all(a).unwrap();
@@ -255,9 +263,10 @@ fn bytes_arriving_while_parking_are_not_lost(driver: DriverChoice) {
         answered += 1;
     }
     assert_eq!(b.hits.load(Ordering::SeqCst), answered);
-    assert!(parked(&p) > 0, "the sweep never reached the park delay");
     assert_eq!(p.stats().connections.load(Ordering::Relaxed), 1);
+    let parked = parked(&p);
     p.shutdown();
+    parked
 }
 
 fn pipelining_across_a_park(driver: DriverChoice) {
@@ -487,36 +496,12 @@ fn hot_connection_going_idle_is_parked(driver: DriverChoice) {
 }
 
 /// As `bytes_arriving_while_parking_are_not_lost`, with the connection
-/// made hot before each wait, so the request lands while the proxy
-/// cancels the hot connection's receive: a receive that completed first
+/// made hot before each wait: a receive that completed before its cancel
 /// must give its bytes to hyper, a cancelled one must lose none.
 fn bytes_arriving_while_a_hot_receive_is_cancelled_are_not_lost(driver: DriverChoice) {
-    let b = Backend::start();
-    let park_after = Duration::from_millis(20);
-    let p = proxy(driver, &b, |c| c.park_after = park_after);
-    let mut s = connect(&p);
-    let mut answered = 0;
-    for step in 0..80u32 {
-        heat(&mut s, &format!("s{step}"));
-        answered += 8;
-        thread::sleep(Duration::from_micros(18_000 + 100 * step as u64));
-        let path = format!("/n{step}");
-        if step % 2 == 0 {
-            s.write_all(get(&path).as_bytes()).unwrap();
-        } else {
-            let req = get(&path);
-            let (a, z) = req.as_bytes().split_at(7);
-            s.write_all(a).unwrap();
-            thread::sleep(Duration::from_millis(1));
-            s.write_all(z).unwrap();
-        }
-        assert_eq!(read_one(&mut s), (200, format!("path={path}")), "step {step}");
-        answered += 1;
-    }
-    assert_eq!(b.hits.load(Ordering::SeqCst), answered);
+    let parked = sweep_across_the_park(driver, 80, Duration::from_millis(18), true);
+    // On the polling driver a hot connection's receive is not taken back.
     if driver != DriverChoice::Polling {
-        assert!(parked(&p) > 0, "the sweep never reached the park delay");
+        assert!(parked > 0, "the sweep never reached the park delay");
     }
-    assert_eq!(p.stats().connections.load(Ordering::Relaxed), 1);
-    p.shutdown();
 }
